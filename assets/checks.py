@@ -1,0 +1,38 @@
+"""Asset checks: one per invariant, each reporting actual vs expected. They are declared as
+check specs on their (partitioned) asset and evaluated in the same step, so a failing blocking
+check stops everything downstream of that corpus."""
+
+
+import dagster as dg
+
+from retro_ops import feature_checks
+from retro_ops.embedder import EmbeddingSpace
+from retro_ops.feature_store import FeatureStore
+
+CHUNK_CHECKS = [
+    dg.AssetCheckSpec("chunks_not_empty", asset="chunks", blocking=True,
+                      description="No chunk without tokens or text."),
+]
+EMBEDDING_CHECKS = [
+    dg.AssetCheckSpec("chunk_embeddings_complete", asset="chunk_embeddings", blocking=True,
+                      description="Every chunk has an embedding of the space's dimension."),
+    dg.AssetCheckSpec("chunk_embeddings_finite", asset="chunk_embeddings", blocking=True,
+                      description="No NaN or Inf in any vector."),
+]
+
+
+def _result(name: str, outcome: feature_checks.CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=outcome.passed, metadata=outcome.metadata)
+
+
+def chunk_check_results(store: FeatureStore, doc_ids: list[str]) -> list[dg.AssetCheckResult]:
+    return [_result("chunks_not_empty", feature_checks.chunks_not_empty(store, doc_ids))]
+
+
+def embedding_check_results(store: FeatureStore, space: EmbeddingSpace,
+                            doc_ids: list[str]) -> list[dg.AssetCheckResult]:
+    args = (store, space.space_id, space.dim, doc_ids)
+    return [
+        _result("chunk_embeddings_complete", feature_checks.embeddings_complete(*args)),
+        _result("chunk_embeddings_finite", feature_checks.embeddings_finite(*args)),
+    ]

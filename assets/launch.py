@@ -1,0 +1,114 @@
+"""Launch materializations through Dagster, on the same instance the UI reads.
+
+The CLI never runs the pipeline around Dagster: it registers corpora as dynamic partitions and
+materializes the assets in-process against `$RETRO_OPS_HOME/dagster`, so every CLI run, its
+logs, metadata and check results appear in `dagster dev` exactly like a run started there.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from assets.definitions import ALL_ASSETS, default_resources
+from assets.partitions import CORPUS_PARTITIONS
+from assets.resources import ProgressResource
+from retro_ops.settings import Settings
+
+ASSET_NAMES = [a.key.to_user_string() for a in ALL_ASSETS]
+DAGSTER_YAML = """\
+# Written by retro-ops. SQLite storage under this folder by default; for production point
+# `storage:` at Postgres (dagster-postgres is installed).
+telemetry:
+  enabled: false
+"""
+
+
+def dagster_instance(settings: Settings) -> dg.DagsterInstance:
+    home: Path = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def ensure_corpus_partition(instance: dg.DagsterInstance, corpus: str) -> None:
+    if not instance.has_dynamic_partition(CORPUS_PARTITIONS, corpus):
+        instance.add_dynamic_partitions(CORPUS_PARTITIONS, [corpus])
+
+
+@dataclass
+class AssetOutcome:
+    asset: str
+    metadata: dict = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    corpus: str
+    run_id: str
+    success: bool
+    assets: list[AssetOutcome]
+    error: str | None = None
+
+
+def _plain(value):
+    """Metadata values as plain JSON-able Python."""
+    return getattr(value, "value", value)
+
+
+def materialize_corpus(
+    instance: dg.DagsterInstance, corpus: str, *, selection: list[str] | None = None,
+    progress: ProgressResource | None = None, log_level: str = "ERROR",
+) -> RunOutcome:
+    """Materialize the selected feature assets (default: all) for one corpus partition."""
+    unknown = sorted(set(selection or []) - set(ASSET_NAMES))
+    if unknown:
+        raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(ASSET_NAMES)}")
+    ensure_corpus_partition(instance, corpus)
+    resources = default_resources()
+    if progress is not None:
+        resources["progress"] = progress
+    result = dg.materialize(
+        ALL_ASSETS, instance=instance, partition_key=corpus, resources=resources,
+        selection=selection or None, raise_on_error=False, tags={"retro_ops/launched_by": "cli"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
+    outcomes: dict[str, AssetOutcome] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        name = mat.asset_key.to_user_string()
+        outcomes[name] = AssetOutcome(name, {k: _plain(v) for k, v in mat.metadata.items()})
+    for evaluation in result.get_asset_check_evaluations():
+        name = evaluation.asset_key.to_user_string()
+        outcomes.setdefault(name, AssetOutcome(name)).checks[evaluation.check_name] = evaluation.passed
+    error = None
+    if not result.success:
+        failures = result.get_step_failure_events()
+        error = "; ".join(f"{f.step_key}: {f.step_failure_data.error.message.strip()}"
+                          for f in failures if f.step_failure_data.error) or "run failed"
+    return RunOutcome(corpus, result.run_id, result.success,
+                      [outcomes[n] for n in ASSET_NAMES if n in outcomes], error)
+
+
+class TerminalProgress(ProgressResource):
+    """A progress bar per asset step, drawn by the CLI's rich `Progress` (on stderr)."""
+
+    _bar: object = PrivateAttr(default=None)
+
+    def attach(self, bar) -> "TerminalProgress":
+        self._bar = bar
+        return self
+
+    def tracker(self, context: dg.AssetExecutionContext, label: str):
+        if self._bar is None:
+            return super().tracker(context, label)
+        task = self._bar.add_task(f"{context.partition_key}: {label}", total=None)
+
+        def report(done: int, total: int) -> None:
+            self._bar.update(task, completed=done, total=max(total, 1) if total or done else 1)
+
+        return report

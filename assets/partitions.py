@@ -1,0 +1,7 @@
+"""Corpora are dynamic partitions: `retro-ops corpus add` adds one, and each corpus
+materializes (and can be re-run, backfilled or scaled out) on its own."""
+
+import dagster as dg
+
+CORPUS_PARTITIONS = "corpus"
+corpus_partitions = dg.DynamicPartitionsDefinition(name=CORPUS_PARTITIONS)

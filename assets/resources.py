@@ -1,0 +1,69 @@
+"""Typed resources around the library's stores. Empty fields resolve from the environment at
+run time (RETRO_OPS_HOME, RETRO_OPS_CATALOG_URL, ...), so one definition serves every home."""
+
+
+from typing import Callable
+
+import dagster as dg
+
+from retro_ops.catalog import Catalog
+from retro_ops.chunking import Chunker, ChunkerConfig
+from retro_ops.embedder import Embedder
+from retro_ops.feature_store import FeatureStore
+from retro_ops.settings import Settings
+
+
+class CatalogResource(dg.ConfigurableResource):
+    """The SQLAlchemy catalog; "" = RETRO_OPS_CATALOG_URL or SQLite under the home folder."""
+
+    url: str = ""
+
+    def open(self) -> Catalog:
+        return Catalog.open(self.url or Settings.from_env().catalog_url)
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    """The LanceDB feature store; "" = RETRO_OPS_LANCEDB_URI or `<home>/lancedb`."""
+
+    uri: str = ""
+
+    def open(self) -> FeatureStore:
+        return FeatureStore(self.uri or Settings.from_env().lancedb_uri)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """The frozen embedder: any local Hugging Face folder; "" = the packaged all-MiniLM-L6-v2."""
+
+    model_path: str = ""
+    batch_size: int = 64
+    chunk_tokens: int = 64
+
+    def _path(self) -> str | None:
+        return self.model_path or Settings.from_env().embedder_path or None
+
+    def load(self) -> Embedder:
+        return Embedder(self._path(), batch_size=self.batch_size)
+
+    def chunker(self) -> Chunker:
+        from retro_ops.embedder import default_model_dir
+
+        return Chunker.from_model_dir(self._path() or default_model_dir(),
+                                      ChunkerConfig(chunk_tokens=self.chunk_tokens))
+
+
+class ProgressResource(dg.ConfigurableResource):
+    """Where long work reports progress. Here: the run's log, every `log_every_percent`.
+    The CLI substitutes a subclass that draws a progress bar in the terminal."""
+
+    log_every_percent: int = 10
+
+    def tracker(self, context: dg.AssetExecutionContext, label: str) -> Callable[[int, int], None]:
+        state = {"step": -1}
+
+        def report(done: int, total: int) -> None:
+            step = 100 if total == 0 else 100 * done // total // self.log_every_percent
+            if step != state["step"]:
+                state["step"] = step
+                context.log.info(f"{label}: {done}/{total}")
+
+        return report

@@ -1,0 +1,5 @@
+"""The project's own catalog (SQLAlchemy 2 + alembic): what exists and which version of it."""
+
+from retro_ops.catalog.store import Catalog, CorpusInfo, CorpusVersionInfo, migrate
+
+__all__ = ["Catalog", "CorpusInfo", "CorpusVersionInfo", "migrate"]

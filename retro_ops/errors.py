@@ -1,0 +1,24 @@
+"""The errors retro-ops raises: each subclasses a builtin and says what was wrong with which input."""
+
+
+class RetroOpsError(Exception):
+    """Base of every retro-ops error."""
+
+
+class CorpusError(RetroOpsError, ValueError):
+    """A corpus as a whole cannot be read (missing path, nothing readable in it)."""
+
+
+class UnknownCorpusError(RetroOpsError, KeyError):
+    """A corpus name that the catalog does not know."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it a readable sentence
+        return str(self.args[0]) if self.args else "unknown corpus"
+
+
+class EmbedderError(RetroOpsError, ValueError):
+    """An embedder folder that is not a usable local Hugging Face model."""
+
+
+class CatalogError(RetroOpsError, RuntimeError):
+    """The catalog cannot be opened or migrated."""

@@ -1,0 +1,65 @@
+"""Invariants of the feature store, as data: each check returns pass/fail with actual vs expected.
+
+The Dagster layer turns these into asset checks; the library keeps them testable on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.compute as pc
+
+from retro_ops.feature_store import FeatureStore
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    metadata: dict = field(default_factory=dict)
+
+
+def chunks_not_empty(store: FeatureStore, doc_ids: list[str]) -> CheckOutcome:
+    """No chunk without tokens or text: an empty chunk would embed to a meaningless vector."""
+    rows = store.chunks_of_documents(doc_ids, ["chunk_id", "n_tokens", "text"])
+    empty_tokens = int(pc.sum(pc.equal(rows.column("n_tokens"), 0)).as_py() or 0)
+    empty_text = int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(rows.column("text"))),
+                                     0)).as_py() or 0)
+    return CheckOutcome(empty_tokens == 0 and empty_text == 0 and rows.num_rows > 0, {
+        "chunks": rows.num_rows, "empty_token_chunks": empty_tokens,
+        "empty_text_chunks": empty_text, "expected_empty": 0,
+    })
+
+
+def _corpus_vectors(store: FeatureStore, space_id: str, dim: int, doc_ids: list[str]):
+    hashes = pc.unique(store.chunks_of_documents(doc_ids, ["content_hash"]).column("content_hash"))
+    table = store.embeddings_of(space_id, dim, hashes.to_pylist())
+    return hashes, table
+
+
+def embeddings_complete(store: FeatureStore, space_id: str, dim: int,
+                        doc_ids: list[str]) -> CheckOutcome:
+    """Every chunk of the corpus has exactly one vector of the space's dimension."""
+    hashes, table = _corpus_vectors(store, space_id, dim, doc_ids)
+    found = table.column("content_hash")
+    missing = len(hashes) - len(pc.unique(found))
+    actual_dim = table.schema.field("vector").type.list_size
+    return CheckOutcome(missing == 0 and actual_dim == dim, {
+        "distinct_chunk_texts": len(hashes), "with_embedding": len(pc.unique(found)),
+        "missing": missing, "dim": actual_dim, "expected_dim": dim,
+    })
+
+
+def embeddings_finite(store: FeatureStore, space_id: str, dim: int,
+                      doc_ids: list[str]) -> CheckOutcome:
+    """No NaN or Inf anywhere: FAISS would silently drop such a vector (see STACK-FACTS)."""
+    _, table = _corpus_vectors(store, space_id, dim, doc_ids)
+    vectors = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = vectors.reshape(-1, dim) if len(vectors) else np.zeros((0, dim), np.float32)
+    bad_rows = int((~np.isfinite(vectors)).any(axis=1).sum())
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
+    return CheckOutcome(bad_rows == 0, {
+        "vectors": len(vectors), "non_finite_vectors": bad_rows, "expected_non_finite": 0,
+        "min_norm": float(norms.min()) if len(norms) else 0.0,
+        "max_norm": float(norms.max()) if len(norms) else 0.0,
+    })

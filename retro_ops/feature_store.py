@@ -1,0 +1,160 @@
+"""The LanceDB feature store: documents, chunks, and one embedding feature set per space.
+
+Tables:
+- `documents`: doc_id, text, n_chars, metadata (JSON). Content-addressed, insert-only.
+- `chunks`: one row per chunk (ids, tokens, text span, continuation). Insert-only: a chunk id is
+  derived from (doc_id, position) and doc_id from the content, so a row never changes.
+- `embeddings_<space_id>`: content_hash -> vector, one table per embedding space, so features
+  of different embedders live side by side and identical chunk text is embedded once.
+Every write is a LanceDB version; writers return it so lineage can pin exactly what was read.
+Filters are built with `lancedb.expr` (never string-formatted SQL: see STACK-FACTS).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.expr import col
+
+from retro_ops.chunking import Chunk
+from retro_ops.corpus import Document
+
+DOCUMENTS = "documents"
+CHUNKS = "chunks"
+_IN_BATCH = 1000  # values per IN (...) filter
+
+DOCUMENTS_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("text", pa.large_string()), ("n_chars", pa.int64()),
+    ("metadata", pa.string()),
+])
+CHUNKS_SCHEMA = pa.schema([
+    ("chunk_id", pa.int64()), ("doc_id", pa.string()), ("position", pa.int32()),
+    ("content_hash", pa.string()), ("token_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32()),
+    ("text", pa.string()), ("char_start", pa.int64()), ("char_end", pa.int64()),
+    ("next_chunk_id", pa.int64()),
+])
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([("content_hash", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+def embeddings_table_name(space_id: str) -> str:
+    return f"embeddings_{space_id}"
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """The outcome of one write: which table, how many rows went in, and the version after it."""
+
+    table: str
+    inserted: int
+    version: int
+
+
+class FeatureStore:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.db = lancedb.connect(uri)
+
+    def table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        return self.db.create_table(name, schema=schema, exist_ok=True)
+
+    def _table_names(self) -> set[str]:
+        return set(self.db.list_tables().tables)
+
+    def version(self, name: str) -> int:
+        return self.db.open_table(name).version if name in self._table_names() else 0
+
+    # -- generic helpers ---------------------------------------------------------------------
+    def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table) -> TableWrite:
+        """Insert rows whose key is not present yet; an empty batch writes no version."""
+        table = self.table(name, schema)
+        if rows.num_rows == 0:
+            return TableWrite(name, 0, table.version)
+        result = table.merge_insert(key).when_not_matched_insert_all().execute(rows)
+        return TableWrite(name, result.num_inserted_rows, result.version)
+
+    def _column(self, name: str, schema: pa.Schema, column: str) -> pa.Array:
+        table = self.table(name, schema)
+        data = table.search().select([column]).limit(None).to_arrow()
+        return data.column(column).combine_chunks()
+
+    def _rows_where_in(self, name: str, schema: pa.Schema, column: str, values: Sequence,
+                       columns: list[str] | None = None, version: int | None = None) -> pa.Table:
+        table = self.table(name, schema)
+        if version is not None:
+            table = self.db.open_table(name, version=version)
+        parts = []
+        for start in range(0, len(values), _IN_BATCH):
+            query = table.search().where(col(column).isin(list(values[start:start + _IN_BATCH])).to_sql())
+            if columns:
+                query = query.select(columns)
+            parts.append(query.limit(None).to_arrow())
+        if not parts:
+            return (schema if not columns else pa.schema([schema.field(c) for c in columns])).empty_table()
+        return pa.concat_tables(parts)
+
+    # -- documents ---------------------------------------------------------------------------
+    def add_documents(self, documents: Iterable[Document]) -> TableWrite:
+        docs = list(documents)
+        rows = pa.table({
+            "doc_id": [d.doc_id for d in docs], "text": [d.text for d in docs],
+            "n_chars": [len(d.text) for d in docs],
+            "metadata": [json.dumps(d.metadata, sort_keys=True) for d in docs],
+        }, schema=DOCUMENTS_SCHEMA)
+        return self._insert_new(DOCUMENTS, DOCUMENTS_SCHEMA, "doc_id", rows)
+
+    def document_texts(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        rows = self._rows_where_in(DOCUMENTS, DOCUMENTS_SCHEMA, "doc_id", doc_ids, ["doc_id", "text"])
+        return dict(zip(rows.column("doc_id").to_pylist(), rows.column("text").to_pylist()))
+
+    # -- chunks ------------------------------------------------------------------------------
+    def chunked_doc_ids(self) -> set[str]:
+        return set(pc.unique(self._column(CHUNKS, CHUNKS_SCHEMA, "doc_id")).to_pylist())
+
+    def add_chunks(self, chunks: Sequence[Chunk]) -> TableWrite:
+        rows = pa.table({
+            "chunk_id": [c.chunk_id for c in chunks], "doc_id": [c.doc_id for c in chunks],
+            "position": [c.position for c in chunks],
+            "content_hash": [c.content_hash for c in chunks],
+            "token_ids": [c.token_ids for c in chunks],
+            "n_tokens": [len(c.token_ids) for c in chunks], "text": [c.text for c in chunks],
+            "char_start": [c.char_start for c in chunks], "char_end": [c.char_end for c in chunks],
+            "next_chunk_id": [c.next_chunk_id for c in chunks],
+        }, schema=CHUNKS_SCHEMA)
+        return self._insert_new(CHUNKS, CHUNKS_SCHEMA, "chunk_id", rows)
+
+    def chunks_of_documents(self, doc_ids: Sequence[str], columns: list[str] | None = None,
+                            version: int | None = None) -> pa.Table:
+        return self._rows_where_in(CHUNKS, CHUNKS_SCHEMA, "doc_id", doc_ids, columns, version)
+
+    # -- embeddings --------------------------------------------------------------------------
+    def missing_embeddings(self, space_id: str, dim: int, content_hashes: pa.Array) -> pa.Array:
+        """The distinct hashes that have no vector in this space yet."""
+        name = embeddings_table_name(space_id)
+        existing = self._column(name, embeddings_schema(dim), "content_hash")
+        wanted = pc.unique(content_hashes)
+        return wanted.filter(pc.invert(pc.is_in(wanted, value_set=existing)))
+
+    def add_embeddings(self, space_id: str, content_hashes: Sequence[str],
+                       vectors: np.ndarray) -> TableWrite:
+        dim = vectors.shape[1]
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        rows = pa.table({
+            "content_hash": pa.array(list(content_hashes), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }, schema=embeddings_schema(dim))
+        return self._insert_new(embeddings_table_name(space_id), embeddings_schema(dim),
+                                "content_hash", rows)
+
+    def embeddings_of(self, space_id: str, dim: int, content_hashes: Sequence[str],
+                      version: int | None = None) -> pa.Table:
+        return self._rows_where_in(embeddings_table_name(space_id), embeddings_schema(dim),
+                                   "content_hash", content_hashes, None, version)

@@ -1,0 +1,174 @@
+"""The feature pipeline of one corpus: documents -> chunks -> embeddings, each step incremental.
+
+Each function is what one Dagster asset calls: it reads the previous step's output from the
+feature store, writes only what is new (a document already chunked is not re-chunked, a chunk
+text already embedded in this space is not re-embedded), records the LanceDB version it produced
+in the catalog, and returns the numbers the asset shows. Progress goes to a callback, never to
+stdout. Embeddings are written block by block, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from retro_ops.catalog import Catalog, CorpusVersionInfo
+from retro_ops.chunking import Chunker
+from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
+from retro_ops.embedder import Embedder, EmbeddingSpace
+from retro_ops.feature_store import CHUNKS, FeatureStore, TableWrite, embeddings_table_name
+from retro_ops.ids import sha256_hex
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DocumentsResult:
+    corpus_version: CorpusVersionInfo
+    files: int
+    documents: int
+    new_documents: int
+    duplicates_collapsed: int
+    issues: list[ReadIssue]
+    write: TableWrite
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChunksResult:
+    corpus_version: CorpusVersionInfo
+    chunks: int  # all chunks of this corpus version
+    new_chunks: int
+    new_documents_chunked: int
+    new_tokens: int
+    short_documents: int  # documents shorter than one chunk (kept as one short chunk)
+    write: TableWrite
+    seconds: float
+    data_version: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class EmbeddingsResult:
+    corpus_version: CorpusVersionInfo
+    space: EmbeddingSpace
+    chunks: int
+    distinct_texts: int
+    newly_embedded: int
+    write: TableWrite
+    seconds: float
+    data_version: str
+    writes: list[TableWrite] = field(default_factory=list)
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.newly_embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def ingest_documents(
+    catalog: Catalog, store: FeatureStore, corpus: str, *,
+    reader_config: ReaderConfig = ReaderConfig(), run_id: str | None = None,
+) -> DocumentsResult:
+    """Read the corpus source, store new documents, record the corpus version it now is."""
+    started = time.perf_counter()
+    info = catalog.get_corpus(corpus)
+    report = ReadReport()
+    snapshot = collect_documents(read_corpus(info.source_uri, reader_config, report))
+    write = store.add_documents(snapshot.documents)
+    version = catalog.record_corpus_version(
+        corpus, snapshot.documents, snapshot.digest, documents_lance_version=write.version,
+        n_issues=len(report.issues), run_id=run_id)
+    return DocumentsResult(version, report.files, len(snapshot.documents), write.inserted,
+                           snapshot.duplicates_collapsed, report.issues, write,
+                           time.perf_counter() - started)
+
+
+def chunk_corpus(
+    catalog: Catalog, store: FeatureStore, chunker: Chunker, corpus: str, *,
+    run_id: str | None = None, progress: Progress = _no_progress, write_every: int = 20_000,
+) -> ChunksResult:
+    """Chunk the documents of the corpus's latest version that have no chunks yet."""
+    started = time.perf_counter()
+    version = catalog.latest_corpus_version(corpus)
+    doc_ids = catalog.corpus_doc_ids(version.id)
+    todo = sorted(set(doc_ids) - store.chunked_doc_ids())
+    texts = store.document_texts(todo)
+    pending: list = []
+    inserted = new_tokens = short_docs = docs_done = 0
+    lance_version = store.version(CHUNKS)
+    progress(0, len(todo))
+    for chunk in chunker.chunk_documents((d, texts[d]) for d in todo):
+        pending.append(chunk)
+        new_tokens += len(chunk.token_ids)
+        if chunk.next_chunk_id is None:  # the document's last chunk
+            docs_done += 1
+            short_docs += chunk.position == 0 and len(chunk.token_ids) < chunker.config.chunk_tokens
+            progress(docs_done, len(todo))
+        if len(pending) >= write_every:
+            write = store.add_chunks(pending)
+            inserted, lance_version, pending = inserted + write.inserted, write.version, []
+    if pending:
+        write = store.add_chunks(pending)
+        inserted, lance_version = inserted + write.inserted, write.version
+    progress(len(todo), len(todo))
+    n_chunks = store.chunks_of_documents(doc_ids, ["chunk_id"]).num_rows
+    seconds = time.perf_counter() - started
+    data_version = sha256_hex(f"{version.digest}:{chunker.identity}")[:16]
+    catalog.record_feature_version("chunks", version.id, CHUNKS, lance_version,
+                                   rows_written=inserted, run_id=run_id,
+                                   stats={"chunks": n_chunks, "new_tokens": new_tokens})
+    return ChunksResult(version, n_chunks, inserted, len(todo), new_tokens, int(short_docs),
+                        TableWrite(CHUNKS, inserted, lance_version), seconds, data_version)
+
+
+def embed_corpus(
+    catalog: Catalog, store: FeatureStore, embedder: Embedder, corpus: str, *,
+    run_id: str | None = None, progress: Progress = _no_progress, block: int = 512,
+) -> EmbeddingsResult:
+    """Embed the corpus's chunk texts that have no vector in this embedding space yet."""
+    started = time.perf_counter()
+    space = embedder.space
+    catalog.register_embedding_space(space)
+    version = catalog.latest_corpus_version(corpus)
+    chunks = store.chunks_of_documents(catalog.corpus_doc_ids(version.id), ["content_hash", "text"])
+    missing = store.missing_embeddings(space.space_id, space.dim, chunks.column("content_hash"))
+    todo = _first_text_per_hash(chunks, missing)
+    table = embeddings_table_name(space.space_id)
+    writes: list[TableWrite] = []
+    progress(0, len(todo))
+    for start in range(0, len(todo), block):
+        hashes, texts = zip(*todo[start:start + block])
+        writes.append(store.add_embeddings(space.space_id, hashes, embedder.embed(texts)))
+        progress(min(start + block, len(todo)), len(todo))
+    inserted = sum(w.inserted for w in writes)
+    lance_version = writes[-1].version if writes else store.version(table)
+    seconds = time.perf_counter() - started
+    digest = sha256_hex(f"{version.digest}:{space.space_id}")[:16]
+    catalog.record_feature_version(
+        "chunk_embeddings", version.id, table, lance_version, rows_written=inserted,
+        run_id=run_id, embedding_space_id=space.space_id,
+        stats={"chunks": chunks.num_rows, "distinct_texts": len(pc.unique(chunks.column("content_hash")))})
+    return EmbeddingsResult(version, space, chunks.num_rows,
+                            len(pc.unique(chunks.column("content_hash"))), inserted,
+                            TableWrite(table, inserted, lance_version), seconds, digest, writes)
+
+
+def _first_text_per_hash(chunks: pa.Table, wanted: pa.Array) -> list[tuple[str, str]]:
+    """(hash, text) for each wanted hash, once: identical chunk texts are embedded once."""
+    mask = pc.is_in(chunks.column("content_hash"), value_set=wanted)
+    seen: dict[str, str] = {}
+    for h, text in zip(chunks.column("content_hash").filter(mask).to_pylist(),
+                       chunks.column("text").filter(mask).to_pylist()):
+        seen.setdefault(h, text)
+    return list(seen.items())

@@ -1,0 +1,66 @@
+"""Where retro-ops keeps its state: one home folder, every location overridable.
+
+All paths hang off `RETRO_OPS_HOME` (default `./.retro_ops`) so a demo never writes outside it;
+each backend URL can be pointed elsewhere (e.g. the catalog at Postgres) by environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+HOME_ENV = "RETRO_OPS_HOME"
+CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
+LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
+EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
+DEFAULT_HOME = ".retro_ops"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations of every store. Build with `Settings.from_env()` or directly in tests."""
+
+    home: Path
+    catalog_url: str = ""
+    lancedb_uri: str = ""
+    embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        home = Path(self.home).expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        if not self.catalog_url:
+            object.__setattr__(self, "catalog_url", f"sqlite:///{home / 'catalog.db'}")
+        if not self.lancedb_uri:
+            object.__setattr__(self, "lancedb_uri", str(home / "lancedb"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            home=Path(env.get(HOME_ENV) or DEFAULT_HOME),
+            catalog_url=env.get(CATALOG_URL_ENV, ""),
+            lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
+            embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
+        )
+
+    def with_home(self, home: Path) -> "Settings":
+        return replace(self, home=home, catalog_url="", lancedb_uri="")
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def indices_dir(self) -> Path:
+        return self.home / "indices"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.dagster_home, self.mlflow_dir, self.indices_dir):
+            path.mkdir(parents=True, exist_ok=True)
