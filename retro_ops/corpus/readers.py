@@ -39,7 +39,7 @@ class ReaderConfig:
 
     max_file_bytes: int = 32 * 1024 * 1024
     binary_sample_bytes: int = 8192
-    binary_threshold: float = 0.10
+    binary_threshold: float = 0.30
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""Shared helpers for the benchmark scripts: timing, corpus loading, table and JSON output.
+
+The scripts are run as files (`python bench/chunking.py`), so this module is imported as
+`_common` from the bench folder that Python puts first on sys.path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+CORPORA = {
+    "sotu": REPO_ROOT / "corpora" / "sotu" / "*.jsonl",
+    "moby_dick": REPO_ROOT / "corpora" / "moby_dick" / "*.txt",
+}
+
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed call: wall seconds and process CPU seconds (all threads, Rust and BLAS too)."""
+
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def busy_cores(self) -> float:
+        """CPU time / wall time: how many cores the call kept busy on average."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[Timing, Any]:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = fn()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return Timing(wall, cpu), result
+
+
+def best_of(fn: Callable[[], Any], runs: int, warmup: int = 0) -> tuple[Timing, Any]:
+    """The fastest (by wall time) of `runs` calls after `warmup` untimed ones, and its result."""
+    for _ in range(warmup):
+        fn()
+    best: tuple[Timing, Any] | None = None
+    for _ in range(max(1, runs)):
+        timing, result = time_call(fn)
+        if best is None or timing.wall_s < best[0].wall_s:
+            best = (timing, result)
+        del result
+    assert best is not None
+    return best
+
+
+def load_documents(corpora: Iterable[str]) -> list[tuple[str, str]]:
+    """(doc_id, text) of the unique documents of the named embedded corpora, in reading order."""
+    from retro_ops.corpus import collect_documents, read_corpus
+
+    def raw():
+        for name in corpora:
+            yield from read_corpus(CORPORA[name])
+
+    return [(doc.doc_id, doc.text) for doc in collect_documents(raw()).documents]
+
+
+def parse_int_list(text: str) -> list[int]:
+    """argparse type for "8,32,64"."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers depend on: cores, thread settings, library versions."""
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: true)"),
+        "RAYON_NUM_THREADS": os.environ.get("RAYON_NUM_THREADS", "(unset: all cores)"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: str = "{}"  # str.format spec applied to the row's value
+
+    def render(self, row: dict[str, Any]) -> str:
+        value = row.get(self.key)
+        if value is None:
+            return "-"
+        return self.fmt.format(value)
+
+
+def markdown_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(c.header for c in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(c.render(row) for c in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def report(name: str, columns: Sequence[Column], rows: list[dict[str, Any]],
+           meta: dict[str, Any], notes: Sequence[str] = ()) -> Path:
+    """Print the table (and notes) to stdout; write rows + meta to bench/results/<name>.json."""
+    print(markdown_table(columns, rows))
+    for note in notes:
+        print(f"\n{note}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "meta": meta, "rows": rows}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"\nrows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
+    return path

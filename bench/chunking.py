@@ -1,0 +1,155 @@
+"""Chunking throughput: tokens/s (and per core) of `retro_ops.chunking.Chunker` on real text.
+
+Text: the embedded corpora (corpora/sotu/*.jsonl and corpora/moby_dick/*.txt, ~2.6 MB,
+~0.6M WordPiece tokens) read with `read_corpus` + `collect_documents`; `--repeat N` feeds the
+document list N times for more volume.
+
+Timed (best of `--runs` by wall time, each on the same documents):
+  chunker          list(chunker.chunk_documents(docs)): batch tokenization + Chunk objects
+  tokenize only    chunker.tokenize(texts): the batch (Rust) tokenizer call alone, for the
+                   split between tokenizer time and Python chunk-building time
+  per-doc baseline tokenizer(text, add_special_tokens=False) one document at a time
+  per-doc + offsets the same, also returning offsets (what the chunker needs): isolates the
+                   cost of offsets from the cost of batching
+
+The rows run twice: in this process with the default thread settings (TOKENIZERS_PARALLELISM
+true, Rust/rayon uses every core), and in a subprocess with RAYON_NUM_THREADS=1 (one core).
+"cores avail" is what a row may use (os.cpu_count() or 1); "cores busy" is measured, process CPU
+time / wall time. Per-core throughput = tokens/s / cores avail.
+
+RETRO reference: about 1.9 minutes per 1M 64-token chunks per CPU core, i.e.
+64e6 / (1.9 * 60) ~= 561k tokens/s/core (figure as given to us; see the caveat in the notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from _common import Column, best_of, environment, load_documents, report
+
+RETRO_TOKENS_PER_S_PER_CORE = 64e6 / (1.9 * 60)
+ROWS_MARKER = "ROWS_JSON:"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 1)[1])
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="feed the documents N times (default 1: ~0.6M tokens)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per row, best kept (3)")
+    parser.add_argument("--corpora", nargs="+", default=["sotu", "moby_dick"],
+                        choices=["sotu", "moby_dick"], help="embedded corpora to read (both)")
+    parser.add_argument("--no-single-thread", action="store_true",
+                        help="skip the RAYON_NUM_THREADS=1 subprocess rows")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.runs < 1:
+        parser.error("--repeat and --runs must be >= 1")
+    return args
+
+
+def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[dict[str, Any]]:
+    """The three timed rows in this process's thread settings."""
+    from retro_ops.chunking import Chunker
+    from retro_ops.embedder import default_model_dir
+
+    chunker = Chunker.from_model_dir(default_model_dir())
+    tokenizer = chunker.tokenizer
+    base = load_documents(args.corpora)
+    docs = [(f"{doc_id}/{r}", text) for r in range(args.repeat) for doc_id, text in base]
+    texts = [text for _, text in docs]
+    n_chars = sum(len(t) for t in texts)
+
+    def chunk():
+        chunks = list(chunker.chunk_documents(docs))
+        return sum(len(c.token_ids) for c in chunks), len(chunks)
+
+    def tokenize_only():
+        return sum(len(ids) for ids, _ in chunker.tokenize(texts)), None
+
+    def per_doc():
+        # verbose=False only silences the "longer than model max length" warning.
+        return sum(len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
+                   for t in texts), None
+
+    def per_doc_offsets():
+        return sum(len(tokenizer(t, add_special_tokens=False, return_offsets_mapping=True,
+                                 verbose=False)["input_ids"]) for t in texts), None
+
+    rows = []
+    for method, fn in (("per-doc baseline", per_doc), ("per-doc + offsets", per_doc_offsets),
+                       ("chunker.tokenize only", tokenize_only),
+                       ("chunker.chunk_documents", chunk)):
+        timing, (tokens, n_chunks) = best_of(fn, args.runs, warmup=0)
+        rate = tokens / timing.wall_s
+        per_core = rate / cores_avail
+        rows.append({
+            "method": method, "threads": env_label, "cores_avail": cores_avail,
+            "documents": len(docs), "chars": n_chars, "tokens": tokens, "chunks": n_chunks,
+            "wall_s": timing.wall_s, "cpu_s": timing.cpu_s, "cores_busy": timing.busy_cores,
+            "tokens_per_s": rate, "tokens_per_s_per_core": per_core,
+            "tokens_per_s_per_busy_core": tokens / timing.cpu_s if timing.cpu_s else None,
+            "vs_retro_per_core": per_core / RETRO_TOKENS_PER_S_PER_CORE,
+        })
+    baseline = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["speedup_vs_per_doc"] = row["tokens_per_s"] / baseline
+    return rows
+
+
+def single_thread_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same rows measured in a fresh interpreter with RAYON_NUM_THREADS=1."""
+    env = dict(os.environ, RAYON_NUM_THREADS="1", TOKENIZERS_PARALLELISM="true")
+    cmd = [sys.executable, __file__, "--worker", "--repeat", str(args.repeat),
+           "--runs", str(args.runs), "--corpora", *args.corpora]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"single-thread worker failed ({done.returncode}):\n{done.stderr}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith(ROWS_MARKER))
+    return json.loads(line[len(ROWS_MARKER):])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        rows = measure(args, cores_avail=1, env_label="RAYON_NUM_THREADS=1")
+        print(ROWS_MARKER + json.dumps(rows))
+        return
+    meta = environment()
+    # Single-thread subprocess first, before this process starts the rayon pool.
+    single = [] if args.no_single_thread else single_thread_rows(args)
+    cores = os.cpu_count() or 1
+    rows = measure(args, cores_avail=cores, env_label="default (TOKENIZERS_PARALLELISM=true)")
+    rows += single
+    meta.update(repeat=args.repeat, runs=args.runs, corpora=args.corpora,
+                retro_tokens_per_s_per_core=RETRO_TOKENS_PER_S_PER_CORE)
+    columns = [
+        Column("method", "method"),
+        Column("threads", "threads"),
+        Column("tokens", "tokens", "{:,}"),
+        Column("wall_s", "best wall s", "{:.3f}"),
+        Column("cores_busy", "cores busy", "{:.2f}"),
+        Column("tokens_per_s", "tokens/s", "{:,.0f}"),
+        Column("cores_avail", "cores avail"),
+        Column("tokens_per_s_per_core", "tokens/s/core", "{:,.0f}"),
+        Column("vs_retro_per_core", "ours/RETRO per core", "{:.2f}x"),
+        Column("speedup_vs_per_doc", "speed-up vs per-doc", "{:.2f}x"),
+    ]
+    notes = [
+        f"Machine: {meta['processor']}, os.cpu_count()={meta['cpu_count']}, "
+        f"load avg {meta['load_avg_1min']:.2f}; tokenizers {meta['tokenizers']}; "
+        f"{rows[0]['documents']} documents, {rows[0]['chars']:,} chars, best of {args.runs}.",
+        f"RETRO reference: 64e6 / (1.9 min * 60) = {RETRO_TOKENS_PER_S_PER_CORE:,.0f} "
+        "tokens/s/core. 'speed-up vs per-doc' compares rows with the same thread setting.",
+    ]
+    report("chunking", columns, rows, meta, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Shared fixtures: a temporary home with real stores, the real frozen BERT, small real corpora."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retro_ops.catalog import Catalog
+from retro_ops.chunking import Chunker
+from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.embedder import Embedder
+from retro_ops.feature_store import FeatureStore
+from retro_ops.settings import HOME_ENV, Settings
+
+# Short real chapters of Moby-Dick: a few hundred chunks, embedded in seconds on 2 cores.
+SMALL_CHAPTERS = ["chapter_2.txt", "chapter_5.txt", "chapter_6.txt", "chapter_8.txt",
+                  "chapter_11.txt", "chapter_12.txt"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """An isolated RETRO_OPS_HOME (resources and the CLI resolve it from the environment)."""
+    settings = Settings(home=tmp_path / "home")
+    monkeypatch.setenv(HOME_ENV, str(settings.home))
+    for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_EMBEDDER_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    settings.ensure_dirs()
+    return settings
+
+
+@pytest.fixture
+def catalog(home: Settings) -> Catalog:
+    cat = Catalog.open(home.catalog_url)
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def store(home: Settings) -> FeatureStore:
+    return FeatureStore(home.lancedb_uri)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def chunker(embedder: Embedder) -> Chunker:
+    return Chunker(embedder.tokenizer)
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "small_corpus"
+    folder.mkdir()
+    for name in SMALL_CHAPTERS:
+        shutil.copy(CORPORA_DIR / "moby_dick" / name, folder / name)
+    return folder

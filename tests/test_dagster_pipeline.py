@@ -1,0 +1,124 @@
+"""A real in-process Dagster materialization of documents -> chunks -> chunk_embeddings:
+real files, real LanceDB, the real BERT, the instance under the test's home."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from assets.definitions import defs
+from assets.launch import dagster_instance, materialize_corpus
+from retro_ops.catalog import Catalog
+from retro_ops.chunking import Chunker
+from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.feature_store import FeatureStore
+from retro_ops.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def by_asset(outcome) -> dict:
+    return {a.asset: a for a in outcome.assets}
+
+
+def test_asset_graph_snapshot():
+    """A change to the graph shows up here as a visible diff."""
+    graph = defs.resolve_asset_graph()
+    deps = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+            for key in graph.get_all_asset_keys()}
+    assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"]}
+    checks = sorted(k.name for k in graph.asset_check_keys)
+    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty"]
+
+
+def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, chunker: Chunker):
+    catalog = Catalog.open(home.catalog_url)
+    catalog.add_corpus("small", str(small_corpus))
+    instance = dagster_instance(home)
+
+    first = materialize_corpus(instance, "small")
+    assert first.success, first.error
+    assets = by_asset(first)
+    n_chunks = assets["chunks"].metadata["chunks"]
+    assert assets["documents"].metadata["documents"] == 6
+    assert n_chunks > 50 and assets["chunks"].metadata["new_chunks"] == n_chunks
+    assert assets["chunk_embeddings"].metadata["newly_embedded"] == \
+        assets["chunk_embeddings"].metadata["distinct_chunk_texts"]
+    assert all(all(a.checks.values()) for a in first.assets)
+    assert len([c for a in first.assets for c in a.checks]) == 3
+    # the run and its materializations live on the instance the UI reads
+    assert instance.get_run_by_id(first.run_id) is not None
+    event = instance.get_latest_materialization_event(dg.AssetKey("chunk_embeddings"))
+    assert event.asset_materialization.partition == "small"
+
+    # add one document: only its chunks are chunked and embedded
+    new_doc = CORPORA_DIR / "moby_dick" / "chapter_9.txt"
+    shutil.copy(new_doc, small_corpus / new_doc.name)
+    expected = len(list(chunker.chunk_documents([("x", new_doc.read_text())])))
+    second = by_asset(materialize_corpus(instance, "small"))
+    assert second["documents"].metadata["new_documents"] == 1
+    assert second["chunks"].metadata["new_chunks"] == expected
+    assert second["chunks"].metadata["chunks"] == n_chunks + expected
+    assert second["chunk_embeddings"].metadata["newly_embedded"] == expected
+    assert second["chunk_embeddings"].metadata["lancedb_version"] > \
+        assets["chunk_embeddings"].metadata["lancedb_version"]
+
+    # unchanged corpus: nothing is re-chunked or re-embedded, the LanceDB version stays
+    third = by_asset(materialize_corpus(instance, "small"))
+    assert third["chunks"].metadata["new_chunks"] == 0
+    assert third["chunk_embeddings"].metadata["newly_embedded"] == 0
+    assert third["chunk_embeddings"].metadata["lancedb_version"] == \
+        second["chunk_embeddings"].metadata["lancedb_version"]
+    recorded = [(f["asset"], f["lance_version"]) for f in catalog.feature_versions("chunk_embeddings")]
+    assert [v for _, v in recorded] == [assets["chunk_embeddings"].metadata["lancedb_version"],
+                                        second["chunk_embeddings"].metadata["lancedb_version"],
+                                        second["chunk_embeddings"].metadata["lancedb_version"]]
+
+
+def test_bad_inputs_do_not_stop_the_corpus(home: Settings, tmp_path: Path):
+    folder = tmp_path / "messy"
+    folder.mkdir()
+    (folder / "good.txt").write_text((CORPORA_DIR / "moby_dick" / "chapter_2.txt").read_text())
+    (folder / "short.txt").write_text("Call me Ishmael.")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "blob.txt").write_bytes(bytes(range(256)) * 16)
+    (folder / "bad.jsonl").write_text('{"text": "kept line"}\nnot json\n{"no": "text"}\n')
+    catalog = Catalog.open(home.catalog_url)
+    catalog.add_corpus("messy", str(folder))
+    outcome = materialize_corpus(dagster_instance(home), "messy")
+    assert outcome.success, outcome.error
+    assets = by_asset(outcome)
+    assert assets["documents"].metadata["documents"] == 3  # good, short, kept line
+    assert assets["documents"].metadata["issues"] == 4
+    assert "bad.jsonl:2: not valid JSON" in assets["documents"].metadata["issue_list"]
+    assert assets["chunks"].metadata["documents_shorter_than_one_chunk"] == 2
+    assert all(all(a.checks.values()) for a in outcome.assets)
+    store = FeatureStore(home.lancedb_uri)
+    ids = catalog.corpus_doc_ids(catalog.latest_corpus_version("messy").id)
+    assert store.chunks_of_documents(ids, ["chunk_id"]).num_rows == assets["chunks"].metadata["chunks"]
+
+
+def test_selection_and_unknown_asset(home: Settings, small_corpus: Path):
+    Catalog.open(home.catalog_url).add_corpus("small", str(small_corpus))
+    instance = dagster_instance(home)
+    outcome = materialize_corpus(instance, "small", selection=["documents"])
+    assert [a.asset for a in outcome.assets] == ["documents"]
+    try:
+        materialize_corpus(instance, "small", selection=["embeddings"])
+    except ValueError as exc:
+        assert str(exc) == ("unknown asset(s) embeddings; choose from documents, chunks, "
+                            "chunk_embeddings")
+    else:
+        raise AssertionError("an unknown asset must be refused")
+
+
+def test_definitions_validate_from_workspace():
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
