@@ -76,8 +76,12 @@ class FeatureStore:
     def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table) -> TableWrite:
         """Insert rows whose key is not present yet; an empty batch writes no version."""
         table = self.table(name, schema)
+        if rows.num_rows:  # drop known keys first: a batch of nothing new writes no version
+            rows = rows.filter(pc.invert(pc.is_in(rows.column(key),
+                                                  value_set=self._column(name, schema, key))))
         if rows.num_rows == 0:
             return TableWrite(name, 0, table.version)
+        # merge_insert (not add) keeps the write idempotent against a concurrent writer
         result = table.merge_insert(key).when_not_matched_insert_all().execute(rows)
         return TableWrite(name, result.num_inserted_rows, result.version)
 

@@ -29,8 +29,8 @@ app = typer.Typer(
 corpus_app = typer.Typer(no_args_is_help=True, help="Register and list corpora.")
 app.add_typer(corpus_app, name="corpus")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -122,14 +122,18 @@ def _print_outcomes(outcomes, json_out: bool) -> None:
     for o in outcomes:
         status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.error}"
         out.print(f"\n[bold]{o.corpus}[/bold] run {o.run_id[:8]} {status}")
-        table = Table("asset", "key numbers", "checks")
+        table = Table("asset", "rows", "new", "rate", "LanceDB version", "checks")
         for a in o.assets:
             md = a.metadata
-            keys = ("documents", "new_documents", "issues", "chunks", "new_chunks", "new_tokens",
-                    "tokens_per_second", "newly_embedded", "chunks_per_second", "lancedb_version")
-            numbers = ", ".join(f"{k}={md[k]}" for k in keys if k in md)
-            checks = ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in a.checks.items())
-            table.add_row(a.asset, numbers, checks or "-")
+            rows = md.get("chunks", md.get("documents", "-"))
+            new = md.get("newly_embedded", md.get("new_chunks", md.get("new_documents", "-")))
+            rate = (f"{md['chunks_per_second']:.1f} chunks/s" if "chunks_per_second" in md else
+                    f"{md['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in md else "")
+            failed = [k for k, v in a.checks.items() if not v]
+            checks = (f"FAILED: {', '.join(failed)}" if failed else
+                      f"{len(a.checks)} passed" if a.checks else "-")
+            table.add_row(a.asset, str(rows), str(new), rate, str(md.get("lancedb_version", "-")),
+                          checks)
         out.print(table)
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":

@@ -1,0 +1,163 @@
+"""Embedding throughput: chunks/s of `retro_ops.embedder.Embedder` by batch size, and its FLOP/s
+as a share of this machine's measured fp32 matmul peak.
+
+Input: the first N full 64-token chunks (`--n-chunks`, default 512) that the chunker cuts from
+the embedded moby_dick corpus. Each batch size runs `embedder.embed(texts)` on all N texts (one
+untimed warm-up batch first, then best of `--runs` by wall time); the time includes the
+embedder's own tokenization, padding and pooling, i.e. what the pipeline pays.
+
+FLOPs (counted analytically, 1 multiply-add = 2 FLOPs) for a BERT encoder with L layers, hidden
+size d, FFN size f, on a sequence of T tokens (the padded length the batch actually ran,
+[CLS] and [SEP] included):
+
+    per layer  = 2*T*(4*d*d + 2*d*f)   Q, K, V and output projections (4 d x d), FFN d->f->d
+               + 2*2*T*T*d             attention scores Q.K^T and the weighted sum over V
+    per chunk  = L * per layer
+
+Embeddings, layer norms, softmax, GELU, biases and pooling are left out (O(T*d), < 1%).
+Batch FLOPs = batch size * per-chunk FLOPs at that batch's padded T; the embedder sorts texts by
+length, so padding is small.
+
+Peak: the best of `--matmul-runs` float32 (n x n) @ (n x n) torch matmuls (n = `--matmul-size`,
+2048 by default, 2*n^3 FLOPs each) with torch's default thread count, measured before and after
+the embedder runs; the higher of the two is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from _common import Column, best_of, environment, parse_int_list, report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--n-chunks", type=int, default=512, metavar="N",
+                        help="how many real 64-token chunk texts to embed (512)")
+    parser.add_argument("--batch-sizes", type=parse_int_list, default=[8, 32, 64, 128],
+                        metavar="B,B,...", help="comma-separated batch sizes (8,32,64,128)")
+    parser.add_argument("--runs", type=int, default=2,
+                        help="timed passes over the N texts per batch size, best kept (2)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the peak matmul")
+    parser.add_argument("--matmul-runs", type=int, default=5, help="timed peak matmuls (5)")
+    args = parser.parse_args(argv)
+    if args.n_chunks < 1 or args.runs < 1 or args.matmul_runs < 1 or args.matmul_size < 1:
+        parser.error("--n-chunks, --runs, --matmul-size and --matmul-runs must be >= 1")
+    return args
+
+
+def chunk_texts(n: int) -> tuple[list[str], int]:
+    """The first n chunk texts of exactly m tokens from moby_dick, and m."""
+    from _common import load_documents
+
+    from retro_ops.chunking import Chunker
+    from retro_ops.embedder import default_model_dir
+
+    chunker = Chunker.from_model_dir(default_model_dir())
+    m = chunker.config.chunk_tokens
+    texts = []
+    for chunk in chunker.chunk_documents(load_documents(["moby_dick"])):
+        if len(chunk.token_ids) == m:
+            texts.append(chunk.text)
+            if len(texts) == n:
+                return texts, m
+    raise SystemExit(f"moby_dick has only {len(texts)} full {m}-token chunks; lower --n-chunks")
+
+
+def bert_flops_per_sequence(layers: int, d: int, f: int, t: int) -> int:
+    """Forward FLOPs of one T-token sequence through the encoder (formula in the docstring)."""
+    return layers * (2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * t * t * d)
+
+
+def matmul_peak(n: int, runs: int) -> float:
+    """Best fp32 FLOP/s of an (n x n) @ (n x n) torch matmul."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    timing, _ = best_of(lambda: torch.mm(a, b), runs, warmup=1)
+    return 2 * n**3 / timing.wall_s
+
+
+def batch_flops(embedder, texts: list[str], batch_size: int) -> tuple[int, float]:
+    """FLOPs of embed(texts) at this batch size, and the mean padded T: the batches are rebuilt
+    as `Embedder.embed` builds them (stable sort by character length, padding to the longest)."""
+    import numpy as np
+
+    config = embedder.model.config
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    total, t_sum = 0, 0
+    for start in range(0, len(texts), batch_size):
+        batch = [texts[i] for i in order[start:start + batch_size]]
+        encoded = embedder.tokenizer(batch, padding=True, truncation=True,
+                                     max_length=embedder.space.max_tokens)
+        t = len(encoded["input_ids"][0])
+        total += len(batch) * bert_flops_per_sequence(
+            config.num_hidden_layers, config.hidden_size, config.intermediate_size, t)
+        t_sum += len(batch) * t
+    return total, t_sum / len(texts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from retro_ops.embedder import Embedder
+
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    peak_before = matmul_peak(args.matmul_size, args.matmul_runs)
+    texts, m = chunk_texts(args.n_chunks)
+    embedder = Embedder()
+    config = embedder.model.config
+
+    rows: list[dict[str, Any]] = []
+    for batch_size in args.batch_sizes:
+        embedder.batch_size = batch_size
+        embedder.embed(texts[:batch_size])  # warm-up: allocator, oneDNN kernels for this shape
+        timing, _ = best_of(lambda: embedder.embed(texts), args.runs)
+        flops, mean_t = batch_flops(embedder, texts, batch_size)
+        rows.append({
+            "batch_size": batch_size, "n_chunks": len(texts), "wall_s": timing.wall_s,
+            "cores_busy": timing.busy_cores, "chunks_per_s": len(texts) / timing.wall_s,
+            "ms_per_chunk": 1e3 * timing.wall_s / len(texts), "mean_padded_T": mean_t,
+            "gflop_per_chunk": flops / len(texts) / 1e9, "gflop_per_s": flops / timing.wall_s / 1e9,
+        })
+    peak_after = matmul_peak(args.matmul_size, args.matmul_runs)
+    peak = max(peak_before, peak_after)
+    for row in rows:
+        row["pct_of_matmul_peak"] = 100 * row["gflop_per_s"] * 1e9 / peak
+
+    meta = environment()
+    meta.update(
+        model=embedder.space.model_name, layers=config.num_hidden_layers, hidden=config.hidden_size,
+        intermediate=config.intermediate_size, heads=config.num_attention_heads,
+        chunk_tokens=m, n_chunks=len(texts), runs=args.runs, matmul_size=args.matmul_size,
+        matmul_peak_gflops_before=peak_before / 1e9, matmul_peak_gflops_after=peak_after / 1e9,
+        matmul_peak_gflops=peak / 1e9, elapsed_s=time.perf_counter() - t0,
+    )
+    columns = [
+        Column("batch_size", "batch size"),
+        Column("chunks_per_s", "chunks/s", "{:.1f}"),
+        Column("ms_per_chunk", "ms/chunk", "{:.2f}"),
+        Column("gflop_per_s", "achieved GFLOP/s", "{:.1f}"),
+        Column("pct_of_matmul_peak", "% of measured matmul peak", "{:.0f}%"),
+    ]
+    notes = [
+        (f"Model {meta['model']}: L={meta['layers']}, d={meta['hidden']}, "
+         f"f={meta['intermediate']}; {len(texts)} real {m}-token moby_dick chunks, padded T ~ "
+         f"{rows[0]['mean_padded_T']:.1f} tokens incl. [CLS]/[SEP], "
+         f"{rows[0]['gflop_per_chunk']:.3f} GFLOP/chunk; best of {args.runs}."),
+        (f"Peak: fp32 {args.matmul_size}^3 torch.mm with {meta['torch_threads']} torch threads: "
+         f"{peak_before / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after; the higher is "
+         f"100%. Machine: {meta['processor']}, os.cpu_count()={meta['cpu_count']}, load avg "
+         f"{load_start:.2f} at start, {meta['load_avg_1min']:.2f} at end; "
+         f"total {meta['elapsed_s']:.0f} s."),
+    ]
+    report("embedding", columns, rows, meta, notes)
+
+
+if __name__ == "__main__":
+    main()
