@@ -36,3 +36,24 @@ def embedding_check_results(store: FeatureStore, space: EmbeddingSpace,
         _result("chunk_embeddings_complete", feature_checks.embeddings_complete(*args)),
         _result("chunk_embeddings_finite", feature_checks.embeddings_finite(*args)),
     ]
+
+INDEX_CHECKS = [
+    dg.AssetCheckSpec("faiss_index_recall", asset="faiss_index", blocking=True,
+                      description="recall@10 against exact search >= the configured threshold."),
+    dg.AssetCheckSpec("faiss_index_ntotal", asset="faiss_index", blocking=True,
+                      description="The index holds exactly the retrieval-set version's chunks."),
+]
+
+
+def index_check_results(result, threshold: float) -> list[dg.AssetCheckResult]:
+    quality, manifest = result.quality, result.manifest
+    return [
+        dg.AssetCheckResult(check_name="faiss_index_recall", passed=quality.recall_at_k >= threshold,
+                            metadata={"recall_at_10": round(quality.recall_at_k, 4),
+                                      "threshold": threshold, "queries": quality.queries,
+                                      "published": result.published is not None}),
+        dg.AssetCheckResult(check_name="faiss_index_ntotal",
+                            passed=manifest.ntotal == result.version.n_chunks,
+                            metadata={"ntotal": manifest.ntotal,
+                                      "expected": result.version.n_chunks}),
+    ]

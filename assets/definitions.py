@@ -4,10 +4,17 @@ import dagster as dg
 
 from assets.features import chunk_embeddings, chunks, documents
 from assets.resources import (
-    CatalogResource, EmbedderResource, FeatureStoreResource, ProgressResource,
+    CatalogResource,
+    EmbedderResource,
+    FeatureStoreResource,
+    IndexStoreResource,
+    ProgressResource,
 )
+from assets.retrieval import faiss_index, retrieval_set
 
-ALL_ASSETS = [documents, chunks, chunk_embeddings]
+FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
+RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
+ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS
 
 
 def default_resources() -> dict:
@@ -15,6 +22,7 @@ def default_resources() -> dict:
         "catalog": CatalogResource(),
         "feature_store": FeatureStoreResource(),
         "embedder": EmbedderResource(),
+        "index_store": IndexStoreResource(),
         "progress": ProgressResource(),
     }
 

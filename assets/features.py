@@ -9,11 +9,17 @@ downstream asset as stale exactly when its input really changed.
 import dagster as dg
 
 from assets.checks import (
-    CHUNK_CHECKS, EMBEDDING_CHECKS, chunk_check_results, embedding_check_results,
+    CHUNK_CHECKS,
+    EMBEDDING_CHECKS,
+    chunk_check_results,
+    embedding_check_results,
 )
 from assets.partitions import corpus_partitions
 from assets.resources import (
-    CatalogResource, EmbedderResource, FeatureStoreResource, ProgressResource,
+    CatalogResource,
+    EmbedderResource,
+    FeatureStoreResource,
+    ProgressResource,
 )
 from retro_ops import pipeline
 

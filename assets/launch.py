@@ -11,11 +11,16 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from assets.definitions import ALL_ASSETS, default_resources
-from assets.partitions import CORPUS_PARTITIONS
+from assets.definitions import ALL_ASSETS, FEATURE_ASSETS, RETRIEVAL_ASSETS, default_resources
+from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
 from assets.resources import ProgressResource
 from retro_ops.settings import Settings
 
+#: partitions definition name -> the assets partitioned by it, in graph order
+ASSETS_BY_PARTITION = {
+    CORPUS_PARTITIONS: [a.key.to_user_string() for a in FEATURE_ASSETS],
+    RETRIEVAL_SET_PARTITIONS: [a.key.to_user_string() for a in RETRIEVAL_ASSETS],
+}
 ASSET_NAMES = [a.key.to_user_string() for a in ALL_ASSETS]
 DAGSTER_YAML = """\
 # Written by retro-ops. SQLite storage under this folder by default; for production point
@@ -34,9 +39,13 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
+def ensure_partition(instance: dg.DagsterInstance, partitions: str, key: str) -> None:
+    if not instance.has_dynamic_partition(partitions, key):
+        instance.add_dynamic_partitions(partitions, [key])
+
+
 def ensure_corpus_partition(instance: dg.DagsterInstance, corpus: str) -> None:
-    if not instance.has_dynamic_partition(CORPUS_PARTITIONS, corpus):
-        instance.add_dynamic_partitions(CORPUS_PARTITIONS, [corpus])
+    ensure_partition(instance, CORPUS_PARTITIONS, corpus)
 
 
 @dataclass
@@ -48,7 +57,7 @@ class AssetOutcome:
 
 @dataclass
 class RunOutcome:
-    corpus: str
+    partition: str
     run_id: str
     success: bool
     assets: list[AssetOutcome]
@@ -60,22 +69,27 @@ def _plain(value):
     return getattr(value, "value", value)
 
 
-def materialize_corpus(
-    instance: dg.DagsterInstance, corpus: str, *, selection: list[str] | None = None,
+def materialize_partition(
+    instance: dg.DagsterInstance, partitions: str, key: str, *, selection: list[str] | None = None,
     progress: ProgressResource | None = None, log_level: str = "ERROR",
+    asset_config: dict[str, dict] | None = None,
 ) -> RunOutcome:
-    """Materialize the selected feature assets (default: all) for one corpus partition."""
-    unknown = sorted(set(selection or []) - set(ASSET_NAMES))
+    """Materialize the selected assets (default: all) of one partition (a corpus or a set)."""
+    names = ASSETS_BY_PARTITION[partitions]
+    unknown = sorted(set(selection or []) - set(names))
     if unknown:
-        raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(ASSET_NAMES)}")
-    ensure_corpus_partition(instance, corpus)
+        raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    ensure_partition(instance, partitions, key)
     resources = default_resources()
     if progress is not None:
         resources["progress"] = progress
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if asset_config:
+        run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
     result = dg.materialize(
-        ALL_ASSETS, instance=instance, partition_key=corpus, resources=resources,
-        selection=selection or None, raise_on_error=False, tags={"retro_ops/launched_by": "cli"},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        ALL_ASSETS, instance=instance, partition_key=key, resources=resources,
+        selection=selection or names, raise_on_error=False,
+        tags={"retro_ops/launched_by": "cli"}, run_config=run_config,
     )
     outcomes: dict[str, AssetOutcome] = {}
     for event in result.get_asset_materialization_events():
@@ -90,8 +104,16 @@ def materialize_corpus(
         failures = result.get_step_failure_events()
         error = "; ".join(f"{f.step_key}: {f.step_failure_data.error.message.strip()}"
                           for f in failures if f.step_failure_data.error) or "run failed"
-    return RunOutcome(corpus, result.run_id, result.success,
-                      [outcomes[n] for n in ASSET_NAMES if n in outcomes], error)
+    return RunOutcome(key, result.run_id, result.success,
+                      [outcomes[n] for n in names if n in outcomes], error)
+
+
+def materialize_corpus(instance: dg.DagsterInstance, corpus: str, **kwargs) -> RunOutcome:
+    return materialize_partition(instance, CORPUS_PARTITIONS, corpus, **kwargs)
+
+
+def materialize_retrieval_set(instance: dg.DagsterInstance, name: str, **kwargs) -> RunOutcome:
+    return materialize_partition(instance, RETRIEVAL_SET_PARTITIONS, name, **kwargs)
 
 
 class TerminalProgress(ProgressResource):

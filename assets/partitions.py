@@ -5,3 +5,6 @@ import dagster as dg
 
 CORPUS_PARTITIONS = "corpus"
 corpus_partitions = dg.DynamicPartitionsDefinition(name=CORPUS_PARTITIONS)
+
+RETRIEVAL_SET_PARTITIONS = "retrieval_set"
+retrieval_set_partitions = dg.DynamicPartitionsDefinition(name=RETRIEVAL_SET_PARTITIONS)

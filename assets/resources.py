@@ -2,7 +2,8 @@
 run time (RETRO_OPS_HOME, RETRO_OPS_CATALOG_URL, ...), so one definition serves every home."""
 
 
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
@@ -67,3 +68,12 @@ class ProgressResource(dg.ConfigurableResource):
                 context.log.info(f"{label}: {done}/{total}")
 
         return report
+
+
+class IndexStoreResource(dg.ConfigurableResource):
+    """Where published FAISS indices live; "" = `<home>/indices` (one folder per retrieval set)."""
+
+    root: str = ""
+
+    def path(self) -> Path:
+        return Path(self.root) if self.root else Settings.from_env().indices_dir

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2,
                         help="timed passes over the N texts per batch size, best kept (2)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the peak matmul")
-    parser.add_argument("--matmul-runs", type=int, default=5, help="timed peak matmuls (5)")
+    parser.add_argument("--matmul-runs", type=int, default=10, help="timed peak matmuls (10)")
     args = parser.parse_args(argv)
     if args.n_chunks < 1 or args.runs < 1 or args.matmul_runs < 1 or args.matmul_size < 1:
         parser.error("--n-chunks, --runs, --matmul-size and --matmul-runs must be >= 1")

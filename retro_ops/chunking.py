@@ -8,9 +8,9 @@ lossless for WordPiece (it splits on whitespace anyway) and bounds memory for an
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -81,7 +81,7 @@ class Chunker:
         self.tokenizer_id = tokenizer_digest(tokenizer.name_or_path)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, config: ChunkerConfig = ChunkerConfig()) -> "Chunker":
+    def from_model_dir(cls, model_dir: str | Path, config: ChunkerConfig = ChunkerConfig()) -> Chunker:
         return cls(load_tokenizer(model_dir), config)
 
     @property

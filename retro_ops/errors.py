@@ -22,3 +22,22 @@ class EmbedderError(RetroOpsError, ValueError):
 
 class CatalogError(RetroOpsError, RuntimeError):
     """The catalog cannot be opened or migrated."""
+
+
+class RetrievalSetError(RetroOpsError, ValueError):
+    """A retrieval set that cannot be defined or has no version yet."""
+
+
+class UnknownRetrievalSetError(RetroOpsError, KeyError):
+    """A retrieval-set name that the catalog does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown retrieval set"
+
+
+class IndexBuildError(RetroOpsError, ValueError):
+    """Vectors or settings an index cannot be built from (NaN, wrong dimension, bad factory)."""
+
+
+class IndexIntegrityError(RetroOpsError, RuntimeError):
+    """An index on disk that must not be loaded (digest mismatch, wrong size, unknown build)."""

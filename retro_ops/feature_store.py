@@ -13,20 +13,21 @@ Filters are built with `lancedb.expr` (never string-formatted SQL: see STACK-FAC
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.expr import col
+from lancedb.expr import col, lit
 
 from retro_ops.chunking import Chunk
 from retro_ops.corpus import Document
 
 DOCUMENTS = "documents"
 CHUNKS = "chunks"
+MEMBERS = "retrieval_set_chunks"
 _IN_BATCH = 1000  # values per IN (...) filter
 
 DOCUMENTS_SCHEMA = pa.schema([
@@ -38,6 +39,15 @@ CHUNKS_SCHEMA = pa.schema([
     ("content_hash", pa.string()), ("token_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32()),
     ("text", pa.string()), ("char_start", pa.int64()), ("char_end", pa.int64()),
     ("next_chunk_id", pa.int64()),
+])
+
+#: The retrieval database of a retrieval-set version (keyed by its digest): each member chunk
+#: with its neighbour value, chunk + continuation, as RETRO retrieves it.
+MEMBERS_SCHEMA = pa.schema([
+    ("set_digest", pa.string()), ("chunk_id", pa.int64()), ("doc_id", pa.string()),
+    ("position", pa.int32()), ("content_hash", pa.string()), ("text", pa.string()),
+    ("token_ids", pa.list_(pa.int32())), ("continuation_text", pa.string()),
+    ("continuation_token_ids", pa.list_(pa.int32())),
 ])
 
 
@@ -162,3 +172,38 @@ class FeatureStore:
                       version: int | None = None) -> pa.Table:
         return self._rows_where_in(embeddings_table_name(space_id), embeddings_schema(dim),
                                    "content_hash", content_hashes, None, version)
+
+    def vectors_of(self, space_id: str, dim: int, content_hashes: pa.Array,
+                   version: int | None = None) -> np.ndarray:
+        """(len(content_hashes), dim) float32 in the given order; every hash must have a vector."""
+        table = self.embeddings_of(space_id, dim, pc.unique(content_hashes).to_pylist(), version)
+        index = pc.index_in(content_hashes, value_set=table.column("content_hash"))
+        if index.null_count:
+            raise KeyError(f"{index.null_count} chunk texts have no embedding in space {space_id}")
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return np.ascontiguousarray(flat.reshape(-1, dim)[index.to_numpy()], dtype=np.float32)
+
+    # -- retrieval-set members ---------------------------------------------------------------
+    def has_members(self, set_digest: str) -> bool:
+        table = self.table(MEMBERS, MEMBERS_SCHEMA)
+        return table.count_rows((col("set_digest") == lit(set_digest)).to_sql()) > 0
+
+    def add_members(self, rows: pa.Table) -> TableWrite:
+        table = self.table(MEMBERS, MEMBERS_SCHEMA)
+        if rows.num_rows:
+            table.add(rows.select(MEMBERS_SCHEMA.names).cast(MEMBERS_SCHEMA))
+        return TableWrite(MEMBERS, rows.num_rows, table.version)
+
+    def members(self, set_digest: str, columns: list[str] | None = None,
+                chunk_ids: Sequence[int] | None = None) -> pa.Table:
+        """Members of a retrieval-set version, all or just `chunk_ids` (one batched lookup)."""
+        table = self.table(MEMBERS, MEMBERS_SCHEMA)
+        where = col("set_digest") == lit(set_digest)
+        if chunk_ids is not None:
+            if not len(chunk_ids):
+                return MEMBERS_SCHEMA.empty_table().select(columns or MEMBERS_SCHEMA.names)
+            where = where & col("chunk_id").isin([int(c) for c in chunk_ids])
+        query = table.search().where(where.to_sql())
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 DOC_ID_HEX_CHARS = 32  # 128 bits: collision-free for any corpus this will ever hold
 

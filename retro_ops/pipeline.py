@@ -10,8 +10,8 @@ stdout. Embeddings are written block by block, so an interrupted run keeps what 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc

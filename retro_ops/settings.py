@@ -7,9 +7,9 @@ each backend URL can be pointed elsewhere (e.g. the catalog at Postgres) by envi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 HOME_ENV = "RETRO_OPS_HOME"
 CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
@@ -37,7 +37,7 @@ class Settings:
             object.__setattr__(self, "lancedb_uri", str(home / "lancedb"))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             home=Path(env.get(HOME_ENV) or DEFAULT_HOME),
@@ -46,7 +46,7 @@ class Settings:
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
         )
 
-    def with_home(self, home: Path) -> "Settings":
+    def with_home(self, home: Path) -> Settings:
         return replace(self, home=home, catalog_url="", lancedb_uri="")
 
     @property

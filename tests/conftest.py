@@ -59,3 +59,26 @@ def small_corpus(tmp_path: Path) -> Path:
     for name in SMALL_CHAPTERS:
         shutil.copy(CORPORA_DIR / "moby_dick" / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
+    """A home whose corpus `small` (6 real chapters) is chunked and embedded, with a retrieval
+    set `small` over it: built once per test module through the library pipeline."""
+    from retro_ops import pipeline
+
+    root = tmp_path_factory.mktemp("indexed")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for name in SMALL_CHAPTERS:
+        shutil.copy(CORPORA_DIR / "moby_dick" / name, corpus / name)
+    settings = Settings(home=root / "home")
+    settings.ensure_dirs()
+    catalog = Catalog.open(settings.catalog_url)
+    store = FeatureStore(settings.lancedb_uri)
+    catalog.add_corpus("small", str(corpus))
+    pipeline.ingest_documents(catalog, store, "small")
+    pipeline.chunk_corpus(catalog, store, chunker, "small")
+    pipeline.embed_corpus(catalog, store, embedder, "small")
+    catalog.create_retrieval_set("small", ["small"])
+    return settings, catalog, store

@@ -15,7 +15,8 @@ from retro_ops.catalog.store import alembic_config, make_engine
 from retro_ops.corpus import Document
 from retro_ops.errors import CorpusError, UnknownCorpusError
 
-TABLES = {"corpora", "corpus_versions", "documents", "document_sources",
+TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrieval_sets",
+          "retrieval_set_versions", "exclusions", "index_builds",
           "corpus_version_documents", "embedding_spaces", "feature_versions", "alembic_version"}
 PG_URL = os.environ.get("RETRO_OPS_TEST_PG_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -1,5 +1,7 @@
 """The project's own catalog (SQLAlchemy 2 + alembic): what exists and which version of it."""
 
+from retro_ops.catalog.retrieval import RetrievalSetInfo, RetrievalSetVersionInfo
 from retro_ops.catalog.store import Catalog, CorpusInfo, CorpusVersionInfo, migrate
 
-__all__ = ["Catalog", "CorpusInfo", "CorpusVersionInfo", "migrate"]
+__all__ = ["Catalog", "CorpusInfo", "CorpusVersionInfo", "RetrievalSetInfo",
+           "RetrievalSetVersionInfo", "migrate"]

@@ -6,16 +6,23 @@ sets, exclusions, index builds, models and deployments as new tables with their 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
-    JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -30,7 +37,7 @@ class Corpus(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     source_uri: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    versions: Mapped[list["CorpusVersion"]] = relationship(
+    versions: Mapped[list[CorpusVersion]] = relationship(
         back_populates="corpus", order_by="CorpusVersion.id")
 
 
@@ -105,5 +112,68 @@ class FeatureVersion(Base):
         ForeignKey("embedding_spaces.id"), nullable=True)
     rows_written: Mapped[int] = mapped_column(BigInteger, default=0)
     stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RetrievalSet(Base):
+    """A named selection of chunks: the chunks of some corpora, minus exclusions."""
+
+    __tablename__ = "retrieval_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    corpora: Mapped[list] = mapped_column(JSON)  # corpus names, in the order given
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RetrievalSetVersion(Base):
+    """One exact content of a retrieval set: pins the corpus versions, the LanceDB versions read
+    and the digest of its chunk ids (members are in LanceDB `retrieval_set_chunks`)."""
+
+    __tablename__ = "retrieval_set_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    retrieval_set_id: Mapped[int] = mapped_column(
+        ForeignKey("retrieval_sets.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    n_chunks: Mapped[int] = mapped_column(BigInteger)
+    n_excluded: Mapped[int] = mapped_column(BigInteger, default=0)
+    corpus_version_ids: Mapped[list] = mapped_column(JSON)
+    embedding_space_id: Mapped[str] = mapped_column(ForeignKey("embedding_spaces.id"))
+    chunks_lance_version: Mapped[int] = mapped_column(BigInteger)
+    embeddings_table: Mapped[str] = mapped_column(String(128))
+    embeddings_lance_version: Mapped[int] = mapped_column(BigInteger)
+    members_lance_version: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Exclusion(Base):
+    """An audited decision that a chunk must never be retrieved (toxicity, PII, takedown...).
+    Retrieval-set versions subtract these; the filters that write them arrive later."""
+
+    __tablename__ = "exclusions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    policy: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float | None] = mapped_column(nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexBuild(Base):
+    """A FAISS index built from one retrieval-set version; `sha256` is what a reader trusts."""
+
+    __tablename__ = "index_builds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    retrieval_set_version_id: Mapped[int] = mapped_column(
+        ForeignKey("retrieval_set_versions.id", ondelete="CASCADE"), index=True)
+    build_dir: Mapped[str] = mapped_column(Text)
+    factory: Mapped[str] = mapped_column(String(256))
+    ntotal: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[dict] = mapped_column(JSON)
+    published: Mapped[bool] = mapped_column(default=False)
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -7,11 +7,11 @@ dataclasses, never ORM objects bound to a closed session.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_ops.catalog import models as m
+from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
 from retro_ops.embedder import EmbeddingSpace
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
@@ -81,13 +82,13 @@ class CorpusVersionInfo:
     created_at: datetime
 
 
-class Catalog:
+class Catalog(RetrievalCatalogMixin):
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> "Catalog":
+    def open(cls, url: str, *, migrate_schema: bool = True) -> Catalog:
         engine = make_engine(url)
         if migrate_schema:
             migrate(engine)
@@ -193,6 +194,13 @@ class Catalog:
             if s.get(m.EmbeddingSpaceRow, space.space_id) is None:
                 fields = space.as_dict()
                 s.add(m.EmbeddingSpaceRow(id=fields.pop("space_id"), **fields))
+
+    def embedding_space_dim(self, space_id: str) -> int:
+        with self.session() as s:
+            row = s.get(m.EmbeddingSpaceRow, space_id)
+            if row is None:
+                raise CatalogError(f"unknown embedding space {space_id!r}")
+            return row.dim
 
     def record_feature_version(
         self, asset: str, corpus_version_id: int, table_name: str, lance_version: int, *,

@@ -6,8 +6,9 @@ every source it was read from, so lineage can still answer "where did this text 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from retro_ops.corpus.readers import RawDocument
 from retro_ops.ids import document_id, set_digest

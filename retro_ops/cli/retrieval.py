@@ -1,0 +1,104 @@
+"""`retro-ops retrieval-set ...` and `retro-ops retrieve`: define sets, ask them for neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from retro_ops.cli.common import JsonOpt, emit_json, fail, open_catalog, out, settings
+from retro_ops.errors import RetroOpsError
+
+retrieval_set_app = typer.Typer(no_args_is_help=True, help="Define and list retrieval sets.")
+
+
+@retrieval_set_app.command("create")
+def retrieval_set_create(
+    name: Annotated[str, typer.Argument(help="Name of the set; becomes a Dagster partition.")],
+    corpus: Annotated[list[str], typer.Option("--corpus", "-c", help="A corpus in the set (repeatable).")],
+    description: Annotated[str, typer.Option(help="What the set is for.")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Define a retrieval set: the chunks of these corpora, minus excluded chunks."""
+    from assets.launch import dagster_instance, ensure_partition
+    from assets.partitions import RETRIEVAL_SET_PARTITIONS
+
+    resolved = settings()
+    try:
+        info = open_catalog(resolved).create_retrieval_set(name, corpus, description)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    ensure_partition(dagster_instance(resolved), RETRIEVAL_SET_PARTITIONS, name)
+    if json_out:
+        emit_json(asdict(info))
+    else:
+        out.print(f"retrieval set [bold]{name}[/bold] over {', '.join(info.corpora)}\n"
+                  f"next: retro-ops materialize --retrieval-set {name}")
+
+
+def _current_index(name: str) -> dict | None:
+    from retro_ops.index.publish import current_build, read_manifest
+    from retro_ops.retriever import index_root
+
+    root = index_root(settings().indices_dir, name)
+    found = current_build(root)
+    return asdict(read_manifest(root, found[0])) if found else None
+
+
+@retrieval_set_app.command("list")
+def retrieval_set_list(json_out: JsonOpt = False) -> None:
+    """List retrieval sets, their latest version and the index currently published."""
+    sets = open_catalog().list_retrieval_sets()
+    rows = [{**asdict(s), "index": _current_index(s.name)} for s in sets]
+    if json_out:
+        emit_json(rows)
+        return
+    table = Table("name", "corpora", "versions", "chunks", "current index")
+    for r in rows:
+        index = r["index"]
+        table.add_row(r["name"], ", ".join(r["corpora"]), str(r["n_versions"]),
+                      str(r["n_chunks"] if r["n_chunks"] is not None else "-"),
+                      f"{index['factory']} ntotal={index['ntotal']} sha256={index['sha256'][:12]}"
+                      if index else "none yet")
+    out.print(table if rows else "no retrieval sets yet: retro-ops retrieval-set create NAME --corpus C")
+
+
+def retrieve(
+    text: Annotated[str, typer.Argument(help="The query text (embedded exactly like the chunks).")],
+    set_name: Annotated[str, typer.Option("--set", "-s", help="Retrieval set to search.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many neighbours.")] = 5,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists to probe (default: the manifest's).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Nearest chunks of a text, with their continuation and source."""
+    from retro_ops.embedder import Embedder
+    from retro_ops.feature_store import FeatureStore
+    from retro_ops.retriever import Retriever
+
+    resolved = settings()
+    catalog = open_catalog(resolved)
+    try:
+        catalog.get_retrieval_set(set_name)
+        retriever = Retriever.open(catalog, FeatureStore(resolved.lancedb_uri),
+                                   Embedder(resolved.embedder_path or None), resolved.indices_dir,
+                                   set_name, search_params={"nprobe": nprobe} if nprobe else None)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if not text.strip():
+        fail("empty query: give some text to search for")
+    [neighbours] = retriever.retrieve([text], k=k)
+    rows = [{**n.as_dict(), "source": (catalog.document_sources(n.doc_id) or ["?"])[0]}
+            for n in neighbours]
+    if json_out:
+        emit_json({"query": text, "retrieval_set": set_name,
+                   "retrieval_set_version_id": retriever.version.id,
+                   "index_sha256": retriever.manifest.sha256, "neighbours": rows})
+        return
+    table = Table("rank", "score", "source", "neighbour (chunk + [dim]continuation[/dim])")
+    for r in rows:
+        table.add_row(str(r["rank"]), f"{r['score']:.3f}", Path(r["source"]).name,
+                      f"{r['text']} [dim]{r['continuation_text']}[/dim]")
+    out.print(table)

@@ -1,0 +1,75 @@
+"""Run materializations through Dagster with progress bars, and summarise their outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from retro_ops.cli.common import emit_json, err, fail, out, settings
+
+
+def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
+                         json_out: bool, asset_config: dict | None = None) -> list:
+    """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
+    from assets.launch import (
+        ASSETS_BY_PARTITION,
+        TerminalProgress,
+        dagster_instance,
+        materialize_partition,
+    )
+
+    instance = dagster_instance(settings())
+    outcomes = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=json_out) as bar:
+        for partitions, key in jobs:
+            names = ASSETS_BY_PARTITION[partitions]
+            chosen = [s for s in selection if s in names] if selection else None
+            try:
+                outcomes.append(materialize_partition(
+                    instance, partitions, key, selection=chosen, asset_config=asset_config,
+                    progress=TerminalProgress().attach(bar)))
+            except ValueError as exc:
+                fail(str(exc))
+    return outcomes
+
+
+def _row(asset) -> tuple[str, str, str, str]:
+    md = asset.metadata
+    rows = md.get("chunks", md.get("ntotal", md.get("documents", "-")))
+    new = md.get("newly_embedded", md.get("new_chunks", md.get("new_documents",
+                                                                  md.get("new_version", "-"))))
+    if "chunks_per_second" in md:
+        note = f"{md['chunks_per_second']:.1f} chunks/s"
+    elif "tokens_per_second" in md:
+        note = f"{md['tokens_per_second']:,.0f} tokens/s"
+    elif "recall_at_10" in md:
+        note = (f"{md['factory']}: recall@10 {md['recall_at_10']:.3f}, p50 {md['p50_ms']:.2f} ms, "
+                f"{md['batch_qps']:,.0f} q/s")
+    else:
+        note = ""
+    version = md.get("lancedb_version", md.get("members_lancedb_version", "-"))
+    return str(rows), str(new), note, str(version)
+
+
+def print_outcomes(outcomes, json_out: bool) -> None:
+    if json_out:
+        emit_json([asdict(o) for o in outcomes])
+        return
+    for o in outcomes:
+        status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.error}"
+        out.print(f"\n[bold]{o.partition}[/bold] run {o.run_id[:8]} {status}")
+        table = Table("asset", "rows", "new", "speed / quality", "LanceDB version", "checks")
+        for a in o.assets:
+            failed = [k for k, v in a.checks.items() if not v]
+            checks = (f"FAILED: {', '.join(failed)}" if failed else
+                      f"{len(a.checks)} passed" if a.checks else "-")
+            rows, new, note, version = _row(a)
+            table.add_row(a.asset, rows, new, note, version, checks)
+        out.print(table)
+        issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
+        if issues and issues != "none":
+            out.print("[yellow]read issues[/yellow] (these inputs were skipped or repaired):")
+            out.print(issues, markup=False, highlight=False)

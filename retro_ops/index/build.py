@@ -1,0 +1,141 @@
+"""Build a FAISS index whose ids are chunk ids, choosing its structure by size like autofaiss.
+
+Inner product on L2-normalised vectors (= cosine). Small sets get exact search; larger ones an
+inverted file; at scale IVF-HNSW with OPQ + 4-bit fast-scan PQ and a refine stage, the family of
+the RETRO build of the Pile (`OPQ16_64,IVF1048576_HNSW32,PQ16x4fs`). Odd inputs never break
+the build: too few training points lower nlist (or fall back to flat), and NaN/Inf or
+wrong-dimension vectors are refused with a count before anything is added.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from retro_ops.errors import IndexBuildError
+
+MIN_POINTS_PER_CENTROID = 39  # faiss warns below this; k-means is poorly fitted
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """factory: a faiss factory string, or "" to choose by size (`choose_factory`).
+    flat_below: sets smaller than this use exact search (fast enough and recall 1.0).
+    train_sample: most vectors used to train (a seeded sample); at least 39 per centroid.
+    add_batch: vectors added per call, so memory stays bounded.
+    nprobe / ef_search: search-time settings stored in the manifest (0 = choose by nlist).
+    """
+
+    factory: str = ""
+    flat_below: int = 5_000
+    train_sample: int = 200_000
+    add_batch: int = 65_536
+    nprobe: int = 0
+    ef_search: int = 0
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    index: faiss.Index
+    factory: str
+    train_size: int
+    seconds: float
+    search_params: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _nlist_for(n: int) -> int:
+    return max(1, min(int(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
+
+
+def choose_factory(n: int, dim: int, config: IndexConfig = IndexConfig()) -> str:
+    if config.factory:
+        return config.factory
+    if n < config.flat_below or _nlist_for(n) < 8:
+        return "IDMap,Flat"
+    nlist = _nlist_for(n)
+    if n < 200_000:
+        return f"IVF{nlist},Flat"
+    m = 48 if dim % 48 == 0 else 16  # 4-bit fast-scan PQ sub-quantizers
+    return f"OPQ{m}_{dim},IVF{nlist}_HNSW32,PQ{m}x4fs,RFlat"
+
+
+def _fit_nlist(factory: str, n_train: int, notes: list[str]) -> str:
+    """Lower an IVF's nlist to what the training points support, or fall back to exact search."""
+    match = re.search(r"IVF(\d+)", factory)
+    if not match:
+        return factory
+    nlist = int(match.group(1))
+    supported = n_train // MIN_POINTS_PER_CENTROID
+    if nlist <= supported:
+        return factory
+    if supported < 2:
+        notes.append(f"{n_train} training vectors cannot train {factory}; using exact search")
+        return "IDMap,Flat"
+    notes.append(f"nlist lowered from {nlist} to {supported}: only {n_train} training vectors")
+    return factory.replace(match.group(0), f"IVF{supported}", 1)
+
+
+def validate_vectors(vectors: np.ndarray, ids: np.ndarray, dim: int) -> np.ndarray:
+    """Contiguous float32 (n, dim) or a clear error naming how many vectors are bad."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise IndexBuildError(f"vectors have shape {vectors.shape}; the index expects (n, {dim})")
+    if len(ids) != len(vectors):
+        raise IndexBuildError(f"{len(ids)} ids for {len(vectors)} vectors")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        sample = ", ".join(str(int(i)) for i in np.asarray(ids)[bad][:5])
+        raise IndexBuildError(f"{int(bad.sum())} of {len(vectors)} vectors contain NaN or Inf "
+                              f"(ids {sample}...); refusing to build")
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def default_search_params(factory: str, config: IndexConfig) -> dict[str, int]:
+    params: dict[str, int] = {}
+    match = re.search(r"IVF(\d+)", factory)
+    if match:
+        params["nprobe"] = config.nprobe or min(int(match.group(1)), max(8, int(match.group(1)) // 8))
+    if "HNSW" in factory:
+        params["quantizer_efSearch"] = config.ef_search or 2 * params.get("nprobe", 64)
+    if "RFlat" in factory or "Refine" in factory:
+        params["k_factor_rf"] = 4
+    return params
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, config: IndexConfig = IndexConfig()) -> BuiltIndex:
+    started = time.perf_counter()
+    if len(vectors) == 0:
+        raise IndexBuildError("no vectors: an empty retrieval set has nothing to index")
+    dim = np.asarray(vectors).shape[1] if np.asarray(vectors).ndim == 2 else -1
+    vectors = validate_vectors(vectors, ids, dim)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    notes: list[str] = []
+    n_train = min(len(vectors), config.train_sample)
+    factory = _fit_nlist(choose_factory(len(vectors), dim, config), n_train, notes)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"bad faiss factory string {factory!r}: {str(exc).splitlines()[-1]}")
+    if not index.is_trained:
+        sample = np.random.default_rng(config.seed).choice(len(vectors), n_train, replace=False)
+        index.train(vectors[np.sort(sample)])
+    else:
+        n_train = 0
+    for start in range(0, len(vectors), config.add_batch):
+        index.add_with_ids(vectors[start:start + config.add_batch], ids[start:start + config.add_batch])
+    params = default_search_params(factory, config)
+    apply_search_params(index, params)
+    return BuiltIndex(index, factory, n_train, time.perf_counter() - started, params, notes)

@@ -1,0 +1,71 @@
+"""Index a retrieval-set version: build, record in the catalog, publish atomically, measure.
+
+The build is recorded in the catalog (which is what makes it trusted) before CURRENT flips,
+and measured on the in-memory index right after: recall@10 against exact search and latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+
+from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
+from retro_ops.feature_store import FeatureStore
+from retro_ops.ids import sha256_hex
+from retro_ops.index import (
+    IndexConfig,
+    IndexManifest,
+    IndexQuality,
+    PublishedIndex,
+    build_index,
+    evaluate_index,
+    publish_index,
+)
+from retro_ops.index.publish import CrashPoint, serialize
+from retro_ops.retrieval_sets import retrieval_set_vectors
+from retro_ops.retriever import index_root
+
+
+@dataclass(frozen=True)
+class IndexBuildResult:
+    version: RetrievalSetVersionInfo
+    manifest: IndexManifest
+    quality: IndexQuality
+    build_id: int
+    published: PublishedIndex | None  # None: recall below min_recall, the old index stays current
+
+
+def index_retrieval_set(
+    catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str, dim: int, *,
+    config: IndexConfig = IndexConfig(), run_id: str | None = None, eval_queries: int = 500,
+    min_recall: float = 0.0, crash_at: CrashPoint | None = None,
+) -> IndexBuildResult:
+    """Build and measure; publish only when recall@10 >= min_recall (a failed build is recorded,
+    unpublished, and the previous index keeps serving)."""
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    ids, vectors = retrieval_set_vectors(store, version, dim)
+    built = build_index(vectors, ids, config)
+    data = serialize(built.index)
+    manifest = IndexManifest(
+        factory=built.factory, metric="inner_product", dim=dim, ntotal=int(built.index.ntotal),
+        embedding_space_id=version.embedding_space_id, retrieval_set=retrieval_set,
+        retrieval_set_version_id=version.id, retrieval_set_digest=version.digest,
+        train_size=built.train_size, sha256=sha256_hex(data), index_bytes=len(data),
+        build_seconds=round(built.seconds, 3), search_params=built.search_params,
+        faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
+        notes=built.notes,
+    )
+    quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
+    build_id = catalog.record_index_build(
+        version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
+        sha256=manifest.sha256, manifest={**manifest.__dict__, **quality.as_metadata()},
+        run_id=run_id)
+    if quality.recall_at_k < min_recall:
+        return IndexBuildResult(version, manifest, quality, build_id, None)
+    published = publish_index(index_root(indices_dir, retrieval_set), data, manifest,
+                              crash_at=crash_at)
+    catalog.mark_index_published(build_id, str(published.path))
+    return IndexBuildResult(version, manifest, quality, build_id, published)

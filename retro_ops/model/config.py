@@ -1,0 +1,133 @@
+"""The one config of a RETRO model (and of its no-retrieval baseline), carried by every checkpoint.
+
+Names follow Borgeaud et al. 2021: n = seq_len, m = chunk_size, k = n_neighbours, and a
+neighbour is a retrieved chunk plus its continuation, 2m tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+BERT_WORDPIECE_VOCAB = 30522  # the frozen BERT's tokenizer, which the chunker uses
+
+
+@dataclass(frozen=True)
+class RetroConfig:
+    """Every default is explained here; `validate` runs on construction.
+
+    vocab_size: the BERT WordPiece vocabulary, so chunk token ids feed the model unchanged.
+    seq_len: n, the training context; a multiple of chunk_size so it splits into n/m chunks.
+    chunk_size: m = 64 in the paper and in the project's chunker.
+    n_neighbours: k neighbours retrieved per chunk (2 in the paper's training runs).
+    d_model, n_layer, n_head, d_ff: the decoder (GPT-2-small-like defaults).
+    enc_*: the neighbour encoder; the paper uses 2 layers whatever the decoder's size.
+        enc_d_model may differ from d_model: projections bridge the two widths.
+    dropout: on attention weights and on every residual branch (0 = off, the default for
+        small-data runs).
+    cca_start_layer: 1-based layer of the first chunked cross-attention; CCA then runs in every
+        third layer. None picks the Megatron rule (6 if n_layer <= 15 else 9), lowered to
+        n_layer so a shallow model still gets one CCA layer.
+    retrieval: False builds the baseline, the very same decoder with no encoder and no CCA;
+        its parameter names are a subset of the RETRO model's, so one loads into the other.
+    pad_token_id: [PAD] of BERT's vocabulary; padded neighbour tokens are never attended to.
+    """
+
+    vocab_size: int = BERT_WORDPIECE_VOCAB
+    seq_len: int = 2048
+    chunk_size: int = 64
+    n_neighbours: int = 2
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    d_ff: int = 3072
+    enc_d_model: int = 768
+    enc_n_layer: int = 2
+    enc_n_head: int = 12
+    enc_d_ff: int = 3072
+    dropout: float = 0.0
+    cca_start_layer: int | None = None
+    retrieval: bool = True
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def neighbour_len(self) -> int:
+        """2m: a retrieved chunk followed by its continuation."""
+        return 2 * self.chunk_size
+
+    @property
+    def n_chunks(self) -> int:
+        return self.seq_len // self.chunk_size
+
+    @property
+    def first_cca_layer(self) -> int:
+        """1-based, after applying the Megatron default when cca_start_layer is None."""
+        if self.cca_start_layer is not None:
+            return self.cca_start_layer
+        return min(6 if self.n_layer <= 15 else 9, self.n_layer)
+
+    def cca_layers(self) -> tuple[int, ...]:
+        """0-based indices of the decoder layers with chunked cross-attention (none if baseline)."""
+        if not self.retrieval:
+            return ()
+        return tuple(range(self.first_cca_layer - 1, self.n_layer, 3))
+
+    def validate(self) -> None:
+        positive = ("vocab_size", "seq_len", "chunk_size", "n_neighbours", "d_model", "n_layer",
+                    "n_head", "d_ff", "enc_d_model", "enc_n_layer", "enc_n_head", "enc_d_ff")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seq_len % self.chunk_size:
+            raise ValueError(f"seq_len ({self.seq_len}) must be a multiple of chunk_size "
+                             f"({self.chunk_size})")
+        for width, heads in (("d_model", "n_head"), ("enc_d_model", "enc_n_head")):
+            d, h = getattr(self, width), getattr(self, heads)
+            if d % h:
+                raise ValueError(f"{width} ({d}) must be divisible by {heads} ({h})")
+            if (d // h) % 2:  # rotary embeddings rotate pairs of channels
+                raise ValueError(f"{width} / {heads} = {d // h} must be even for rotary "
+                                 f"position embeddings")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.cca_start_layer is not None and not 1 <= self.cca_start_layer <= self.n_layer:
+            raise ValueError(f"cca_start_layer ({self.cca_start_layer}) must be between 1 and "
+                             f"n_layer ({self.n_layer}); it is 1-based")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id ({self.pad_token_id}) must be a token id below "
+                             f"vocab_size ({self.vocab_size})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields, as stored in checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetroConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown RetroConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> RetroConfig:
+        """For tests: runs a forward pass in milliseconds. A small vocabulary keeps logits cheap;
+        the encoder is narrower than the decoder so the width-bridging projections are exercised,
+        and CCA sits in the first and the last layer (0 and 3)."""
+        base = cls(vocab_size=512, seq_len=128, chunk_size=16, n_neighbours=2, d_model=64,
+                   n_layer=4, n_head=4, d_ff=256, enc_d_model=32, enc_n_layer=2, enc_n_head=2,
+                   enc_d_ff=128, cca_start_layer=1)
+        return replace(base, **overrides)
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> RetroConfig:
+        """Trains in minutes on 2 CPU cores with the real BERT vocabulary and m = 64; CCA in
+        layers 3 and 6 (the Megatron default would leave only the last layer)."""
+        base = cls(seq_len=512, chunk_size=64, n_neighbours=2, d_model=256, n_layer=6,
+                   n_head=4, d_ff=1024, enc_d_model=256, enc_n_layer=2, enc_n_head=4,
+                   enc_d_ff=1024, cca_start_layer=3)
+        return replace(base, **overrides)

@@ -1,0 +1,221 @@
+"""RETRO (Borgeaud et al. 2021): a GPT-style decoder that reads retrieved neighbours through
+chunked cross-attention (CCA), and the neighbour encoder that feeds it.
+
+Read top to bottom: decoder block, CCA, encoder block, encoder, model. With retrieval off (or
+no neighbours) the model is exactly the baseline decoder: same parameter names, same ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from retro_ops.model.config import RetroConfig
+from retro_ops.model.layers import MLP, CrossAttention, SelfAttention, layer_norm, rotary_tables
+
+IGNORE_INDEX = -100
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention, then (in a CCA layer of a RETRO model) chunked cross-attention,
+    then MLP. The steps are separate methods because the encoder runs between the first two."""
+
+    def __init__(self, config: RetroConfig, with_cca: bool):
+        super().__init__()
+        self.ln_1 = layer_norm(config.d_model)
+        self.attn = SelfAttention(config.d_model, config.n_head, config.dropout, causal=True)
+        self.cca = ChunkedCrossAttention(config) if with_cca else None
+        self.ln_2 = layer_norm(config.d_model)
+        self.mlp = MLP(config.d_model, config.d_ff, config.dropout)
+
+    def attend(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        return x + self.attn(self.ln_1(x), rope)  # (B, T, d)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(self.ln_2(x))  # (B, T, d)
+
+
+class ChunkedCrossAttention(nn.Module):
+    """CCA as in the paper: the sequence is shifted left by m-1, so the m tokens from the last
+    token of chunk u to the second-to-last of chunk u+1 attend to chunk u's encoded neighbours.
+    Neighbours of chunk u are retrieved from chunk u itself, so no token may see them before the
+    chunk is complete: the first m-1 tokens get nothing. Returns the residual branch only."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.chunk_size = config.chunk_size
+        self.ln = layer_norm(config.d_model)
+        self.attn = CrossAttention(config.d_model, config.enc_d_model, config.n_head,
+                                   config.dropout)
+
+    def forward(self, x: Tensor, encoded: Tensor, token_mask: Tensor) -> Tensor:
+        """x (B, T, d), encoded (B, l, k, r, d_enc), token_mask (B, l, k, r) -> (B, T, d)."""
+        B, T, C = x.shape
+        _, l, k, r, C_enc = encoded.shape
+        m = self.chunk_size
+        h = self.ln(x)[:, m - 2:m - 2 + l * m]  # (B, attending, d): positions u*m + m-1 + i
+        attending = h.shape[1]
+        h = F.pad(h, (0, 0, 0, l * m - attending))  # (B, l*m, d): the last group is partial
+        y = self.attn(h.reshape(B * l, m, C),  # (B*l, m, d): queries of chunk u
+                      encoded.reshape(B * l, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
+                      token_mask.reshape(B * l, k * r))  # (B*l, m, d)
+        y = y.view(B, l * m, C)[:, :attending]  # (B, attending, d)
+        return F.pad(y, (0, 0, m - 2, T - (m - 2) - attending))  # (B, T, d): zero elsewhere
+
+
+class EncoderBlock(nn.Module):
+    """Bidirectional self-attention within each neighbour, cross-attention from its tokens to
+    the decoder activations of the chunk that retrieved it, MLP."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        width = config.enc_d_model
+        self.ln_1 = layer_norm(width)
+        self.attn = SelfAttention(width, config.enc_n_head, config.dropout, causal=False)
+        self.ln_2 = layer_norm(width)
+        self.ca = CrossAttention(width, config.d_model, config.enc_n_head, config.dropout)
+        self.ln_3 = layer_norm(width)
+        self.mlp = MLP(width, config.enc_d_ff, config.dropout)
+
+    def forward(self, e: Tensor, chunks: Tensor, rope: tuple[Tensor, Tensor],
+                attn_mask: Tensor) -> Tensor:
+        """e (N, k, r, w) with N = B*l; chunks (N, m, d); attn_mask (N*k, 1, r, r) -> e."""
+        N, k, r, w = e.shape
+        e = e + self.attn(self.ln_1(e).view(N * k, r, w), rope, attn_mask).view(N, k, r, w)
+        # cross-attention is per query token, so the k neighbours of a chunk share one call
+        e = e + self.ca(self.ln_2(e).view(N, k * r, w), chunks).view(N, k, r, w)
+        return e + self.mlp(self.ln_3(e))  # (N, k, r, w)
+
+
+class NeighbourEncoder(nn.Module):
+    """Encodes each neighbour (2m tokens) conditioned on the decoder's activations of its chunk,
+    taken at the first CCA layer (not on the input embeddings)."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.chunk_size, self.head_dim = config.chunk_size, config.enc_d_model // config.enc_n_head
+        # neighbours are embedded by the decoder's table; bridge the widths if they differ
+        self.proj_in: nn.Module = (nn.Identity() if config.enc_d_model == config.d_model else
+                                   nn.Linear(config.d_model, config.enc_d_model, bias=False))
+        self.ln_h = layer_norm(config.d_model)  # the decoder's residual stream is unnormalized
+        self.h = nn.ModuleList(EncoderBlock(config) for _ in range(config.enc_n_layer))
+        self.ln_f = layer_norm(config.enc_d_model)
+
+    def forward(self, embedded: Tensor, hidden: Tensor, token_valid: Tensor) -> Tensor:
+        """embedded (B, l, k, r, d), hidden (B, T, d), token_valid (B, l, k, r) bool
+        -> (B, l, k, r, d_enc)."""
+        B, l, k, r, d = embedded.shape
+        m = self.chunk_size
+        chunks = self.ln_h(hidden[:, :l * m]).reshape(B * l, m, d)  # (B*l, m, d): H_u
+        e = self.proj_in(embedded).reshape(B * l, k, r, -1)  # (B*l, k, r, d_enc)
+        eye = torch.eye(r, dtype=torch.bool, device=e.device)
+        # padded keys are hidden; every token still sees itself, so no row is empty
+        attn_mask = token_valid.reshape(B * l * k, 1, 1, r) | eye  # (B*l*k, 1, r, r)
+        rope = rotary_tables(r, self.head_dim, e.device)
+        for block in self.h:
+            e = block(e, chunks, rope, attn_mask)
+        return self.ln_f(e).view(B, l, k, r, -1)
+
+
+class Retro(nn.Module):
+    """The RETRO language model; `RetroConfig(retrieval=False)` makes the baseline decoder."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.config = config
+        cca = set(config.cca_layers())
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.d_model),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(DecoderBlock(config, i in cca) for i in range(config.n_layer)),
+            ln_f=layer_norm(config.d_model),
+        ))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        self.encoder = NeighbourEncoder(config) if config.retrieval else None
+        self.apply(_init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
+                branches = 3 * config.enc_n_layer if name.startswith("encoder.") else 2 * config.n_layer
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches))
+
+    def forward(self, input_ids: Tensor, neighbours: Tensor | None = None,
+                neighbour_mask: Tensor | None = None,
+                targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """input_ids (B, T) with T <= seq_len; neighbours (B, T//m, k, 2m); neighbour_mask
+        (B, T//m, k) bool, False = ignore; targets (B, T), -100 = ignore.
+        -> logits (B, T, vocab), mean cross-entropy or None.
+        Neighbours are ignored by a baseline (retrieval=False)."""
+        self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
+        cfg = self.config
+        B, T = input_ids.shape
+        rope = rotary_tables(T, cfg.d_model // cfg.n_head, input_ids.device)
+        x = self.transformer.drop(self.transformer.wte(input_ids))  # (B, T, d)
+        retrieve = self.encoder is not None and neighbours is not None and neighbours.shape[1] > 0
+        encoded = token_mask = None
+        for block in self.transformer.h:
+            x = block.attend(x, rope)
+            if retrieve and block.cca is not None:
+                if encoded is None:  # the first CCA layer: condition the encoder on H here
+                    token_valid = neighbours != cfg.pad_token_id  # (B, l, k, r)
+                    encoded = self.encoder(self.transformer.wte(neighbours), x, token_valid)
+                    token_mask = token_valid if neighbour_mask is None else (
+                        token_valid & neighbour_mask[..., None])  # (B, l, k, r)
+                x = x + block.cca(x, encoded, token_mask)
+            x = block.feed_forward(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def retrieval_modules(self) -> list[nn.Module]:
+        """The encoder and every CCA: what a RETROfitted baseline has to learn."""
+        modules: list[nn.Module] = [b.cca for b in self.transformer.h if b.cca is not None]
+        return modules + ([self.encoder] if self.encoder is not None else [])
+
+    def retrieval_parameters(self) -> list[nn.Parameter]:
+        return [p for module in self.retrieval_modules() for p in module.parameters()]
+
+    def decoder_parameter_names(self) -> list[str]:
+        """Names a baseline checkpoint provides (the tied LM head appears as the embedding)."""
+        retrieval = {id(p) for p in self.retrieval_parameters()}
+        return [name for name, p in self.named_parameters() if id(p) not in retrieval]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights counted once
+
+    def _check_inputs(self, input_ids: Tensor, neighbours: Tensor | None,
+                      neighbour_mask: Tensor | None, targets: Tensor | None) -> None:
+        cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if T > cfg.seq_len:
+            raise ValueError(f"input length {T} exceeds seq_len {cfg.seq_len}")
+        if targets is not None and targets.shape != input_ids.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} differs from input_ids "
+                             f"shape {tuple(input_ids.shape)}")
+        if neighbours is None:
+            if neighbour_mask is not None:
+                raise ValueError("neighbour_mask given without neighbours")
+            return
+        expected = (B, T // cfg.chunk_size, neighbours.shape[2] if neighbours.dim() == 4 else -1,
+                    cfg.neighbour_len)
+        if tuple(neighbours.shape) != expected or expected[2] < 1:
+            raise ValueError(f"neighbours must be (B, T//chunk_size, k, 2*chunk_size) = "
+                             f"({B}, {T // cfg.chunk_size}, k, {cfg.neighbour_len}), "
+                             f"got {tuple(neighbours.shape)}")
+        if neighbour_mask is not None and (neighbour_mask.shape != neighbours.shape[:3]
+                                           or neighbour_mask.dtype != torch.bool):
+            raise ValueError(f"neighbour_mask must be bool of shape {tuple(neighbours.shape[:3])}, "
+                             f"got {neighbour_mask.dtype} {tuple(neighbour_mask.shape)}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -1,0 +1,102 @@
+"""Text in, RETRO neighbours out: embed -> FAISS top-k chunk ids -> neighbour values.
+
+The query is embedded exactly as the database chunks were (same embedder, tokenization,
+special tokens and pooling: `Embedder.embed` on text), which public RETRO code is known to get
+wrong; a chunk's own text therefore retrieves itself at rank 1 with score ~1.0. Neighbour
+values (chunk + continuation, text and token ids) come from the retrieval-set version's members
+in one batched LanceDB lookup. Missing results (-1 ids when k > ntotal) never leak out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
+from retro_ops.embedder import Embedder
+from retro_ops.errors import IndexIntegrityError, RetrievalSetError
+from retro_ops.feature_store import FeatureStore
+from retro_ops.index.build import apply_search_params
+from retro_ops.index.publish import IndexManifest, current_build, load_current, read_manifest
+
+NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
+                     "continuation_token_ids"]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int
+    score: float
+    chunk_id: int
+    doc_id: str
+    position: int
+    text: str
+    continuation_text: str
+    token_ids: list[int]  # chunk + continuation: the 2m tokens RETRO's encoder reads
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def index_root(indices_dir: Path, retrieval_set: str) -> Path:
+    return indices_dir / retrieval_set
+
+
+class Retriever:
+    def __init__(self, index: faiss.Index, manifest: IndexManifest, version: RetrievalSetVersionInfo,
+                 store: FeatureStore, embedder: Embedder):
+        if embedder.space.space_id != manifest.embedding_space_id:
+            raise RetrievalSetError(
+                f"the index of {manifest.retrieval_set!r} was built in embedding space "
+                f"{manifest.embedding_space_id}; this embedder is {embedder.space.space_id}")
+        self.index, self.manifest, self.version = index, manifest, version
+        self.store, self.embedder = store, embedder
+
+    @classmethod
+    def open(cls, catalog: Catalog, store: FeatureStore, embedder: Embedder, indices_dir: Path,
+             retrieval_set: str, *, search_params: dict[str, int] | None = None) -> Retriever:
+        """Load the published index of a retrieval set after every integrity check."""
+        root = index_root(indices_dir, retrieval_set)
+        found = current_build(root)
+        if found is None:
+            raise IndexIntegrityError(f"retrieval set {retrieval_set!r} has no published index "
+                                      f"(run `retro-ops materialize --retrieval-set {retrieval_set}`)")
+        version = catalog.retrieval_set_version(read_manifest(root, found[0]).retrieval_set_version_id)
+        index, manifest = load_current(root, expected_ntotal=version.n_chunks,
+                                       is_trusted=catalog.is_trusted_index)
+        params = {**manifest.search_params, **(search_params or {})}
+        apply_search_params(index, params)
+        return cls(index, manifest, version, store, embedder)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of shape (n, min(k, ntotal)); -1 padding stays in here."""
+        k = max(0, min(k, self.index.ntotal))
+        if k == 0 or len(vectors) == 0:
+            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def retrieve(self, texts: Sequence[str], k: int = 5) -> list[list[Neighbour]]:
+        """Top-k neighbours of each text (an empty or blank text gets none)."""
+        texts = list(texts)
+        wanted = [i for i, t in enumerate(texts) if t.strip()]
+        results: list[list[Neighbour]] = [[] for _ in texts]
+        if not wanted or k <= 0:
+            return results
+        scores, ids = self.search(self.embedder.embed([texts[i] for i in wanted]), k)
+        rows = self.store.members(self.version.digest, NEIGHBOUR_COLUMNS,
+                                  chunk_ids=sorted({int(i) for i in ids.ravel() if i >= 0}))
+        by_id = {row["chunk_id"]: row for row in rows.to_pylist()}
+        for slot, query_scores, query_ids in zip(wanted, scores, ids):
+            hits = [(float(s), int(i)) for s, i in zip(query_scores, query_ids) if i >= 0 and int(i) in by_id]
+            results[slot] = [self._neighbour(rank, score, by_id[i]) for rank, (score, i) in enumerate(hits, 1)]
+        return results
+
+    @staticmethod
+    def _neighbour(rank: int, score: float, row: dict) -> Neighbour:
+        return Neighbour(rank, score, row["chunk_id"], row["doc_id"], row["position"], row["text"],
+                         row["continuation_text"] or "",
+                         list(row["token_ids"]) + list(row["continuation_token_ids"] or []))

@@ -1,0 +1,283 @@
+"""RETRO model: shapes, learning, causality of the decoder and of chunked cross-attention,
+encoder conditioning, neighbour masking, baseline equivalence, config validation."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import Tensor
+
+from retro_ops.model import Retro, RetroConfig
+
+TINY = RetroConfig.tiny()  # n=128, m=16 -> 8 chunks, k=2 neighbours of 32 tokens, CCA in 0 and 3
+M = TINY.chunk_size
+
+
+def make_model(config: RetroConfig = TINY, seed: int = 0) -> Retro:
+    torch.manual_seed(seed)
+    return Retro(config).eval()
+
+
+def make_batch(config: RetroConfig = TINY, batch: int = 2, seed: int = 1) -> tuple[Tensor, Tensor]:
+    """Token ids avoid the pad id so every neighbour token is attended to."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, config.vocab_size, (batch, config.seq_len), generator=g)
+    neighbours = torch.randint(1, config.vocab_size, (batch, config.n_chunks, config.n_neighbours,
+                                                      config.neighbour_len), generator=g)
+    return ids, neighbours
+
+
+def first_position_seeing(chunk: int) -> int:
+    """The last token of chunk u is the first that may read u's neighbours."""
+    return chunk * M + M - 1
+
+
+@contextmanager
+def capture(module: torch.nn.Module, *, inputs: bool) -> Iterator[list[Tensor]]:
+    """Records the first positional input (or the output) of each call of `module`."""
+    seen: list[Tensor] = []
+    if inputs:
+        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_shapes_and_loss():
+    model = make_model()
+    ids, neighbours = make_batch()
+    targets = torch.randint(0, TINY.vocab_size, ids.shape, generator=torch.Generator().manual_seed(2))
+    logits, loss = model(ids, neighbours, targets=targets)
+    assert logits.shape == (2, TINY.seq_len, TINY.vocab_size)
+    assert loss.shape == () and torch.isfinite(loss)
+    assert abs(loss.item() - math.log(TINY.vocab_size)) < 0.3  # small init: near uniform
+    no_loss_logits, no_loss = model(ids, neighbours)
+    assert no_loss is None and torch.equal(no_loss_logits, logits)
+
+    targets[:, 64:] = -100  # ignored positions do not count
+    _, partial = model(ids, neighbours, targets=targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, :64].reshape(-1, TINY.vocab_size),
+                                                 targets[:, :64].reshape(-1))
+    torch.testing.assert_close(partial, expected)
+
+
+def test_shorter_input_than_seq_len():
+    model = make_model()
+    ids, neighbours = make_batch()
+    T = 5 * M + 3  # 5 complete chunks and a partial one, as during generation
+    logits, _ = model(ids[:, :T], neighbours[:, :T // M])
+    full, _ = model(ids, neighbours)
+    assert logits.shape == (2, T, TINY.vocab_size)
+    torch.testing.assert_close(logits, full[:, :T], rtol=1e-5, atol=1e-5)
+
+
+def test_overfits_a_tiny_batch():
+    config = RetroConfig.tiny(seq_len=64)
+    model = make_model(config).train()
+    ids, neighbours = make_batch(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100  # next-token prediction; the last token has no target
+    losses = []
+    for _ in range(30):
+        _, loss = model(ids, neighbours, targets=targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_decoder_is_causal(retrieval: bool):
+    model = make_model(RetroConfig.tiny(retrieval=retrieval))
+    ids, neighbours = make_batch()
+    t = 50
+    changed = ids.clone()
+    changed[:, t] = (changed[:, t] + 7) % TINY.vocab_size
+    with torch.no_grad():
+        before, _ = model(ids, neighbours)
+        after, _ = model(changed, neighbours)
+    assert torch.equal(before[:, :t], after[:, :t])
+    assert not torch.allclose(before[:, t], after[:, t])
+
+
+@pytest.mark.parametrize("chunk", [0, 3, TINY.n_chunks - 1])
+def test_neighbours_of_a_chunk_affect_only_its_last_token_and_later(chunk: int):
+    model = make_model()
+    ids, neighbours = make_batch()
+    changed = neighbours.clone()
+    changed[:, chunk] = torch.randint(1, TINY.vocab_size, changed[:, chunk].shape,
+                                      generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        before, _ = model(ids, neighbours)
+        after, _ = model(ids, changed)
+    first = first_position_seeing(chunk)
+    assert torch.equal(before[:, :first], after[:, :first])
+    differs = (before[:, first:] - after[:, first:]).abs().amax(dim=(0, 2))  # per position
+    assert bool((differs > 0).all()), "every position from the chunk's last token on must see it"
+
+
+@pytest.mark.parametrize("chunk", [0, 3, TINY.n_chunks - 1])
+def test_neighbour_gradient_is_zero_before_the_chunk_is_complete(chunk: int):
+    model = make_model()
+    ids, neighbours = make_batch()
+    with capture(model.encoder, inputs=True) as embedded:
+        logits, _ = model(ids, neighbours)
+    [emb] = embedded  # (B, l, k, r, d): neighbour embeddings entering the encoder
+    first = first_position_seeing(chunk)
+    if first > 0:
+        (early,) = torch.autograd.grad(logits[:, :first].sum(), emb, retain_graph=True)
+        assert torch.count_nonzero(early[:, chunk:]) == 0
+    (at_last_token,) = torch.autograd.grad(logits[:, first].sum(), emb)
+    assert at_last_token[:, chunk].abs().sum() > 0
+    assert torch.count_nonzero(at_last_token[:, chunk + 1:]) == 0
+
+
+def test_encoder_is_conditioned_on_decoder_activations_of_its_chunk():
+    model = make_model()
+    ids, neighbours = make_batch()
+    chunk = 3
+    changed = ids.clone()
+    changed[:, chunk * M] = (changed[:, chunk * M] + 11) % TINY.vocab_size  # first token of chunk
+    with torch.no_grad(), capture(model.encoder, inputs=False) as encoded:
+        model(ids, neighbours)
+        model(changed, neighbours)
+    before, after = encoded  # (B, l, k, r, d_enc) each
+    assert torch.equal(before[:, :chunk], after[:, :chunk])  # earlier chunks cannot see it
+    assert not torch.allclose(before[:, chunk], after[:, chunk])
+    # chunk u+1's activations attend to chunk u's tokens: true only if the encoder reads decoder
+    # activations, not the input embeddings of its own chunk
+    assert not torch.allclose(before[:, chunk + 1], after[:, chunk + 1])
+
+
+def test_masked_neighbours_are_ignored():
+    model = make_model()
+    ids, neighbours = make_batch()
+    mask = torch.ones(neighbours.shape[:3], dtype=torch.bool)
+    mask[:, 2] = False  # every neighbour of chunk 2
+    mask[:, 5, 0] = False  # one neighbour of chunk 5
+    other = neighbours.clone()
+    other[:, 2] = torch.randint(0, TINY.vocab_size, other[:, 2].shape)
+    other[:, 5, 0] = TINY.pad_token_id
+    with torch.no_grad():
+        logits, _ = model(ids, neighbours, mask)
+        replaced, _ = model(ids, other, mask)
+        unmasked, _ = model(ids, neighbours)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits, replaced)
+    assert not torch.allclose(logits, unmasked)
+
+
+def test_all_masked_or_all_padding_contributes_nothing():
+    model = make_model()
+    ids, neighbours = make_batch()
+    with torch.no_grad():
+        baseline, _ = model(ids)
+        all_masked, _ = model(ids, neighbours, torch.zeros(neighbours.shape[:3], dtype=torch.bool))
+        all_padding, _ = model(ids, torch.full_like(neighbours, TINY.pad_token_id))
+    assert torch.equal(all_masked, baseline)
+    assert torch.equal(all_padding, baseline)
+
+
+def test_baseline_weights_load_into_retro_and_give_identical_logits():
+    torch.manual_seed(0)
+    baseline = Retro(RetroConfig.tiny(retrieval=False)).eval()
+    retro = Retro(RetroConfig.tiny()).eval()
+    missing, unexpected = retro.load_state_dict(baseline.state_dict(), strict=False)
+    retrieval_names = {name for name, p in retro.named_parameters()
+                       if any(p is q for q in retro.retrieval_parameters())}
+    assert unexpected == [] and set(missing) == retrieval_names
+    assert retro.decoder_parameter_names() == baseline.decoder_parameter_names()
+    assert baseline.retrieval_parameters() == [] and baseline.encoder is None
+    ids, neighbours = make_batch()
+    with torch.no_grad():
+        base_logits, _ = baseline(ids)
+        retro_logits, _ = retro(ids)
+        ignored, _ = baseline(ids, neighbours)  # a baseline ignores neighbours
+    assert torch.equal(base_logits, retro_logits)
+    assert torch.equal(base_logits, ignored)
+
+
+def test_retrieval_parameters_are_disjoint_from_the_decoder_and_a_small_share():
+    retro = make_model()
+    retrieval = {id(p) for p in retro.retrieval_parameters()}
+    decoder = {id(p) for n, p in retro.named_parameters() if n in retro.decoder_parameter_names()}
+    assert retrieval and decoder and not retrieval & decoder
+    assert len(retrieval) + len(decoder) == len(list(retro.parameters()))
+    with torch.device("meta"):  # sizes only: no memory, no init cost
+        demo = Retro(RetroConfig.demo())
+    share = sum(p.numel() for p in demo.retrieval_parameters()) / demo.num_parameters()
+    assert 0 < share < 0.5
+
+
+def test_weights_are_tied_and_counted_once():
+    model = make_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.num_parameters() == sum(p.numel() for _, p in model.named_parameters())
+
+
+def test_same_seed_same_model_and_logits():
+    a, b = make_model(seed=3), make_model(seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ids, neighbours = make_batch()
+    with torch.no_grad():
+        assert torch.equal(a(ids, neighbours)[0], b(ids, neighbours)[0])
+    c = make_model(seed=4)
+    assert not torch.equal(a.transformer.wte.weight, c.transformer.wte.weight)
+
+
+def test_cca_layers_follow_the_paper_and_megatron():
+    assert RetroConfig(n_layer=12).cca_layers() == (5, 8, 11)  # layers 6, 9, 12 (1-based)
+    assert RetroConfig(n_layer=24, n_head=12).cca_layers() == tuple(range(8, 24, 3))
+    assert RetroConfig(n_layer=4).cca_layers() == (3,)  # clamped: still one CCA layer
+    assert RetroConfig(n_layer=12, cca_start_layer=2).cca_layers() == (1, 4, 7, 10)
+    assert RetroConfig(retrieval=False).cca_layers() == ()
+    assert RetroConfig.tiny().cca_layers() == (0, 3) and RetroConfig.demo().cca_layers() == (2, 5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seq_len": 100}, r"seq_len \(100\) must be a multiple of chunk_size \(16\)"),
+    ({"d_model": 66}, r"d_model \(66\) must be divisible by n_head \(4\)"),
+    ({"enc_d_model": 33}, r"enc_d_model \(33\) must be divisible by enc_n_head \(2\)"),
+    ({"d_model": 12, "n_head": 4}, r"d_model / n_head = 3 must be even"),
+    ({"n_layer": 0}, r"n_layer must be a positive integer, got 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ({"cca_start_layer": 5}, r"cca_start_layer \(5\) must be between 1 and n_layer \(4\)"),
+    ({"pad_token_id": 512}, r"pad_token_id \(512\) must be a token id below vocab_size \(512\)"),
+])
+def test_config_rejects_bad_values(overrides: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        RetroConfig.tiny(**overrides)
+
+
+def test_config_round_trips_through_json():
+    for config in (RetroConfig(), RetroConfig.tiny(), RetroConfig.demo(retrieval=False)):
+        assert RetroConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown RetroConfig fields: n_embd"):
+        RetroConfig.from_dict({**TINY.to_dict(), "n_embd": 64})
+    assert TINY.neighbour_len == 2 * TINY.chunk_size and TINY.vocab_size == 512
+    assert RetroConfig().vocab_size == 30522
+
+
+def test_forward_rejects_bad_inputs():
+    model = make_model()
+    ids, neighbours = make_batch()
+    with pytest.raises(ValueError, match="neighbours must be"):
+        model(ids, neighbours[:, :-1])
+    with pytest.raises(ValueError, match="neighbours must be"):
+        model(ids, neighbours[..., :M])
+    with pytest.raises(ValueError, match="neighbour_mask must be bool"):
+        model(ids, neighbours, torch.ones(neighbours.shape[:3]))
+    with pytest.raises(ValueError, match="exceeds seq_len"):
+        model(torch.cat([ids, ids], dim=1))
+    with pytest.raises(ValueError, match="targets shape"):
+        model(ids, targets=ids[:, :-1])
