@@ -16,7 +16,9 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["corpus"], ["corpus", "add"], ["corpus", "list"],
-                                  ["materialize"], ["demo"], ["ui"]])
+                                  ["materialize"], ["demo"], ["ui"], ["retrieval-set"],
+                                  ["retrieval-set", "create"], ["retrieval-set", "list"],
+                                  ["retrieve"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -33,6 +35,8 @@ def test_materialize_unknown_corpus(home: Settings):
     result = runner.invoke(app, ["materialize", "--corpus", "nope"])
     assert result.exit_code == 2
     assert "unknown corpus nope (known: none)" in result.output
+    result = runner.invoke(app, ["materialize", "--select", "bogus"])
+    assert result.exit_code == 2 and "unknown asset(s) bogus" in result.output
 
 
 def test_add_list_materialize_json(home: Settings, small_corpus: Path):
@@ -52,3 +56,28 @@ def test_add_list_materialize_json(home: Settings, small_corpus: Path):
 
     bad = runner.invoke(app, ["materialize", "--select", "documents,bogus"])
     assert bad.exit_code == 2 and "unknown asset(s) bogus" in bad.output
+
+
+def test_retrieval_set_cli(indexed_home, monkeypatch):
+    settings, catalog, store = indexed_home
+    monkeypatch.setenv("RETRO_OPS_HOME", str(settings.home))
+    missing = runner.invoke(app, ["retrieval-set", "create", "x", "--corpus", "nope"])
+    assert missing.exit_code == 2 and "unknown corpus 'nope' (known: small)" in missing.output
+    made = runner.invoke(app, ["retrieval-set", "create", "cli_set", "--corpus", "small", "--json"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["corpora"] == ["small"]
+    not_built = runner.invoke(app, ["retrieve", "whale", "--set", "cli_set"])
+    assert not_built.exit_code == 2
+    assert "retrieval set 'cli_set' has no published index" in not_built.output
+    built = runner.invoke(app, ["materialize", "--retrieval-set", "cli_set", "--json"])
+    assert built.exit_code == 0, built.output
+    got = runner.invoke(app, ["retrieve", "Call me Ishmael", "--set", "cli_set", "-k", "3", "--json"])
+    assert got.exit_code == 0, got.output
+    answer = json.loads(got.stdout)
+    assert [n["rank"] for n in answer["neighbours"]] == [1, 2, 3]
+    assert answer["neighbours"][0]["source"].endswith(".txt")
+    listed = json.loads(runner.invoke(app, ["retrieval-set", "list", "--json"]).stdout)
+    [row] = [r for r in listed if r["name"] == "cli_set"]
+    assert row["index"]["ntotal"] == row["n_chunks"]
+    unknown = runner.invoke(app, ["retrieve", "whale", "--set", "nope"])
+    assert unknown.exit_code == 2 and "unknown retrieval set 'nope'" in unknown.output

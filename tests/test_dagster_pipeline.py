@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.definitions import defs
-from assets.launch import dagster_instance, materialize_corpus
+from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
 from retro_ops.catalog import Catalog
 from retro_ops.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
@@ -30,9 +30,11 @@ def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     deps = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
             for key in graph.get_all_asset_keys()}
-    assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"]}
+    assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
+                    "retrieval_set": ["chunk_embeddings"], "faiss_index": ["retrieval_set"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
-    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty"]
+    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty",
+                      "faiss_index_ntotal", "faiss_index_recall"]
 
 
 def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, chunker: Chunker):
@@ -122,3 +124,31 @@ def test_definitions_validate_from_workspace():
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: Path):
+    from retro_ops.index.publish import current_build
+    from retro_ops.retriever import index_root
+
+    catalog = Catalog.open(home.catalog_url)
+    catalog.add_corpus("small", str(small_corpus))
+    instance = dagster_instance(home)
+    assert materialize_corpus(instance, "small").success
+    catalog.create_retrieval_set("small_set", ["small"])
+    outcome = materialize_retrieval_set(instance, "small_set")
+    assert outcome.success, outcome.error
+    assets = by_asset(outcome)
+    n_chunks = assets["retrieval_set"].metadata["chunks"]
+    index_md = assets["faiss_index"].metadata
+    assert index_md["ntotal"] == n_chunks and index_md["published"] is True
+    assert index_md["recall_at_10"] == 1.0 and index_md["p50_ms"] > 0
+    assert assets["faiss_index"].checks == {"faiss_index_recall": True, "faiss_index_ntotal": True}
+    served = current_build(index_root(home.indices_dir, "small_set"))
+
+    # a deliberately bad configuration: the blocking recall check fails, nothing is published
+    bad = materialize_retrieval_set(instance, "small_set", selection=["faiss_index"],
+                                    asset_config={"faiss_index": {"factory": "IVF3,Flat", "nprobe": 1,
+                                                                  "recall_threshold": 0.95}})
+    assert not bad.success
+    assert by_asset(bad)["faiss_index"].checks["faiss_index_recall"] is False
+    assert current_build(index_root(home.indices_dir, "small_set")) == served

@@ -54,7 +54,8 @@ def capture(module: torch.nn.Module, *, inputs: bool) -> Iterator[list[Tensor]]:
 def test_shapes_and_loss():
     model = make_model()
     ids, neighbours = make_batch()
-    targets = torch.randint(0, TINY.vocab_size, ids.shape, generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, TINY.vocab_size, ids.shape,
+                            generator=torch.Generator().manual_seed(2))
     logits, loss = model(ids, neighbours, targets=targets)
     assert logits.shape == (2, TINY.seq_len, TINY.vocab_size)
     assert loss.shape == () and torch.isfinite(loss)
@@ -227,7 +228,8 @@ def test_weights_are_tied_and_counted_once():
 
 def test_same_seed_same_model_and_logits():
     a, b = make_model(seed=3), make_model(seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                                     strict=True))
     ids, neighbours = make_batch()
     with torch.no_grad():
         assert torch.equal(a(ids, neighbours)[0], b(ids, neighbours)[0])

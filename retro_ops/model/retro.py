@@ -54,16 +54,16 @@ class ChunkedCrossAttention(nn.Module):
     def forward(self, x: Tensor, encoded: Tensor, token_mask: Tensor) -> Tensor:
         """x (B, T, d), encoded (B, l, k, r, d_enc), token_mask (B, l, k, r) -> (B, T, d)."""
         B, T, C = x.shape
-        _, l, k, r, C_enc = encoded.shape
+        _, nc, k, r, C_enc = encoded.shape  # nc: l in the paper, chunks
         m = self.chunk_size
-        h = self.ln(x)[:, m - 2:m - 2 + l * m]  # (B, attending, d): positions u*m + m-1 + i
+        h = self.ln(x)[:, m - 1:m - 1 + nc * m]  # (B, attending, d): positions u*m + m-1 + i
         attending = h.shape[1]
-        h = F.pad(h, (0, 0, 0, l * m - attending))  # (B, l*m, d): the last group is partial
-        y = self.attn(h.reshape(B * l, m, C),  # (B*l, m, d): queries of chunk u
-                      encoded.reshape(B * l, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
-                      token_mask.reshape(B * l, k * r))  # (B*l, m, d)
-        y = y.view(B, l * m, C)[:, :attending]  # (B, attending, d)
-        return F.pad(y, (0, 0, m - 2, T - (m - 2) - attending))  # (B, T, d): zero elsewhere
+        h = F.pad(h, (0, 0, 0, nc * m - attending))  # (B, l*m, d): the last group is partial
+        y = self.attn(h.reshape(B * nc, m, C),  # (B*l, m, d): queries of chunk u
+                      encoded.reshape(B * nc, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
+                      token_mask.reshape(B * nc, k * r))  # (B*l, m, d)
+        y = y.view(B, nc * m, C)[:, :attending]  # (B, attending, d)
+        return F.pad(y, (0, 0, m - 1, T - (m - 1) - attending))  # (B, T, d): zero elsewhere
 
 
 class EncoderBlock(nn.Module):
@@ -107,17 +107,17 @@ class NeighbourEncoder(nn.Module):
     def forward(self, embedded: Tensor, hidden: Tensor, token_valid: Tensor) -> Tensor:
         """embedded (B, l, k, r, d), hidden (B, T, d), token_valid (B, l, k, r) bool
         -> (B, l, k, r, d_enc)."""
-        B, l, k, r, d = embedded.shape
+        B, nc, k, r, d = embedded.shape  # nc: l in the paper, chunks
         m = self.chunk_size
-        chunks = self.ln_h(hidden[:, :l * m]).reshape(B * l, m, d)  # (B*l, m, d): H_u
-        e = self.proj_in(embedded).reshape(B * l, k, r, -1)  # (B*l, k, r, d_enc)
+        chunks = self.ln_h(hidden[:, :nc * m]).reshape(B * nc, m, d)  # (B*l, m, d): H_u
+        e = self.proj_in(embedded).reshape(B * nc, k, r, -1)  # (B*l, k, r, d_enc)
         eye = torch.eye(r, dtype=torch.bool, device=e.device)
         # padded keys are hidden; every token still sees itself, so no row is empty
-        attn_mask = token_valid.reshape(B * l * k, 1, 1, r) | eye  # (B*l*k, 1, r, r)
+        attn_mask = token_valid.reshape(B * nc * k, 1, 1, r) | eye  # (B*l*k, 1, r, r)
         rope = rotary_tables(r, self.head_dim, e.device)
         for block in self.h:
             e = block(e, chunks, rope, attn_mask)
-        return self.ln_f(e).view(B, l, k, r, -1)
+        return self.ln_f(e).view(B, nc, k, r, -1)
 
 
 class Retro(nn.Module):
@@ -139,7 +139,8 @@ class Retro(nn.Module):
         self.apply(_init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
-                branches = 3 * config.enc_n_layer if name.startswith("encoder.") else 2 * config.n_layer
+                encoder = name.startswith("encoder.")
+                branches = 3 * config.enc_n_layer if encoder else 2 * config.n_layer
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches))
 
     def forward(self, input_ids: Tensor, neighbours: Tensor | None = None,

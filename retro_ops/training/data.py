@@ -1,0 +1,117 @@
+"""Training and evaluation data for RETRO: documents -> chunk-aligned token sequences.
+
+A sequence is n = chunks_per_seq * m tokens made of consecutive chunks of ONE document, so
+sequence chunk u is exactly a database chunk (whose precomputed neighbours it uses). A short
+final chunk is padded to m ([PAD], target -100) so chunk boundaries stay aligned. The train /
+held-out split is by document, deterministic from a seed, so evaluation text is never trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+
+from retro_ops.feature_store import FeatureStore
+from retro_ops.ids import sha256_hex
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """heldout_fraction of documents (at least min_heldout) are held out for evaluation."""
+
+    heldout_fraction: float = 0.1
+    min_heldout: int = 1
+    seed: int = 0
+
+
+def split_documents(doc_ids: list[str], config: SplitConfig = SplitConfig()) -> tuple[list[str], list[str]]:
+    """(train, held-out) doc ids: ordered by a seeded hash, the last fraction held out."""
+    if len(doc_ids) < 2:
+        raise ValueError(f"need at least 2 documents to hold one out, got {len(doc_ids)}")
+    ranked = sorted(doc_ids, key=lambda d: sha256_hex(f"{config.seed}:{d}"))
+    n_held = min(len(ranked) - 1, max(config.min_heldout, round(config.heldout_fraction * len(ranked))))
+    return sorted(ranked[:-n_held]), sorted(ranked[-n_held:])
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """All chunks of some documents in (document, position) order, tokens padded to m."""
+
+    chunk_ids: np.ndarray  # (N,) int64
+    doc_ids: np.ndarray  # (N,) object (str)
+    positions: np.ndarray  # (N,) int32
+    tokens: np.ndarray  # (N, m) int64, pad_id after n_tokens
+    n_tokens: np.ndarray  # (N,) int32
+    n_bytes: np.ndarray  # (N,) int64: UTF-8 bytes of the chunk's text span
+    content_hashes: np.ndarray  # (N,) object (str)
+
+    def __len__(self) -> int:
+        return len(self.chunk_ids)
+
+
+def load_chunk_table(store: FeatureStore, doc_ids: list[str], m: int, pad_id: int = 0) -> ChunkTable:
+    rows = store.chunks_of_documents(
+        doc_ids, ["chunk_id", "doc_id", "position", "token_ids", "n_tokens", "text", "content_hash"])
+    rows = rows.sort_by([("doc_id", "ascending"), ("position", "ascending")])
+    tokens = np.full((rows.num_rows, m), pad_id, dtype=np.int64)
+    for i, ids in enumerate(rows.column("token_ids").to_pylist()):
+        tokens[i, :len(ids)] = ids
+    return ChunkTable(
+        chunk_ids=rows.column("chunk_id").to_numpy(),
+        doc_ids=np.asarray(rows.column("doc_id").to_pylist(), dtype=object),
+        positions=rows.column("position").to_numpy(),
+        tokens=tokens,
+        n_tokens=rows.column("n_tokens").to_numpy(),
+        n_bytes=pc.binary_length(pc.cast(rows.column("text"), "binary")).to_numpy().astype(np.int64),
+        content_hashes=np.asarray(rows.column("content_hash").to_pylist(), dtype=object),
+    )
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Model inputs: `chunk_index[s, u]` is the ChunkTable row of sequence s's chunk u (-1: pad)."""
+
+    input_ids: np.ndarray  # (S, n) int64
+    targets: np.ndarray  # (S, n) int64, IGNORE where nothing is predicted
+    chunk_index: np.ndarray  # (S, n // m) int64
+    n_bytes: np.ndarray  # (S,) int64: bytes of text the sequence's targets cover
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def make_sequences(table: ChunkTable, chunks_per_seq: int, pad_id: int = 0) -> Sequences:
+    """Cut each document's chunks into sequences of `chunks_per_seq` chunks (tail padded)."""
+    m = table.tokens.shape[1]
+    starts = np.flatnonzero(np.r_[True, table.doc_ids[1:] != table.doc_ids[:-1]]) if len(table) else []
+    groups = []
+    for begin, end in zip(starts, list(starts[1:]) + [len(table)]):
+        for s in range(begin, end, chunks_per_seq):
+            groups.append(np.arange(s, min(s + chunks_per_seq, end)))
+    n = chunks_per_seq * m
+    input_ids = np.full((len(groups), n), pad_id, dtype=np.int64)
+    valid = np.zeros((len(groups), n), dtype=bool)
+    chunk_index = np.full((len(groups), chunks_per_seq), -1, dtype=np.int64)
+    n_bytes = np.zeros(len(groups), dtype=np.int64)
+    for s, rows in enumerate(groups):
+        chunk_index[s, :len(rows)] = rows
+        input_ids[s, :len(rows) * m] = table.tokens[rows].reshape(-1)
+        valid[s, :len(rows) * m] = (np.arange(m)[None, :] < table.n_tokens[rows][:, None]).reshape(-1)
+        n_bytes[s] = table.n_bytes[rows].sum()
+    targets = np.full_like(input_ids, IGNORE)
+    # predict token t+1 from position t, only where both are real tokens
+    targets[:, :-1] = np.where(valid[:, 1:] & valid[:, :-1], input_ids[:, 1:], IGNORE)
+    _check_padding_at_end(valid)
+    return Sequences(input_ids, targets, chunk_index, n_bytes)
+
+
+def _check_padding_at_end(valid: np.ndarray) -> None:
+    """Only a document's last chunk may be short, so padding may only end a sequence; a gap
+    would make a target skip text. Checked, not assumed."""
+    lengths = valid.sum(axis=1)
+    if not (valid == (np.arange(valid.shape[1])[None, :] < lengths[:, None])).all():
+        raise ValueError("a sequence has padding before its last real token")

@@ -1,0 +1,94 @@
+"""Precomputed RETRO neighbours of training (or evaluation) chunks, computed once and cached.
+
+For each chunk: its own embedding (from the feature store, not re-embedded) queries the
+retrieval set's index for `depth_factor * k` hits; hits from the SAME document are dropped (the
+paper's rule against trivially copying the continuation of the text being predicted), the best
+k are kept, and fewer than k are padded and masked. Values are the members' chunk +
+continuation tokens (2m, padded). The cache key hashes every input version and setting, so a
+changed corpus, set, index or k computes anew, never an existing file by mere presence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retro_ops.catalog import RetrievalSetVersionInfo
+from retro_ops.feature_store import FeatureStore
+from retro_ops.ids import set_digest, sha256_hex
+from retro_ops.training.data import ChunkTable
+
+
+@dataclass(frozen=True)
+class NeighbourConfig:
+    k: int = 2
+    depth_factor: int = 4  # query this many times k, then drop same-document hits
+    pad_id: int = 0
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    chunk_ids: np.ndarray  # (N,) int64: the ChunkTable rows these belong to, in order
+    ids: np.ndarray  # (N, k) int64, -1 where masked
+    scores: np.ndarray  # (N, k) float32
+    tokens: np.ndarray  # (N, k, 2m) int64, pad_id where absent
+    mask: np.ndarray  # (N, k) bool: True = a real neighbour
+
+    def save(self, path: Path, manifest: dict) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{k: v for k, v in asdict(self).items()})
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "Neighbours":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(**{name: data[name] for name in data.files})
+
+
+def neighbours_key(table: ChunkTable, version: RetrievalSetVersionInfo, index_sha256: str,
+                   config: NeighbourConfig, m: int) -> str:
+    return sha256_hex(json.dumps({
+        "chunks": set_digest(str(c) for c in table.chunk_ids), "set_digest": version.digest,
+        "set_version": version.id, "index_sha256": index_sha256, "m": m, **asdict(config),
+    }, sort_keys=True))[:24]
+
+
+def compute_neighbours(index: faiss.Index, store: FeatureStore, version: RetrievalSetVersionInfo,
+                       table: ChunkTable, queries: np.ndarray, config: NeighbourConfig,
+                       m: int) -> Neighbours:
+    """queries: (N, dim) embeddings of the table's chunks, row-aligned with the table."""
+    k, depth = config.k, min(config.k * config.depth_factor, index.ntotal)
+    scores, hits = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+    wanted = sorted({int(i) for i in hits.ravel() if i >= 0})
+    members = store.members(version.digest, ["chunk_id", "doc_id", "token_ids",
+                                             "continuation_token_ids"], chunk_ids=wanted).to_pylist()
+    by_id = {row["chunk_id"]: row for row in members}
+    n = len(table)
+    out_ids = np.full((n, k), -1, dtype=np.int64)
+    out_scores = np.zeros((n, k), dtype=np.float32)
+    tokens = np.full((n, k, 2 * m), config.pad_id, dtype=np.int64)
+    for row in range(n):
+        kept = [(s, int(i)) for s, i in zip(scores[row], hits[row])
+                if i >= 0 and int(i) in by_id and by_id[int(i)]["doc_id"] != table.doc_ids[row]][:k]
+        for slot, (score, chunk_id) in enumerate(kept):
+            value = by_id[chunk_id]["token_ids"] + (by_id[chunk_id]["continuation_token_ids"] or [])
+            tokens[row, slot, :len(value)] = value[:2 * m]
+            out_ids[row, slot], out_scores[row, slot] = chunk_id, score
+    return Neighbours(table.chunk_ids.copy(), out_ids, out_scores, tokens, out_ids >= 0)
+
+
+def cached_neighbours(cache_dir: Path, key: str, compute) -> tuple[Neighbours, bool]:
+    """(neighbours, computed_now): load `<key>.npz` if present, else compute and save it."""
+    path = cache_dir / f"{key}.npz"
+    if path.exists():
+        return Neighbours.load(path), False
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    neighbours, manifest = compute()
+    neighbours.save(path, manifest)
+    return neighbours, True
