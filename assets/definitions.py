@@ -9,19 +9,33 @@ from assets.resources import (
     FeatureStoreResource,
     IndexStoreResource,
     ProgressResource,
+    TrainingResource,
+    WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
+from assets.training import (
+    baseline_checkpoint,
+    evaluation,
+    retro_checkpoint,
+    retrofit_checkpoint,
+    training_neighbours,
+)
 
 FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
 RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
-ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS
+MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
+                evaluation]
+ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS
 
 
-def default_resources() -> dict:
+def default_resources(training: TrainingResource | None = None) -> dict:
+    catalog, feature_store, embedder = CatalogResource(), FeatureStoreResource(), EmbedderResource()
     return {
-        "catalog": CatalogResource(),
-        "feature_store": FeatureStoreResource(),
-        "embedder": EmbedderResource(),
+        "catalog": catalog,
+        "feature_store": feature_store,
+        "embedder": embedder,
+        "workspace": WorkspaceResource(catalog=catalog, feature_store=feature_store, embedder=embedder),
+        "training": training or TrainingResource(),
         "index_store": IndexStoreResource(),
         "progress": ProgressResource(),
     }

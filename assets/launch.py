@@ -11,15 +11,19 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from assets.definitions import ALL_ASSETS, FEATURE_ASSETS, RETRIEVAL_ASSETS, default_resources
+from assets.definitions import (
+    ALL_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
+)
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
-from assets.resources import ProgressResource
+from assets.resources import ProgressResource, TrainingResource
 from retro_ops.settings import Settings
 
-#: partitions definition name -> the assets partitioned by it, in graph order
+MODELS = "model"  # the unpartitioned model assets
+#: partitions definition name (or MODELS) -> its assets, in graph order
 ASSETS_BY_PARTITION = {
     CORPUS_PARTITIONS: [a.key.to_user_string() for a in FEATURE_ASSETS],
     RETRIEVAL_SET_PARTITIONS: [a.key.to_user_string() for a in RETRIEVAL_ASSETS],
+    MODELS: [a.key.to_user_string() for a in MODEL_ASSETS],
 }
 ASSET_NAMES = [a.key.to_user_string() for a in ALL_ASSETS]
 DAGSTER_YAML = """\
@@ -72,22 +76,25 @@ def _plain(value):
 def materialize_partition(
     instance: dg.DagsterInstance, partitions: str, key: str, *, selection: list[str] | None = None,
     progress: ProgressResource | None = None, log_level: str = "ERROR",
-    asset_config: dict[str, dict] | None = None,
+    asset_config: dict[str, dict] | None = None, training: TrainingResource | None = None,
 ) -> RunOutcome:
-    """Materialize the selected assets (default: all) of one partition (a corpus or a set)."""
+    """Materialize the selected assets (default: all) of one partition (a corpus or a set), or
+    of the unpartitioned model group (partitions=MODELS, key ignored)."""
     names = ASSETS_BY_PARTITION[partitions]
     unknown = sorted(set(selection or []) - set(names))
     if unknown:
         raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    ensure_partition(instance, partitions, key)
-    resources = default_resources()
+    if partitions != MODELS:
+        ensure_partition(instance, partitions, key)
+    resources = default_resources(training)
     if progress is not None:
         resources["progress"] = progress
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if asset_config:
         run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
     result = dg.materialize(
-        ALL_ASSETS, instance=instance, partition_key=key, resources=resources,
+        ALL_ASSETS, instance=instance, partition_key=None if partitions == MODELS else key,
+        resources=resources,
         selection=selection or names, raise_on_error=False,
         tags={"retro_ops/launched_by": "cli"}, run_config=run_config,
     )
@@ -114,6 +121,10 @@ def materialize_corpus(instance: dg.DagsterInstance, corpus: str, **kwargs) -> R
 
 def materialize_retrieval_set(instance: dg.DagsterInstance, name: str, **kwargs) -> RunOutcome:
     return materialize_partition(instance, RETRIEVAL_SET_PARTITIONS, name, **kwargs)
+
+
+def materialize_models(instance: dg.DagsterInstance, training: TrainingResource, **kwargs) -> RunOutcome:
+    return materialize_partition(instance, MODELS, "models", training=training, **kwargs)
 
 
 class TerminalProgress(ProgressResource):

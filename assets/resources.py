@@ -3,6 +3,7 @@ run time (RETRO_OPS_HOME, RETRO_OPS_CATALOG_URL, ...), so one definition serves 
 
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +13,11 @@ from retro_ops.chunking import Chunker, ChunkerConfig
 from retro_ops.embedder import Embedder
 from retro_ops.feature_store import FeatureStore
 from retro_ops.settings import Settings
+from retro_ops.training.data import SplitConfig
+from retro_ops.training.neighbours import NeighbourConfig
+from retro_ops.training.prepare import TrainingSpec
+from retro_ops.training.trainer import TrainConfig
+from retro_ops.workspace import Workspace
 
 
 class CatalogResource(dg.ConfigurableResource):
@@ -77,3 +83,41 @@ class IndexStoreResource(dg.ConfigurableResource):
 
     def path(self) -> Path:
         return Path(self.root) if self.root else Settings.from_env().indices_dir
+
+
+class WorkspaceResource(dg.ConfigurableResource):
+    """All stores of a home at once (catalog, feature store, embedder, indices, MLflow), for the
+    model assets that read across them."""
+
+    catalog: CatalogResource
+    feature_store: FeatureStoreResource
+    embedder: EmbedderResource
+
+    def open(self) -> Workspace:
+        base = Settings.from_env()
+        return Workspace.open(replace(
+            base, catalog_url=self.catalog.url or base.catalog_url,
+            lancedb_uri=self.feature_store.uri or base.lancedb_uri,
+            embedder_path=self.embedder.model_path or base.embedder_path))
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """What the model assets train on and how; one place, so every asset of a run agrees.
+    Defaults train each demo model in about two minutes on 2 CPU cores."""
+
+    corpus: str = "sotu"
+    retrieval_set: str = "sotu"
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2e-3
+    k: int = 2
+    seed: int = 0
+    heldout_fraction: float = 0.1
+
+    def spec(self) -> TrainingSpec:
+        return TrainingSpec(
+            corpus=self.corpus, retrieval_set=self.retrieval_set,
+            train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                              warmup_steps=max(1, self.steps // 10), seed=self.seed),
+            neighbours=NeighbourConfig(k=self.k),
+            split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed))

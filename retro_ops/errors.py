@@ -41,3 +41,10 @@ class IndexBuildError(RetroOpsError, ValueError):
 
 class IndexIntegrityError(RetroOpsError, RuntimeError):
     """An index on disk that must not be loaded (digest mismatch, wrong size, unknown build)."""
+
+
+class UnknownModelError(RetroOpsError, KeyError):
+    """A model reference that the catalog does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"

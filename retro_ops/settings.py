@@ -15,6 +15,7 @@ HOME_ENV = "RETRO_OPS_HOME"
 CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
 LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
 EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
+MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
 DEFAULT_HOME = ".retro_ops"
 
 
@@ -26,6 +27,7 @@ class Settings:
     catalog_url: str = ""
     lancedb_uri: str = ""
     embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
+    mlflow_uri: str = ""  # MLflow tracking + registry store; "" = SQLite under the home
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -44,10 +46,11 @@ class Settings:
             catalog_url=env.get(CATALOG_URL_ENV, ""),
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
+            mlflow_uri=env.get(MLFLOW_URI_ENV, ""),
         )
 
     def with_home(self, home: Path) -> Settings:
-        return replace(self, home=home, catalog_url="", lancedb_uri="")
+        return replace(self, home=home, catalog_url="", lancedb_uri="", mlflow_uri="")
 
     @property
     def dagster_home(self) -> Path:
@@ -56,6 +59,18 @@ class Settings:
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def neighbours_dir(self) -> Path:
+        return self.home / "neighbours"
 
     @property
     def indices_dir(self) -> Path:

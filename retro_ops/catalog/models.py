@@ -177,3 +177,55 @@ class IndexBuild(Base):
     published: Mapped[bool] = mapped_column(default=False)
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelRecord(Base):
+    """A trained checkpoint and every input version that made it; mirrors its MLflow run and
+    registered model version so lineage audits need no scan of MLflow."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # retro | baseline | retrofit
+    key: Mapped[str] = mapped_column(String(64), index=True)  # hash of config + input versions
+    checkpoint_dir: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict] = mapped_column(JSON)
+    corpus_version_id: Mapped[int] = mapped_column(ForeignKey("corpus_versions.id"))
+    retrieval_set_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retrieval_set_versions.id"), nullable=True)
+    index_build_id: Mapped[int | None] = mapped_column(ForeignKey("index_builds.id"), nullable=True)
+    parent_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    embedding_space_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    tokenizer_id: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mlflow_model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    mlflow_model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelTrainingDocument(Base):
+    """Which documents a model was trained on ("which models ever saw this document?")."""
+
+    __tablename__ = "model_training_documents"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    doc_id: Mapped[str] = mapped_column(ForeignKey("documents.doc_id"), primary_key=True, index=True)
+
+
+class EvaluationRecord(Base):
+    """One evaluation of a model on held-out text with a given retrieval setting."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    setting: Mapped[str] = mapped_column(String(128))  # e.g. "no retrieval", "set sotu"
+    retrieval_set_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retrieval_set_versions.id"), nullable=True)
+    eval_corpus_version_id: Mapped[int] = mapped_column(ForeignKey("corpus_versions.id"))
+    bits_per_byte: Mapped[float] = mapped_column()
+    loss_per_token: Mapped[float] = mapped_column()
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    n_bytes: Mapped[int] = mapped_column(BigInteger)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_ops.catalog import models as m
+from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
 from retro_ops.embedder import EmbeddingSpace
@@ -82,7 +83,7 @@ class CorpusVersionInfo:
     created_at: datetime
 
 
-class Catalog(RetrievalCatalogMixin):
+class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -174,6 +175,13 @@ class Catalog(RetrievalCatalogMixin):
             v = row.versions[-1]
             return CorpusVersionInfo(v.id, corpus, v.digest, v.n_documents,
                                      v.documents_lance_version, v.created_at)
+
+    def corpus_name_of_version(self, corpus_version_id: int) -> str:
+        with self.session() as s:
+            version = s.get(m.CorpusVersion, corpus_version_id)
+            if version is None:
+                raise CorpusError(f"no corpus version {corpus_version_id}")
+            return version.corpus.name
 
     def corpus_doc_ids(self, corpus_version_id: int) -> list[str]:
         with self.session() as s:

@@ -16,6 +16,7 @@ import typer
 
 from retro_ops.cli.common import JsonOpt, err, fail, open_catalog, out, settings
 from retro_ops.cli.corpus import corpus_app
+from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
 from retro_ops.cli.runs import print_outcomes, run_materializations
 
@@ -26,7 +27,11 @@ app = typer.Typer(
 )
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(retrieval_set_app, name="retrieval-set")
+app.add_typer(models_app, name="models")
 app.command()(retrieve)
+app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("generate")(generate_command)
 
 
 def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str] | None):

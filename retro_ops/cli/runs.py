@@ -11,7 +11,7 @@ from retro_ops.cli.common import emit_json, err, fail, out, settings
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
-                         json_out: bool, asset_config: dict | None = None) -> list:
+                         json_out: bool, asset_config: dict | None = None, training=None) -> list:
     """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
     from assets.launch import (
         ASSETS_BY_PARTITION,
@@ -30,7 +30,7 @@ def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | Non
             try:
                 outcomes.append(materialize_partition(
                     instance, partitions, key, selection=chosen, asset_config=asset_config,
-                    progress=TerminalProgress().attach(bar)))
+                    progress=TerminalProgress().attach(bar), training=training))
             except ValueError as exc:
                 fail(str(exc))
     return outcomes

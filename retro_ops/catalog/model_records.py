@@ -1,0 +1,103 @@
+"""Catalog records of trained models, the documents they saw, and their evaluations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from retro_ops.catalog import models as m
+from retro_ops.errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: int
+    kind: str
+    key: str
+    checkpoint_dir: str
+    weights_sha256: str
+    config: dict
+    corpus_version_id: int
+    retrieval_set_version_id: int | None
+    index_build_id: int | None
+    parent_model_id: int | None
+    mlflow_run_id: str | None
+    mlflow_model_name: str | None
+    mlflow_model_version: str | None
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        if self.mlflow_model_name and self.mlflow_model_version:
+            return f"{self.mlflow_model_name}/{self.mlflow_model_version}"
+        return f"model-{self.id}"
+
+
+def _info(row: m.ModelRecord) -> ModelInfo:
+    return ModelInfo(row.id, row.kind, row.key, row.checkpoint_dir, row.weights_sha256,
+                     dict(row.config), row.corpus_version_id, row.retrieval_set_version_id,
+                     row.index_build_id, row.parent_model_id, row.mlflow_run_id,
+                     row.mlflow_model_name, row.mlflow_model_version, row.created_at)
+
+
+class ModelCatalogMixin:
+    """Mixed into `Catalog` (which provides `session()`)."""
+
+    def record_model(self, *, training_doc_ids: list[str], **fields) -> ModelInfo:
+        with self.session() as s:
+            row = m.ModelRecord(**fields)
+            s.add(row)
+            s.flush()
+            s.add_all(m.ModelTrainingDocument(model_id=row.id, doc_id=d) for d in training_doc_ids)
+            return _info(row)
+
+    def set_model_registry(self, model_id: int, *, run_id: str, name: str, version: str) -> ModelInfo:
+        with self.session() as s:
+            row = s.get(m.ModelRecord, model_id)
+            row.mlflow_run_id, row.mlflow_model_name, row.mlflow_model_version = run_id, name, version
+            return _info(row)
+
+    def model_by_key(self, key: str) -> ModelInfo | None:
+        with self.session() as s:
+            row = s.scalar(select(m.ModelRecord).where(m.ModelRecord.key == key)
+                           .order_by(m.ModelRecord.id.desc()))
+            return _info(row) if row else None
+
+    def resolve_model(self, ref: str) -> ModelInfo:
+        """`name/version`, `name@alias` (via `alias_lookup`), `model-ID`, or a kind for the
+        newest model of that kind (`retro`, `baseline`, `retrofit`)."""
+        with self.session() as s:
+            query = select(m.ModelRecord)
+            if ref.startswith("model-") and ref[6:].isdigit():
+                query = query.where(m.ModelRecord.id == int(ref[6:]))
+            elif "/" in ref:
+                name, version = ref.rsplit("/", 1)
+                query = query.where(m.ModelRecord.mlflow_model_name == name,
+                                    m.ModelRecord.mlflow_model_version == version)
+            else:
+                query = query.where(m.ModelRecord.kind == ref)
+            row = s.scalar(query.order_by(m.ModelRecord.id.desc()))
+            if row is None:
+                known = [_info(r).ref for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
+                raise UnknownModelError(f"no model {ref!r} (known: {', '.join(known) or 'none'}; "
+                                        "also: retro, baseline, retrofit for the newest of a kind)")
+            return _info(row)
+
+    def list_models(self) -> list[ModelInfo]:
+        with self.session() as s:
+            return [_info(r) for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
+
+    def model_training_doc_ids(self, model_id: int) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(m.ModelTrainingDocument.doc_id)
+                                  .where(m.ModelTrainingDocument.model_id == model_id)
+                                  .order_by(m.ModelTrainingDocument.doc_id)))
+
+    def record_evaluation(self, **fields) -> int:
+        with self.session() as s:
+            row = m.EvaluationRecord(**fields)
+            s.add(row)
+            s.flush()
+            return row.id

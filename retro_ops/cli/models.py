@@ -1,0 +1,139 @@
+"""`retro-ops train | eval | generate | models`: train through Dagster, evaluate, explain."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from retro_ops.cli.common import JsonOpt, emit_json, err, fail, out, settings
+from retro_ops.errors import RetroOpsError
+
+models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A model: NAME/VERSION (e.g. "
+                                       "retro-ops-retro/1), model-ID, or retro|baseline|retrofit "
+                                       "for the newest of that kind.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Retrieval set (repeatable).")]
+
+
+def train_command(
+    corpus: Annotated[str, typer.Option(help="Training corpus.")] = "sotu",
+    retrieval_set: Annotated[str, typer.Option(help="Retrieval set the neighbours come from.")] = "sotu",
+    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = 300,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
+    k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = 2,
+    seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = 0,
+    select: Annotated[Optional[str], typer.Option(
+        help="Comma-separated model assets (default: all of training_neighbours, "
+             "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train RETRO, its baseline and a RETROfit through Dagster, then evaluate them."""
+    from assets.launch import MODELS
+    from assets.resources import TrainingResource
+    from retro_ops.cli.runs import print_outcomes, run_materializations
+
+    training = TrainingResource(corpus=corpus, retrieval_set=retrieval_set, steps=steps,
+                                batch_size=batch_size, k=k, seed=seed)
+    selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
+    outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
+    print_outcomes(outcomes, json_out)
+    if not all(o.success for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _workspace():
+    from retro_ops.workspace import Workspace
+
+    return Workspace.open(settings())
+
+
+def print_eval_rows(rows: list[dict], title: str) -> None:
+    table = Table("model", "setting", "bits/byte", "loss/token", "8-gram overlap", title=title)
+    for r in rows:
+        overlap = r["neighbour_8gram_overlap"]
+        table.add_row(r["model"], r["setting"], f"{r['bits_per_byte']:.4f}", f"{r['loss_per_token']:.4f}",
+                      "" if overlap is None else f"{overlap:.4f}")
+    out.print(table)
+
+
+def eval_command(
+    model: ModelOpt,
+    retrieval_set: SetOpt = None,
+    on: Annotated[str, typer.Option(help="`heldout` (the training corpus's held-out documents), "
+                                         "a corpus name (its held-out documents) or CORPUS:all.")] = "heldout",
+    json_out: JsonOpt = False,
+) -> None:
+    """Bits per byte of a model with no retrieval and with each retrieval set, no retraining."""
+    from retro_ops.training.data import SplitConfig
+    from retro_ops.training.evaluation import evaluate_models, heldout_text
+
+    ws = _workspace()
+    try:
+        info = ws.catalog.resolve_model(model)
+        corpus_name = ws.catalog.corpus_name_of_version(info.corpus_version_id) if on == "heldout" else on
+        corpus_name, _, whole = corpus_name.partition(":")
+        text = heldout_text(ws, corpus_name, SplitConfig(), info.config["chunk_size"], whole == "all")
+        report = evaluate_models(ws, [info], text, list(retrieval_set or []), k=info.config["n_neighbours"])
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json({"text": report.text, "mlflow_run_id": report.mlflow_run_id, "rows": report.table()})
+    else:
+        print_eval_rows(report.table(), f"{report.text} ({len(text.doc_ids)} documents)")
+
+
+def generate_command(
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    model: ModelOpt = "retro",
+    retrieval_set: Annotated[Optional[str], typer.Option("--set", "-s", help="Retrieval set to "
+                                                         "retrieve from (default: none).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1024)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.8,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Continue a prompt and show the neighbours each chunk retrieved (explainability)."""
+    from retro_ops.chunking import load_tokenizer
+    from retro_ops.generation import Generator
+    from retro_ops.training.run import load_model
+    from retro_ops.training.vocab import Vocabulary
+
+    ws = _workspace()
+    try:
+        info = ws.catalog.resolve_model(model)
+        retriever = ws.retriever(retrieval_set) if retrieval_set else None
+        generator = Generator(load_model(info), Vocabulary.load(Path(info.checkpoint_dir)),
+                              load_tokenizer(ws.embedder.space.model_path), retriever)
+        result = generator.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=seed)
+    except (RetroOpsError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json({**asdict(result), "model": info.ref, "retrieval_set": retrieval_set})
+        return
+    out.print(f"[bold]{prompt}[/bold] {result.text}", highlight=False)
+    err.print(f"{result.new_tokens} tokens by {info.ref}; model {result.model_seconds:.2f} s, "
+              f"retrieval {result.retrieval_seconds:.2f} s")
+    for r in result.retrievals:
+        out.print(f"\n[dim]chunk {r.chunk}:[/dim] {r.text[:120]}", highlight=False)
+        for n in r.neighbours:
+            out.print(f"  {n.rank}. ({n.score:.3f}) {n.text[:100]} [dim]{n.continuation_text[:60]}[/dim]",
+                      highlight=False)
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOpt = False) -> None:
+    """Trained models with their kind, registry version and the data versions behind them."""
+    models = _workspace().catalog.list_models()
+    if json_out:
+        emit_json([{**asdict(m), "ref": m.ref} for m in models])
+        return
+    table = Table("ref", "kind", "corpus version", "retrieval-set version", "parent", "checkpoint")
+    for m in models:
+        table.add_row(m.ref, m.kind, str(m.corpus_version_id), str(m.retrieval_set_version_id or "-"),
+                      str(m.parent_model_id or "-"), Path(m.checkpoint_dir).name)
+    out.print(table if models else "no models yet: retro-ops train")

@@ -1,0 +1,113 @@
+"""MLflow lineage through an explicit `MlflowClient` (no fluent API, so no process-global state).
+
+Every training run records params, loss curves and throughput, and as MLflow *dataset inputs*
+exactly which data fed it: training corpus version, retrieval-set version (with its LanceDB
+versions), index manifest digest, embedding space and tokenizer. The code version and the
+Dagster run id go in tags. Checkpoints are logged as artifacts and registered as model versions.
+MLflow limits a dataset digest to 36 characters: the short digest goes there, the full one in
+the dataset's `profile` JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+from retro_ops.settings import Settings
+
+EXPERIMENT = "retro-ops"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One input version as MLflow records it."""
+
+    name: str
+    digest: str  # full digest; shortened to 36 characters for MLflow's digest field
+    source: str  # where it lives, e.g. a LanceDB table URI with its version
+    source_type: str = "local"
+    details: dict | None = None
+
+    def to_input(self, context: str) -> DatasetInput:
+        profile = json.dumps({"full_digest": self.digest, **(self.details or {})}, sort_keys=True)
+        return DatasetInput(Dataset(self.name, self.digest[:36], self.source_type, self.source,
+                                    profile=profile),
+                            tags=[InputTag("mlflow.data.context", context)])
+
+
+def code_version(repo: Path | None = None) -> str:
+    """git commit of the code (with `-dirty` if modified), else the package version."""
+    from retro_ops import __version__
+
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return commit[:12] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"retro-ops-{__version__}"
+
+
+class Tracking:
+    """The MLflow store of a retro-ops home (SQLite + local artifacts by default)."""
+
+    def __init__(self, settings: Settings):
+        self.tracking_uri = settings.mlflow_tracking_uri
+        self.artifact_root = settings.mlflow_dir / "artifacts"
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_curve(self, run_id: str, name: str, points: list[tuple[int, float]]) -> None:
+        now = int(time.time() * 1000)
+        for start in range(0, len(points), 900):  # the store's batch limit is 1000
+            self.client.log_batch(run_id, metrics=[Metric(name, float(v), now, int(s))
+                                                   for s, v in points[start:start + 900]])
+
+    def log_inputs(self, run_id: str, datasets: list[DatasetRef], context: str) -> None:
+        self.client.log_inputs(run_id, datasets=[d.to_input(context) for d in datasets])
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> str:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def register(self, name: str, source: str, run_id: str, alias: str,
+                 tags: dict[str, str] | None = None) -> str:
+        """Register `source` as a new version of model `name` and point `alias` at it."""
+        if not self._model_exists(name):
+            self.client.create_registered_model(name)
+        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
+
+    def _model_exists(self, name: str) -> bool:
+        return bool(self.client.search_registered_models(filter_string=f"name = '{name}'"))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

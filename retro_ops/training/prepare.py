@@ -1,0 +1,128 @@
+"""Everything training and evaluation read, resolved to exact versions and computed once.
+
+`prepare_training` pins the training corpus version, splits its documents into train and
+held-out by a seeded hash, loads their chunks, fixes the output vocabulary, and computes (or
+loads from the content-addressed cache) the neighbours of every train and held-out chunk from
+the named retrieval set's verified index, excluding chunks of the same document.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+
+from retro_ops.catalog import CorpusVersionInfo
+from retro_ops.feature_store import CHUNKS, CHUNKS_SCHEMA
+from retro_ops.ids import set_digest, sha256_hex
+from retro_ops.model import RetroConfig
+from retro_ops.retriever import Retriever
+from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, split_documents
+from retro_ops.training.neighbours import (
+    NeighbourConfig, Neighbours, cached_neighbours, compute_neighbours, neighbours_key,
+)
+from retro_ops.training.trainer import TrainConfig
+from retro_ops.training.vocab import Vocabulary
+from retro_ops.workspace import Workspace
+
+
+def demo_model_config() -> RetroConfig:
+    """Sized to train in about two minutes per model on 2 CPU cores (see README)."""
+    return RetroConfig.demo(seq_len=256, d_model=128, n_layer=4, n_head=4, d_ff=512,
+                            enc_d_model=128, enc_n_layer=2, enc_n_head=4, enc_d_ff=512,
+                            cca_start_layer=3)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """What to train on and how; its hash (with the input versions) keys every artefact."""
+
+    corpus: str = "sotu"
+    retrieval_set: str = "sotu"
+    model: RetroConfig = field(default_factory=demo_model_config)
+    train: TrainConfig = TrainConfig()
+    neighbours: NeighbourConfig = NeighbourConfig()
+    split: SplitConfig = SplitConfig()
+
+    def as_dict(self) -> dict:
+        return {"corpus": self.corpus, "retrieval_set": self.retrieval_set,
+                "model": self.model.to_dict(), "train": asdict(self.train),
+                "neighbours": asdict(self.neighbours), "split": asdict(self.split)}
+
+
+@dataclass(frozen=True)
+class NeighbourSet:
+    neighbours: Neighbours
+    key: str
+    computed_now: bool
+    retrieval_set: str
+    set_version_id: int
+    set_digest: str
+    index_sha256: str
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    spec: TrainingSpec
+    corpus_version: CorpusVersionInfo
+    train_doc_ids: list[str]
+    heldout_doc_ids: list[str]
+    vocab: Vocabulary
+    train_table: ChunkTable
+    heldout_table: ChunkTable
+    train_neighbours: NeighbourSet
+    heldout_neighbours: NeighbourSet
+    retriever: Retriever
+
+
+def store_vocabulary(ws: Workspace) -> Vocabulary:
+    column = ws.store.table(CHUNKS, CHUNKS_SCHEMA).search().select(["token_ids"]).limit(None).to_arrow()
+    return Vocabulary.from_ids(np.unique(column.column("token_ids").combine_chunks().flatten().to_numpy()))
+
+
+def encode_table(table: ChunkTable, vocab: Vocabulary) -> ChunkTable:
+    return replace(table, tokens=vocab.encode(table.tokens))
+
+
+def neighbours_for(ws: Workspace, table: ChunkTable, retriever: Retriever, config: NeighbourConfig,
+                   m: int) -> NeighbourSet:
+    """Neighbours of every chunk of `table` in the retriever's set (cached by content key)."""
+    version, sha = retriever.version, retriever.manifest.sha256
+    key = neighbours_key(table, version, sha, config, m)
+
+    def compute():
+        vectors = ws.store.vectors_of(version.embedding_space_id, retriever.manifest.dim,
+                                      pa.array(list(table.content_hashes), pa.string()))
+        neighbours = compute_neighbours(retriever.index, ws.store, version, table, vectors, config, m)
+        return neighbours, {"retrieval_set": version.retrieval_set, "set_version_id": version.id,
+                            "set_digest": version.digest, "index_sha256": sha, "chunks": len(table),
+                            **asdict(config)}
+
+    neighbours, computed = cached_neighbours(ws.settings.neighbours_dir, key, compute)
+    return NeighbourSet(neighbours, key, computed, version.retrieval_set, version.id,
+                        version.digest, sha)
+
+
+def prepare_training(ws: Workspace, spec: TrainingSpec) -> PreparedData:
+    version = ws.catalog.latest_corpus_version(spec.corpus)
+    train_ids, heldout_ids = split_documents(ws.catalog.corpus_doc_ids(version.id), spec.split)
+    m = spec.model.chunk_size
+    train_table = load_chunk_table(ws.store, train_ids, m)
+    heldout_table = load_chunk_table(ws.store, heldout_ids, m)
+    retriever = ws.retriever(spec.retrieval_set)
+    return PreparedData(
+        spec, version, train_ids, heldout_ids, store_vocabulary(ws), train_table, heldout_table,
+        neighbours_for(ws, train_table, retriever, spec.neighbours, m),
+        neighbours_for(ws, heldout_table, retriever, spec.neighbours, m), retriever)
+
+
+def model_key(kind: str, data: PreparedData, parent_sha: str | None, tokenizer_id: str) -> str:
+    """Hash of everything that determines a checkpoint: config and exact input versions."""
+    return sha256_hex(json.dumps({
+        "kind": kind, "spec": data.spec.as_dict(), "corpus_digest": data.corpus_version.digest,
+        "train_docs": set_digest(data.train_doc_ids), "vocab": data.vocab.digest,
+        "neighbours": data.train_neighbours.key if kind != "baseline" else None,
+        "parent": parent_sha, "tokenizer": tokenizer_id,
+    }, sort_keys=True))

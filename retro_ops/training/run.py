@@ -1,0 +1,169 @@
+"""Train a model from prepared data with full lineage: checkpoint, MLflow run, registry, catalog.
+
+A checkpoint's folder is named by the hash of its config and input versions. A model whose key
+the catalog already holds (and whose weights still hash the same) is reused, not retrained; a
+folder holding a partial run is resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+from retro_ops.catalog import ModelInfo
+from retro_ops.chunking import tokenizer_digest
+from retro_ops.ids import set_digest
+from retro_ops.model import Retro, RetroConfig
+from retro_ops.tracking import DatasetRef, Tracking, code_version
+from retro_ops.training.checkpoint import (
+    CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint, weights_digest,
+)
+from retro_ops.training.data import make_sequences
+from retro_ops.training.prepare import PreparedData, encode_table, model_key
+from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
+from retro_ops.workspace import Workspace
+
+Kind = Literal["baseline", "retro", "retrofit"]
+REGISTERED_NAMES = {"baseline": "retro-ops-baseline", "retro": "retro-ops-retro",
+                    "retrofit": "retro-ops-retrofit"}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    info: ModelInfo
+    result: TrainResult | None  # None when an identical model was reused
+    reused: bool
+
+
+def model_config(kind: Kind, data: PreparedData) -> RetroConfig:
+    base = data.spec.model.to_dict()
+    return RetroConfig.from_dict({**base, "vocab_size": data.vocab.size,
+                                  "n_neighbours": data.spec.neighbours.k,
+                                  "retrieval": kind != "baseline"})
+
+
+def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = False) -> TrainingData:
+    table = data.heldout_table if heldout else data.train_table
+    neighbours = data.heldout_neighbours if heldout else data.train_neighbours
+    sequences = make_sequences(encode_table(table, data.vocab), data.spec.model.n_chunks)
+    if not with_neighbours:
+        return TrainingData(sequences, None)
+    encoded = replace(neighbours.neighbours, tokens=data.vocab.encode(neighbours.neighbours.tokens))
+    return TrainingData(sequences, encoded)
+
+
+def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[DatasetRef]:
+    """The dataset inputs MLflow records for a training run."""
+    v, uri = data.corpus_version, ws.settings.lancedb_uri
+    inputs = [
+        DatasetRef(f"corpus:{data.spec.corpus}", v.digest,
+                   f"{uri}/documents.lance#version={v.documents_lance_version}",
+                   details={"corpus_version_id": v.id, "documents": v.n_documents}),
+        DatasetRef(f"training-documents:{data.spec.corpus}", set_digest(data.train_doc_ids),
+                   f"catalog:corpus_version={v.id}",
+                   details={"train_documents": len(data.train_doc_ids),
+                            "heldout_documents": len(data.heldout_doc_ids)}),
+        DatasetRef("tokenizer", tokenizer_digest(ws.embedder.space.model_path),
+                   ws.embedder.space.model_path,
+                   details={"vocabulary_digest": data.vocab.digest, "vocabulary_size": data.vocab.size}),
+    ]
+    if kind != "baseline":
+        r = data.retriever.version
+        inputs += [
+            DatasetRef(f"retrieval-set:{r.retrieval_set}", r.digest,
+                       f"{uri}/retrieval_set_chunks.lance#version={r.members_lance_version}",
+                       details={"retrieval_set_version_id": r.id, "chunks": r.n_chunks,
+                                "chunks_lancedb_version": r.chunks_lance_version,
+                                "embeddings_table": r.embeddings_table,
+                                "embeddings_lancedb_version": r.embeddings_lance_version}),
+            DatasetRef(f"faiss-index:{r.retrieval_set}", data.retriever.manifest.sha256,
+                       str(ws.settings.indices_dir / r.retrieval_set),
+                       details={"factory": data.retriever.manifest.factory,
+                                "ntotal": data.retriever.manifest.ntotal}),
+            DatasetRef(f"embedding-space:{r.embedding_space_id}", ws.embedder.space.weights_digest,
+                       ws.embedder.space.model_path, details=ws.embedder.space.as_dict()),
+            DatasetRef("training-neighbours", data.train_neighbours.key,
+                       str(ws.settings.neighbours_dir / f"{data.train_neighbours.key}.npz"),
+                       details={"k": data.spec.neighbours.k}),
+        ]
+    return inputs
+
+
+def _log_checkpoint(tracking: Tracking, run_id: str, folder: Path) -> str:
+    """Log weights, config and vocabulary (not optimizer state) as the `checkpoint` artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
+            shutil.copy(folder / name, Path(tmp) / name)
+        return tracking.log_artifacts(run_id, Path(tmp), "checkpoint")
+
+
+def _new_model(kind: Kind, config: RetroConfig, data: PreparedData, parent: ModelInfo | None) -> Retro:
+    if kind == "retrofit":
+        return retrofit_model(Path(parent.checkpoint_dir), config, data.spec.train.seed)
+    return seeded_model(config, data.spec.train.seed)
+
+
+def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelInfo | None = None,
+                dagster_run_id: str | None = None, progress: Callable[[int, int], None] | None = None,
+                crash_at_step: int | None = None) -> TrainedModel:
+    if kind == "retrofit" and parent is None:
+        raise ValueError("RETROfitting needs the trained baseline it starts from (parent)")
+    tokenizer_id = tokenizer_digest(ws.embedder.space.model_path)
+    key = model_key(kind, data, parent.weights_sha256 if parent else None, tokenizer_id)
+    existing = ws.catalog.model_by_key(key)
+    if existing and (Path(existing.checkpoint_dir) / MODEL_FILE).exists() \
+            and weights_digest(Path(existing.checkpoint_dir)) == existing.weights_sha256:
+        return TrainedModel(existing, None, reused=True)
+    config = model_config(kind, data)
+    folder = ws.settings.checkpoints_dir / f"{kind}-{key[:16]}"
+    model = _new_model(kind, config, data, parent)
+    tracking = Tracking(ws.settings)
+    tags = {"retro_ops.kind": kind, "retro_ops.model_key": key, "retro_ops.code_version": code_version(),
+            "dagster.run_id": dagster_run_id or "", "mlflow.source.name": "retro-ops"}
+    run_id = tracking.start_run(f"{kind}-{data.spec.corpus}", tags)
+    try:
+        tracking.log_params(run_id, {**_flat("model", config.to_dict()),
+                                     **_flat("train", data.spec.train.as_dict()),
+                                     "neighbours.k": data.spec.neighbours.k,
+                                     "split.heldout_fraction": data.spec.split.heldout_fraction,
+                                     "retrieval_set": data.spec.retrieval_set if kind != "baseline" else "",
+                                     "parent_model": parent.ref if parent else ""})
+        tracking.log_inputs(run_id, lineage_inputs(ws, data, kind), "training")
+        trainable = model.retrieval_parameters() if kind == "retrofit" else None
+        result = train(model, training_data(data, kind != "baseline"), folder, data.spec.train,
+                       trainable=trainable, progress=progress, crash_at_step=crash_at_step,
+                       files={VOCAB_FILE: data.vocab.to_json()})
+        tracking.log_curve(run_id, "train_loss", result.losses)
+        tracking.log_metrics(run_id, {"tokens_per_second": result.tokens_per_second,
+                                      "train_seconds": result.seconds,
+                                      "trainable_parameters": result.trainable_parameters,
+                                      "total_parameters": result.total_parameters})
+        source = _log_checkpoint(tracking, run_id, folder)
+        info = ws.catalog.record_model(
+            kind=kind, key=key, checkpoint_dir=str(folder), weights_sha256=weights_digest(folder),
+            config=config.to_dict(), corpus_version_id=data.corpus_version.id,
+            retrieval_set_version_id=data.retriever.version.id if kind != "baseline" else None,
+            index_build_id=None, parent_model_id=parent.id if parent else None,
+            embedding_space_id=ws.embedder.space.space_id if kind != "baseline" else None,
+            tokenizer_id=tokenizer_id, code_version=tags["retro_ops.code_version"],
+            dagster_run_id=dagster_run_id, training_doc_ids=data.train_doc_ids)
+        name = REGISTERED_NAMES[kind]
+        version = tracking.register(name, source, run_id, "candidate",
+                                    tags={"retro_ops.model_id": str(info.id), "retro_ops.model_key": key})
+        info = ws.catalog.set_model_registry(info.id, run_id=run_id, name=name, version=version)
+        tracking.finish(run_id)
+    except BaseException:
+        tracking.finish(run_id, "FAILED")
+        raise
+    return TrainedModel(info, result, reused=False)
+
+
+def _flat(prefix: str, values: dict) -> dict:
+    return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+def load_model(info: ModelInfo) -> Retro:
+    return load_checkpoint(Path(info.checkpoint_dir))

@@ -1,0 +1,149 @@
+"""Train RETRO (or its baseline) on chunk-aligned sequences with precomputed neighbours.
+
+Deterministic on CPU with a seed: the batch of step s is a pure function of (seed, s), so a run
+resumed from its last checkpoint after a crash sees exactly the batches it would have seen.
+RETROfitting freezes a trained baseline's decoder and trains only the encoder and the CCA layers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from retro_ops.model import Retro, RetroConfig
+from retro_ops.training.checkpoint import (
+    STATE_FILE, TrainState, load_checkpoint, load_train_state, save_checkpoint,
+)
+from retro_ops.training.data import Sequences
+from retro_ops.training.neighbours import Neighbours
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """steps/batch_size: optimisation length; lr with linear warmup then cosine decay to lr/10;
+    checkpoint_every: how much work a crash can lose; seed: data order and initialisation."""
+
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    sequences: Sequences
+    neighbours: Neighbours | None  # None for the baseline
+
+    def batch(self, rows: np.ndarray, k: int | None = None):
+        """(input_ids, targets, neighbours, neighbour_mask) tensors for these sequence rows."""
+        seq = self.sequences
+        input_ids = torch.from_numpy(seq.input_ids[rows])
+        targets = torch.from_numpy(seq.targets[rows])
+        if self.neighbours is None:
+            return input_ids, targets, None, None
+        index = seq.chunk_index[rows]  # (B, U), -1 = padding chunk
+        safe = np.where(index < 0, 0, index)
+        tokens = self.neighbours.tokens[safe]  # (B, U, k, 2m)
+        mask = self.neighbours.mask[safe] & (index >= 0)[..., None]  # (B, U, k)
+        return input_ids, targets, torch.from_numpy(tokens), torch.from_numpy(mask)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    losses: list[tuple[int, float]]
+    tokens_per_second: float
+    seconds: float
+    resumed_from: int = 0
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def batch_rows(seed: int, step: int, n_sequences: int, batch_size: int) -> np.ndarray:
+    return np.random.default_rng([seed, step]).choice(n_sequences, batch_size,
+                                                      replace=n_sequences < batch_size)
+
+
+def _lr(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *,
+          trainable: list[torch.nn.Parameter] | None = None, progress: Progress | None = None,
+          crash_at_step: int | None = None, on_log: Callable[[int, float], None] | None = None,
+          log_every: int = 10, files: dict[str, str] | None = None) -> TrainResult:
+    """Train in place, checkpointing to `folder`; resumes if `folder` holds a partial run."""
+    params = trainable if trainable is not None else list(model.parameters())
+    trainable_ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.95))
+    state = TrainState(0, [], {})
+    if (folder / STATE_FILE).exists():
+        state = load_train_state(folder, model, optimizer)
+    start, losses = state.step, list(state.losses)
+    tokens, started = 0, time.perf_counter()
+    model.train()
+    for step in range(start, config.steps):
+        if crash_at_step is not None and step == crash_at_step:
+            raise RuntimeError(f"simulated crash at step {step}")
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, step)
+        input_ids, targets, neighbours, mask = data.batch(
+            batch_rows(config.seed, step, len(data.sequences), config.batch_size))
+        _, loss = model(input_ids, neighbours, mask, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        tokens += int((targets != -100).sum())
+        if step % log_every == 0 or step == config.steps - 1:
+            losses.append((step, loss.item()))
+            if on_log:
+                on_log(step, loss.item())
+        if progress:
+            progress(step + 1, config.steps)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(folder, model, optimizer=optimizer, state=TrainState(step + 1, losses, {}),
+                            files=files)
+    seconds = time.perf_counter() - started
+    model.eval()
+    return TrainResult(folder, losses, tokens / seconds if seconds > 0 else 0.0, seconds, start,
+                       sum(p.numel() for p in params), model.num_parameters())
+
+
+def seeded_model(config: RetroConfig, seed: int) -> Retro:
+    """The same seed gives the same initial weights (baseline and RETRO share decoder init)."""
+    torch.manual_seed(seed)
+    return Retro(config)
+
+
+def retrofit_model(baseline_folder: Path, retro_config: RetroConfig, seed: int) -> Retro:
+    """A RETRO model holding a trained baseline's decoder; only retrieval parts will train."""
+    baseline = load_checkpoint(baseline_folder)
+    model = seeded_model(retro_config, seed)
+    missing, unexpected = model.load_state_dict(baseline.state_dict(), strict=False)
+    retrieval_names = set(model.state_dict()) - set(model.decoder_parameter_names())
+    if unexpected or set(missing) - retrieval_names:
+        raise ValueError(f"baseline at {baseline_folder} does not match the RETRO decoder")
+    return model
