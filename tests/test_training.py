@@ -1,0 +1,171 @@
+"""Training on real text end to end: neighbours, RETRO + baseline + RETROfit, checkpoints,
+resume after a crash, MLflow lineage, evaluation. Tiny models, a few steps, real everything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from retro_ops.model import RetroConfig
+from retro_ops.training.checkpoint import CheckpointError, load_checkpoint
+from retro_ops.training.evaluation import evaluate_models, heldout_text
+from retro_ops.training.neighbours import NeighbourConfig
+from retro_ops.training.prepare import TrainingSpec, prepare_training
+from retro_ops.training.run import train_model, training_data
+from retro_ops.training.trainer import TrainConfig, seeded_model, train
+from retro_ops.workspace import Workspace
+from retro_ops.indexing import index_retrieval_set
+from retro_ops.retrieval_sets import build_retrieval_set_version
+
+TINY = RetroConfig.demo(seq_len=128, d_model=32, n_layer=3, n_head=2, d_ff=64, enc_d_model=32,
+                        enc_n_layer=1, enc_n_head=2, enc_d_ff=64, cca_start_layer=2)
+
+
+def tiny_spec(steps: int = 20, **train) -> TrainingSpec:
+    return TrainingSpec(corpus="small", retrieval_set="small", model=TINY,
+                        train=TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2,
+                                          checkpoint_every=4, **train),
+                        neighbours=NeighbourConfig(k=2))
+
+
+@pytest.fixture(scope="module")
+def ws(indexed_home, embedder):
+    settings, catalog, store = indexed_home
+    build_retrieval_set_version(catalog, store, "small", embedder.space)
+    index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+    return Workspace(settings, catalog, store, embedder)
+
+
+@pytest.fixture(scope="module")
+def data(ws):
+    return prepare_training(ws, tiny_spec())
+
+
+@pytest.fixture(scope="module")
+def trained(ws, data):
+    return {kind: train_model(ws, data, kind) for kind in ("baseline", "retro")}
+
+
+def test_neighbours_exclude_own_document_and_are_cached(ws, data):
+    nb, table = data.train_neighbours.neighbours, data.train_table
+    members = ws.store.members(data.retriever.version.digest, ["chunk_id", "doc_id"]).to_pylist()
+    doc_of = {m["chunk_id"]: m["doc_id"] for m in members}
+    for row in range(len(table)):
+        for neighbour_id, ok in zip(nb.ids[row], nb.mask[row]):
+            if ok:
+                assert doc_of[int(neighbour_id)] != table.doc_ids[row]
+    # few documents: some chunks find fewer than k other-document hits; those slots are masked
+    assert 0.75 < nb.mask.mean() <= 1.0 and nb.tokens.shape[1:] == (2, 128)
+    assert (nb.tokens[~nb.mask] == 0).all() and (nb.ids[~nb.mask] == -1).all()
+    again = prepare_training(ws, tiny_spec())
+    assert not again.train_neighbours.computed_now
+    assert again.train_neighbours.key == data.train_neighbours.key
+    assert set(data.train_doc_ids).isdisjoint(data.heldout_doc_ids)
+
+
+def test_loss_decreases_and_checkpoint_round_trips(ws, data, trained):
+    retro = trained["retro"]
+    losses = [loss for _, loss in retro.result.losses]
+    assert losses[-1] < losses[0] - 0.3, losses
+    model = load_checkpoint(Path(retro.info.checkpoint_dir))
+    again = load_checkpoint(Path(retro.info.checkpoint_dir))
+    batch = training_data(data, True).batch(np.arange(3))
+    torch.testing.assert_close(model(*batch[:1], batch[2], batch[3])[0],
+                               again(*batch[:1], batch[2], batch[3])[0], rtol=0, atol=0)
+    assert retro.info.config["retrieval"] and not trained["baseline"].info.config["retrieval"]
+
+
+def test_trained_checkpoint_keeps_cca_causal(data, trained):
+    model = load_checkpoint(Path(trained["retro"].info.checkpoint_dir))
+    input_ids, _, neighbours, mask = training_data(data, True).batch(np.arange(2))
+    base, _ = model(input_ids, neighbours, mask)
+    changed = neighbours.clone()
+    changed[:, 1] = torch.randint(1, model.config.vocab_size, changed[:, 1].shape)
+    perturbed, _ = model(input_ids, changed, mask)
+    boundary = 64 + 63  # neighbours of chunk 1 may first affect its last token
+    assert torch.equal(base[:, :boundary], perturbed[:, :boundary])
+    assert not torch.allclose(base[:, boundary:], perturbed[:, boundary:])
+
+
+def test_resume_after_crash_equals_uninterrupted(ws, data, tmp_path):
+    config = RetroConfig.from_dict({**TINY.to_dict(), "vocab_size": data.vocab.size})
+    spec = TrainConfig(steps=10, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=4)
+    straight = seeded_model(config, 0)
+    train(straight, training_data(data, True), tmp_path / "straight", spec)
+    crashed = seeded_model(config, 0)
+    with pytest.raises(RuntimeError, match="simulated crash at step 6"):
+        train(crashed, training_data(data, True), tmp_path / "crashed", spec, crash_at_step=6)
+    resumed = seeded_model(config, 0)
+    result = train(resumed, training_data(data, True), tmp_path / "crashed", spec)
+    assert result.resumed_from == 4
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_mlflow_run_records_exact_input_versions(ws, data, trained):
+    info = trained["retro"].info
+    client = MlflowClient(ws.settings.mlflow_tracking_uri)
+    run = client.get_run(info.mlflow_run_id)
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    version = data.retriever.version
+    assert set(inputs) >= {"corpus:small", "training-documents:small", "tokenizer",
+                           "retrieval-set:small", "faiss-index:small", "training-neighbours",
+                           f"embedding-space:{version.embedding_space_id}"}
+    corpus = inputs["corpus:small"]
+    assert corpus.digest == data.corpus_version.digest[:36]
+    assert corpus.source.endswith(f"documents.lance#version={data.corpus_version.documents_lance_version}")
+    profile = json.loads(inputs["retrieval-set:small"].profile)
+    assert profile["full_digest"] == version.digest
+    assert profile["chunks_lancedb_version"] == version.chunks_lance_version
+    assert profile["embeddings_lancedb_version"] == version.embeddings_lance_version
+    assert json.loads(inputs["faiss-index:small"].profile)["full_digest"] == data.retriever.manifest.sha256
+    assert run.data.tags["retro_ops.code_version"]
+    assert [d.tags[0].value for d in run.inputs.dataset_inputs][0] == "training"
+    registered = client.get_model_version_by_alias("retro-ops-retro", "candidate")
+    assert str(registered.version) == info.mlflow_model_version and registered.run_id == run.info.run_id
+    assert ws.catalog.model_training_doc_ids(info.id) == sorted(data.train_doc_ids)
+
+
+def test_identical_inputs_reuse_the_model(ws, data, trained):
+    again = train_model(ws, data, "retro")
+    assert again.reused and again.info.id == trained["retro"].info.id
+
+
+def test_retrofit_reproduces_baseline_without_retrieval(ws, data, trained):
+    baseline_info = trained["baseline"].info
+    fitted = train_model(ws, data, "retrofit", parent=baseline_info)
+    assert fitted.result.trainable_parameters < fitted.result.total_parameters * 0.5
+    baseline = load_checkpoint(Path(baseline_info.checkpoint_dir))
+    model = load_checkpoint(Path(fitted.info.checkpoint_dir))
+    input_ids, _, neighbours, mask = training_data(data, True).batch(np.arange(3))
+    assert torch.equal(baseline(input_ids)[0], model(input_ids)[0])
+    assert not torch.equal(baseline(input_ids)[0], model(input_ids, neighbours, mask)[0])
+    assert fitted.info.parent_model_id == baseline_info.id
+    run = MlflowClient(ws.settings.mlflow_tracking_uri).get_run(fitted.info.mlflow_run_id)
+    assert run.data.params["parent_model"] == baseline_info.ref
+
+
+def test_evaluation_table(ws, data, trained):
+    text = heldout_text(ws, "small", tiny_spec().split, 64)
+    assert sorted(text.doc_ids) == sorted(data.heldout_doc_ids)
+    report = evaluate_models(ws, [trained["baseline"].info, trained["retro"].info], text, ["small"], k=2)
+    settings = [(r.kind, r.setting) for r in report.rows]
+    assert settings == [("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small")]
+    assert all(0 < r.bits_per_byte < 10 and r.tokens > 0 for r in report.rows)
+    run = MlflowClient(ws.settings.mlflow_tracking_uri).get_run(report.mlflow_run_id)
+    assert "bpb.retro.set_small" in run.data.metrics
+
+
+def test_only_safetensors_and_json_load(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(trained["retro"].info.checkpoint_dir, folder)
+    (folder / "evil.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(CheckpointError, match=r"unexpected files \(evil\.pkl\)"):
+        load_checkpoint(folder)
