@@ -13,7 +13,7 @@ from assets.resources import ProgressResource, TrainingResource, WorkspaceResour
 from assets.retrieval import faiss_index
 from retro_ops.training.evaluation import evaluate_models, heldout_text
 from retro_ops.training.prepare import prepare_training
-from retro_ops.training.run import TrainedModel, train_model
+from retro_ops.training.run import TrainedModel, find_model, train_model
 
 GROUP = "model"
 
@@ -85,7 +85,10 @@ def retro_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceReso
 def retrofit_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
                         training: TrainingResource, progress: ProgressResource) -> dg.MaterializeResult:
     """The trained baseline, frozen, with only an encoder and CCA layers trained (RETROfitting)."""
-    parent = workspace.open().catalog.resolve_model("baseline")
+    ws = workspace.open()
+    parent = find_model(ws, prepare_training(ws, training.spec()), "baseline")
+    if parent is None:
+        raise dg.Failure("no baseline trained from these inputs yet: materialize baseline_checkpoint")
     return _train(context, workspace, training, progress, "retrofit", parent=parent)
 
 
@@ -93,11 +96,15 @@ def retrofit_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceR
           deps=[baseline_checkpoint, retro_checkpoint, retrofit_checkpoint], code_version="1")
 def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
                training: TrainingResource) -> dg.MaterializeResult:
-    """Held-out bits per byte: baseline; RETRO and RETROfit without retrieval and with the
-    training retrieval set."""
+    """Held-out bits per byte: baseline; RETRO (and RETROfit, when trained) without retrieval
+    and with the training retrieval set. Models are the ones trained from exactly this spec."""
     ws = workspace.open()
     spec = training.spec()
-    models = [ws.catalog.resolve_model(kind) for kind in ("baseline", "retro", "retrofit")]
+    data = prepare_training(ws, spec)
+    found = {kind: find_model(ws, data, kind) for kind in ("baseline", "retro", "retrofit")}
+    if found["baseline"] is None or found["retro"] is None:
+        raise dg.Failure("train baseline_checkpoint and retro_checkpoint first")
+    models = [info for info in found.values() if info is not None]
     text = heldout_text(ws, spec.corpus, spec.split, spec.model.chunk_size)
     report = evaluate_models(ws, models, text, [spec.retrieval_set], k=spec.neighbours.k,
                              dagster_run_id=context.run.run_id)

@@ -148,3 +148,22 @@ def report(name: str, columns: Sequence[Column], rows: list[dict[str, Any]],
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\nrows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
     return path
+
+
+def report_tables(name: str, tables: Sequence[tuple[str, Sequence[Column], list[dict[str, Any]]]],
+                  meta: dict[str, Any], notes: Sequence[str] = ()) -> Path:
+    """Like `report`, for several tables: print each under a `### title` heading (then the
+    notes); write every row to bench/results/<name>.json, each tagged with its table's title."""
+    rows: list[dict[str, Any]] = []
+    for title, columns, table_rows in tables:
+        print(f"### {title}\n\n{markdown_table(columns, table_rows)}\n")
+        rows += [{"table": title, **row} for row in table_rows]
+    for note in notes:
+        print(note, end="\n\n")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "meta": meta, "rows": rows}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"rows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
+    return path

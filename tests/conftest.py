@@ -82,3 +82,16 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
     pipeline.embed_corpus(catalog, store, embedder, "small")
     catalog.create_retrieval_set("small", ["small"])
     return settings, catalog, store
+
+
+@pytest.fixture(scope="module")
+def ws(indexed_home, embedder):
+    """The indexed home as a Workspace, with the `small` set's index built and published."""
+    from retro_ops.indexing import index_retrieval_set
+    from retro_ops.retrieval_sets import build_retrieval_set_version
+    from retro_ops.workspace import Workspace
+
+    settings, catalog, store = indexed_home
+    build_retrieval_set_version(catalog, store, "small", embedder.space)
+    index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+    return Workspace(settings, catalog, store, embedder)

@@ -16,7 +16,7 @@ from retro_ops.corpus import Document
 from retro_ops.errors import CorpusError, UnknownCorpusError
 
 TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrieval_sets",
-          "models", "model_training_documents", "evaluations",
+          "models", "model_training_documents", "evaluations", "deployments",
           "retrieval_set_versions", "exclusions", "index_builds",
           "corpus_version_documents", "embedding_spaces", "feature_versions", "alembic_version"}
 PG_URL = os.environ.get("RETRO_OPS_TEST_PG_URL",

@@ -11,7 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.definitions import defs
-from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+from assets.launch import (
+    dagster_instance,
+    materialize_corpus,
+    materialize_models,
+    materialize_retrieval_set,
+)
+from assets.resources import TrainingResource
 from retro_ops.catalog import Catalog
 from retro_ops.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
@@ -31,7 +37,12 @@ def test_asset_graph_snapshot():
     deps = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
             for key in graph.get_all_asset_keys()}
     assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
-                    "retrieval_set": ["chunk_embeddings"], "faiss_index": ["retrieval_set"]}
+                    "retrieval_set": ["chunk_embeddings"], "faiss_index": ["retrieval_set"],
+                    "training_neighbours": ["chunk_embeddings", "faiss_index"],
+                    "baseline_checkpoint": ["training_neighbours"],
+                    "retro_checkpoint": ["training_neighbours"],
+                    "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
+                    "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty",
                       "faiss_index_ntotal", "faiss_index_recall"]
@@ -152,3 +163,21 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert not bad.success
     assert by_asset(bad)["faiss_index"].checks["faiss_index_recall"] is False
     assert current_build(index_root(home.indices_dir, "small_set")) == served
+
+    # the model assets on top, through Dagster: neighbours -> checkpoints -> evaluation
+    training = TrainingResource(corpus="small", retrieval_set="small_set", steps=3, batch_size=2)
+    models = materialize_models(instance, training)
+    assert models.success, models.error
+    trained = by_asset(models)
+    assert trained["training_neighbours"].metadata["retrieval_set_version_id"] == \
+        assets["retrieval_set"].metadata["retrieval_set_version_id"]
+    assert trained["retro_checkpoint"].metadata["mlflow_run_id"]
+    assert trained["retrofit_checkpoint"].metadata["trainable_parameters"] < \
+        trained["retrofit_checkpoint"].metadata["total_parameters"]
+    rows = trained["evaluation"].metadata["rows"]
+    assert [(r["kind"], r["setting"]) for r in rows] == [
+        ("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small_set"),
+        ("retrofit", "no retrieval"), ("retrofit", "set small_set")]
+    assert rows[0]["bits_per_byte"] == rows[3]["bits_per_byte"]  # RETROfit without retrieval = baseline
+    again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
+    assert again["retro_checkpoint"].metadata["reused"] is True

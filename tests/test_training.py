@@ -14,32 +14,10 @@ from mlflow import MlflowClient
 from retro_ops.model import RetroConfig
 from retro_ops.training.checkpoint import CheckpointError, load_checkpoint
 from retro_ops.training.evaluation import evaluate_models, heldout_text
-from retro_ops.training.neighbours import NeighbourConfig
-from retro_ops.training.prepare import TrainingSpec, prepare_training
+from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model, training_data
 from retro_ops.training.trainer import TrainConfig, seeded_model, train
-from retro_ops.workspace import Workspace
-from retro_ops.indexing import index_retrieval_set
-from retro_ops.retrieval_sets import build_retrieval_set_version
-
-TINY = RetroConfig.demo(seq_len=128, d_model=32, n_layer=3, n_head=2, d_ff=64, enc_d_model=32,
-                        enc_n_layer=1, enc_n_head=2, enc_d_ff=64, cca_start_layer=2)
-
-
-def tiny_spec(steps: int = 20, **train) -> TrainingSpec:
-    return TrainingSpec(corpus="small", retrieval_set="small", model=TINY,
-                        train=TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2,
-                                          checkpoint_every=4, **train),
-                        neighbours=NeighbourConfig(k=2))
-
-
-@pytest.fixture(scope="module")
-def ws(indexed_home, embedder):
-    settings, catalog, store = indexed_home
-    build_retrieval_set_version(catalog, store, "small", embedder.space)
-    index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
-    return Workspace(settings, catalog, store, embedder)
-
+from helpers import TINY, tiny_spec
 
 @pytest.fixture(scope="module")
 def data(ws):

@@ -101,3 +101,19 @@ class ModelCatalogMixin:
             s.add(row)
             s.flush()
             return row.id
+
+    def record_deployment(self, *, model_id: int, retrieval_set_version_id: int | None, action: str,
+                          endpoint: str, token_id: str | None = None) -> int:
+        with self.session() as s:
+            row = m.DeploymentRecord(model_id=model_id, retrieval_set_version_id=retrieval_set_version_id,
+                                     action=action, endpoint=endpoint, token_id=token_id)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def deployments(self) -> list[dict]:
+        with self.session() as s:
+            return [{"id": r.id, "model_id": r.model_id, "retrieval_set_version_id": r.retrieval_set_version_id,
+                     "action": r.action, "endpoint": r.endpoint, "token_id": r.token_id,
+                     "created_at": r.created_at}
+                    for r in s.scalars(select(m.DeploymentRecord).order_by(m.DeploymentRecord.id))]

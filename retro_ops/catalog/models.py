@@ -229,3 +229,17 @@ class EvaluationRecord(Base):
     n_bytes: Mapped[int] = mapped_column(BigInteger)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRecord(Base):
+    """Which model served with which retrieval-set version, from when, changed by whom."""
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    retrieval_set_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retrieval_set_versions.id"), nullable=True)
+    action: Mapped[str] = mapped_column(String(16))  # start | swap
+    endpoint: Mapped[str] = mapped_column(String(256))
+    token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # hash prefix, never the token
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

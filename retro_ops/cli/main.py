@@ -19,6 +19,7 @@ from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
 from retro_ops.cli.runs import print_outcomes, run_materializations
+from retro_ops.cli.serve import serve_command
 
 app = typer.Typer(
     name="retro-ops", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -32,6 +33,11 @@ app.command()(retrieve)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("generate")(generate_command)
+app.command("serve")(serve_command)
+
+
+DEMO_STEPS = 150  # per model: about 2 + 4 minutes on 2 cores (README)
+DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "evaluation"]
 
 
 def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str] | None):
@@ -88,8 +94,9 @@ def materialize(
 @app.command()
 def demo(json_out: JsonOpt = False) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
-    from assets.launch import dagster_instance, ensure_partition
+    from assets.launch import MODELS, dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
+    from assets.resources import TrainingResource
     from retro_ops.default_corpora import DEFAULT_CORPORA
 
     resolved = settings()
@@ -103,6 +110,10 @@ def demo(json_out: JsonOpt = False) -> None:
     jobs = [(CORPUS_PARTITIONS, n) for n in DEFAULT_CORPORA]
     jobs += [(RETRIEVAL_SET_PARTITIONS, n) for n in DEFAULT_CORPORA]
     outcomes = run_materializations(jobs, None, json_out)
+    if all(o.success for o in outcomes):  # then RETRO and its baseline on `sotu`, evaluated
+        outcomes += run_materializations(
+            [(MODELS, "models")], DEMO_MODEL_ASSETS, json_out,
+            training=TrainingResource(corpus="sotu", retrieval_set="sotu", steps=DEMO_STEPS))
     print_outcomes(outcomes, json_out)
     if not json_out:
         out.print(
@@ -115,7 +126,11 @@ def demo(json_out: JsonOpt = False) -> None:
             "  .venv/bin/retro-ops ui                 Dagster UI on http://127.0.0.1:3000\n"
             "  .venv/bin/retro-ops corpus list\n"
             "  .venv/bin/retro-ops retrieval-set list\n"
-            "  .venv/bin/retro-ops retrieve 'the budget deficit' --set sotu -k 3"
+            "  .venv/bin/retro-ops retrieve 'the budget deficit' --set sotu -k 3\n"
+            "  .venv/bin/retro-ops models list\n"
+            "  .venv/bin/retro-ops generate 'The state of our union' --model retro --set sotu\n"
+            f"  MLflow runs, inputs and registered models: .venv/bin/mlflow ui --backend-store-uri "
+            f"{resolved.mlflow_tracking_uri}"
         )
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)

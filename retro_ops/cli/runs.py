@@ -45,6 +45,10 @@ def _row(asset) -> tuple[str, str, str, str]:
         note = f"{md['chunks_per_second']:.1f} chunks/s"
     elif "tokens_per_second" in md:
         note = f"{md['tokens_per_second']:,.0f} tokens/s"
+    elif "final_loss" in md:
+        note = f"loss {md['final_loss']:.3f}, {md['tokens_per_second']:,.0f} tokens/s"
+    elif "reused" in md:
+        note = "reused (same config and inputs)"
     elif "recall_at_10" in md:
         note = (f"{md['factory']}: recall@10 {md['recall_at_10']:.3f}, p50 {md['p50_ms']:.2f} ms, "
                 f"{md['batch_qps']:,.0f} q/s")
@@ -69,6 +73,11 @@ def print_outcomes(outcomes, json_out: bool) -> None:
             rows, new, note, version = _row(a)
             table.add_row(a.asset, rows, new, note, version, checks)
         out.print(table)
+        evaluation = next((a.metadata.get("rows") for a in o.assets if a.asset == "evaluation"), None)
+        if evaluation:
+            from retro_ops.cli.models import print_eval_rows
+
+            print_eval_rows(evaluation, f"held-out bits per byte ({o.partition})")
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":
             out.print("[yellow]read issues[/yellow] (these inputs were skipped or repaired):")

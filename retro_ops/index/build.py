@@ -128,7 +128,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, config: IndexConfig = Inde
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise IndexBuildError(f"bad faiss factory string {factory!r}: {str(exc).splitlines()[-1]}")
+        raise IndexBuildError(f"bad faiss factory string {factory!r}: {str(exc).splitlines()[-1]}") from exc
     if not index.is_trained:
         sample = np.random.default_rng(config.seed).choice(len(vectors), n_train, replace=False)
         index.train(vectors[np.sort(sample)])

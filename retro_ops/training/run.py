@@ -106,6 +106,16 @@ def _new_model(kind: Kind, config: RetroConfig, data: PreparedData, parent: Mode
     return seeded_model(config, data.spec.train.seed)
 
 
+def find_model(ws: Workspace, data: PreparedData, kind: Kind) -> ModelInfo | None:
+    """The model of this kind trained from exactly these data and spec, if there is one."""
+    parent = find_model(ws, data, "baseline") if kind == "retrofit" else None
+    if kind == "retrofit" and parent is None:
+        return None
+    key = model_key(kind, data, parent.weights_sha256 if parent else None,
+                    tokenizer_digest(ws.embedder.space.model_path))
+    return ws.catalog.model_by_key(key)
+
+
 def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelInfo | None = None,
                 dagster_run_id: str | None = None, progress: Callable[[int, int], None] | None = None,
                 crash_at_step: int | None = None) -> TrainedModel:

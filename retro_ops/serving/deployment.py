@@ -1,0 +1,105 @@
+"""What a server serves: one model with one retrieval set, swapped atomically.
+
+A request reads `holder.current` once and uses only that object, so it finishes on the set it
+started with. A swap loads and verifies the new set's index completely (digest, trust, ntotal,
+a smoke query) before one reference assignment makes it current; a failed load leaves the old
+set serving. Every start and swap is written to the catalog's deployments.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from retro_ops.catalog import ModelInfo
+from retro_ops.chunking import load_tokenizer
+from retro_ops.generation import Generator
+from retro_ops.ids import sha256_hex
+from retro_ops.model import Retro
+from retro_ops.retriever import Retriever
+from retro_ops.training.run import load_model
+from retro_ops.training.vocab import Vocabulary
+from retro_ops.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """An immutable serving state; replaced whole, never mutated."""
+
+    model_info: ModelInfo
+    model: Retro
+    vocab: Vocabulary
+    tokenizer: object
+    retriever: Retriever
+    since: datetime
+
+    @property
+    def retrieval_set(self) -> str:
+        return self.retriever.version.retrieval_set
+
+    @property
+    def set_version(self) -> int:
+        return self.retriever.version.id
+
+    def generator(self) -> Generator:
+        return Generator(self.model, self.vocab, self.tokenizer, self.retriever)
+
+    def describe(self) -> dict:
+        return {"model": self.model_info.ref, "model_id": self.model_info.id,
+                "model_kind": self.model_info.kind, "retrieval_set": self.retrieval_set,
+                "retrieval_set_version": self.set_version,
+                "retrieval_set_digest": self.retriever.version.digest,
+                "index_sha256": self.retriever.manifest.sha256,
+                "index_factory": self.retriever.manifest.factory,
+                "chunks": self.retriever.version.n_chunks, "since": self.since.isoformat()}
+
+
+def token_id(token: str | None) -> str | None:
+    return sha256_hex(token)[:12] if token else None
+
+
+class DeploymentHolder:
+    def __init__(self, ws: Workspace, current: Deployment, endpoint: str):
+        self.ws, self.current, self.endpoint = ws, current, endpoint
+        self._swap_lock = threading.Lock()  # one swap at a time; readers never wait for it
+        # the embedder's Rust tokenizer and torch run one request at a time (2 cores anyway)
+        self.compute_lock = threading.Lock()
+
+    @classmethod
+    def start(cls, ws: Workspace, model_ref: str, retrieval_set: str, endpoint: str,
+              token: str | None = None) -> "DeploymentHolder":
+        info = ws.catalog.resolve_model(model_ref)
+        if not info.config.get("retrieval"):
+            raise ValueError(f"model {info.ref} is a {info.kind} without retrieval; serve a "
+                             "retro or retrofit model")
+        retriever = _verified_retriever(ws, retrieval_set)
+        deployment = Deployment(info, load_model(info), Vocabulary.load(Path(info.checkpoint_dir)),
+                                load_tokenizer(ws.embedder.space.model_path), retriever,
+                                datetime.now(timezone.utc))
+        holder = cls(ws, deployment, endpoint)
+        holder._record("start", deployment, token)
+        return holder
+
+    def swap(self, retrieval_set: str, token: str | None) -> Deployment:
+        """Load and verify, then switch with one assignment. Raises (old set kept) on failure."""
+        with self._swap_lock:
+            with self.compute_lock:
+                retriever = _verified_retriever(self.ws, retrieval_set)
+            new = replace(self.current, retriever=retriever, since=datetime.now(timezone.utc))
+            self.current = new
+        self._record("swap", new, token)
+        return new
+
+    def _record(self, action: str, deployment: Deployment, token: str | None) -> None:
+        self.ws.catalog.record_deployment(
+            model_id=deployment.model_info.id, retrieval_set_version_id=deployment.set_version,
+            action=action, endpoint=self.endpoint, token_id=token_id(token))
+
+
+def _verified_retriever(ws: Workspace, retrieval_set: str) -> Retriever:
+    retriever = ws.retriever(retrieval_set)  # digest, trust and ntotal checks happen here
+    if retriever.index.ntotal and not retriever.retrieve(["smoke test"], k=1)[0]:
+        raise RuntimeError(f"retrieval set {retrieval_set!r} answered no neighbours to a smoke query")
+    return retriever
