@@ -18,13 +18,14 @@ from assets.training import (
     evaluation,
     retro_checkpoint,
     retrofit_checkpoint,
+    swap_evaluation,
     training_neighbours,
 )
 
 FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
 RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
 MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
-                evaluation]
+                evaluation, swap_evaluation]
 ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS
 
 

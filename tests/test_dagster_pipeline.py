@@ -42,7 +42,8 @@ def test_asset_graph_snapshot():
                     "baseline_checkpoint": ["training_neighbours"],
                     "retro_checkpoint": ["training_neighbours"],
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
-                    "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"]}
+                    "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
+                    "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty",
                       "faiss_index_ntotal", "faiss_index_recall"]
@@ -166,7 +167,8 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
 
     # the model assets on top, through Dagster: neighbours -> checkpoints -> evaluation
     training = TrainingResource(corpus="small", retrieval_set="small_set", steps=3, batch_size=2)
-    models = materialize_models(instance, training)
+    models = materialize_models(instance, training, asset_config={
+        "swap_evaluation": {"on": "small", "sets": ["small_set"]}})
     assert models.success, models.error
     trained = by_asset(models)
     assert trained["training_neighbours"].metadata["retrieval_set_version_id"] == \
@@ -179,5 +181,8 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
         ("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small_set"),
         ("retrofit", "no retrieval"), ("retrofit", "set small_set")]
     assert rows[0]["bits_per_byte"] == rows[3]["bits_per_byte"]  # RETROfit without retrieval = baseline
+    swapped = trained["swap_evaluation"].metadata["rows"]
+    assert [r["setting"] for r in swapped] == ["no retrieval", "set small_set"]
+    assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
     again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
     assert again["retro_checkpoint"].metadata["reused"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -157,3 +158,29 @@ def test_swap_under_load_loses_nothing(served):
     recorded = [(d["action"], d["retrieval_set_version_id"]) for d in holder.ws.catalog.deployments()]
     assert recorded[-2:] == [("swap", other), ("swap", small)]
     assert recorded[0] == ("start", small)
+
+
+def test_mlflow_pyfunc_swaps_the_retrieval_set_at_predict_time(served):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    _, holder, info = served
+    uri = f"models:/{info.mlflow_model_name}/{info.mlflow_model_version}"
+    mlflow.set_registry_uri(holder.ws.settings.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(uri)
+    prompt = (CORPORA_DIR / "moby_dick" / "chapter_2.txt").read_text()[:380]
+    frame = pd.DataFrame({"prompt": [prompt]})
+    small = model.predict(frame, params={"retrieval_set": "small", "max_new_tokens": 2})
+    other = model.predict(frame, params={"retrieval_set": "other", "max_new_tokens": 2})
+    members = {name: set(holder.ws.store.members(holder.ws.catalog.latest_retrieval_set_version(name).digest,
+                                                 ["chunk_id"]).column("chunk_id").to_pylist())
+               for name in ("small", "other")}
+    for frame_out, name in ((small, "small"), (other, "other")):
+        row = frame_out.iloc[0]
+        assert row["retrieval_set"] == name
+        used = {c for chunk in json.loads(row["neighbours"]) for c in chunk["chunk_ids"]}
+        assert used and used <= members[name]
+    with pytest.raises(Exception, match="unknown retrieval set 'nope'"):
+        model.predict(frame, params={"retrieval_set": "nope"})
+    with pytest.raises(Exception, match="max_new_tokens must be between 1 and 1024"):
+        model.predict(frame, params={"retrieval_set": "small", "max_new_tokens": 0})

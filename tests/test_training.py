@@ -147,3 +147,13 @@ def test_only_safetensors_and_json_load(trained, tmp_path):
     (folder / "evil.pkl").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(CheckpointError, match=r"unexpected files \(evil\.pkl\)"):
         load_checkpoint(folder)
+
+
+def test_resume_refuses_a_different_config(data, tmp_path):
+    config = RetroConfig.from_dict({**TINY.to_dict(), "vocab_size": data.vocab.size})
+    spec = TrainConfig(steps=4, batch_size=2, lr=3e-3, warmup_steps=1, checkpoint_every=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(seeded_model(config, 0), training_data(data, True), tmp_path / "run", spec, crash_at_step=3)
+    other = RetroConfig.from_dict({**config.to_dict(), "d_ff": 128})
+    with pytest.raises(CheckpointError, match="holds a run with another model config"):
+        train(seeded_model(other, 0), training_data(data, True), tmp_path / "run", spec)

@@ -37,7 +37,8 @@ app.command("serve")(serve_command)
 
 
 DEMO_STEPS = 150  # per model: about 2 + 4 minutes on 2 cores (README)
-DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "evaluation"]
+DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "evaluation",
+                     "swap_evaluation"]
 
 
 def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str] | None):

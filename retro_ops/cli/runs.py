@@ -73,11 +73,11 @@ def print_outcomes(outcomes, json_out: bool) -> None:
             rows, new, note, version = _row(a)
             table.add_row(a.asset, rows, new, note, version, checks)
         out.print(table)
-        evaluation = next((a.metadata.get("rows") for a in o.assets if a.asset == "evaluation"), None)
-        if evaluation:
-            from retro_ops.cli.models import print_eval_rows
+        for a in o.assets:
+            if a.asset in ("evaluation", "swap_evaluation") and a.metadata.get("rows"):
+                from retro_ops.cli.models import print_eval_rows
 
-            print_eval_rows(evaluation, f"held-out bits per byte ({o.partition})")
+                print_eval_rows(a.metadata["rows"], f"bits per byte on {a.metadata.get('text', '')}")
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":
             out.print("[yellow]read issues[/yellow] (these inputs were skipped or repaired):")

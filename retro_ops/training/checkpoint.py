@@ -92,6 +92,8 @@ def load_train_state(folder: Path, model: Retro, optimizer: torch.optim.Optimize
     """Restore optimizer moments and step to continue a run exactly where it stopped."""
     if not (folder / STATE_FILE).exists():
         raise CheckpointError(f"{folder}: no training state to resume from")
+    if load_config(folder) != model.config:
+        raise CheckpointError(f"{folder}: holds a run with another model config; refusing to resume")
     load_model(model, str(folder / MODEL_FILE), strict=True)
     data = json.loads((folder / STATE_FILE).read_text())
     _restore_optimizer(optimizer, load_file(str(folder / OPTIMIZER_FILE)), data["optimizer"])

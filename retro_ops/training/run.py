@@ -100,6 +100,15 @@ def _log_checkpoint(tracking: Tracking, run_id: str, folder: Path) -> str:
         return tracking.log_artifacts(run_id, Path(tmp), "checkpoint")
 
 
+def _log_pyfunc(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, retrieval_set: str) -> str:
+    from retro_ops.serving.pyfunc import log_pyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
+            shutil.copy(folder / name, Path(tmp) / name)
+        return log_pyfunc(tracking, run_id, Path(tmp), ws.settings.home, retrieval_set)
+
+
 def _new_model(kind: Kind, config: RetroConfig, data: PreparedData, parent: ModelInfo | None) -> Retro:
     if kind == "retrofit":
         return retrofit_model(Path(parent.checkpoint_dir), config, data.spec.train.seed)
@@ -152,6 +161,8 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                       "trainable_parameters": result.trainable_parameters,
                                       "total_parameters": result.total_parameters})
         source = _log_checkpoint(tracking, run_id, folder)
+        if kind != "baseline":  # RETRO models are also MLflow pyfuncs with the set as a param
+            source = _log_pyfunc(tracking, run_id, folder, ws, data.spec.retrieval_set)
         info = ws.catalog.record_model(
             kind=kind, key=key, checkpoint_dir=str(folder), weights_sha256=weights_digest(folder),
             config=config.to_dict(), corpus_version_id=data.corpus_version.id,
