@@ -4,8 +4,8 @@ The registered model is a models-from-code pyfunc (`pyfunc_entry.py`) whose arti
 checkpoint folder (safetensors + JSON). The retrieval set is chosen at predict time:
 `model.predict(df, params={"retrieval_set": "moby_dick", "max_new_tokens": 32})`. MLflow drops
 unknown param names with a warning before predict sees them, so the values of the known ones are
-validated here (an unknown set or an out-of-range length is an error, not a silent default). The retro-ops home that holds the
-indices and LanceDB comes from `model_config={"home": ...}` (recorded at logging time,
+validated here (an unknown set or an out-of-range length is an error, not a silent default).
+The retro-ops home that holds the indices and LanceDB comes from `model_config={"home": ...}` (recorded at logging time,
 overridable at load) or RETRO_OPS_HOME.
 """
 
