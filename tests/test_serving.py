@@ -184,3 +184,33 @@ def test_mlflow_pyfunc_swaps_the_retrieval_set_at_predict_time(served):
         model.predict(frame, params={"retrieval_set": "nope"})
     with pytest.raises(Exception, match="max_new_tokens must be between 1 and 1024"):
         model.predict(frame, params={"retrieval_set": "small", "max_new_tokens": 0})
+
+
+def test_models_switch_without_rebuilding_anything(served, ws):
+    """A second model trained against another retrieval set, and a second embedding space, live
+    beside the first: serving one model after the other rebuilds no index and writes no feature."""
+    from retro_ops.catalog import models as m
+    from retro_ops.embedder import Embedder
+    from retro_ops.feature_store import embeddings_table_name
+
+    _, holder, first = served
+    second = train_model(ws, prepare_training(ws, tiny_spec(steps=2, retrieval_set="other")), "retro").info
+    assert second.retrieval_set_version_id != first.retrieval_set_version_id
+
+    def state():
+        tables = ws.store.db.list_tables().tables
+        return ws.catalog.count(m.IndexBuild), {t: ws.store.version(t) for t in tables}
+
+    before = state()
+    for info, name in ((first, "small"), (second, "other"), (first, "small")):
+        started = DeploymentHolder.start(ws, info.ref, name, "test://switch")
+        assert started.current.retriever.retrieve(["whale"], k=1)[0]
+    assert state() == before
+
+    other_space = Embedder(max_tokens=32)  # another embedding space: its own feature set
+    pipeline.embed_corpus(ws.catalog, ws.store, other_space, "small")
+    tables = set(ws.store.db.list_tables().tables)
+    assert {embeddings_table_name(ws.embedder.space.space_id),
+            embeddings_table_name(other_space.space.space_id)} <= tables
+    main_table = embeddings_table_name(ws.embedder.space.space_id)
+    assert ws.store.version(main_table) == before[1][main_table]
