@@ -167,3 +167,29 @@ def report_tables(name: str, tables: Sequence[tuple[str, Sequence[Column], list[
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"rows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
     return path
+
+
+_STARTED = time.perf_counter()
+
+
+def elapsed() -> float:
+    """Seconds since the benchmark process started (imported this module)."""
+    return time.perf_counter() - _STARTED
+
+
+def log(message: str) -> None:
+    """Progress on stderr, stamped with seconds since the benchmark started."""
+    print(f"[{elapsed():7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def base_parser(doc: str, home_help: str):
+    """An argparse parser from a script's docstring (first paragraph = description, the rest =
+    epilog) with the `--home` option every retro-ops benchmark takes."""
+    import argparse
+
+    head, _, tail = doc.partition("\n\n")
+    parser = argparse.ArgumentParser(description=head, epilog=tail,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("RETRO_OPS_HOME", "./.retro_ops")),
+                        help=f"{home_help} ($RETRO_OPS_HOME or ./.retro_ops)")
+    return parser

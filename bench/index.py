@@ -67,26 +67,17 @@ from typing import Any
 
 import numpy as np
 
-from _common import Column, best_of, environment, markdown_table, parse_int_list, report
+from _common import base_parser, best_of, Column, elapsed, environment, log, markdown_table, parse_int_list, report
 
 K = 10
 WARMUP_QUERIES = 10
 PROBE_VECTORS = 2000  # sample size of the trial build that catches factories without ids
-T0 = time.perf_counter()
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--home", type=Path,
-                        default=Path(os.environ.get("RETRO_OPS_HOME", "./.retro_ops")),
-                        help="retro-ops home whose <home>/lancedb embeddings_* tables are the "
-                             "real dataset ($RETRO_OPS_HOME or ./.retro_ops)")
+    parser = base_parser(__doc__, "retro-ops home whose <home>/lancedb embeddings_* tables are the real dataset")
     parser.add_argument("--synthetic", type=int, default=1_000_000, metavar="N",
                         help="synthetic database size (1000000); 0 skips the synthetic dataset")
     parser.add_argument("--queries", type=int, default=1000,
@@ -661,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
                 lance=lance_info, latency_queries=args.latency_queries, runs=args.runs,
                 nprobes=args.nprobes, k_factors=args.k_factors, factories=args.factories,
                 lance_nprobes=args.lance_nprobes, lance_refine=args.lance_refine, seed=args.seed,
-                sweep=sweep, elapsed_s=time.perf_counter() - T0)
+                sweep=sweep, elapsed_s=elapsed())
     columns = [
         Column("dataset", "dataset"), Column("n", "n", "{:,}"), Column("method", "method"),
         Column("factory", "index"), Column("setting", "search setting"),

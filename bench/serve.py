@@ -72,24 +72,17 @@ from typing import Any
 
 import requests
 
-from _common import REPO_ROOT, Column, environment, load_documents, parse_int_list, report_tables
+from _common import (
+    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report_tables,
+)
 
-T0 = time.perf_counter()
 HOST = "127.0.0.1"
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--home", type=Path,
-                        default=Path(os.environ.get("RETRO_OPS_HOME", "./.retro_ops")),
-                        help="retro-ops home with a trained model and published indices of "
-                             "--set and --swap-set ($RETRO_OPS_HOME or ./.retro_ops)")
+    parser = base_parser(__doc__, "retro-ops home with a trained model and published indices of --set and --swap-set")
     parser.add_argument("--model", default="retro", help="model to serve (retro: the newest)")
     parser.add_argument("--set", dest="retrieval_set", default="sotu",
                         help="retrieval set the server starts with (sotu)")
@@ -629,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         server_log_tracebacks=server_log.count("Traceback"),
         server_log_tail=server_log.splitlines()[-20:], load_avg_start=load_start,
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        elapsed_s=time.perf_counter() - T0)
+        elapsed_s=elapsed())
 
     load_cols = [
         Column("clients", "clients"), Column("ok", "ok"), Column("errors", "errors"),

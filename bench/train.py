@@ -45,34 +45,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from _common import Column, best_of, environment, load_documents, report_tables, time_call
+from _common import base_parser, best_of, Column, elapsed, environment, load_documents, log, report_tables, time_call
 
 DEFAULT_VOCAB = 15834  # trimmed vocabulary of the default corpora, when no home is given
 Batch = tuple[Any, Any, Any, Any]  # (input_ids, targets, neighbours, neighbour_mask)
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-T0 = time.perf_counter()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--home", type=Path,
-                        default=Path(os.environ.get("RETRO_OPS_HOME", "./.retro_ops")),
-                        help="retro-ops home with the trained corpus and a published index "
-                             "($RETRO_OPS_HOME or ./.retro_ops)")
+    parser = base_parser(__doc__, "retro-ops home with the trained corpus and a published index")
     parser.add_argument("--synthetic", action="store_true",
                         help="train on random tokens even if the home has data; skips generation")
     parser.add_argument("--corpus", default="sotu", help="training corpus in the home (sotu)")
@@ -369,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     meta.update(source=s.source, configs=configs, batch_size=args.batch_size,
                 steps=args.steps, warmup_steps=args.warmup_steps, gen_runs=args.gen_runs,
                 new_tokens=args.new_tokens, seed=args.seed, generation=gen_meta,
-                load_avg_start=load_start, elapsed_s=time.perf_counter() - T0)
+                load_avg_start=load_start, elapsed_s=elapsed())
     c = s.config
     train_cols = [
         Column("model", "model"), Column("parameters", "params", "{:,}"),

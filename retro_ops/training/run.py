@@ -92,21 +92,19 @@ def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[Datase
     return inputs
 
 
-def _log_checkpoint(tracking: Tracking, run_id: str, folder: Path) -> str:
-    """Log weights, config and vocabulary (not optimizer state) as the `checkpoint` artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
-            shutil.copy(folder / name, Path(tmp) / name)
-        return tracking.log_artifacts(run_id, Path(tmp), "checkpoint")
-
-
-def _log_pyfunc(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, retrieval_set: str) -> str:
+def _log_model(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, kind: Kind,
+               retrieval_set: str) -> str:
+    """Log weights, config and vocabulary (not optimizer state) as the `checkpoint` artifact and,
+    for retrieval models, as an MLflow pyfunc (`model`); returns what the registry points at."""
     from retro_ops.serving.pyfunc import log_pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
             shutil.copy(folder / name, Path(tmp) / name)
-        return log_pyfunc(tracking, run_id, Path(tmp), ws.settings.home, retrieval_set)
+        source = tracking.log_artifacts(run_id, Path(tmp), "checkpoint")
+        if kind != "baseline":  # RETRO models are also pyfuncs with the set as a param
+            source = log_pyfunc(tracking, run_id, Path(tmp), ws.settings.home, retrieval_set)
+        return source
 
 
 def _new_model(kind: Kind, config: RetroConfig, data: PreparedData, parent: ModelInfo | None) -> Retro:
@@ -160,9 +158,7 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                       "train_seconds": result.seconds,
                                       "trainable_parameters": result.trainable_parameters,
                                       "total_parameters": result.total_parameters})
-        source = _log_checkpoint(tracking, run_id, folder)
-        if kind != "baseline":  # RETRO models are also MLflow pyfuncs with the set as a param
-            source = _log_pyfunc(tracking, run_id, folder, ws, data.spec.retrieval_set)
+        source = _log_model(tracking, run_id, folder, ws, kind, data.spec.retrieval_set)
         info = ws.catalog.record_model(
             kind=kind, key=key, checkpoint_dir=str(folder), weights_sha256=weights_digest(folder),
             config=config.to_dict(), corpus_version_id=data.corpus_version.id,
