@@ -81,3 +81,26 @@ def test_retrieval_set_cli(indexed_home, monkeypatch):
     assert row["index"]["ntotal"] == row["n_chunks"]
     unknown = runner.invoke(app, ["retrieve", "whale", "--set", "nope"])
     assert unknown.exit_code == 2 and "unknown retrieval set 'nope'" in unknown.output
+
+
+def test_models_eval_generate_cli(ws, monkeypatch):
+    from helpers import tiny_spec
+
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import train_model
+
+    monkeypatch.setenv("RETRO_OPS_HOME", str(ws.settings.home))
+    info = train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro").info
+    listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    assert info.ref in [m["ref"] for m in listed]
+    evaluated = runner.invoke(app, ["eval", "--model", info.ref, "--set", "small", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    rows = json.loads(evaluated.stdout)["rows"]
+    assert [r["setting"] for r in rows] == ["no retrieval", "set small"]
+    generated = runner.invoke(app, ["generate", "Call me Ishmael. " * 12, "--model", info.ref,
+                                    "--set", "small", "--max-new-tokens", "3", "--json"])
+    assert generated.exit_code == 0, generated.output
+    body = json.loads(generated.stdout)
+    assert body["new_tokens"] == 3 and body["retrievals"][0]["neighbours"]
+    unknown = runner.invoke(app, ["eval", "--model", "nope/9", "--set", "small"])
+    assert unknown.exit_code == 2 and "no model 'nope/9'" in unknown.output
