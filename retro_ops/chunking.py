@@ -64,7 +64,7 @@ def split_segments(text: str, max_chars: int) -> list[tuple[int, str]]:
     """(offset, piece) pairs covering `text`, cut after whitespace so tokens never straddle a cut."""
     segments, start = [], 0
     while len(text) - start > max_chars:
-        cut = max(text.rfind(" ", start, start + max_chars), text.rfind("\n", start, start + max_chars))
+        cut = max(text.rfind(space, start, start + max_chars) for space in " \n\t")
         end = cut + 1 if cut > start else start + max_chars  # no whitespace: hard cut
         segments.append((start, text[start:end]))
         start = end

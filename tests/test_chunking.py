@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from retro_ops.chunking import Chunker, ChunkerConfig, split_segments
@@ -72,6 +72,10 @@ def test_split_segments_cover_the_text(text: str, max_chars: int):
 @settings(max_examples=40, deadline=None)
 @given(st.text(alphabet=st.sampled_from("Whale ship,.!\n-'ñ"), min_size=1, max_size=300))
 def test_segmented_tokenization_equals_whole(chunker: Chunker, text: str):
+    """Lossless whenever no whitespace-free run is longer than a segment. (In production a segment
+    is 50,000 characters; a longer run is over WordPiece's 100-character word limit, so it is
+    [UNK] either way, and a hard cut can only turn one [UNK] into two.)"""
+    assume(all(len(run) <= 17 for run in text.split()))
     tiny = Chunker(chunker.tokenizer, ChunkerConfig(segment_chars=17, chunk_tokens=8))
     got = [t for c in tiny.chunk_documents([("d", text)]) for t in c.token_ids]
     assert got == full_ids(chunker, text)

@@ -166,8 +166,12 @@ def test_mlflow_pyfunc_swaps_the_retrieval_set_at_predict_time(served):
 
     _, holder, info = served
     uri = f"models:/{info.mlflow_model_name}/{info.mlflow_model_version}"
-    mlflow.set_registry_uri(holder.ws.settings.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(uri)
+    previous = mlflow.get_registry_uri()
+    mlflow.set_registry_uri(holder.ws.settings.mlflow_tracking_uri)  # process-global: restored below
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_registry_uri(previous)
     prompt = (CORPORA_DIR / "moby_dick" / "chapter_2.txt").read_text()[:380]
     frame = pd.DataFrame({"prompt": [prompt]})
     small = model.predict(frame, params={"retrieval_set": "small", "max_new_tokens": 2})

@@ -29,6 +29,11 @@ def trained(ws, data):
     return {kind: train_model(ws, data, kind) for kind in ("baseline", "retro")}
 
 
+def mlflow_client(ws) -> MlflowClient:
+    uri = ws.settings.mlflow_tracking_uri
+    return MlflowClient(uri, registry_uri=uri)  # never the process-global registry
+
+
 def test_neighbours_exclude_own_document_and_are_cached(ws, data):
     nb, table = data.train_neighbours.neighbours, data.train_table
     members = ws.store.members(data.retriever.version.digest, ["chunk_id", "doc_id"]).to_pylist()
@@ -87,7 +92,7 @@ def test_resume_after_crash_equals_uninterrupted(ws, data, tmp_path):
 
 def test_mlflow_run_records_exact_input_versions(ws, data, trained):
     info = trained["retro"].info
-    client = MlflowClient(ws.settings.mlflow_tracking_uri)
+    client = mlflow_client(ws)
     run = client.get_run(info.mlflow_run_id)
     inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
     version = data.retriever.version
@@ -124,7 +129,7 @@ def test_retrofit_reproduces_baseline_without_retrieval(ws, data, trained):
     assert torch.equal(baseline(input_ids)[0], model(input_ids)[0])
     assert not torch.equal(baseline(input_ids)[0], model(input_ids, neighbours, mask)[0])
     assert fitted.info.parent_model_id == baseline_info.id
-    run = MlflowClient(ws.settings.mlflow_tracking_uri).get_run(fitted.info.mlflow_run_id)
+    run = mlflow_client(ws).get_run(fitted.info.mlflow_run_id)
     assert run.data.params["parent_model"] == baseline_info.ref
 
 
@@ -135,7 +140,7 @@ def test_evaluation_table(ws, data, trained):
     settings = [(r.kind, r.setting) for r in report.rows]
     assert settings == [("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small")]
     assert all(0 < r.bits_per_byte < 10 and r.tokens > 0 for r in report.rows)
-    run = MlflowClient(ws.settings.mlflow_tracking_uri).get_run(report.mlflow_run_id)
+    run = mlflow_client(ws).get_run(report.mlflow_run_id)
     assert "bpb.retro.set_small" in run.data.metrics
 
 
