@@ -83,10 +83,13 @@ class FeatureStore:
         return self.db.open_table(name).version if name in self._table_names() else 0
 
     # -- generic helpers ---------------------------------------------------------------------
-    def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table) -> TableWrite:
-        """Insert rows whose key is not present yet; an empty batch writes no version."""
+    def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table, *,
+                    known_new: bool = False) -> TableWrite:
+        """Insert rows whose key is not present yet; an empty batch writes no version.
+        `known_new`: the caller already removed known keys (skips re-reading the key column,
+        which would make block-by-block writes quadratic in the table size)."""
         table = self.table(name, schema)
-        if rows.num_rows:  # drop known keys first: a batch of nothing new writes no version
+        if rows.num_rows and not known_new:  # drop known keys: nothing new writes no version
             rows = rows.filter(pc.invert(pc.is_in(rows.column(key),
                                                   value_set=self._column(name, schema, key))))
         if rows.num_rows == 0:
@@ -159,6 +162,7 @@ class FeatureStore:
 
     def add_embeddings(self, space_id: str, content_hashes: Sequence[str],
                        vectors: np.ndarray) -> TableWrite:
+        """Vectors for hashes the caller found missing (`missing_embeddings`)."""
         dim = vectors.shape[1]
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
         rows = pa.table({
@@ -166,7 +170,7 @@ class FeatureStore:
             "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         }, schema=embeddings_schema(dim))
         return self._insert_new(embeddings_table_name(space_id), embeddings_schema(dim),
-                                "content_hash", rows)
+                                "content_hash", rows, known_new=True)
 
     def embeddings_of(self, space_id: str, dim: int, content_hashes: Sequence[str],
                       version: int | None = None) -> pa.Table:
