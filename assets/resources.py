@@ -107,9 +107,9 @@ class TrainingResource(dg.ConfigurableResource):
 
     corpus: str = "sotu"
     retrieval_set: str = "sotu"
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-3
+    steps: int = TrainConfig.steps
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
     k: int = 2
     seed: int = 0
     heldout_fraction: float = 0.1

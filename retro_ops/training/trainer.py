@@ -33,7 +33,7 @@ class TrainConfig:
 
     steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.1
     grad_clip: float = 1.0
