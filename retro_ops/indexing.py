@@ -6,7 +6,8 @@ and measured on the in-memory index right after: recall@10 against exact search 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from retro_ops.index import (
     evaluate_index,
     publish_index,
 )
-from retro_ops.index.publish import CrashPoint, serialize
+from retro_ops.errors import IndexIntegrityError
+from retro_ops.index.build import apply_search_params
+from retro_ops.index.publish import CrashPoint, current_build, load_current, read_manifest, serialize
 from retro_ops.retrieval_sets import retrieval_set_vectors
 from retro_ops.retriever import index_root
 
@@ -36,6 +39,32 @@ class IndexBuildResult:
     quality: IndexQuality
     build_id: int
     published: PublishedIndex | None  # None: recall below min_recall, the old index stays current
+    reused: bool = False  # the current index was built from this version and config already
+
+
+def build_key(version: RetrievalSetVersionInfo, config: IndexConfig) -> str:
+    return sha256_hex(json.dumps({"set_version": version.id, "set_digest": version.digest,
+                                  "config": asdict(config), "faiss": faiss.__version__},
+                                 sort_keys=True))[:24]
+
+
+def _reuse_current(catalog: Catalog, store: FeatureStore, root: Path, version: RetrievalSetVersionInfo,
+                   key: str, dim: int, eval_queries: int) -> IndexBuildResult | None:
+    """The published index when it was built from this very version and config (and still
+    passes every integrity check); None means build anew."""
+    found = current_build(root)
+    if found is None or read_manifest(root, found[0]).build_key != key:
+        return None
+    try:
+        index, manifest = load_current(root, expected_ntotal=version.n_chunks,
+                                       is_trusted=catalog.is_trusted_index)
+    except IndexIntegrityError:
+        return None  # damaged or untrusted: rebuild rather than serve it
+    apply_search_params(index, manifest.search_params)
+    ids, vectors = retrieval_set_vectors(store, version, dim)
+    quality = evaluate_index(index, vectors, ids, queries=eval_queries)
+    return IndexBuildResult(version, manifest, quality, catalog.index_build_id(manifest.sha256),
+                            PublishedIndex(found[0], root / found[0], manifest), reused=True)
 
 
 def index_retrieval_set(
@@ -46,6 +75,11 @@ def index_retrieval_set(
     """Build and measure; publish only when recall@10 >= min_recall (a failed build is recorded,
     unpublished, and the previous index keeps serving)."""
     version = catalog.latest_retrieval_set_version(retrieval_set)
+    root, key = index_root(indices_dir, retrieval_set), build_key(version, config)
+    if crash_at is None:
+        reused = _reuse_current(catalog, store, root, version, key, dim, eval_queries)
+        if reused is not None:
+            return reused
     ids, vectors = retrieval_set_vectors(store, version, dim)
     built = build_index(vectors, ids, config)
     data = serialize(built.index)
@@ -56,7 +90,7 @@ def index_retrieval_set(
         train_size=built.train_size, sha256=sha256_hex(data), index_bytes=len(data),
         build_seconds=round(built.seconds, 3), search_params=built.search_params,
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
-        notes=built.notes,
+        notes=built.notes, build_key=key,
     )
     quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
     build_id = catalog.record_index_build(
@@ -65,7 +99,6 @@ def index_retrieval_set(
         run_id=run_id)
     if quality.recall_at_k < min_recall:
         return IndexBuildResult(version, manifest, quality, build_id, None)
-    published = publish_index(index_root(indices_dir, retrieval_set), data, manifest,
-                              crash_at=crash_at)
+    published = publish_index(root, data, manifest, crash_at=crash_at)
     catalog.mark_index_published(build_id, str(published.path))
     return IndexBuildResult(version, manifest, quality, build_id, published)

@@ -203,3 +203,13 @@ def test_unchanged_set_gets_no_new_version_and_exclusions_are_never_retrieved(
             s.query(m.Exclusion).delete()
         build_retrieval_set_version(catalog, store, "small", embedder.space)
         index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+
+
+def test_unchanged_set_and_config_reuse_the_published_index(indexed_home, built):
+    settings, catalog, store = indexed_home
+    first = index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+    again = index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+    assert again.reused and again.manifest.sha256 == first.manifest.sha256
+    assert again.published.build == first.published.build and again.quality.recall_at_k == 1.0
+    other = index_retrieval_set(catalog, store, settings.indices_dir, "small", 384, config=IVF)
+    assert not other.reused and other.manifest.factory == "IVF3,Flat"

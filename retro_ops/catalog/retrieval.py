@@ -144,6 +144,14 @@ class RetrievalCatalogMixin:
             row = s.get(m.IndexBuild, build_id)
             row.published, row.build_dir = True, build_dir
 
+    def index_build_id(self, sha256: str) -> int:
+        with self.session() as s:
+            found = s.scalar(select(m.IndexBuild.id).where(m.IndexBuild.sha256 == sha256)
+                             .order_by(m.IndexBuild.id.desc()))
+            if found is None:
+                raise RetrievalSetError(f"no index build with sha256 {sha256[:12]}...")
+            return found
+
     def is_trusted_index(self, sha256: str) -> bool:
         """Only an index this catalog recorded building may be loaded."""
         with self.session() as s:

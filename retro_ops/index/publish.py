@@ -53,6 +53,7 @@ class IndexManifest:
     faiss_version: str
     created_at: str
     notes: list
+    build_key: str = ""  # hash of the set version and build config: an equal key is reused
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
