@@ -31,10 +31,10 @@ def chunk_check_results(store: FeatureStore, doc_ids: list[str]) -> list[dg.Asse
 
 def embedding_check_results(store: FeatureStore, space: EmbeddingSpace,
                             doc_ids: list[str]) -> list[dg.AssetCheckResult]:
-    args = (store, space.space_id, space.dim, doc_ids)
+    data = feature_checks.CorpusVectors.load(store, space.space_id, space.dim, doc_ids)
     return [
-        _result("chunk_embeddings_complete", feature_checks.embeddings_complete(*args)),
-        _result("chunk_embeddings_finite", feature_checks.embeddings_finite(*args)),
+        _result("chunk_embeddings_complete", feature_checks.embeddings_complete(data)),
+        _result("chunk_embeddings_finite", feature_checks.embeddings_finite(data)),
     ]
 
 INDEX_CHECKS = [

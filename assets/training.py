@@ -66,9 +66,14 @@ def _checkpoint_result(trained: TrainedModel) -> dg.MaterializeResult:
     return dg.MaterializeResult(data_version=dg.DataVersion(info.weights_sha256[:16]), metadata=metadata)
 
 
-def _train(context, workspace, training, progress, kind, parent=None) -> dg.MaterializeResult:
+def _train(context, workspace, training, progress, kind) -> dg.MaterializeResult:
     ws = workspace.open()
     data = prepare_training(ws, training.spec())
+    parent = None
+    if kind == "retrofit":
+        parent = find_model(ws, data, "baseline")
+        if parent is None:
+            raise dg.Failure("no baseline trained from these inputs yet: materialize baseline_checkpoint")
     trained = train_model(ws, data, kind, parent=parent, dagster_run_id=context.run.run_id,
                           progress=progress.tracker(context, f"training {kind}"))
     return _checkpoint_result(trained)
@@ -93,11 +98,7 @@ def retro_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceReso
 def retrofit_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
                         training: TrainingResource, progress: ProgressResource) -> dg.MaterializeResult:
     """The trained baseline, frozen, with only an encoder and CCA layers trained (RETROfitting)."""
-    ws = workspace.open()
-    parent = find_model(ws, prepare_training(ws, training.spec()), "baseline")
-    if parent is None:
-        raise dg.Failure("no baseline trained from these inputs yet: materialize baseline_checkpoint")
-    return _train(context, workspace, training, progress, "retrofit", parent=parent)
+    return _train(context, workspace, training, progress, "retrofit")
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.feature_store import FeatureStore
@@ -31,30 +32,36 @@ def chunks_not_empty(store: FeatureStore, doc_ids: list[str]) -> CheckOutcome:
     })
 
 
-def _corpus_vectors(store: FeatureStore, space_id: str, dim: int, doc_ids: list[str]):
-    hashes = pc.unique(store.chunks_of_documents(doc_ids, ["content_hash"]).column("content_hash"))
-    table = store.embeddings_of(space_id, dim, hashes.to_pylist())
-    return hashes, table
+@dataclass(frozen=True)
+class CorpusVectors:
+    """A corpus's distinct chunk hashes and the embedding rows found for them, read once and
+    shared by every embedding check."""
+
+    hashes: pa.Array
+    table: pa.Table
+    dim: int
+
+    @classmethod
+    def load(cls, store: FeatureStore, space_id: str, dim: int, doc_ids: list[str]) -> "CorpusVectors":
+        hashes = pc.unique(store.chunks_of_documents(doc_ids, ["content_hash"]).column("content_hash"))
+        return cls(hashes, store.embeddings_of(space_id, dim, hashes.to_pylist()), dim)
 
 
-def embeddings_complete(store: FeatureStore, space_id: str, dim: int,
-                        doc_ids: list[str]) -> CheckOutcome:
+def embeddings_complete(data: CorpusVectors) -> CheckOutcome:
     """Every chunk of the corpus has exactly one vector of the space's dimension."""
-    hashes, table = _corpus_vectors(store, space_id, dim, doc_ids)
-    found = table.column("content_hash")
-    missing = len(hashes) - len(pc.unique(found))
-    actual_dim = table.schema.field("vector").type.list_size
-    return CheckOutcome(missing == 0 and actual_dim == dim, {
-        "distinct_chunk_texts": len(hashes), "with_embedding": len(pc.unique(found)),
-        "missing": missing, "dim": actual_dim, "expected_dim": dim,
+    found = data.table.column("content_hash")
+    missing = len(data.hashes) - len(pc.unique(found))
+    actual_dim = data.table.schema.field("vector").type.list_size
+    return CheckOutcome(missing == 0 and actual_dim == data.dim, {
+        "distinct_chunk_texts": len(data.hashes), "with_embedding": len(pc.unique(found)),
+        "missing": missing, "dim": actual_dim, "expected_dim": data.dim,
     })
 
 
-def embeddings_finite(store: FeatureStore, space_id: str, dim: int,
-                      doc_ids: list[str]) -> CheckOutcome:
+def embeddings_finite(data: CorpusVectors) -> CheckOutcome:
     """No NaN or Inf anywhere: FAISS would silently drop such a vector (see STACK-FACTS)."""
-    _, table = _corpus_vectors(store, space_id, dim, doc_ids)
-    vectors = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    dim = data.dim
+    vectors = data.table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = vectors.reshape(-1, dim) if len(vectors) else np.zeros((0, dim), np.float32)
     bad_rows = int((~np.isfinite(vectors)).any(axis=1).sum())
     norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)

@@ -155,12 +155,12 @@ def embed_corpus(
     lance_version = writes[-1].version if writes else store.version(table)
     seconds = time.perf_counter() - started
     digest = sha256_hex(f"{version.digest}:{space.space_id}")[:16]
+    distinct = len(pc.unique(chunks.column("content_hash")))
     catalog.record_feature_version(
         "chunk_embeddings", version.id, table, lance_version, rows_written=inserted,
         run_id=run_id, embedding_space_id=space.space_id,
-        stats={"chunks": chunks.num_rows, "distinct_texts": len(pc.unique(chunks.column("content_hash")))})
-    return EmbeddingsResult(version, space, chunks.num_rows,
-                            len(pc.unique(chunks.column("content_hash"))), inserted,
+        stats={"chunks": chunks.num_rows, "distinct_texts": distinct})
+    return EmbeddingsResult(version, space, chunks.num_rows, distinct, inserted,
                             TableWrite(table, inserted, lance_version), seconds, digest, writes)
 
 
