@@ -283,3 +283,36 @@ def test_forward_rejects_bad_inputs():
         model(torch.cat([ids, ids], dim=1))
     with pytest.raises(ValueError, match="targets shape"):
         model(ids, targets=ids[:, :-1])
+
+
+def test_cross_attention_positions_are_relative():
+    """With rotary tables, shifting query and key positions alike changes nothing, and moving
+    the keys against the queries changes the output: attention sees offsets, as CCA needs to
+    read "the neighbour token after the one aligned with me"."""
+    from retro_ops.model.layers import CrossAttention, rotary_tables
+
+    torch.manual_seed(0)
+    attn = CrossAttention(32, 24, 4, 0.0).eval()
+    x, context = torch.randn(3, 5, 32), torch.randn(3, 7, 24)
+    cos, sin = rotary_tables(64, 8, torch.device("cpu"))
+
+    def run(query_start: int, key_start: int) -> Tensor:
+        q, k = torch.arange(query_start, query_start + 5), torch.arange(key_start, key_start + 7)
+        return attn(x, context, None, ((cos[q], sin[q]), (cos[k], sin[k])))
+
+    torch.testing.assert_close(run(10, 3), run(30, 23))
+    assert not torch.allclose(run(10, 3), run(10, 4), atol=1e-4)
+    assert not torch.allclose(run(10, 3), attn(x, context), atol=1e-4)
+
+
+def test_cca_positions_are_on_by_default_and_old_checkpoints_load_without():
+    """Checkpoints written before the field existed were trained without CCA positions."""
+    assert RetroConfig().cca_positions and TINY.cca_positions
+    old = {k: v for k, v in TINY.to_dict().items() if k != "cca_positions"}
+    assert RetroConfig.from_dict(old).cca_positions is False
+    ids, neighbours = make_batch()
+    with_positions, without = make_model(), make_model(RetroConfig.tiny(cca_positions=False))
+    without.load_state_dict(with_positions.state_dict())  # no parameters: the same weights load
+    with torch.no_grad():
+        assert not torch.allclose(with_positions(ids, neighbours)[0], without(ids, neighbours)[0])
+        torch.testing.assert_close(with_positions(ids)[0], without(ids)[0])  # decoder unchanged

@@ -6,6 +6,7 @@ All state lives under RETRO_OPS_HOME (default ./.retro_ops). Every reporting com
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,15 @@ app = typer.Typer(
     help="Manage RETRO data and models together: corpora -> chunks -> embeddings -> indices -> "
          "models, with lineage. State lives under $RETRO_OPS_HOME (default ./.retro_ops).",
 )
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    # MLflow's per-download progress bars and INFO schema logs drown our own progress on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(retrieval_set_app, name="retrieval-set")
 app.add_typer(models_app, name="models")

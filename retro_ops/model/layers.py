@@ -59,11 +59,17 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+Rope = tuple[Tensor, Tensor]
+
+
 class CrossAttention(nn.Module):
     """Queries of one width attend to a context of another width (encoder <-> decoder).
 
     key_mask (N, Tk) drops keys; a row with no key left outputs exactly zero instead of the NaN
-    of a softmax over nothing, so "all neighbours masked" means "no contribution".
+    of a softmax over nothing, so "all neighbours masked" means "no contribution". `rope`, a pair
+    of rotary tables (queries', keys'), gives the attention relative positions between the two
+    sequences (the paper's CCA uses relative positional encodings): then "the token after the
+    one aligned with me" is a fixed offset, which a head learns quickly.
     """
 
     def __init__(self, width: int, context_width: int, n_head: int, dropout: float):
@@ -74,13 +80,17 @@ class CrossAttention(nn.Module):
         self.c_proj = nn.Linear(width, width, bias=False)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """x (N, Tq, C), context (N, Tk, C_ctx), key_mask (N, Tk) bool -> (N, Tq, C)."""
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None,
+                rope: tuple[Rope, Rope] | None = None) -> Tensor:
+        """x (N, Tq, C), context (N, Tk, C_ctx), key_mask (N, Tk) bool; rope: tables of Tq and
+        of Tk positions -> (N, Tq, C)."""
         N, Tq, C = x.shape
         Tk, hd = context.shape[1], C // self.n_head
         q = self.q(x).view(N, Tq, self.n_head, hd).transpose(1, 2)  # (N, n_head, Tq, hd)
         k, v = self.kv(context).split(C, dim=2)  # 2 x (N, Tk, C)
         k, v = (t.view(N, Tk, self.n_head, hd).transpose(1, 2) for t in (k, v))  # (N, nh, Tk, hd)
+        if rope is not None:
+            q, k = apply_rotary(q, rope[0]), apply_rotary(k, rope[1])
         attn_mask, has_key = None, None
         if key_mask is not None:
             has_key = key_mask.any(dim=1)  # (N,)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retro_ops.model.config import RetroConfig
-from retro_ops.model.layers import MLP, CrossAttention, SelfAttention, layer_norm, rotary_tables
+from retro_ops.model.layers import MLP, CrossAttention, Rope, SelfAttention, layer_norm, rotary_tables
 
 IGNORE_INDEX = -100
 
@@ -47,6 +47,8 @@ class ChunkedCrossAttention(nn.Module):
     def __init__(self, config: RetroConfig):
         super().__init__()
         self.chunk_size = config.chunk_size
+        self.head_dim = config.d_model // config.n_head
+        self.positions = config.cca_positions
         self.ln = layer_norm(config.d_model)
         self.attn = CrossAttention(config.d_model, config.enc_d_model, config.n_head,
                                    config.dropout)
@@ -61,9 +63,19 @@ class ChunkedCrossAttention(nn.Module):
         h = F.pad(h, (0, 0, 0, nc * m - attending))  # (B, l*m, d): the last group is partial
         y = self.attn(h.reshape(B * nc, m, C),  # (B*l, m, d): queries of chunk u
                       encoded.reshape(B * nc, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
-                      token_mask.reshape(B * nc, k * r))  # (B*l, m, d)
+                      token_mask.reshape(B * nc, k * r),
+                      self._rope(k, r, x.device) if self.positions else None)  # (B*l, m, d)
         y = y.view(B, nc * m, C)[:, :attending]  # (B, attending, d)
         return F.pad(y, (0, 0, m - 1, T - (m - 1) - attending))  # (B, T, d): zero elsewhere
+
+    def _rope(self, k: int, r: int, device: torch.device) -> tuple[Rope, Rope]:
+        """Query i of group u is token m-1+i counted from chunk u's start; neighbour token j is
+        at j (its chunk aligns with chunk u, its continuation with chunk u+1), for each of k."""
+        m = self.chunk_size
+        cos, sin = rotary_tables(max(r, 2 * m), self.head_dim, device)
+        queries = torch.arange(m - 1, 2 * m - 1, device=device)
+        keys = torch.arange(r, device=device).repeat(k)
+        return (cos[queries], sin[queries]), (cos[keys], sin[keys])
 
 
 class EncoderBlock(nn.Module):
@@ -80,13 +92,14 @@ class EncoderBlock(nn.Module):
         self.ln_3 = layer_norm(width)
         self.mlp = MLP(width, config.enc_d_ff, config.dropout)
 
-    def forward(self, e: Tensor, chunks: Tensor, rope: tuple[Tensor, Tensor],
-                attn_mask: Tensor) -> Tensor:
-        """e (N, k, r, w) with N = B*l; chunks (N, m, d); attn_mask (N*k, 1, r, r) -> e."""
+    def forward(self, e: Tensor, chunks: Tensor, rope: Rope, attn_mask: Tensor,
+                chunk_rope: tuple[Rope, Rope] | None = None) -> Tensor:
+        """e (N, k, r, w) with N = B*l; chunks (N, m, d); attn_mask (N*k, 1, r, r);
+        chunk_rope: positions of the k*r neighbour tokens and of the m chunk tokens -> e."""
         N, k, r, w = e.shape
         e = e + self.attn(self.ln_1(e).view(N * k, r, w), rope, attn_mask).view(N, k, r, w)
         # cross-attention is per query token, so the k neighbours of a chunk share one call
-        e = e + self.ca(self.ln_2(e).view(N, k * r, w), chunks).view(N, k, r, w)
+        e = e + self.ca(self.ln_2(e).view(N, k * r, w), chunks, None, chunk_rope).view(N, k, r, w)
         return e + self.mlp(self.ln_3(e))  # (N, k, r, w)
 
 
@@ -97,6 +110,7 @@ class NeighbourEncoder(nn.Module):
     def __init__(self, config: RetroConfig):
         super().__init__()
         self.chunk_size, self.head_dim = config.chunk_size, config.enc_d_model // config.enc_n_head
+        self.positions = config.cca_positions
         # neighbours are embedded by the decoder's table; bridge the widths if they differ
         self.proj_in: nn.Module = (nn.Identity() if config.enc_d_model == config.d_model else
                                    nn.Linear(config.d_model, config.enc_d_model, bias=False))
@@ -114,9 +128,14 @@ class NeighbourEncoder(nn.Module):
         eye = torch.eye(r, dtype=torch.bool, device=e.device)
         # padded keys are hidden; every token still sees itself, so no row is empty
         attn_mask = token_valid.reshape(B * nc * k, 1, 1, r) | eye  # (B*l*k, 1, r, r)
-        rope = rotary_tables(r, self.head_dim, e.device)
+        rope = rotary_tables(max(r, m), self.head_dim, e.device)
+        chunk_rope = None
+        if self.positions:  # neighbour token j at j, chunk token i at i: aligned texts align
+            keys = torch.arange(r, device=e.device).repeat(k)
+            chunk_rope = ((rope[0][keys], rope[1][keys]), (rope[0][:m], rope[1][:m]))
+        rope = (rope[0][:r], rope[1][:r])
         for block in self.h:
-            e = block(e, chunks, rope, attn_mask)
+            e = block(e, chunks, rope, attn_mask, chunk_rope)
         return self.ln_f(e).view(B, nc, k, r, -1)
 
 

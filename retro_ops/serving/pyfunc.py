@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -83,10 +84,12 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
 
 def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) -> Path:
     """Write the pyfunc model folder (code + checkpoint artifact) to `target`."""
-    mlflow.pyfunc.save_model(
-        str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
-        signature=SIGNATURE, model_config={"home": str(home), "retrieval_set": retrieval_set},
-        pip_requirements=["retro-ops"])
+    with warnings.catch_warnings():  # the signature is explicit: no type hints or input example needed
+        warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
+            signature=SIGNATURE, model_config={"home": str(home), "retrieval_set": retrieval_set},
+            pip_requirements=["retro-ops"])
     return target
 
 
