@@ -57,7 +57,7 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
             self._retrievers[name] = self.ws.retriever(name)
         return self._retrievers[name]
 
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from retro_ops.generation import Generator
 
         params = dict(params or {})
@@ -84,8 +84,8 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
 
 def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) -> Path:
     """Write the pyfunc model folder (code + checkpoint artifact) to `target`."""
-    with warnings.catch_warnings():  # the signature is explicit: no type hints or input example needed
-        warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
+    with warnings.catch_warnings():  # the signature is explicit: no input example needed
+        warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         mlflow.pyfunc.save_model(
             str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
             signature=SIGNATURE, model_config={"home": str(home), "retrieval_set": retrieval_set},

@@ -80,7 +80,8 @@ def batch_rows(seed: int, step: int, n_sequences: int, batch_size: int) -> np.nd
                                                       replace=n_sequences < batch_size)
 
 
-def _lr(config: TrainConfig, step: int) -> float:
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to lr/10 at the last step."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
@@ -108,7 +109,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
         if crash_at_step is not None and step == crash_at_step:
             raise RuntimeError(f"simulated crash at step {step}")
         for group in optimizer.param_groups:
-            group["lr"] = _lr(config, step)
+            group["lr"] = learning_rate(config, step)
         input_ids, targets, neighbours, mask = data.batch(
             batch_rows(config.seed, step, len(data.sequences), config.batch_size))
         _, loss = model(input_ids, neighbours, mask, targets)
