@@ -99,3 +99,25 @@ def _exercise(catalog: Catalog) -> None:
     assert catalog.document_sources("d1") == ["/data/c/a.txt", "/data/c/b.txt"]
     [info] = catalog.list_corpora()
     assert (info.n_versions, info.n_documents, info.latest_digest) == (2, 1, "digest2")
+    _exercise_models(catalog, v1.id)
+
+
+def _exercise_models(catalog: Catalog, corpus_version_id: int) -> None:
+    """Models, their training documents, evaluations and deployments (the serving record)."""
+    model = catalog.record_model(
+        training_doc_ids=["d2", "d1"], kind="baseline", key="k" * 64, checkpoint_dir="/ckpt",
+        weights_sha256="a" * 64, config={"d_model": 8}, corpus_version_id=corpus_version_id,
+        tokenizer_id="tok", code_version="abc")
+    catalog.set_model_registry(model.id, run_id="run1", name="retro-ops-baseline", version="3")
+    assert catalog.resolve_model("retro-ops-baseline/3").id == model.id
+    assert catalog.resolve_model("baseline").config == {"d_model": 8}
+    assert catalog.model_training_doc_ids(model.id) == ["d1", "d2"]
+    catalog.record_evaluation(model_id=model.id, setting="no retrieval", retrieval_set_version_id=None,
+                              eval_corpus_version_id=corpus_version_id, bits_per_byte=1.5,
+                              loss_per_token=4.0, tokens=10, n_bytes=40, mlflow_run_id="run2")
+    for action in ("start", "swap"):
+        catalog.record_deployment(model_id=model.id, retrieval_set_version_id=None, action=action,
+                                  endpoint="http://127.0.0.1:8000", token_id="0123abcd")
+    first, second = catalog.deployments()
+    assert (first["action"], second["action"]) == ("start", "swap")
+    assert first["created_at"] <= second["created_at"] and second["token_id"] == "0123abcd"
