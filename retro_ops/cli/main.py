@@ -33,7 +33,8 @@ app = typer.Typer(
 def _quiet_libraries() -> None:
     # MLflow's per-download progress bars and INFO schema logs drown our own progress on stderr.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
 
 
 app.add_typer(corpus_app, name="corpus")
