@@ -2,7 +2,9 @@
 
 Each time the text completes a chunk of m tokens, that chunk is decoded, embedded with the
 frozen BERT exactly like database chunks, and its k neighbours (chunk + continuation) are
-fetched; they condition every later token through chunked cross-attention. The result says
+fetched; they condition every later token through chunked cross-attention. Tokens go through
+the model one at a time with cached keys, values and encoded neighbours (`IncrementalDecoder`):
+the logits of a full pass over the window, without recomputing it for every token. The result says
 which neighbours each chunk used, so every generation is explainable.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from retro_ops.model import Retro
+from retro_ops.model.decoding import IncrementalDecoder
 from retro_ops.retriever import Neighbour, Retriever
 from retro_ops.training.vocab import Vocabulary
 
@@ -62,31 +65,40 @@ class Generator:
         result = Generation(prompt, "", len(ids), 0)
         values: list[np.ndarray] = []  # neighbour tokens of each completed chunk
         generator = torch.Generator().manual_seed(seed)
-        n = self.model.config.seq_len
+        decoder, n, m = IncrementalDecoder(self.model), self.model.config.seq_len, self.m
+        window_start = 0  # the model sees at most n tokens, starting at a chunk boundary
+        started = time.perf_counter()
         for _ in range(max_new_tokens):
-            while len(values) < len(ids) // self.m:  # retrieve for newly completed chunks
-                u = len(values)
-                started = time.perf_counter()
-                retrieval, tokens = self._retrieve(ids[u * self.m:(u + 1) * self.m], u)
-                result.retrieval_seconds += time.perf_counter() - started
-                result.retrievals.append(retrieval)
-                values.append(tokens)
-            started = time.perf_counter()
-            window_start = max(0, (len(ids) - n + self.m - 1) // self.m * self.m) if len(ids) > n else 0
-            window = ids[window_start:]
-            first_chunk = window_start // self.m
-            used = values[first_chunk:first_chunk + len(window) // self.m]
-            neighbours = torch.from_numpy(np.stack(used)[None]) if used and self.retriever else None
-            logits, _ = self.model(torch.tensor([window]), neighbours)
-            next_logits = logits[0, -1].float()
+            start = max(0, (len(ids) - n + m - 1) // m * m) if len(ids) > n else 0
+            if start != window_start:  # slide: positions restart, so the caches do too
+                window_start = start
+                decoder.reset()
+            for j in range(window_start + decoder.position, len(ids)):
+                neighbours = None
+                if (j + 1) % m == 0 and self.retriever is not None:
+                    neighbours = torch.from_numpy(self._neighbours_of(j // m, ids, values, result))
+                logits = decoder.step(ids[j], neighbours)
+            next_logits = logits.float()
             if temperature <= 0:
                 token = int(next_logits.argmax())
             else:
                 probs = torch.softmax(next_logits / temperature, dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             ids.append(token)
-            result.model_seconds += time.perf_counter() - started
+        result.model_seconds = time.perf_counter() - started - result.retrieval_seconds
         new = ids[result.prompt_tokens:]
         result.new_tokens = len(new)
         result.text = self.tokenizer.decode(self.vocab.decode(np.asarray(new)).tolist())
         return result
+
+    def _neighbours_of(self, chunk: int, ids: list[int], values: list[np.ndarray],
+                       result: Generation) -> np.ndarray:
+        """Retrieved once per chunk of the whole text (a window slide re-feeds, never re-retrieves)."""
+        while len(values) <= chunk:
+            u = len(values)
+            started = time.perf_counter()
+            retrieval, tokens = self._retrieve(ids[u * self.m:(u + 1) * self.m], u)
+            result.retrieval_seconds += time.perf_counter() - started
+            result.retrievals.append(retrieval)
+            values.append(tokens)
+        return values[chunk]

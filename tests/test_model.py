@@ -316,3 +316,32 @@ def test_cca_positions_are_on_by_default_and_old_checkpoints_load_without():
     with torch.no_grad():
         assert not torch.allclose(with_positions(ids, neighbours)[0], without(ids, neighbours)[0])
         torch.testing.assert_close(with_positions(ids)[0], without(ids)[0])  # decoder unchanged
+
+
+@pytest.mark.parametrize("positions", [True, False])
+def test_incremental_decoding_gives_the_full_forward_logits(positions: bool):
+    """Token by token with cached keys/values and once-encoded neighbours == one full pass, at
+    every position, whether a chunk has neighbours or not; reset() restarts positions."""
+    from retro_ops.model.decoding import IncrementalDecoder
+
+    config = RetroConfig.tiny(cca_positions=positions)
+    model = make_model(config)
+    ids, neighbours = make_batch(config, batch=1)
+    neighbours[0, 2] = 0  # chunk 2 retrieved nothing: all padding
+    neighbours[0, 5, 1, 7:] = 0  # a short second neighbour
+    with torch.no_grad():
+        full, _ = model(ids, neighbours)
+        plain, _ = model(ids)
+    decoder = IncrementalDecoder(model)
+    for with_neighbours, expected in ((True, full), (False, plain)):
+        decoder.reset()
+        for p in range(config.seq_len):
+            done = (p + 1) % M == 0
+            given = neighbours[0, p // M] if (done and with_neighbours) else None
+            logits = decoder.step(int(ids[0, p]), given)
+            torch.testing.assert_close(logits, expected[0, p], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="past seq_len"):
+        decoder.step(1)
+    decoder.reset()
+    with pytest.raises(ValueError, match="completes no chunk"):
+        decoder.step(1, neighbours[0, 0])

@@ -162,3 +162,33 @@ def test_resume_refuses_a_different_config(data, tmp_path):
     other = RetroConfig.from_dict({**config.to_dict(), "d_ff": 128})
     with pytest.raises(CheckpointError, match="holds a run with another model config"):
         train(seeded_model(other, 0), training_data(data, True), tmp_path / "run", spec)
+
+
+def test_cached_generation_equals_full_forward_windows(ws, data, trained):
+    """The Generator's cached decoding gives the tokens a full forward pass over each window
+    gives (the way it generated before the caches), across a window slide, with retrieval."""
+    from retro_ops.chunking import load_tokenizer
+    from retro_ops.generation import Generator
+
+    model = load_checkpoint(Path(trained["retro"].info.checkpoint_dir))
+    tokenizer = load_tokenizer(ws.embedder.space.model_path)
+    retriever = ws.retriever("small")
+    generator = Generator(model, data.vocab, tokenizer, retriever)
+    n, m = model.config.seq_len, model.config.chunk_size
+    prompt = "Call me Ishmael. Some years ago, never mind how long precisely, " * 8
+    result = generator.generate(prompt, max_new_tokens=m + 8, temperature=0)
+    assert result.prompt_tokens + result.new_tokens > n + m  # the window slid at least once
+
+    ids = data.vocab.encode(np.asarray(tokenizer(prompt, add_special_tokens=False)["input_ids"])).tolist()
+    values = []
+    for _ in range(result.new_tokens):
+        while len(values) < len(ids) // m:
+            values.append(generator._retrieve(ids[len(values) * m:(len(values) + 1) * m], 0)[1])
+        start = max(0, (len(ids) - n + m - 1) // m * m) if len(ids) > n else 0
+        used = values[start // m:start // m + (len(ids) - start) // m]
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([ids[start:]]), torch.from_numpy(np.stack(used)[None]))
+        ids.append(int(logits[0, -1].argmax()))
+    reference = ids[result.prompt_tokens:]
+    assert result.text == tokenizer.decode(data.vocab.decode(np.asarray(reference)).tolist())
+    assert len(result.retrievals) == len(ids[:-1]) // m

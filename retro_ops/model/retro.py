@@ -64,11 +64,11 @@ class ChunkedCrossAttention(nn.Module):
         y = self.attn(h.reshape(B * nc, m, C),  # (B*l, m, d): queries of chunk u
                       encoded.reshape(B * nc, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
                       token_mask.reshape(B * nc, k * r),
-                      self._rope(k, r, x.device) if self.positions else None)  # (B*l, m, d)
+                      self.rope_tables(k, r, x.device) if self.positions else None)  # (B*l, m, d)
         y = y.view(B, nc * m, C)[:, :attending]  # (B, attending, d)
         return F.pad(y, (0, 0, m - 1, T - (m - 1) - attending))  # (B, T, d): zero elsewhere
 
-    def _rope(self, k: int, r: int, device: torch.device) -> tuple[Rope, Rope]:
+    def rope_tables(self, k: int, r: int, device: torch.device) -> tuple[Rope, Rope]:
         """Query i of group u is token m-1+i counted from chunk u's start; neighbour token j is
         at j (its chunk aligns with chunk u, its continuation with chunk u+1), for each of k."""
         m = self.chunk_size
