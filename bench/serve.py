@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.append(
             f"/generate split: retrieval (decode chunk + BERT embedding + FAISS search + LanceDB "
             f"fetch of neighbours, {g.get('retrievals_per_request', 0):.1f} retrievals/request) "
-            f"vs model (forward passes + sampling, no KV cache): retrieval share "
+            f"vs model (cached token-by-token decoding + sampling): retrieval share "
             f"{joined(generate_rows, 'retrieval_share', '{:.1%}')} at "
             f"{joined(generate_rows, 'clients', '{}')} clients. Prompt tokens "
             f"{g.get('prompt_tokens', 0):.0f}, new tokens {g.get('new_tokens', 0):.0f}. Cold first "

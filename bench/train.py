@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> None:
             f"LanceDB lookup of the neighbours' tokens); RETRO model time vs baseline "
             f"{g['model_vs_baseline']:.2f}x. Cold first retrieval (in the untimed warm-up): "
             f"{cold['retrieval_ms']:.0f} ms. Weights are freshly initialised (untrained): "
-            "timing does not depend on them. Generator re-runs the whole window per token (no "
-            "KV cache), so model ms grows with prompt length. 'retrieval ms' of the rows "
+            "timing does not depend on them. The generator decodes token by token with cached "
+            "keys/values and once-encoded neighbours (IncrementalDecoder). 'retrieval ms' of the rows "
             "without a retriever is the chunk decode the generator still does.")
     else:
         notes.append("Generation: skipped (needs a home with a published index; see --home).")
