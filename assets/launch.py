@@ -5,6 +5,7 @@ materializes the assets in-process against `$RETRO_OPS_HOME/dagster`, so every C
 logs, metadata and check results appear in `dagster dev` exactly like a run started there.
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,19 +28,27 @@ ASSETS_BY_PARTITION = {
 }
 ASSET_NAMES = [a.key.to_user_string() for a in ALL_ASSETS]
 DAGSTER_YAML = """\
-# Written by retro-ops. SQLite storage under this folder by default; for production point
-# `storage:` at Postgres (dagster-postgres is installed).
+# Written by retro-ops from its settings (rewritten when they change; delete this line to keep
+# your own edits). Storage: SQLite under this folder, or the Postgres that
+# RETRO_OPS_DAGSTER_STORAGE_URL names (runs, event log, schedules).
 telemetry:
   enabled: false
 """
 
 
+def dagster_yaml(settings: Settings) -> str:
+    if not settings.dagster_storage_url:
+        return DAGSTER_YAML
+    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url: {json.dumps(settings.dagster_storage_url)}\n"
+
+
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     home: Path = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    config, wanted = home / "dagster.yaml", dagster_yaml(settings)
+    ours = not config.exists() or config.read_text().startswith("# Written by retro-ops")
+    if ours and (not config.exists() or config.read_text() != wanted):
+        config.write_text(wanted)
     return dg.DagsterInstance.from_config(str(home))
 
 

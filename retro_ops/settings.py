@@ -16,6 +16,7 @@ CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
 LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
 EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
 MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
+DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
 DEFAULT_HOME = ".retro_ops"
 
 
@@ -28,6 +29,7 @@ class Settings:
     lancedb_uri: str = ""
     embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
     mlflow_uri: str = ""  # MLflow tracking + registry store; "" = SQLite under the home
+    dagster_storage_url: str = ""  # postgresql://... for Dagster's runs/events/schedules; "" = SQLite
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,10 +49,12 @@ class Settings:
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
             mlflow_uri=env.get(MLFLOW_URI_ENV, ""),
+            dagster_storage_url=env.get(DAGSTER_STORAGE_ENV, ""),
         )
 
     def with_home(self, home: Path) -> Settings:
-        return replace(self, home=home, catalog_url="", lancedb_uri="", mlflow_uri="")
+        return replace(self, home=home, catalog_url="", lancedb_uri="", mlflow_uri="",
+                       dagster_storage_url="")
 
     @property
     def dagster_home(self) -> Path:

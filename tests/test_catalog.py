@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -14,13 +13,12 @@ from retro_ops.catalog import Catalog, migrate
 from retro_ops.catalog.store import alembic_config, make_engine
 from retro_ops.corpus import Document
 from retro_ops.errors import CorpusError, UnknownCorpusError
+from postgres import PG_URL, admin_engine
 
 TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrieval_sets",
           "models", "model_training_documents", "evaluations", "deployments",
           "retrieval_set_versions", "exclusions", "index_builds",
           "corpus_version_documents", "embedding_spaces", "feature_versions", "alembic_version"}
-PG_URL = os.environ.get("RETRO_OPS_TEST_PG_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _tables(engine: sa.Engine, schema: str | None = None) -> set[str]:
@@ -47,14 +45,7 @@ def test_sqlite_migrations_round_trip(tmp_path: Path):
 @pytest.fixture
 def pg_engine():
     """A fresh schema in the Postgres `test` database; CI must reach it, elsewhere it may skip."""
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Postgres unreachable at {PG_URL} under CI: {exc}")
-        pytest.skip(f"Postgres unreachable at {PG_URL}")
+    admin = admin_engine()
     schema = f"retro_ops_test_{uuid.uuid4().hex[:10]}"
     with admin.begin() as connection:
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))

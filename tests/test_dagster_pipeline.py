@@ -6,13 +6,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import sqlalchemy as sa
 
 from assets.definitions import defs
 from assets.launch import (
     dagster_instance,
+    dagster_yaml,
     materialize_corpus,
     materialize_models,
     materialize_retrieval_set,
@@ -23,6 +28,7 @@ from retro_ops.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.feature_store import FeatureStore
 from retro_ops.settings import Settings
+from postgres import PG_URL, admin_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,3 +192,38 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
     again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
     assert again["retro_checkpoint"].metadata["reused"] is True
+
+
+@pytest.fixture
+def dagster_pg_url():
+    """A throwaway Postgres database for Dagster's storage (dagster-postgres makes its tables)."""
+    admin = admin_engine(isolation_level="AUTOCOMMIT")
+    name = f"retro_ops_dagster_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(PG_URL).set(drivername="postgresql+psycopg2", database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, dagster_pg_url: str):
+    """RETRO_OPS_DAGSTER_STORAGE_URL puts runs, events and partitions in Postgres: a real
+    materialization is recorded there and a second instance (as `dagster dev` opens) sees it."""
+    settings = replace(home, dagster_storage_url=dagster_pg_url)
+    Catalog.open(home.catalog_url).add_corpus("small", str(small_corpus))
+    instance = dagster_instance(settings)
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    outcome = materialize_corpus(instance, "small", selection=["documents"])
+    assert outcome.success, outcome.error
+    reopened = dg.DagsterInstance.from_config(str(settings.dagster_home))
+    [run] = reopened.get_runs()
+    assert run.run_id == outcome.run_id and run.is_success
+    event = reopened.get_latest_materialization_event(dg.AssetKey("documents"))
+    assert event is not None and event.asset_materialization.partition == "small"
+    assert reopened.get_dynamic_partitions("corpus") == ["small"]
+    # back to SQLite: the file written by retro-ops follows the settings
+    assert dagster_pg_url in (settings.dagster_home / "dagster.yaml").read_text()
+    assert "postgres" not in dagster_yaml(home)
+    assert type(dagster_instance(home).run_storage).__name__ != "PostgresRunStorage"
