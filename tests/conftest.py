@@ -95,3 +95,11 @@ def ws(indexed_home, embedder):
     build_retrieval_set_version(catalog, store, "small", embedder.space)
     index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
     return Workspace(settings, catalog, store, embedder)
+
+
+@pytest.fixture
+def pg_database_url():
+    """A throwaway Postgres database (CI must reach the server; elsewhere the test skips)."""
+    from postgres import throwaway_database
+
+    yield from throwaway_database("retro_ops_test")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -21,3 +23,17 @@ def admin_engine(**kwargs) -> sa.Engine:
             pytest.fail(f"Postgres unreachable at {PG_URL} under CI: {exc}")
         pytest.skip(f"Postgres unreachable at {PG_URL}")
     return engine
+
+
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A new database for a library that makes its own tables (Dagster, MLflow); yields its URL
+    for psycopg2 (what dagster-postgres and MLflow use) and drops it afterwards."""
+    admin = admin_engine(isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(PG_URL).set(drivername="postgresql+psycopg2", database=name).render_as_string(
+        hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -6,13 +6,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from assets.definitions import defs
 from assets.launch import (
@@ -28,7 +26,6 @@ from retro_ops.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.feature_store import FeatureStore
 from retro_ops.settings import Settings
-from postgres import PG_URL, admin_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,24 +191,11 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert again["retro_checkpoint"].metadata["reused"] is True
 
 
-@pytest.fixture
-def dagster_pg_url():
-    """A throwaway Postgres database for Dagster's storage (dagster-postgres makes its tables)."""
-    admin = admin_engine(isolation_level="AUTOCOMMIT")
-    name = f"retro_ops_dagster_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(PG_URL).set(drivername="postgresql+psycopg2", database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.mark.postgres
-def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, dagster_pg_url: str):
+def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, pg_database_url: str):
     """RETRO_OPS_DAGSTER_STORAGE_URL puts runs, events and partitions in Postgres: a real
     materialization is recorded there and a second instance (as `dagster dev` opens) sees it."""
-    settings = replace(home, dagster_storage_url=dagster_pg_url)
+    settings = replace(home, dagster_storage_url=pg_database_url)
     Catalog.open(home.catalog_url).add_corpus("small", str(small_corpus))
     instance = dagster_instance(settings)
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -224,6 +208,6 @@ def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, dagster
     assert event is not None and event.asset_materialization.partition == "small"
     assert reopened.get_dynamic_partitions("corpus") == ["small"]
     # back to SQLite: the file written by retro-ops follows the settings
-    assert dagster_pg_url in (settings.dagster_home / "dagster.yaml").read_text()
+    assert pg_database_url in (settings.dagster_home / "dagster.yaml").read_text()
     assert "postgres" not in dagster_yaml(home)
     assert type(dagster_instance(home).run_storage).__name__ != "PostgresRunStorage"
