@@ -135,17 +135,23 @@ def markdown_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) ->
     return "\n".join([header, rule, *body])
 
 
+def write_results(name: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """bench/results/<name>.json: the rows with what they depend on (meta) and when."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "meta": meta, "rows": rows}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
 def report(name: str, columns: Sequence[Column], rows: list[dict[str, Any]],
            meta: dict[str, Any], notes: Sequence[str] = ()) -> Path:
     """Print the table (and notes) to stdout; write rows + meta to bench/results/<name>.json."""
     print(markdown_table(columns, rows))
     for note in notes:
         print(f"\n{note}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "meta": meta, "rows": rows}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path = write_results(name, meta, rows)
     print(f"\nrows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
     return path
 
@@ -160,11 +166,7 @@ def report_tables(name: str, tables: Sequence[tuple[str, Sequence[Column], list[
         rows += [{"table": title, **row} for row in table_rows]
     for note in notes:
         print(note, end="\n\n")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "meta": meta, "rows": rows}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path = write_results(name, meta, rows)
     print(f"rows written to {path.relative_to(REPO_ROOT)}", file=sys.stderr)
     return path
 
