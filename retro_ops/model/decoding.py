@@ -11,10 +11,9 @@ which is what a caller sliding a window over a long text does.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from retro_ops.model.layers import apply_rotary, rotary_tables
+from retro_ops.model.layers import rotary_tables
 from retro_ops.model.retro import Retro
 
 
@@ -25,13 +24,14 @@ class IncrementalDecoder:
         self.model, self.config = model.eval(), model.config
         self.cca_layers = model.config.cca_layers() if model.encoder is not None else ()
         c = self.config
-        self.rope = rotary_tables(c.seq_len, c.d_model // c.n_head, next(model.parameters()).device)
+        self.device = next(model.parameters()).device
+        self.rope = rotary_tables(c.seq_len, c.d_model // c.n_head, self.device)
+        self.cca_rope: dict[tuple[int, int], tuple] = {}  # (k, r) -> CCA rotary tables
         self.reset()
 
     def reset(self) -> None:
         self.position = 0
-        self.keys: list[list[Tensor]] = [[] for _ in self.model.transformer.h]  # (1, nh, 1, hd) each
-        self.values: list[list[Tensor]] = [[] for _ in self.model.transformer.h]
+        self.caches = [([], []) for _ in self.model.transformer.h]  # per layer: keys, values
         self.hidden: list[Tensor] = []  # (1, 1, d) at the first CCA layer, for the encoder
         self.encoded: dict[int, tuple[Tensor, Tensor]] = {}  # chunk -> (encoded, token mask)
 
@@ -46,32 +46,19 @@ class IncrementalDecoder:
         completes = (p + 1) % m == 0
         if neighbours is not None and not completes:
             raise ValueError(f"token at position {p} completes no chunk: it takes no neighbours")
-        device = next(self.model.parameters()).device
-        x = self.model.transformer.wte(torch.tensor([[token]], device=device))  # (1, 1, d)
+        x = self.model.transformer.wte(torch.tensor([[token]], device=self.device))  # (1, 1, d)
         rope = (self.rope[0][p:p + 1], self.rope[1][p:p + 1])
         for i, block in enumerate(self.model.transformer.h):
-            x = x + self._attend(i, block, block.ln_1(x), rope)
+            x = x + block.attn.step(block.ln_1(x), rope, self.caches[i])
             if i in self.cca_layers:
                 if i == self.cca_layers[0]:
                     self.hidden.append(x)
                     if completes and neighbours is not None:
-                        self._encode(p // m, neighbours.to(device))
+                        self._encode(p // m, neighbours.to(self.device))
                 x = x + self._cross_attend(block.cca, x, p)
             x = block.feed_forward(x)
         self.position += 1
         return self.model.lm_head(self.model.transformer.ln_f(x))[0, 0]
-
-    def _attend(self, layer: int, block, h: Tensor, rope) -> Tensor:
-        attn = block.attn
-        B, T, C = h.shape
-        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)
-                   for t in attn.c_attn(h).split(C, dim=2))  # 3 x (1, nh, 1, hd)
-        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
-        self.keys[layer].append(k)
-        self.values[layer].append(v)
-        y = F.scaled_dot_product_attention(q, torch.cat(self.keys[layer], dim=2),
-                                           torch.cat(self.values[layer], dim=2))  # all earlier: causal
-        return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _encode(self, chunk: int, neighbours: Tensor) -> None:
         m, model = self.config.chunk_size, self.model
@@ -86,10 +73,11 @@ class IncrementalDecoder:
         if p < m - 1 or (p - m + 1) // m not in self.encoded:
             return torch.zeros_like(x)
         chunk, i = divmod(p - m + 1, m)
-        encoded, valid = self.encoded[chunk]  # (1, 1, k, r, d_enc), (1, 1, k, r)
-        _, _, k, r, width = encoded.shape
+        encoded, valid = self.encoded[chunk]
         rope = None
         if cca.positions:
-            (q_cos, q_sin), keys = cca.rope_tables(k, r, x.device)
-            rope = ((q_cos[i:i + 1], q_sin[i:i + 1]), keys)
-        return cca.attn(cca.ln(x), encoded.reshape(1, k * r, width), valid.reshape(1, k * r), rope)
+            shape = tuple(encoded.shape[2:4])  # (k, r)
+            if shape not in self.cca_rope:
+                self.cca_rope[shape] = cca.rope_tables(*shape, self.device)
+            rope = self.cca_rope[shape]
+        return cca.attend_one(x, encoded, valid, i, rope)

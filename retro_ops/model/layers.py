@@ -47,16 +47,32 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor],
                 attn_mask: Tensor | None = None) -> Tensor:
         """x (B, T, C); attn_mask (B, 1, T, T) bool, True = may attend (bidirectional only)."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in (q, k, v))  # (B, n_head, T, head_dim)
-        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        q, k, v = self._qkv(x, rope)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=self.causal,
             dropout_p=self.dropout if self.training else 0.0)  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self._project(y)
+
+    def step(self, x: Tensor, rope: tuple[Tensor, Tensor],
+             cache: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+        """Causal decoding of one new position x (B, 1, C) after every cached one: its key and
+        value join `cache` (keys, values), and it attends to all of it (nothing later exists)."""
+        q, k, v = self._qkv(x, rope)
+        keys, values = cache
+        keys.append(k)
+        values.append(v)
+        y = F.scaled_dot_product_attention(q, torch.cat(keys, dim=2), torch.cat(values, dim=2))
+        return self._project(y)
+
+    def _qkv(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(C, dim=2))  # 3 x (B, n_head, T, head_dim)
+        return apply_rotary(q, rope), apply_rotary(k, rope), v
+
+    def _project(self, y: Tensor) -> Tensor:
+        B, _, T, hd = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, -1)))
 
 
 Rope = tuple[Tensor, Tensor]

@@ -68,6 +68,17 @@ class ChunkedCrossAttention(nn.Module):
         y = y.view(B, nc * m, C)[:, :attending]  # (B, attending, d)
         return F.pad(y, (0, 0, m - 1, T - (m - 1) - attending))  # (B, T, d): zero elsewhere
 
+    def attend_one(self, x: Tensor, encoded: Tensor, token_mask: Tensor, i: int,
+                   rope: tuple[Rope, Rope] | None) -> Tensor:
+        """The branch for one token, the i-th (0..m-1) of the group reading chunk u's
+        neighbours: x (1, 1, d), encoded (1, 1, k, r, d_enc), token_mask (1, 1, k, r), rope
+        from `rope_tables` (None without positions) -> (1, 1, d)."""
+        _, _, k, r, width = encoded.shape
+        if rope is not None:
+            (cos, sin), keys = rope
+            rope = ((cos[i:i + 1], sin[i:i + 1]), keys)
+        return self.attn(self.ln(x), encoded.reshape(1, k * r, width), token_mask.reshape(1, k * r), rope)
+
     def rope_tables(self, k: int, r: int, device: torch.device) -> tuple[Rope, Rope]:
         """Query i of group u is token m-1+i counted from chunk u's start; neighbour token j is
         at j (its chunk aligns with chunk u, its continuation with chunk u+1), for each of k."""
