@@ -14,7 +14,7 @@ hits, as does retro-ops); this is a diagnostic, not a training recipe.
 
 Variants: each of `--neighbours` (real, oracle) x CCA positions on/off, trained from the same
 seed for each of `--steps` (separate runs: the learning-rate schedule depends on the length),
-with the trainer's optimiser, schedule, batch rows and gradient clipping. Evaluated on the
+by the library's trainer (`retro_ops.training.trainer.train`). Evaluated on the
 held-out documents with no retrieval, with the same kind of neighbours as in training, and (for
 oracle-trained models) with the real neighbours. Gain = bpb without retrieval - bpb with.
 Runs on `--device` (cuda when available): on 2 CPU cores 600 steps take about 13 minutes per
@@ -23,8 +23,9 @@ variant, on an H100 about 15 seconds.
 
 from __future__ import annotations
 
-import time
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from _common import Column, base_parser, environment, log, parse_int_list, report
 
@@ -45,32 +46,6 @@ def oracle_neighbours(table, real):
     return replace(real, tokens=tokens, mask=mask)
 
 
-def train(model, data, steps: int, batch_size: int, seed: int, device: str) -> float:
-    """The trainer's loop (AdamW, warmup + cosine, clipping, seeded rows) on any device."""
-    import torch
-
-    from retro_ops.training.trainer import TrainConfig, batch_rows, learning_rate
-
-    config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed)
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.95))
-    started = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        batch = data.batch(batch_rows(seed, step, len(data.sequences), batch_size))
-        input_ids, targets, neighbours, mask = (None if t is None else t.to(device) for t in batch)
-        _, loss = model(input_ids, neighbours, mask, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-    model.eval()
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = base_parser(__doc__, "retro-ops home holding the trained corpus and its retrieval set")
     parser.add_argument("--corpus", default="sotu")
@@ -88,7 +63,7 @@ def main() -> None:
     from retro_ops.training.evaluate import evaluate
     from retro_ops.training.prepare import TrainingSpec, prepare_training
     from retro_ops.training.run import model_config, training_data
-    from retro_ops.training.trainer import TrainingData, seeded_model
+    from retro_ops.training.trainer import TrainConfig, TrainingData, seeded_model, train
     from retro_ops.workspace import Workspace
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,7 +85,10 @@ def main() -> None:
         for positions in (True, False):
             for steps in args.steps:
                 model = seeded_model(replace(config, cca_positions=positions), args.seed).to(device)
-                seconds = train(model, sets["train", kind], steps, args.batch_size, args.seed, device)
+                with tempfile.TemporaryDirectory() as tmp:  # the trainer checkpoints once, at the end
+                    seconds = train(model, sets["train", kind], Path(tmp) / "model", TrainConfig(
+                        steps=steps, batch_size=args.batch_size, seed=args.seed,
+                        checkpoint_every=steps)).seconds
                 none = evaluate(model, plain, "none").bits_per_byte
                 same = evaluate(model, sets["heldout", kind], kind).bits_per_byte
                 real = evaluate(model, sets["heldout", "real"], "real").bits_per_byte

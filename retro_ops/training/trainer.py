@@ -104,14 +104,15 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
         state = load_train_state(folder, model, optimizer)
     start, losses = state.step, list(state.losses)
     tokens, started = 0, time.perf_counter()
+    device = next(model.parameters()).device  # batches follow the model (CPU, or a GPU)
     model.train()
     for step in range(start, config.steps):
         if crash_at_step is not None and step == crash_at_step:
             raise RuntimeError(f"simulated crash at step {step}")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        input_ids, targets, neighbours, mask = data.batch(
-            batch_rows(config.seed, step, len(data.sequences), config.batch_size))
+        input_ids, targets, neighbours, mask = (None if t is None else t.to(device) for t in data.batch(
+            batch_rows(config.seed, step, len(data.sequences), config.batch_size)))
         _, loss = model(input_ids, neighbours, mask, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
