@@ -46,8 +46,8 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     home: Path = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config, wanted = home / "dagster.yaml", dagster_yaml(settings)
-    ours = not config.exists() or config.read_text().startswith("# Written by retro-ops")
-    if ours and (not config.exists() or config.read_text() != wanted):
+    current = config.read_text() if config.exists() else None
+    if current is None or (current.startswith("# Written by retro-ops") and current != wanted):
         config.write_text(wanted)
     return dg.DagsterInstance.from_config(str(home))
 
