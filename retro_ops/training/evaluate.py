@@ -41,8 +41,7 @@ def evaluate(model: Retro, data: TrainingData, name: str, *, batch_size: int = 8
     nll, tokens = 0.0, 0
     for start in range(0, len(data.sequences), batch_size):
         rows = np.arange(start, min(start + batch_size, len(data.sequences)))
-        input_ids, targets, neighbours, mask = (None if t is None else t.to(device)
-                                                for t in data.batch(rows))
+        input_ids, targets, neighbours, mask = data.batch(rows, device)
         logits, _ = model(input_ids, neighbours, mask)
         nll += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                      ignore_index=IGNORE, reduction="sum"))

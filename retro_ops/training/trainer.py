@@ -49,18 +49,19 @@ class TrainingData:
     sequences: Sequences
     neighbours: Neighbours | None  # None for the baseline
 
-    def batch(self, rows: np.ndarray, k: int | None = None):
-        """(input_ids, targets, neighbours, neighbour_mask) tensors for these sequence rows."""
+    def batch(self, rows: np.ndarray, device: torch.device | None = None):
+        """(input_ids, targets, neighbours, neighbour_mask) tensors for these sequence rows, on
+        `device` (default: the CPU)."""
         seq = self.sequences
-        input_ids = torch.from_numpy(seq.input_ids[rows])
-        targets = torch.from_numpy(seq.targets[rows])
+        input_ids = torch.from_numpy(seq.input_ids[rows]).to(device)
+        targets = torch.from_numpy(seq.targets[rows]).to(device)
         if self.neighbours is None:
             return input_ids, targets, None, None
         index = seq.chunk_index[rows]  # (B, U), -1 = padding chunk
         safe = np.where(index < 0, 0, index)
         tokens = self.neighbours.tokens[safe]  # (B, U, k, 2m)
         mask = self.neighbours.mask[safe] & (index >= 0)[..., None]  # (B, U, k)
-        return input_ids, targets, torch.from_numpy(tokens), torch.from_numpy(mask)
+        return input_ids, targets, torch.from_numpy(tokens).to(device), torch.from_numpy(mask).to(device)
 
 
 @dataclass
@@ -111,8 +112,8 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
             raise RuntimeError(f"simulated crash at step {step}")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        input_ids, targets, neighbours, mask = (None if t is None else t.to(device) for t in data.batch(
-            batch_rows(config.seed, step, len(data.sequences), config.batch_size)))
+        input_ids, targets, neighbours, mask = data.batch(
+            batch_rows(config.seed, step, len(data.sequences), config.batch_size), device)
         _, loss = model(input_ids, neighbours, mask, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
