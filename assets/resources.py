@@ -113,11 +113,13 @@ class TrainingResource(dg.ConfigurableResource):
     k: int = 2
     seed: int = 0
     heldout_fraction: float = 0.1
+    self_neighbours: float = TrainConfig.self_neighbours
 
     def spec(self) -> TrainingSpec:
         return TrainingSpec(
             corpus=self.corpus, retrieval_set=self.retrieval_set,
             train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                              warmup_steps=max(1, self.steps // 10), seed=self.seed),
+                              warmup_steps=max(1, self.steps // 10), seed=self.seed,
+                              self_neighbours=self.self_neighbours),
             neighbours=NeighbourConfig(k=self.k),
             split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed))

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from retro_ops.model import RetroConfig
 from retro_ops.training.checkpoint import CheckpointError, load_checkpoint
 from retro_ops.training.evaluation import evaluate_models, heldout_text
+from retro_ops.training.neighbours import with_self_neighbours
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model, training_data
 from retro_ops.training.trainer import TrainConfig, seeded_model, train
@@ -49,6 +50,30 @@ def test_neighbours_exclude_own_document_and_are_cached(ws, data):
     assert not again.train_neighbours.computed_now
     assert again.train_neighbours.key == data.train_neighbours.key
     assert set(data.train_doc_ids).isdisjoint(data.heldout_doc_ids)
+
+
+def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
+    """A seeded half of the training chunks read their own text + true continuation in the last
+    slot; the first slot keeps the real neighbour; held-out neighbours are untouched."""
+    table, real = data.train_table, data.train_neighbours.neighbours
+    mixed = with_self_neighbours(real, table, 0.5, seed=0)
+    chosen = (mixed.tokens[:, 1] != real.tokens[:, 1]).any(axis=1)
+    assert 0.3 < chosen.mean() < 0.7
+    for row in np.flatnonzero(chosen):
+        assert (mixed.tokens[row, 1, :64] == table.tokens[row]).all() and mixed.mask[row, 1]
+        follows = row + 1 < len(table) and table.doc_ids[row + 1] == table.doc_ids[row]
+        expected = table.tokens[row + 1] if follows else np.zeros(64, dtype=np.int64)
+        assert (mixed.tokens[row, 1, 64:] == expected).all()  # never another document's text
+    assert (mixed.tokens[:, 0] == real.tokens[:, 0]).all() and (mixed.mask[:, 0] == real.mask[:, 0]).all()
+    assert (with_self_neighbours(real, table, 0.5, seed=0).tokens == mixed.tokens).all()
+    assert with_self_neighbours(real, table, 0.0, seed=0) is real
+    # training data carry the spec's share (0.5 by default); held-out data never do
+    vocab = data.vocab
+    assert (training_data(data, True).neighbours.tokens == vocab.encode(mixed.tokens)).all()
+    heldout = data.heldout_neighbours.neighbours
+    assert (training_data(data, True, heldout=True).neighbours.tokens == vocab.encode(heldout.tokens)).all()
+    with pytest.raises(ValueError, match="self_neighbours"):
+        TrainConfig(self_neighbours=1.5)
 
 
 def test_loss_decreases_and_checkpoint_round_trips(ws, data, trained):

@@ -47,7 +47,7 @@ app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 
 
-DEMO_STEPS = 150  # per model: about 2 + 4 minutes on 2 cores (README)
+DEMO_STEPS = 300  # per model: RETRO learns to read neighbours between 150 and 300 (README)
 DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "evaluation",
                      "swap_evaluation"]
 

@@ -26,6 +26,9 @@ def train_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
     k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = 2,
     seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = 0,
+    self_neighbours: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of training chunks given their own continuation as one "
+                               "neighbour, which teaches RETRO to read neighbours (0 = off).")] = 0.5,
     select: Annotated[Optional[str], typer.Option(
         help="Comma-separated model assets (default: all of training_neighbours, "
              "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
@@ -37,7 +40,8 @@ def train_command(
     from retro_ops.cli.runs import print_outcomes, run_materializations
 
     training = TrainingResource(corpus=corpus, retrieval_set=retrieval_set, steps=steps,
-                                batch_size=batch_size, k=k, seed=seed)
+                                batch_size=batch_size, k=k, seed=seed,
+                                self_neighbours=self_neighbours)
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
     print_outcomes(outcomes, json_out)

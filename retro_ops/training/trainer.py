@@ -29,7 +29,11 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class TrainConfig:
     """steps/batch_size: optimisation length; lr with linear warmup then cosine decay to lr/10;
-    checkpoint_every: how much work a crash can lose; seed: data order and initialisation."""
+    checkpoint_every: how much work a crash can lose; seed: data order and initialisation.
+    self_neighbours: share of training chunks whose last neighbour is the chunk itself and its
+    true continuation (`neighbours.with_self_neighbours`), applied when the training data are
+    built (`run.training_data`), never in evaluation: it teaches RETRO to read its neighbours,
+    which a demo-sized retrieval set rarely gives it a reason to (README, "Learning to retrieve")."""
 
     steps: int = 300
     batch_size: int = 8
@@ -39,6 +43,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     seed: int = 0
+    self_neighbours: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.self_neighbours <= 1.0:
+            raise ValueError(f"self_neighbours is a share of chunks in [0, 1], got {self.self_neighbours!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
