@@ -67,9 +67,11 @@ def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
     assert (mixed.tokens[:, 0] == real.tokens[:, 0]).all() and (mixed.mask[:, 0] == real.mask[:, 0]).all()
     assert (with_self_neighbours(real, table, 0.5, seed=0).tokens == mixed.tokens).all()
     assert with_self_neighbours(real, table, 0.0, seed=0) is real
-    # training data carry the spec's share (0.5 by default); held-out data never do
-    vocab = data.vocab
-    assert (training_data(data, True).neighbours.tokens == vocab.encode(mixed.tokens)).all()
+    # training data carry the spec's share (a quarter by default); held-out data never do
+    vocab, share = data.vocab, data.spec.train.self_neighbours
+    assert share == 0.25
+    expected = with_self_neighbours(real, table, share, seed=data.spec.train.seed)
+    assert (training_data(data, True).neighbours.tokens == vocab.encode(expected.tokens)).all()
     heldout = data.heldout_neighbours.neighbours
     assert (training_data(data, True, heldout=True).neighbours.tokens == vocab.encode(heldout.tokens)).all()
     with pytest.raises(ValueError, match="self_neighbours"):

@@ -28,7 +28,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = 0,
     self_neighbours: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of training chunks given their own continuation as one "
-                               "neighbour, which teaches RETRO to read neighbours (0 = off).")] = 0.5,
+                               "neighbour, which teaches RETRO to read neighbours (0 = off).")] = 0.25,
     select: Annotated[Optional[str], typer.Option(
         help="Comma-separated model assets (default: all of training_neighbours, "
              "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,

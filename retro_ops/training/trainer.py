@@ -43,7 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     seed: int = 0
-    self_neighbours: float = 0.5
+    self_neighbours: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_neighbours <= 1.0:
