@@ -141,6 +141,8 @@ def demo(json_out: JsonOpt = False) -> None:
             "  .venv/bin/retro-ops retrieve 'the budget deficit' --set sotu -k 3\n"
             "  .venv/bin/retro-ops models list\n"
             "  .venv/bin/retro-ops generate 'The state of our union' --model retro --set sotu\n"
+            "  .venv/bin/retro-ops eval --model retro --set sotu --set moby_dick --on moby_dick"
+            "  (the swap table)\n"
             f"  MLflow runs, inputs and registered models: .venv/bin/mlflow ui --backend-store-uri "
             f"{resolved.mlflow_tracking_uri}"
         )
