@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
+    positions_modes = [p.strip() for p in args.positions.split(",") if p.strip()]
+    if not positions_modes or set(positions_modes) - {"on", "off"}:
+        parser.error(f"--positions takes on, off or on,off; got {args.positions!r}")
 
     import torch
 
@@ -93,7 +96,7 @@ def main() -> None:
 
     rows = []
     for share in args.self_neighbours:
-        for positions in (p.strip() == "on" for p in args.positions.split(",")):
+        for positions in (mode == "on" for mode in positions_modes):
             for steps in args.steps:
                 train_config = TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed,
                                            checkpoint_every=steps, self_neighbours=share,
