@@ -65,7 +65,7 @@ def main() -> None:
     from retro_ops.training.evaluation import heldout_text
     from retro_ops.training.neighbours import NeighbourConfig, with_self_neighbours
     from retro_ops.training.prepare import (
-        TrainingSpec, encode_table, neighbours_for, prepare_training,
+        TrainingSpec, encode_neighbours, encode_table, neighbours_for, prepare_training,
     )
     from retro_ops.training.run import model_config, training_data
     from retro_ops.training.trainer import TrainConfig, TrainingData, seeded_model, train
@@ -75,14 +75,10 @@ def main() -> None:
     ws = Workspace.open(Settings(home=args.home))
     data = prepare_training(ws, TrainingSpec(corpus=args.corpus, retrieval_set=args.retrieval_set))
     config, vocab, m = model_config("retro", data), data.vocab, data.spec.model.chunk_size
-
-    def encoded(neighbours):
-        return replace(neighbours, tokens=vocab.encode(neighbours.tokens))
-
     heldout = training_data(data, True, heldout=True)
     evaluated = {"none": TrainingData(heldout.sequences, None), "real": heldout,
-                 "self": TrainingData(heldout.sequences, encoded(with_self_neighbours(
-                     data.heldout_neighbours.neighbours, data.heldout_table, 1.0, args.seed)))}
+                 "self": TrainingData(heldout.sequences, encode_neighbours(with_self_neighbours(
+                     data.heldout_neighbours.neighbours, data.heldout_table, 1.0, args.seed), vocab))}
     swap = {}
     if args.swap_on:
         text = heldout_text(ws, args.swap_on, data.spec.split, m)
@@ -90,7 +86,7 @@ def main() -> None:
         swap["none"] = TrainingData(sequences, None)
         for name in (args.swap_sets or args.retrieval_set).split(","):
             found = neighbours_for(ws, text.table, ws.retriever(name), NeighbourConfig(k=config.n_neighbours), m)
-            swap[name] = TrainingData(sequences, encoded(found.neighbours))
+            swap[name] = TrainingData(sequences, encode_neighbours(found.neighbours, vocab))
     log(f"{len(data.train_table)} train and {len(data.heldout_table)} held-out chunks of "
         f"{args.corpus}, neighbours from {args.retrieval_set}; device {device}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from retro_ops.catalog import CorpusVersionInfo, ModelInfo
@@ -19,7 +19,7 @@ from retro_ops.tracking import DatasetRef, Tracking, code_version
 from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, make_sequences, split_documents
 from retro_ops.training.evaluate import evaluate, ngram_overlap
 from retro_ops.training.neighbours import NeighbourConfig
-from retro_ops.training.prepare import encode_table, neighbours_for
+from retro_ops.training.prepare import encode_neighbours, encode_table, neighbours_for
 from retro_ops.training.run import load_model
 from retro_ops.training.trainer import TrainingData
 from retro_ops.training.vocab import Vocabulary
@@ -91,8 +91,8 @@ def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets
         if not model.config.retrieval:
             continue
         for name, found in neighbour_sets.items():
-            nb = replace(found.neighbours, tokens=vocab.encode(found.neighbours.tokens))
-            result = evaluate(model, TrainingData(sequences, nb), label, batch_size=batch_size)
+            result = evaluate(model, TrainingData(sequences, encode_neighbours(found.neighbours, vocab)),
+                              label, batch_size=batch_size)
             overlap = ngram_overlap(text.table.tokens, text.table.n_tokens, found.neighbours.tokens,
                                     found.neighbours.mask)["shared_ngram_fraction"]
             rows.append(EvalRow(label, info.kind, f"set {name}", result.bits_per_byte,

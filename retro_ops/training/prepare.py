@@ -86,6 +86,11 @@ def encode_table(table: ChunkTable, vocab: Vocabulary) -> ChunkTable:
     return replace(table, tokens=vocab.encode(table.tokens))
 
 
+def encode_neighbours(neighbours: Neighbours, vocab: Vocabulary) -> Neighbours:
+    """Neighbour tokens in a model's vocabulary, as its embedding table indexes them."""
+    return replace(neighbours, tokens=vocab.encode(neighbours.tokens))
+
+
 def neighbours_for(ws: Workspace, table: ChunkTable, retriever: Retriever, config: NeighbourConfig,
                    m: int) -> NeighbourSet:
     """Neighbours of every chunk of `table` in the retriever's set (cached by content key)."""

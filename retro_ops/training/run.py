@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -23,7 +23,7 @@ from retro_ops.training.checkpoint import (
 )
 from retro_ops.training.data import make_sequences
 from retro_ops.training.neighbours import with_self_neighbours
-from retro_ops.training.prepare import PreparedData, encode_table, model_key
+from retro_ops.training.prepare import PreparedData, encode_neighbours, encode_table, model_key
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
 from retro_ops.workspace import Workspace
 
@@ -59,7 +59,7 @@ def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = Fal
         train = data.spec.train
         neighbours = with_self_neighbours(data.train_neighbours.neighbours, table,
                                           train.self_neighbours, train.seed)
-    return TrainingData(sequences, replace(neighbours, tokens=data.vocab.encode(neighbours.tokens)))
+    return TrainingData(sequences, encode_neighbours(neighbours, data.vocab))
 
 
 def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[DatasetRef]:
