@@ -5,9 +5,9 @@ check stops everything downstream of that corpus."""
 
 import dagster as dg
 
-from retro_ops import feature_checks
-from retro_ops.embedder import EmbeddingSpace
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features import checks as feature_checks
+from retro_ops.features.embedder import EmbeddingSpace
+from retro_ops.features.store import FeatureStore
 
 CHUNK_CHECKS = [
     dg.AssetCheckSpec("chunks_not_empty", asset="chunks", blocking=True,

@@ -13,14 +13,8 @@ from assets.resources import (
     WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
-from assets.training import (
-    baseline_checkpoint,
-    evaluation,
-    retro_checkpoint,
-    retrofit_checkpoint,
-    swap_evaluation,
-    training_neighbours,
-)
+from assets.evaluation import evaluation, swap_evaluation
+from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
 FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
 RETRIEVAL_ASSETS = [retrieval_set, faiss_index]

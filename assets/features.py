@@ -21,7 +21,7 @@ from assets.resources import (
     FeatureStoreResource,
     ProgressResource,
 )
-from retro_ops import pipeline
+from retro_ops.features import pipeline
 
 GROUP = "features"
 MAX_ISSUES_SHOWN = 50

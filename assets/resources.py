@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 
 from retro_ops.catalog import Catalog
-from retro_ops.chunking import Chunker, ChunkerConfig
-from retro_ops.embedder import Embedder
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.chunking import Chunker, ChunkerConfig
+from retro_ops.features.embedder import Embedder
+from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
 from retro_ops.training.data import SplitConfig
 from retro_ops.training.neighbours import NeighbourConfig
@@ -52,7 +52,7 @@ class EmbedderResource(dg.ConfigurableResource):
         return Embedder(self._path(), batch_size=self.batch_size)
 
     def chunker(self) -> Chunker:
-        from retro_ops.embedder import default_model_dir
+        from retro_ops.features.embedder import default_model_dir
 
         return Chunker.from_model_dir(self._path() or default_model_dir(),
                                       ChunkerConfig(chunk_tokens=self.chunk_tokens))

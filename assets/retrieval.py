@@ -16,9 +16,9 @@ from assets.resources import (
     FeatureStoreResource,
     IndexStoreResource,
 )
-from retro_ops.index import IndexConfig
-from retro_ops.indexing import index_retrieval_set
-from retro_ops.retrieval_sets import build_retrieval_set_version
+from retro_ops.retrieval.index_build import IndexConfig
+from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.sets import build_retrieval_set_version
 
 GROUP = "retrieval"
 

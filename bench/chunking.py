@@ -1,4 +1,4 @@
-"""Chunking throughput: tokens/s (and per core) of `retro_ops.chunking.Chunker` on real text.
+"""Chunking throughput: tokens/s (and per core) of `retro_ops.features.chunking.Chunker` on real text.
 
 Text: the embedded corpora (corpora/sotu/*.jsonl and corpora/moby_dick/*.txt, ~2.6 MB,
 ~0.6M WordPiece tokens) read with `read_corpus` + `collect_documents`; `--repeat N` feeds the
@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[dict[str, Any]]:
     """The three timed rows in this process's thread settings."""
-    from retro_ops.chunking import Chunker
-    from retro_ops.embedder import default_model_dir
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.embedder import default_model_dir
 
     chunker = Chunker.from_model_dir(default_model_dir())
     tokenizer = chunker.tokenizer

@@ -1,4 +1,4 @@
-"""Embedding throughput: chunks/s of `retro_ops.embedder.Embedder` by batch size, and its FLOP/s
+"""Embedding throughput: chunks/s of `retro_ops.features.embedder.Embedder` by batch size, and its FLOP/s
 as a share of this machine's measured fp32 matmul peak.
 
 Input: the first N full 64-token chunks (`--n-chunks`, default 512) that the chunker cuts from
@@ -55,8 +55,8 @@ def chunk_texts(n: int) -> tuple[list[str], int]:
     """The first n chunk texts of exactly m tokens from moby_dick, and m."""
     from _common import load_documents
 
-    from retro_ops.chunking import Chunker
-    from retro_ops.embedder import default_model_dir
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.embedder import default_model_dir
 
     chunker = Chunker.from_model_dir(default_model_dir())
     m = chunker.config.chunk_tokens
@@ -104,7 +104,7 @@ def batch_flops(embedder, texts: list[str], batch_size: int) -> tuple[int, float
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from retro_ops.embedder import Embedder
+    from retro_ops.features.embedder import Embedder
 
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]

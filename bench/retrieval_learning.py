@@ -61,8 +61,8 @@ def main() -> None:
 
     from retro_ops.settings import Settings
     from retro_ops.training.data import make_sequences
-    from retro_ops.training.evaluate import evaluate
-    from retro_ops.training.evaluation import heldout_text
+    from retro_ops.evaluation.bits_per_byte import evaluate
+    from retro_ops.evaluation.compare import heldout_text
     from retro_ops.training.neighbours import NeighbourConfig, with_self_neighbours
     from retro_ops.training.prepare import (
         TrainingSpec, encode_neighbours, encode_table, neighbours_for, prepare_training,

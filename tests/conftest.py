@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from retro_ops.catalog import Catalog
-from retro_ops.chunking import Chunker
+from retro_ops.features.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.embedder import Embedder
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.embedder import Embedder
+from retro_ops.features.store import FeatureStore
 from retro_ops.settings import HOME_ENV, Settings
 
 # Short real chapters of Moby-Dick: a few hundred chunks, embedded in seconds on 2 cores.
@@ -65,7 +65,7 @@ def small_corpus(tmp_path: Path) -> Path:
 def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
     """A home whose corpus `small` (6 real chapters) is chunked and embedded, with a retrieval
     set `small` over it: built once per test module through the library pipeline."""
-    from retro_ops import pipeline
+    from retro_ops.features import pipeline
 
     root = tmp_path_factory.mktemp("indexed")
     corpus = root / "corpus"
@@ -87,8 +87,8 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
 @pytest.fixture(scope="module")
 def ws(indexed_home, embedder):
     """The indexed home as a Workspace, with the `small` set's index built and published."""
-    from retro_ops.indexing import index_retrieval_set
-    from retro_ops.retrieval_sets import build_retrieval_set_version
+    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.sets import build_retrieval_set_version
     from retro_ops.workspace import Workspace
 
     settings, catalog, store = indexed_home

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from retro_ops.chunking import Chunker, ChunkerConfig, split_segments
+from retro_ops.features.chunking import Chunker, ChunkerConfig, split_segments
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.ids import chunk_id, document_id
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from assets.launch import dagster_instance
+from retro_ops.cli import common
 from retro_ops.cli.main import app
 from retro_ops.settings import Settings
 
@@ -23,6 +24,34 @@ def test_every_command_has_help(args):
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def _options(command: list[str]) -> dict[str, tuple[str, str]]:
+    """The options of a command as click declares them: first name -> (all spellings, help)."""
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    for name in command:
+        cmd = cmd.commands[name]
+    return {p.opts[0]: (" ".join(sorted(p.opts + p.secondary_opts)), p.help or "")
+            for p in cmd.params if p.opts[0].startswith("-")}
+
+
+NOUNS = {"--set": ("--retrieval-set --set -s", common.SET_HELP), "--corpus": ("--corpus -c", common.CORPUS_HELP),
+         "--model": ("--model -m", common.MODEL_HELP)}
+
+
+@pytest.mark.parametrize("command", [["materialize"], ["train"], ["eval"], ["generate"], ["retrieve"],
+                                     ["serve"], ["retrieval-set", "create"]])
+def test_one_spelling_for_one_noun(command):
+    """A retrieval set is `--set/-s` (alias `--retrieval-set`), a corpus `--corpus/-c`, a model
+    `--model/-m`, on every command that takes one, and the noun's help starts the same everywhere."""
+    options = _options(command)
+    nouns = {name: (spellings, help_text[:len(NOUNS[name][1])]) for name, (spellings, help_text) in options.items()
+             if name in NOUNS}
+    assert nouns, command
+    assert nouns == {name: NOUNS[name] for name in nouns}
+    assert not any(name in ("--retrieval-set", "-r") for name in options), "an old spelling came back"
 
 
 def test_corpus_add_missing_path(home: Settings, tmp_path: Path):

@@ -22,9 +22,9 @@ from assets.launch import (
 )
 from assets.resources import TrainingResource
 from retro_ops.catalog import Catalog
-from retro_ops.chunking import Chunker
+from retro_ops.features.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,8 +142,8 @@ def test_definitions_validate_from_workspace():
 
 
 def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: Path):
-    from retro_ops.index.publish import current_build
-    from retro_ops.retriever import index_root
+    from retro_ops.retrieval.index_publish import current_build
+    from retro_ops.retrieval.retriever import index_root
 
     catalog = Catalog.open(home.catalog_url)
     catalog.add_corpus("small", str(small_corpus))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retro_ops.embedder import Embedder
+from retro_ops.features.embedder import Embedder
 from retro_ops.errors import EmbedderError
 
 

@@ -13,10 +13,10 @@ import requests
 import uvicorn
 from helpers import tiny_spec
 
-from retro_ops import pipeline
+from retro_ops.features import pipeline
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.indexing import index_retrieval_set
-from retro_ops.retrieval_sets import build_retrieval_set_version
+from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.sets import build_retrieval_set_version
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.training.prepare import prepare_training
@@ -194,8 +194,8 @@ def test_models_switch_without_rebuilding_anything(served, ws):
     """A second model trained against another retrieval set, and a second embedding space, live
     beside the first: serving one model after the other rebuilds no index and writes no feature."""
     from retro_ops.catalog import models as m
-    from retro_ops.embedder import Embedder
-    from retro_ops.feature_store import embeddings_table_name
+    from retro_ops.features.embedder import Embedder
+    from retro_ops.features.store import embeddings_table_name
 
     _, holder, first = served
     second = train_model(ws, prepare_training(ws, tiny_spec(steps=2, retrieval_set="other")), "retro").info

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from retro_ops.settings import Settings
-from retro_ops.tracking import DatasetRef, Tracking
+from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking
 
 
 @pytest.mark.postgres

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from retro_ops.model import RetroConfig
 from retro_ops.training.checkpoint import CheckpointError, load_checkpoint
-from retro_ops.training.evaluation import evaluate_models, heldout_text
+from retro_ops.evaluation.compare import evaluate_models, heldout_text
 from retro_ops.training.neighbours import with_self_neighbours
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model, training_data
@@ -194,8 +194,8 @@ def test_resume_refuses_a_different_config(data, tmp_path):
 def test_cached_generation_equals_full_forward_windows(ws, data, trained):
     """The Generator's cached decoding gives the tokens a full forward pass over each window
     gives (the way it generated before the caches), across a window slide, with retrieval."""
-    from retro_ops.chunking import load_tokenizer
-    from retro_ops.generation import Generator
+    from retro_ops.features.chunking import load_tokenizer
+    from retro_ops.serving.generation import Generator
 
     model = load_checkpoint(Path(trained["retro"].info.checkpoint_dir))
     tokenizer = load_tokenizer(ws.embedder.space.model_path)

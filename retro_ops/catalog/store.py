@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -22,8 +23,10 @@ from retro_ops.catalog import models as m
 from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
-from retro_ops.embedder import EmbeddingSpace
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
+
+if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (torch) to do so
+    from retro_ops.features.embedder import EmbeddingSpace
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -14,6 +14,27 @@ out = Console(soft_wrap=True)  # results (stdout)
 err = Console(stderr=True, soft_wrap=True)  # progress and errors (stderr)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
+# One spelling for one noun on every command: `--set/-s` for a retrieval set (`--retrieval-set`
+# is its alias), `--corpus/-c` for a corpus, `--model/-m` for a model reference.
+SET_NAMES = ("--set", "--retrieval-set", "-s")
+SET_HELP = "Retrieval set: a named, versioned selection of chunks (see `retro-ops retrieval-set list`)."
+CORPUS_NAMES = ("--corpus", "-c")
+CORPUS_HELP = "Corpus: a named source of documents (see `retro-ops corpus list`)."
+MODEL_HELP = ("Model: NAME/VERSION (e.g. retro-ops-retro/1), model-ID, or retro|baseline|retrofit "
+              "for the newest of that kind (see `retro-ops models list`).")
+
+
+def set_option(purpose: str, *, repeatable: bool = False) -> typer.models.OptionInfo:
+    """`--set NAME`, with the shared help plus what this command does with the set."""
+    return typer.Option(*SET_NAMES, help=f"{SET_HELP} {purpose}{' Repeatable.' if repeatable else ''}")
+
+
+def corpus_option(purpose: str, *, repeatable: bool = False) -> typer.models.OptionInfo:
+    return typer.Option(*CORPUS_NAMES, help=f"{CORPUS_HELP} {purpose}{' Repeatable.' if repeatable else ''}")
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+
 
 def settings() -> Settings:
     resolved = Settings.from_env()

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from retro_ops.cli.common import JsonOpt, err, fail, open_catalog, out, settings
+from retro_ops.cli.common import JsonOpt, corpus_option, err, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
@@ -81,10 +81,10 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
 
 @app.command()
 def materialize(
-    corpus: Annotated[list[str] | None, typer.Option(
-        "--corpus", "-c", help="Corpus to materialize (repeatable).")] = None,
-    retrieval_set: Annotated[list[str] | None, typer.Option(
-        "--retrieval-set", "-r", help="Retrieval set whose index to build (repeatable).")] = None,
+    corpus: Annotated[list[str] | None, corpus_option(
+        "Its documents, chunks and embeddings are materialized.", repeatable=True)] = None,
+    retrieval_set: Annotated[list[str] | None, set_option(
+        "Its current chunks are pinned as a version and its index is built.", repeatable=True)] = None,
     select: Annotated[str | None, typer.Option(
         help="Comma-separated assets: documents, chunks, chunk_embeddings, retrieval_set, "
              "faiss_index (default: all of the partitions named).")] = None,
@@ -93,7 +93,7 @@ def materialize(
     json_out: JsonOpt = False,
 ) -> None:
     """Materialize assets through Dagster (the runs show in the UI). With no --corpus or
-    --retrieval-set: every corpus, then every retrieval set."""
+    --set: every corpus, then every retrieval set."""
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     jobs = _jobs(corpus, retrieval_set, selection)
     config = {"faiss_index": {"factory": factory}} if factory else None

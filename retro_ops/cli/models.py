@@ -9,19 +9,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, emit_json, err, fail, out, settings
+from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, out, set_option, settings
+from retro_ops.cli.tables import print_eval_rows
 from retro_ops.errors import RetroOpsError
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A model: NAME/VERSION (e.g. "
-                                       "retro-ops-retro/1), model-ID, or retro|baseline|retrofit "
-                                       "for the newest of that kind.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Retrieval set (repeatable).")]
+SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with each one swapped in.",
+                                                     repeatable=True)]
 
 
 def train_command(
-    corpus: Annotated[str, typer.Option(help="Training corpus.")] = "sotu",
-    retrieval_set: Annotated[str, typer.Option(help="Retrieval set the neighbours come from.")] = "sotu",
+    corpus: Annotated[str, corpus_option("The models are trained on its documents.")] = "sotu",
+    retrieval_set: Annotated[str, set_option("Training neighbours are retrieved from it.")] = "sotu",
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = 300,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
     k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = 2,
@@ -55,25 +54,16 @@ def _workspace():
     return Workspace.open(settings())
 
 
-def print_eval_rows(rows: list[dict], title: str) -> None:
-    table = Table("model", "setting", "bits/byte", "loss/token", "8-gram overlap", title=title)
-    for r in rows:
-        overlap = r["neighbour_8gram_overlap"]
-        table.add_row(r["model"], r["setting"], f"{r['bits_per_byte']:.4f}", f"{r['loss_per_token']:.4f}",
-                      "" if overlap is None else f"{overlap:.4f}")
-    out.print(table)
-
-
 def eval_command(
     model: ModelOpt,
-    retrieval_set: SetOpt = None,
+    retrieval_set: SetsOpt = None,
     on: Annotated[str, typer.Option(help="`heldout` (the training corpus's held-out documents), "
                                          "a corpus name (its held-out documents) or CORPUS:all.")] = "heldout",
     json_out: JsonOpt = False,
 ) -> None:
     """Bits per byte of a model with no retrieval and with each retrieval set, no retraining."""
     from retro_ops.training.data import SplitConfig
-    from retro_ops.training.evaluation import evaluate_models, heldout_text
+    from retro_ops.evaluation.compare import evaluate_models, heldout_text
 
     ws = _workspace()
     try:
@@ -93,16 +83,16 @@ def eval_command(
 def generate_command(
     prompt: Annotated[str, typer.Argument(help="Text to continue.")],
     model: ModelOpt = "retro",
-    retrieval_set: Annotated[Optional[str], typer.Option("--set", "-s", help="Retrieval set to "
-                                                         "retrieve from (default: none).")] = None,
+    retrieval_set: Annotated[Optional[str], set_option("Each completed chunk retrieves its neighbours "
+                                                       "from it (default: no retrieval).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=1024)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.8,
     seed: Annotated[int, typer.Option()] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Continue a prompt and show the neighbours each chunk retrieved (explainability)."""
-    from retro_ops.chunking import load_tokenizer
-    from retro_ops.generation import Generator
+    from retro_ops.features.chunking import load_tokenizer
+    from retro_ops.serving.generation import Generator
     from retro_ops.training.run import load_model
     from retro_ops.training.vocab import Vocabulary
 

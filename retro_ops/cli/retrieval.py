@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, emit_json, fail, open_catalog, out, settings
+from retro_ops.cli.common import JsonOpt, corpus_option, emit_json, fail, open_catalog, out, set_option, settings
 from retro_ops.errors import RetroOpsError
 
 retrieval_set_app = typer.Typer(no_args_is_help=True, help="Define and list retrieval sets.")
@@ -18,7 +18,7 @@ retrieval_set_app = typer.Typer(no_args_is_help=True, help="Define and list retr
 @retrieval_set_app.command("create")
 def retrieval_set_create(
     name: Annotated[str, typer.Argument(help="Name of the set; becomes a Dagster partition.")],
-    corpus: Annotated[list[str], typer.Option("--corpus", "-c", help="A corpus in the set (repeatable).")],
+    corpus: Annotated[list[str], corpus_option("Its chunks are members of the set.", repeatable=True)],
     description: Annotated[str, typer.Option(help="What the set is for.")] = "",
     json_out: JsonOpt = False,
 ) -> None:
@@ -36,12 +36,12 @@ def retrieval_set_create(
         emit_json(asdict(info))
     else:
         out.print(f"retrieval set [bold]{name}[/bold] over {', '.join(info.corpora)}\n"
-                  f"next: retro-ops materialize --retrieval-set {name}")
+                  f"next: retro-ops materialize --set {name}")
 
 
 def _current_index(name: str) -> dict | None:
-    from retro_ops.index.publish import current_build, read_manifest
-    from retro_ops.retriever import index_root
+    from retro_ops.retrieval.index_publish import current_build, read_manifest
+    from retro_ops.retrieval.retriever import index_root
 
     root = index_root(settings().indices_dir, name)
     found = current_build(root)
@@ -68,15 +68,15 @@ def retrieval_set_list(json_out: JsonOpt = False) -> None:
 
 def retrieve(
     text: Annotated[str, typer.Argument(help="The query text (embedded exactly like the chunks).")],
-    set_name: Annotated[str, typer.Option("--set", "-s", help="Retrieval set to search.")],
+    set_name: Annotated[str, set_option("Its published index is searched.")],
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many neighbours.")] = 5,
     nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists to probe (default: the manifest's).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Nearest chunks of a text, with their continuation and source."""
-    from retro_ops.embedder import Embedder
-    from retro_ops.feature_store import FeatureStore
-    from retro_ops.retriever import Retriever
+    from retro_ops.features.embedder import Embedder
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.retrieval.retriever import Retriever
 
     resolved = settings()
     catalog = open_catalog(resolved)

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from retro_ops.cli.common import emit_json, err, fail, out, settings
+from retro_ops.cli.tables import print_eval_rows
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
@@ -75,8 +76,6 @@ def print_outcomes(outcomes, json_out: bool) -> None:
         out.print(table)
         for a in o.assets:
             if a.asset in ("evaluation", "swap_evaluation") and a.metadata.get("rows"):
-                from retro_ops.cli.models import print_eval_rows
-
                 print_eval_rows(a.metadata["rows"], f"bits per byte on {a.metadata.get('text', '')}")
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retro_ops.cli.common import err, fail, settings
+from retro_ops.cli.common import ModelOpt, err, fail, set_option, settings
 from retro_ops.errors import RetroOpsError
 
 TOKEN_ENV = "RETRO_OPS_ADMIN_TOKEN"
@@ -25,9 +25,9 @@ def admin_token(token_file: Path | None) -> str | None:
 
 
 def serve_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to serve (NAME/VERSION, "
-                                       "model-ID, or retro|retrofit for the newest).")] = "retro",
-    retrieval_set: Annotated[str, typer.Option("--set", "-s", help="Retrieval set to start with.")] = "sotu",
+    model: ModelOpt = "retro",
+    retrieval_set: Annotated[str, set_option("Served first; swap it at run time with PUT "
+                                             "/deployment/retrieval-set.")] = "sotu",
     host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     token_file: Annotated[Optional[Path], typer.Option(

@@ -1,4 +1,8 @@
-"""Corpus reading: files -> raw documents -> unique documents with their sources."""
+"""Corpus: files (txt/md/rst/jsonl/parquet) -> raw documents -> unique documents.
+
+Takes a folder, glob or file; gives documents keyed by content hash with all their sources,
+and a one-line reason for every input it skipped or repaired. The first stage: imports no other.
+"""
 
 from retro_ops.corpus.documents import CorpusSnapshot, Document, collect_documents
 from retro_ops.corpus.readers import (

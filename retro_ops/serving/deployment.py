@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from retro_ops.catalog import ModelInfo
-from retro_ops.chunking import load_tokenizer
-from retro_ops.generation import Generator
+from retro_ops.features.chunking import load_tokenizer
+from retro_ops.serving.generation import Generator
 from retro_ops.ids import sha256_hex
 from retro_ops.model import Retro
-from retro_ops.retriever import Retriever
+from retro_ops.retrieval.retriever import Retriever
 from retro_ops.training.run import load_model
 from retro_ops.training.vocab import Vocabulary
 from retro_ops.workspace import Workspace

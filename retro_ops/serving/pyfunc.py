@@ -1,41 +1,28 @@
 """RETRO as an MLflow pyfunc, so MLflow-native serving works too; weights stay safetensors.
 
-The registered model is a models-from-code pyfunc (`pyfunc_entry.py`) whose artifact is the
-checkpoint folder (safetensors + JSON). The retrieval set is chosen at predict time:
-`model.predict(df, params={"retrieval_set": "moby_dick", "max_new_tokens": 32})`. MLflow drops
-unknown param names with a warning before predict sees them, so the values of the known ones are
-validated here (an unknown set or an out-of-range length is an error, not a silent default).
-The retro-ops home that holds the indices and LanceDB comes from `model_config={"home": ...}` (recorded at logging time,
-overridable at load) or RETRO_OPS_HOME.
+This is the run-time half: `pyfunc_entry.py` (models-from-code) loads `RetroPyfunc`. The
+packaging half (signature, params, logging to a run) is `retro_ops.training.pyfunc_package`,
+because training logs the model and must not import serving. The retrieval set is chosen at
+predict time: `model.predict(df, params={"retrieval_set": "moby_dick", "max_new_tokens": 32})`.
+MLflow drops unknown param names with a warning before predict sees them, so the values of the
+known ones are validated here (an unknown set or an out-of-range length is an error, not a silent
+default). The retro-ops home that holds the indices and LanceDB comes from
+`model_config={"home": ...}` (recorded at logging time, overridable at load) or RETRO_OPS_HOME.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
-from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-ENTRY = Path(__file__).with_name("pyfunc_entry.py")
-PARAMS = {"retrieval_set": ("string", ""), "max_new_tokens": ("long", 64),
-          "temperature": ("double", 0.8), "seed": ("long", 0)}
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prompt")]),
-    outputs=Schema([ColSpec("string", "text"), ColSpec("string", "retrieval_set"),
-                    ColSpec("long", "retrieval_set_version"), ColSpec("string", "neighbours")]),
-    params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in PARAMS.items()]),
-)
 
 
 class RetroPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from retro_ops.chunking import load_tokenizer
+        from retro_ops.features.chunking import load_tokenizer
         from retro_ops.settings import Settings
         from retro_ops.training.checkpoint import load_checkpoint
         from retro_ops.training.vocab import Vocabulary
@@ -58,7 +45,7 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         return self._retrievers[name]
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from retro_ops.generation import Generator
+        from retro_ops.serving.generation import Generator
 
         params = dict(params or {})
         max_new_tokens = int(params.get("max_new_tokens", 64))
@@ -81,20 +68,3 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
                                                    for r in result.retrievals])})
         return pd.DataFrame(rows)
 
-
-def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) -> Path:
-    """Write the pyfunc model folder (code + checkpoint artifact) to `target`."""
-    with warnings.catch_warnings():  # the signature is explicit: no input example needed
-        warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
-        mlflow.pyfunc.save_model(
-            str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
-            signature=SIGNATURE, model_config={"home": str(home), "retrieval_set": retrieval_set},
-            pip_requirements=["retro-ops"])
-    return target
-
-
-def log_pyfunc(tracking, run_id: str, checkpoint: Path, home: Path, retrieval_set: str) -> str:
-    """Save the pyfunc into a temp folder and log it as the run's `model` artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pyfunc(checkpoint, Path(tmp) / "model", home, retrieval_set)
-        return tracking.log_artifacts(run_id, folder, "model")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
 
 IGNORE = -100

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from retro_ops.catalog import RetrievalSetVersionInfo
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.store import FeatureStore
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.training.data import ChunkTable
 

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from retro_ops.catalog import CorpusVersionInfo
-from retro_ops.feature_store import CHUNKS, CHUNKS_SCHEMA
+from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.model import RetroConfig
-from retro_ops.retriever import Retriever
+from retro_ops.retrieval.retriever import Retriever
 from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, split_documents
 from retro_ops.training.neighbours import (
     NeighbourConfig, Neighbours, cached_neighbours, compute_neighbours, neighbours_key,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from retro_ops.catalog import ModelInfo
-from retro_ops.chunking import tokenizer_digest
+from retro_ops.features.chunking import tokenizer_digest
 from retro_ops.ids import set_digest
 from retro_ops.model import Retro, RetroConfig
-from retro_ops.tracking import DatasetRef, Tracking, code_version
+from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking, code_version
 from retro_ops.training.checkpoint import (
     CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint, weights_digest,
 )
@@ -103,7 +103,7 @@ def _log_model(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, kin
                retrieval_set: str) -> str:
     """Log weights, config and vocabulary (not optimizer state) as the `checkpoint` artifact and,
     for retrieval models, as an MLflow pyfunc (`model`); returns what the registry points at."""
-    from retro_ops.serving.pyfunc import log_pyfunc
+    from retro_ops.training.pyfunc_package import log_pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):

@@ -45,7 +45,7 @@ def code_version(repo: Path | None = None) -> str:
     """git commit of the code (with `-dirty` if modified), else the package version."""
     from retro_ops import __version__
 
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from retro_ops.catalog import CorpusVersionInfo, ModelInfo
 from retro_ops.ids import set_digest
-from retro_ops.tracking import DatasetRef, Tracking, code_version
+from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking, code_version
 from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, make_sequences, split_documents
-from retro_ops.training.evaluate import evaluate, ngram_overlap
+from retro_ops.evaluation.bits_per_byte import evaluate, ngram_overlap
 from retro_ops.training.neighbours import NeighbourConfig
 from retro_ops.training.prepare import encode_neighbours, encode_table, neighbours_for
 from retro_ops.training.run import load_model

@@ -18,7 +18,7 @@ import torch
 
 from retro_ops.model import Retro
 from retro_ops.model.decoding import IncrementalDecoder
-from retro_ops.retriever import Neighbour, Retriever
+from retro_ops.retrieval.retriever import Neighbour, Retriever
 from retro_ops.training.vocab import Vocabulary
 
 

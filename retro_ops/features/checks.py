@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.store import FeatureStore
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.embedder import EmbeddingSpace
+from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.errors import RetrievalSetError
-from retro_ops.feature_store import CHUNKS, FeatureStore, embeddings_table_name
+from retro_ops.features.store import CHUNKS, FeatureStore, embeddings_table_name
 from retro_ops.ids import sha256_hex
 
 CHUNK_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",

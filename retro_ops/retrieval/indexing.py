@@ -14,22 +14,16 @@ from pathlib import Path
 import faiss
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.feature_store import FeatureStore
+from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
-from retro_ops.index import (
-    IndexConfig,
-    IndexManifest,
-    IndexQuality,
-    PublishedIndex,
-    build_index,
-    evaluate_index,
-    publish_index,
-)
+from retro_ops.retrieval.index_build import IndexConfig, build_index
+from retro_ops.retrieval.index_publish import IndexManifest, PublishedIndex, publish_index
+from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
 from retro_ops.errors import IndexIntegrityError
-from retro_ops.index.build import apply_search_params
-from retro_ops.index.publish import CrashPoint, current_build, load_current, read_manifest, serialize
-from retro_ops.retrieval_sets import retrieval_set_vectors
-from retro_ops.retriever import index_root
+from retro_ops.retrieval.index_build import apply_search_params
+from retro_ops.retrieval.index_publish import CrashPoint, current_build, load_current, read_manifest, serialize
+from retro_ops.retrieval.sets import retrieval_set_vectors
+from retro_ops.retrieval.retriever import index_root
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.catalog import Catalog, CorpusVersionInfo
-from retro_ops.chunking import Chunker
+from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
-from retro_ops.embedder import Embedder, EmbeddingSpace
-from retro_ops.feature_store import CHUNKS, FeatureStore, TableWrite, embeddings_table_name
+from retro_ops.features.embedder import Embedder, EmbeddingSpace
+from retro_ops.features.store import CHUNKS, FeatureStore, TableWrite, embeddings_table_name
 from retro_ops.ids import sha256_hex
 
 Progress = Callable[[int, int], None]  # (done, total)

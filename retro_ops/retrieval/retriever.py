@@ -17,11 +17,11 @@ import faiss
 import numpy as np
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.embedder import Embedder
+from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
-from retro_ops.feature_store import FeatureStore
-from retro_ops.index.build import apply_search_params
-from retro_ops.index.publish import IndexManifest, current_build, load_current, read_manifest
+from retro_ops.features.store import FeatureStore
+from retro_ops.retrieval.index_build import apply_search_params
+from retro_ops.retrieval.index_publish import IndexManifest, current_build, load_current, read_manifest
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
                      "continuation_token_ids"]

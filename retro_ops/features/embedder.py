@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
-from retro_ops.chunking import load_tokenizer
+from retro_ops.features.chunking import load_tokenizer
 from retro_ops.errors import EmbedderError
 
 Pooling = Literal["mean", "cls"]

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col, lit
 
-from retro_ops.chunking import Chunk
+from retro_ops.features.chunking import Chunk
 from retro_ops.corpus import Document
 
 DOCUMENTS = "documents"

@@ -1,0 +1,122 @@
+"""The library is laid out the way the data flows, and no stage imports a later one.
+
+The allowed order is written once, in LAYERS: a module may import its own layer and any layer
+before it, never one after. Imports under `if TYPE_CHECKING:` are type hints only (they never
+run), so they are not dependencies. `assets` (Dagster) and `cli` sit above the whole library.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("retro_ops", "errors", "ids", "settings"),  # identity, errors, where things live
+    ("corpus",),            # files -> documents
+    ("catalog",),           # the records every stage writes: SQL catalog + MLflow runs
+    ("features",),          # documents -> chunks -> embeddings (LanceDB)
+    ("retrieval",),         # embeddings -> retrieval sets -> FAISS indices -> neighbours
+    ("workspace",),         # one handle on a home's stores
+    ("model",),             # the RETRO network
+    ("training",),          # chunks + neighbours -> checkpoints
+    ("evaluation",),        # checkpoints -> bits per byte
+    ("lineage",),           # audits over everything recorded below
+    ("serving",),           # checkpoints + a retrieval set -> generated text
+    ("default_corpora",),   # what the demo ships
+    ("assets",),            # the Dagster code location
+    ("cli",),               # the command line
+)
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def unit_of(module: str) -> str:
+    """`retro_ops.features.store` -> `features`; `assets.training` -> `assets`."""
+    parts = module.split(".")
+    if parts[0] == "assets":
+        return "assets"
+    return parts[1] if len(parts) > 1 else "retro_ops"
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every run-time import of retro_ops or assets, lazy ones included."""
+    found: list[tuple[int, str]] = []
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            skip.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "retro_ops":  # `from retro_ops import features` names a unit
+                found += [(node.lineno, "retro_ops" if a.name.startswith("__") else f"retro_ops.{a.name}")
+                          for a in node.names]
+            else:
+                found.append((node.lineno, node.module))
+    return sorted((line, mod) for line, mod in found if mod.split(".")[0] in ("retro_ops", "assets"))
+
+
+def module_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def upward_imports(root: Path) -> list[str]:
+    """Every import in `root`'s retro_ops/ and assets/ that reaches a later layer."""
+    problems = []
+    for package in ("retro_ops", "assets"):
+        for path in sorted((root / package).rglob("*.py")):
+            importer = unit_of(module_name(path, root))
+            if importer not in RANK:
+                problems.append(f"{path.relative_to(root)}: unit {importer!r} is not in LAYERS")
+                continue
+            for line, target in imported_modules(ast.parse(path.read_text(), str(path))):
+                imported = unit_of(target)
+                if imported not in RANK:
+                    problems.append(f"{path.relative_to(root)}:{line}: imports unknown unit {target}")
+                elif RANK[imported] > RANK[importer]:
+                    problems.append(f"{path.relative_to(root)}:{line}: {importer} imports {target} "
+                                    f"(a later layer: {imported})")
+    return problems
+
+
+def test_no_stage_imports_a_later_stage():
+    assert upward_imports(REPO) == []
+
+
+def test_every_unit_of_the_package_has_a_layer():
+    units = {p.stem if p.is_file() else p.name for p in (REPO / "retro_ops").iterdir()
+             if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.name != "__pycache__"}
+    units = {"retro_ops" if u == "__init__" else u for u in units}
+    assert units - RANK.keys() == set()
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The checker itself can fail: a features module importing training is reported, lazy or
+    not, while the same import under TYPE_CHECKING and a downward import are not."""
+    (tmp_path / "retro_ops" / "features").mkdir(parents=True)
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "retro_ops" / "__init__.py").write_text("")
+    (tmp_path / "retro_ops" / "features" / "__init__.py").write_text("")
+    (tmp_path / "retro_ops" / "features" / "store.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from retro_ops.corpus import Document\n"
+        "if TYPE_CHECKING:\n    from retro_ops.serving.app import create_app\n"
+        "def f():\n    from retro_ops.training.run import train_model\n"
+        "import assets.definitions\n")
+    problems = upward_imports(tmp_path)
+    assert problems == [
+        "retro_ops/features/store.py:6: features imports retro_ops.training.run (a later layer: training)",
+        "retro_ops/features/store.py:7: features imports assets.definitions (a later layer: assets)",
+    ]
