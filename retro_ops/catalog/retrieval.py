@@ -142,7 +142,7 @@ class RetrievalCatalogMixin:
     def mark_index_published(self, build_id: int, build_dir: str) -> None:
         with self.session() as s:
             row = s.get(m.IndexBuild, build_id)
-            row.published, row.build_dir = True, build_dir
+            row.published, row.build_dir = True, self.stored_path(build_dir)  # home-relative
 
     def index_build_id(self, sha256: str) -> int:
         with self.session() as s:
