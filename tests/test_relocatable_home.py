@@ -182,6 +182,28 @@ def test_copied_home_serves_its_model_with_no_absolute_paths(moved, server):
     _assert_no_host_path(requests.get(f"{base}/health", timeout=10).json(), top)
 
 
+def test_mlflow_runs_of_the_copy_write_under_the_copy(moved, tmp_path: Path):
+    """MLflow recorded the original's absolute artifact folder for its experiment; a run logged
+    from the copy writes its artifacts under the copy and never re-creates the deleted original."""
+    from retro_ops.catalog.mlflow_runs import EXPERIMENT, Tracking
+
+    home, top = moved
+    tracking = Tracking(Settings(home=home))
+    old = tracking.client.get_experiment_by_name(EXPERIMENT)
+    assert old.artifact_location.startswith((top / "before").as_uri())  # MLflow's own limit
+    run_id = tracking.start_run("after-the-move", {})
+    (tmp_path / "report.json").write_text("{}")
+    uri = tracking.log_artifacts(run_id, tmp_path, "evaluation")
+    tracking.finish(run_id)
+    assert uri.startswith((home / "mlflow" / "artifacts").as_uri())
+    assert not (top / "before").exists()
+    moved_name = tracking.client.get_experiment(tracking.client.get_run(run_id).info.experiment_id).name
+    assert moved_name.startswith(f"{EXPERIMENT}-")
+    tracking.finish(tracking.start_run("again", {}))  # the copy's experiment again, not a third
+    names = [e.name for e in tracking.client.search_experiments() if e.name.startswith(EXPERIMENT)]
+    assert sorted(names) == [EXPERIMENT, moved_name]
+
+
 def test_old_absolute_rows_still_read_and_never_leak(tmp_path: Path):
     """Rows an older retro-ops recorded absolute keep working under a home-aware catalog; a
     source outside its corpus root (a link target, a moved corpus) shows only its file name;
