@@ -204,6 +204,25 @@ def test_mlflow_runs_of_the_copy_write_under_the_copy(moved, tmp_path: Path):
     assert sorted(names) == [EXPERIMENT, moved_name]
 
 
+def test_pyfunc_copied_with_the_home_reads_the_copy(moved, monkeypatch):
+    """The MLflow pyfunc records the home it was logged from; loaded from the copy's artifact
+    folder it follows RETRO_OPS_HOME to the copy, and without it refuses the deleted original
+    instead of re-creating an empty home there."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    home, top = moved
+    [folder] = (home / "mlflow" / "artifacts").glob("retro-ops/*/artifacts/model")
+    monkeypatch.delenv("RETRO_OPS_HOME", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"retro-ops home .*/before/home does not exist"):
+        mlflow.pyfunc.load_model(str(folder))
+    monkeypatch.setenv("RETRO_OPS_HOME", str(home))
+    answer = mlflow.pyfunc.load_model(str(folder)).predict(
+        pd.DataFrame({"prompt": [QUERY]}), params={"retrieval_set": "small", "max_new_tokens": 2})
+    assert answer.iloc[0]["retrieval_set"] == "small" and json.loads(answer.iloc[0]["neighbours"])
+    assert not (top / "before").exists()
+
+
 def test_old_absolute_rows_still_read_and_never_leak(tmp_path: Path):
     """Rows an older retro-ops recorded absolute keep working under a home-aware catalog; a
     source outside its corpus root (a link target, a moved corpus) shows only its file name;
