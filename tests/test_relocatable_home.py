@@ -253,6 +253,43 @@ def test_old_absolute_rows_still_read_and_never_leak(tmp_path: Path):
     assert new.count(m.DocumentSource) == 3
 
 
+def test_corpus_moved_elsewhere_is_pointed_at_its_new_place(home: Settings, tmp_path: Path, monkeypatch):
+    """A corpus outside the checkout is recorded absolute (it does not move with the home); when
+    it lies elsewhere after a move, materializing names the missing folder, and `retro-ops corpus
+    move` points the corpus there: the same documents, nothing new, no new source rows."""
+    from typer.testing import CliRunner
+
+    from retro_ops.cli.main import app
+    from retro_ops.errors import CorpusError, UnknownCorpusError
+
+    shared = tmp_path.parent / f"{tmp_path.name}-shared"  # beside the test folder, not under it
+    (shared / "corpus" / "part_two").mkdir(parents=True)
+    shutil.copy(CORPORA_DIR / "moby_dick" / "chapter_2.txt", shared / "corpus" / "chapter_2.txt")
+    shutil.copy(CORPORA_DIR / "moby_dick" / "chapter_12.txt", shared / "corpus" / NESTED)
+    catalog = Catalog.open(home.catalog_url, home=home.home)
+    store = FeatureStore(home.lancedb_uri)
+    catalog.add_corpus("shared", str(shared / "corpus"))
+    first = pipeline.ingest_documents(catalog, store, "shared")
+    shutil.move(shared / "corpus", tmp_path / "moved_corpus")
+    shutil.rmtree(shared)
+    with pytest.raises(CorpusError, match=rf"{shared}/corpus: no such file or folder"):
+        pipeline.ingest_documents(catalog, store, "shared")
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'nope'"):
+        catalog.move_corpus("nope", str(tmp_path))
+    monkeypatch.setenv("RETRO_OPS_HOME", str(home.home))
+    moved_to = CliRunner().invoke(app, ["corpus", "move", "shared", str(tmp_path / "moved_corpus"), "--json"])
+    assert moved_to.exit_code == 0, moved_to.output
+    assert json.loads(moved_to.stdout) == {"name": "shared", "files": 2,
+                                           "source_uri": str(tmp_path / "moved_corpus")}
+    again = pipeline.ingest_documents(catalog, store, "shared")
+    assert (again.new_documents, again.corpus_version.digest) == (0, first.corpus_version.digest)
+    assert catalog.count(m.DocumentSource) == 2
+    assert sorted(s for d in catalog.corpus_doc_ids(again.corpus_version.id)
+                  for s in catalog.document_sources(d)) == ["chapter_2.txt", NESTED]
+    missing = CliRunner().invoke(app, ["corpus", "move", "shared", str(tmp_path / "gone")])
+    assert missing.exit_code == 2 and "gone: no such file or folder" in missing.output
+
+
 def test_stored_paths_are_home_relative_only_where_they_move_with_it(tmp_path: Path):
     home = (tmp_path / "site" / ".retro_ops").resolve()
     inside = stored_path(home / "checkpoints" / "x", home)

@@ -166,6 +166,13 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
                 s.add(m.Corpus(name=name, source_uri=stored))
         return self.get_corpus(name)
 
+    def move_corpus(self, name: str, source_uri: str) -> CorpusInfo:
+        """Point a corpus at the place its files now live (a home moved to a machine where they lie
+        elsewhere). Its versions and document sources, relative to the corpus root, stay valid."""
+        with self.session() as s:
+            self._corpus_row(s, name).source_uri = self._stored_source(source_uri)
+        return self.get_corpus(name)
+
     def _corpus_row(self, s: Session, name: str) -> m.Corpus:
         row = s.scalar(select(m.Corpus).where(m.Corpus.name == name))
         if row is None:
