@@ -114,6 +114,7 @@ def test_two_processes_insert_the_same_300_keys_once(tmp_path: Path, path: str):
     assert store.duplicate_keys(DOCUMENTS).num_rows == 0
 
 
+@pytest.mark.slow  # two processes each load the BERT; the write path is covered fast above
 def test_overlapping_materializations_store_each_key_once(tmp_path: Path, embedder, chunker):
     """Corpora a and b share 3 of their 6 documents each and are materialized at the same time."""
     settings = _home(tmp_path / "home")
@@ -136,15 +137,28 @@ def test_overlapping_materializations_store_each_key_once(tmp_path: Path, embedd
     assert checks.embeddings_complete(data).passed
     assert data.table.num_rows == len(data.hashes)  # one vector per chunk text, not two
 
-    # a store written before the fix: the check fails on a duplicated key; repair keeps one row
-    chunks_table = store.db.open_table(CHUNKS)
-    chunks_table.add(chunks_table.to_arrow().slice(0, 2))
-    failed = checks.unique_keys(store, CHUNKS)
-    assert not failed.passed and failed.metadata["duplicated_keys"] == 2
-    assert failed.metadata["extra_rows"] == 2
-    assert store.repair_duplicates(CHUNKS) == 2
-    assert checks.unique_keys(store, CHUNKS).passed
+
+def test_unique_keys_fails_on_duplicated_rows_and_repair_keeps_one(tmp_path: Path, embedder, chunker):
+    """A store written before the fix (raw appends of rows already there): each table's
+    `<table>_unique_keys` check fails; repair_duplicates keeps exactly one row per key."""
+    settings, catalog, store = _feed(tmp_path, embedder, chunker, PARAGRAPHS[:4])
+    build_retrieval_set_version(catalog, store, "s", embedder.space)
+    tables = [DOCUMENTS, CHUNKS, embeddings_table_name(embedder.space.space_id), MEMBERS]
+    for table in tables:
+        lance = store.db.open_table(table)
+        rows = lance.count_rows()
+        assert checks.unique_keys(store, table).passed
+        lance.add(lance.to_arrow().slice(0, 2))
+        lance.add(lance.to_arrow().slice(0, 1))  # the first key now three times
+        failed = checks.unique_keys(store, table)
+        assert not failed.passed, table
+        assert (failed.metadata["duplicated_keys"], failed.metadata["extra_rows"]) == (2, 3)
+        assert store.repair_duplicates(table) == 3
+        assert checks.unique_keys(store, table).passed
+        assert store.db.open_table(table).count_rows() == rows  # a fresh handle: lance is stale
+    doc_ids = catalog.corpus_doc_ids(catalog.latest_corpus_version("c").id)
     assert checks.chunks_complete(store, chunker, doc_ids).passed
+    assert store.repair_duplicates(CHUNKS) == 0
 
 
 def test_two_builds_of_one_set_at_once_make_one_version(tmp_path: Path, embedder, chunker):
