@@ -91,7 +91,7 @@ class FeatureStore:
     def __init__(self, uri: str):
         self.uri = uri
         self.db = lancedb.connect(uri)
-        self._known: dict[str, tuple[int, set]] = {}  # table -> (version, keys at that version)
+        self._known: dict[str, tuple[tuple[int, int], set]] = {}  # table -> ((version, rows), keys)
 
     def table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
         return self.db.create_table(name, schema=schema, exist_ok=True)
@@ -115,7 +115,8 @@ class FeatureStore:
         re-read the key column only when another writer committed in between (not quadratic)."""
         with self.lock(name):
             table = self.table(name, schema)
-            known = self._known_keys(name, schema, key, table.version)
+            n_rows = table.count_rows()
+            known = self._known_keys(name, schema, key, (table.version, n_rows))
             fresh, mask = set(), []
             for k in rows.column(key).to_pylist():
                 mask.append(k not in known and k not in fresh)
@@ -129,15 +130,18 @@ class FeatureStore:
             else:
                 table.add(rows)
                 inserted, version = rows.num_rows, table.version
-            self._known[name] = (version, known | set(rows.column(key).to_pylist()))
+            known |= set(rows.column(key).to_pylist())
+            self._known[name] = ((version, n_rows + inserted), known)
             return TableWrite(name, inserted, version)
 
-    def _known_keys(self, name: str, schema: pa.Schema, key: str, version: int) -> set:
+    def _known_keys(self, name: str, schema: pa.Schema, key: str, stamp: tuple[int, int]) -> set:
+        """The table's keys; `stamp` = (version, rows) also catches a dropped and re-created
+        table whose version numbers start again."""
         cached = self._known.get(name)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == stamp:
             return cached[1]
         keys = set(self._column(name, schema, key).to_pylist())
-        self._known[name] = (version, keys)
+        self._known[name] = (stamp, keys)
         return keys
 
     def _column(self, name: str, schema: pa.Schema, column: str) -> pa.Array:
