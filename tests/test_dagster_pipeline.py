@@ -48,8 +48,10 @@ def test_asset_graph_snapshot():
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
-    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty",
-                      "faiss_index_ntotal", "faiss_index_recall"]
+    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
+                      "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
+                      "embeddings_unique_keys", "faiss_index_ntotal", "faiss_index_recall",
+                      "retrieval_set_chunks_unique_keys"]
 
 
 def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, chunker: Chunker):
@@ -66,7 +68,7 @@ def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, c
     assert assets["chunk_embeddings"].metadata["newly_embedded"] == \
         assets["chunk_embeddings"].metadata["distinct_chunk_texts"]
     assert all(all(a.checks.values()) for a in first.assets)
-    assert len([c for a in first.assets for c in a.checks]) == 3
+    assert len([c for a in first.assets for c in a.checks]) == 7
     # the run and its materializations live on the instance the UI reads
     assert instance.get_run_by_id(first.run_id) is not None
     event = instance.get_latest_materialization_event(dg.AssetKey("chunk_embeddings"))
