@@ -48,3 +48,22 @@ class UnknownModelError(RetroOpsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class CheckpointError(RetroOpsError, ValueError):
+    """A folder that is not a retro-ops checkpoint, or holds files it must not load (pickle)."""
+
+
+class SimulatedCrash(RetroOpsError, RuntimeError):
+    """A test hook's crash (`crash_at=`). With mode "kill" it is no exception at all but a real
+    SIGKILL of this process: no `finally`, no atexit, no buffered write survives, which is what
+    an OOM kill or a power cut leaves behind and what fault-injection tests need."""
+
+    @classmethod
+    def at(cls, where: str, mode: str = "raise") -> None:
+        if mode == "kill":
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise cls(f"simulated crash {where}")
