@@ -50,15 +50,15 @@ def _reuse_current(catalog: Catalog, store: FeatureStore, root: Path, version: R
                    key: str, dim: int, eval_queries: int) -> IndexBuildResult | None:
     """The published index when it was built from this very version and config (and still
     passes every integrity check); None means build anew."""
-    found = current_build(root)
-    if found is None or read_manifest(root, found[0]).build_key != key:
-        return None
     try:
+        found = current_build(root)
+        if found is None or read_manifest(root, found[0]).build_key != key:
+            return None
         index, manifest = load_current(root, retrieval_set=version.retrieval_set,
                                        expected_ntotal=version.n_chunks,
                                        is_trusted=catalog.is_trusted_index)
     except IndexIntegrityError:
-        return None  # damaged or untrusted: rebuild rather than serve it
+        return None  # damaged pointer, manifest or index, or untrusted: rebuild, never serve it
     apply_search_params(index, manifest.search_params)
     ids, vectors = retrieval_set_vectors(store, version, dim)
     quality = evaluate_index(index, vectors, ids, queries=eval_queries)
