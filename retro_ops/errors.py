@@ -1,5 +1,9 @@
 """The errors retro-ops raises: each subclasses a builtin and says what was wrong with which input."""
 
+import os
+import signal
+from typing import Literal, NoReturn
+
 
 class RetroOpsError(Exception):
     """Base of every retro-ops error."""
@@ -54,16 +58,16 @@ class CheckpointError(RetroOpsError, ValueError):
     """A folder that is not a retro-ops checkpoint, or holds files it must not load (pickle)."""
 
 
+CrashMode = Literal["raise", "kill"]  # how a test hook crashes: see SimulatedCrash.at
+
+
 class SimulatedCrash(RetroOpsError, RuntimeError):
     """A test hook's crash (`crash_at=`). With mode "kill" it is no exception at all but a real
-    SIGKILL of this process: no `finally`, no atexit, no buffered write survives, which is what
-    an OOM kill or a power cut leaves behind and what fault-injection tests need."""
+    SIGKILL of this process: no `finally`, no atexit, no user-space buffer survives (what an OOM
+    kill leaves; a power cut also loses what was not fsynced, which is why writers fsync)."""
 
     @classmethod
-    def at(cls, where: str, mode: str = "raise") -> None:
+    def at(cls, where: str, mode: CrashMode = "raise") -> NoReturn:
         if mode == "kill":
-            import os
-            import signal
-
             os.kill(os.getpid(), signal.SIGKILL)
         raise cls(f"simulated crash {where}")

@@ -34,7 +34,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from retro_ops.errors import IndexIntegrityError, SimulatedCrash
+from retro_ops.errors import CrashMode, IndexIntegrityError, SimulatedCrash
 from retro_ops.ids import sha256_hex
 
 INDEX_FILE = "index.faiss"
@@ -45,7 +45,6 @@ TEMP_PREFIX, PENDING_PREFIX, POINTER_TEMP_PREFIX = ".tmp-", ".pending-", f"{CURR
 _BUILD_NAME = re.compile(r"^[0-9A-Za-z_-]+$")
 CrashPoint = Literal["mid_index_write", "after_index_write", "before_flip", "mid_pointer_write",
                      "after_flip"]
-CrashMode = Literal["raise", "kill"]  # kill: SIGKILL this process (SimulatedCrash.at)
 # (retrieval set, its version id, index sha256, manifest sha256) -> did the catalog record it?
 TrustCheck = Callable[[str, int, str, str], bool]
 

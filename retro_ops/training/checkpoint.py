@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from retro_ops.errors import CheckpointError, SimulatedCrash
+from retro_ops.errors import CheckpointError, CrashMode, SimulatedCrash
 from retro_ops.ids import sha256_hex
 from retro_ops.model import Retro, RetroConfig
 
@@ -81,7 +81,7 @@ def recover_checkpoint(folder: Path) -> list[str]:
 
 def save_checkpoint(folder: Path, model: Retro, *, optimizer: torch.optim.Optimizer | None = None,
                     state: TrainState | None = None, files: dict[str, str] | None = None,
-                    crash_at: CheckpointCrash | None = None, crash_mode: str = "raise") -> Path:
+                    crash_at: CheckpointCrash | None = None, crash_mode: CrashMode = "raise") -> Path:
     """Write to `folder.tmp`, then replace `folder`: a crash never leaves half a checkpoint.
     `files`: extra JSON documents (e.g. the vocabulary) saved alongside. `crash_at`/`crash_mode`:
     a test hook (`SimulatedCrash.at`)."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from retro_ops.model import Retro, RetroConfig
-from retro_ops.errors import SimulatedCrash
+from retro_ops.errors import CrashMode, SimulatedCrash
 from retro_ops.training.checkpoint import (
     STATE_FILE, CheckpointCrash, TrainState, load_checkpoint, load_train_state, recover_checkpoint,
     save_checkpoint,
@@ -106,7 +106,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
           trainable: list[torch.nn.Parameter] | None = None, progress: Progress | None = None,
           crash_at_step: int | None = None, on_log: Callable[[int, float], None] | None = None,
           log_every: int = 10, files: dict[str, str] | None = None,
-          crash_in_save: CheckpointCrash | None = None, crash_mode: str = "raise") -> TrainResult:
+          crash_in_save: CheckpointCrash | None = None, crash_mode: CrashMode = "raise") -> TrainResult:
     """Train in place, checkpointing to `folder`; resumes if `folder` holds a partial run.
     Test hooks: `crash_at_step` crashes before that step runs or, with `crash_in_save`, inside
     the first checkpoint save after it; `crash_mode="kill"` makes it a real SIGKILL."""
