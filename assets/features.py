@@ -1,7 +1,10 @@
 """Feature assets, one partition per corpus: documents -> chunks -> chunk_embeddings.
 
 Each asset writes to LanceDB / the catalog itself and returns a `MaterializeResult` (the default
-IO manager would pickle return values). Data versions are content digests, so Dagster shows a
+IO manager would pickle return values). Writers of the feature store share the `lancedb_writes`
+pool: unlimited by default (a file lock per table already serializes local writers); give it a
+limit of 1 where LanceDB lives on object storage (`dagster instance concurrency set
+lancedb_writes 1`). Data versions are content digests, so Dagster shows a
 downstream asset as stale exactly when its input really changed.
 """
 
@@ -10,9 +13,11 @@ import dagster as dg
 
 from assets.checks import (
     CHUNK_CHECKS,
+    DOCUMENT_CHECKS,
     EMBEDDING_CHECKS,
     chunk_check_results,
     embedding_check_results,
+    unique_keys_result,
 )
 from assets.partitions import corpus_partitions
 from assets.resources import (
@@ -22,6 +27,8 @@ from assets.resources import (
     ProgressResource,
 )
 from retro_ops.features import pipeline
+from retro_ops.features.locks import WRITE_POOL
+from retro_ops.features.store import DOCUMENTS
 
 GROUP = "features"
 MAX_ISSUES_SHOWN = 50
@@ -35,16 +42,18 @@ def _issues_markdown(issues) -> str:
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "lancedb"},
-          code_version="1")
+          check_specs=DOCUMENT_CHECKS, pool=WRITE_POOL, code_version="1")
 def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
               feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     """Unique documents of the corpus (doc_id = hash of normalised text), with their sources."""
-    result = pipeline.ingest_documents(catalog.open(), feature_store.open(), context.partition_key,
+    store = feature_store.open()
+    result = pipeline.ingest_documents(catalog.open(), store, context.partition_key,
                                        run_id=context.run.run_id)
     for issue in result.issues:
         context.log.warning(str(issue))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(result.corpus_version.digest[:16]),
+        check_results=[unique_keys_result("documents_unique_keys", store, DOCUMENTS)],
         metadata={
             "files": result.files, "documents": result.documents,
             "new_documents": result.new_documents,
@@ -59,21 +68,23 @@ def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "lancedb"},
-          deps=[documents], check_specs=CHUNK_CHECKS, code_version="1")
+          deps=[documents], check_specs=CHUNK_CHECKS, pool=WRITE_POOL, code_version="1")
 def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
            feature_store: FeatureStoreResource, embedder: EmbedderResource,
            progress: ProgressResource) -> dg.MaterializeResult:
     """64-token WordPiece chunks of every document, each linked to its continuation chunk."""
-    store, cat = feature_store.open(), catalog.open()
-    result = pipeline.chunk_corpus(cat, store, embedder.chunker(), context.partition_key,
+    store, cat, chunker = feature_store.open(), catalog.open(), embedder.chunker()
+    result = pipeline.chunk_corpus(cat, store, chunker, context.partition_key,
                                    run_id=context.run.run_id,
                                    progress=progress.tracker(context, "chunking documents"))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(result.data_version),
-        check_results=chunk_check_results(store, cat.corpus_doc_ids(result.corpus_version.id)),
+        check_results=chunk_check_results(store, chunker,
+                                          cat.corpus_doc_ids(result.corpus_version.id)),
         metadata={
             "chunks": result.chunks, "new_chunks": result.new_chunks,
             "documents_chunked": result.new_documents_chunked, "new_tokens": result.new_tokens,
+            "documents_resumed": result.resumed_documents,
             "documents_shorter_than_one_chunk": result.short_documents,
             "tokens_per_second": round(result.tokens_per_second, 1),
             "corpus_digest": result.corpus_version.digest,
@@ -84,7 +95,7 @@ def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "lancedb"},
-          deps=[chunks], check_specs=EMBEDDING_CHECKS, code_version="1")
+          deps=[chunks], check_specs=EMBEDDING_CHECKS, pool=WRITE_POOL, code_version="1")
 def chunk_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource,
                      feature_store: FeatureStoreResource, embedder: EmbedderResource,
                      progress: ProgressResource) -> dg.MaterializeResult:

@@ -5,11 +5,11 @@ materializes the assets in-process against `$RETRO_OPS_HOME/dagster`, so every C
 logs, metadata and check results appear in `dagster dev` exactly like a run started there.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.instance.ref import InstanceRef  # the only way to pass config overrides
 from pydantic import PrivateAttr
 
 from assets.definitions import (
@@ -17,7 +17,7 @@ from assets.definitions import (
 )
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
 from assets.resources import ProgressResource, TrainingResource
-from retro_ops.settings import Settings
+from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 MODELS = "model"  # the unpartitioned model assets
 #: partitions definition name (or MODELS) -> its assets, in graph order
@@ -37,19 +37,26 @@ telemetry:
 
 
 def dagster_yaml(settings: Settings) -> str:
+    """The instance config; a Postgres URL (which may hold a password) is never written into
+    it, only the name of the environment variable that holds it (`dagster dev` reads it there)."""
     if not settings.dagster_storage_url:
         return DAGSTER_YAML
-    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url: {json.dumps(settings.dagster_storage_url)}\n"
+    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url:\n      env: {DAGSTER_STORAGE_ENV}\n"
 
 
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
+    """The instance under the home, on the storage the settings name (even where the
+    environment variable that dagster.yaml references is unset or names another database)."""
     home: Path = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config, wanted = home / "dagster.yaml", dagster_yaml(settings)
     current = config.read_text() if config.exists() else None
     if current is None or (current.startswith("# Written by retro-ops") and current != wanted):
         config.write_text(wanted)
-    return dg.DagsterInstance.from_config(str(home))
+    if not settings.dagster_storage_url:
+        return dg.DagsterInstance.from_config(str(home))
+    overrides = {"storage": {"postgres": {"postgres_url": settings.dagster_storage_url}}}
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=overrides))
 
 
 def ensure_partition(instance: dg.DagsterInstance, partitions: str, key: str) -> None:

@@ -7,7 +7,12 @@ below the recall threshold is never published: the previous one keeps serving.
 
 import dagster as dg
 
-from assets.checks import INDEX_CHECKS, index_check_results
+from assets.checks import (
+    INDEX_CHECKS,
+    RETRIEVAL_SET_CHECKS,
+    index_check_results,
+    unique_keys_result,
+)
 from assets.features import chunk_embeddings
 from assets.partitions import retrieval_set_partitions
 from assets.resources import (
@@ -18,6 +23,8 @@ from assets.resources import (
 )
 from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.features.locks import WRITE_POOL
+from retro_ops.features.store import MEMBERS
 from retro_ops.retrieval.sets import build_retrieval_set_version
 
 GROUP = "retrieval"
@@ -25,16 +32,17 @@ GROUP = "retrieval"
 
 @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, kinds={"python", "lancedb"},
           deps=[dg.AssetDep(chunk_embeddings, partition_mapping=dg.AllPartitionMapping())],
-          code_version="1")
+          check_specs=RETRIEVAL_SET_CHECKS, pool=WRITE_POOL, code_version="1")
 def retrieval_set(context: dg.AssetExecutionContext, catalog: CatalogResource,
                   feature_store: FeatureStoreResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     """The chunks of the set's corpora (latest versions) minus exclusions, with neighbour values."""
-    cat = catalog.open()
-    build = build_retrieval_set_version(cat, feature_store.open(), context.partition_key,
+    cat, store = catalog.open(), feature_store.open()
+    build = build_retrieval_set_version(cat, store, context.partition_key,
                                         embedder.load().space, run_id=context.run.run_id)
     v = build.version
     return dg.MaterializeResult(
         data_version=dg.DataVersion(v.digest[:16]),
+        check_results=[unique_keys_result("retrieval_set_chunks_unique_keys", store, MEMBERS)],
         metadata={
             "chunks": v.n_chunks, "excluded_chunks": v.n_excluded, "new_version": build.created,
             "retrieval_set_version_id": v.id, "digest": v.digest,

@@ -1,5 +1,9 @@
 """The errors retro-ops raises: each subclasses a builtin and says what was wrong with which input."""
 
+import os
+import signal
+from typing import Literal, NoReturn
+
 
 class RetroOpsError(Exception):
     """Base of every retro-ops error."""
@@ -48,3 +52,22 @@ class UnknownModelError(RetroOpsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class CheckpointError(RetroOpsError, ValueError):
+    """A folder that is not a retro-ops checkpoint, or holds files it must not load (pickle)."""
+
+
+CrashMode = Literal["raise", "kill"]  # how a test hook crashes: see SimulatedCrash.at
+
+
+class SimulatedCrash(RetroOpsError, RuntimeError):
+    """A test hook's crash (`crash_at=`). With mode "kill" it is no exception at all but a real
+    SIGKILL of this process: no `finally`, no atexit, no user-space buffer survives (what an OOM
+    kill leaves; a power cut also loses what was not fsynced, which is why writers fsync)."""
+
+    @classmethod
+    def at(cls, where: str, mode: CrashMode = "raise") -> NoReturn:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise cls(f"simulated crash {where}")

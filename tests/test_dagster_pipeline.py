@@ -25,7 +25,7 @@ from retro_ops.catalog import Catalog
 from retro_ops.features.chunking import Chunker
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features.store import FeatureStore
-from retro_ops.settings import Settings
+from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,10 @@ def test_asset_graph_snapshot():
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
-    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_not_empty",
-                      "faiss_index_ntotal", "faiss_index_recall"]
+    assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
+                      "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
+                      "embeddings_unique_keys", "faiss_index_ntotal", "faiss_index_recall",
+                      "retrieval_set_chunks_unique_keys"]
 
 
 def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, chunker: Chunker):
@@ -66,7 +68,7 @@ def test_materialize_then_add_one_document(home: Settings, small_corpus: Path, c
     assert assets["chunk_embeddings"].metadata["newly_embedded"] == \
         assets["chunk_embeddings"].metadata["distinct_chunk_texts"]
     assert all(all(a.checks.values()) for a in first.assets)
-    assert len([c for a in first.assets for c in a.checks]) == 3
+    assert len([c for a in first.assets for c in a.checks]) == 7
     # the run and its materializations live on the instance the UI reads
     assert instance.get_run_by_id(first.run_id) is not None
     event = instance.get_latest_materialization_event(dg.AssetKey("chunk_embeddings"))
@@ -192,22 +194,31 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
 
 
 @pytest.mark.postgres
-def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, pg_database_url: str):
+def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, pg_database_url: str,
+                                    monkeypatch: pytest.MonkeyPatch):
     """RETRO_OPS_DAGSTER_STORAGE_URL puts runs, events and partitions in Postgres: a real
-    materialization is recorded there and a second instance (as `dagster dev` opens) sees it."""
-    settings = replace(home, dagster_storage_url=pg_database_url)
+    materialization is recorded there and a second instance (as `dagster dev` opens) sees it.
+    The URL's password stays out of dagster.yaml, which names the environment variable."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(pg_database_url).set(password="pw-Not-In-Yaml").render_as_string(
+        hide_password=False)
+    settings = replace(home, dagster_storage_url=url)
+    monkeypatch.delenv(DAGSTER_STORAGE_ENV, raising=False)  # the settings alone are enough here
     Catalog.open(home.catalog_url).add_corpus("small", str(small_corpus))
     instance = dagster_instance(settings)
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     outcome = materialize_corpus(instance, "small", selection=["documents"])
     assert outcome.success, outcome.error
+    monkeypatch.setenv(DAGSTER_STORAGE_ENV, url)  # as `retro-ops ui` passes it to `dagster dev`
     reopened = dg.DagsterInstance.from_config(str(settings.dagster_home))
     [run] = reopened.get_runs()
     assert run.run_id == outcome.run_id and run.is_success
     event = reopened.get_latest_materialization_event(dg.AssetKey("documents"))
     assert event is not None and event.asset_materialization.partition == "small"
     assert reopened.get_dynamic_partitions("corpus") == ["small"]
+    written = (settings.dagster_home / "dagster.yaml").read_text()
+    assert "pw-Not-In-Yaml" not in written and f"env: {DAGSTER_STORAGE_ENV}" in written
     # back to SQLite: the file written by retro-ops follows the settings
-    assert pg_database_url in (settings.dagster_home / "dagster.yaml").read_text()
     assert "postgres" not in dagster_yaml(home)
     assert type(dagster_instance(home).run_storage).__name__ != "PostgresRunStorage"

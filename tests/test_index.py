@@ -131,10 +131,10 @@ def test_index_not_in_catalog_is_refused(indexed_home, embedder, built, tmp_path
     stranger = Catalog.open(f"sqlite:///{tmp_path / 'other.db'}")  # never built anything
     with pytest.raises(IndexIntegrityError, match="did not build"):
         load_current(index_root(settings.indices_dir, "small"), expected_ntotal=built[0].n_chunks,
-                     is_trusted=stranger.is_trusted_index)
+                     retrieval_set="small", is_trusted=stranger.is_trusted_index)
     with pytest.raises(IndexIntegrityError, match=r"ntotal \d+ != 5 rows"):
         load_current(index_root(settings.indices_dir, "small"), expected_ntotal=5,
-                     is_trusted=lambda sha: True)
+                     retrieval_set="small", is_trusted=lambda *_: True)
 
 
 def test_nan_and_wrong_dimension_are_rejected_before_add(indexed_home, built):

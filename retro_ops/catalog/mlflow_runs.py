@@ -12,19 +12,69 @@ of its own rather than writing artifacts into the folder it was copied from.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from retro_ops.ids import sha256_hex
 from retro_ops.settings import Settings
 
 EXPERIMENT = "retro-ops"
+T = TypeVar("T")
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` tracking URI, else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+@contextmanager
+def store_lock(db_path: Path | None) -> Iterator[None]:
+    """An exclusive lock beside a SQLite MLflow store (none for a server database).
+
+    MLflow creates and migrates a fresh SQLite store without a lock of its own (its tracking and
+    registry stores each run `create_all` + alembic): two processes opening a new home at once
+    fail with "duplicate column name" or an alembic revision error. Holding this lock while the
+    stores are first opened makes one process create the schema and the others find it done.
+    """
+    if db_path is None:
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(db_path.with_name(db_path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_or_create(get: Callable[[], T | None], create: Callable[[], T]) -> T:
+    """`get()`, else `create()`; when another process creates it in between, its copy."""
+    found = get()
+    if found is not None:
+        return found
+    try:
+        return create()
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = get()
+        if found is None:
+            raise
+        return found
 
 
 @dataclass(frozen=True)
@@ -65,7 +115,9 @@ class Tracking:
     def __init__(self, settings: Settings):
         self.tracking_uri = settings.mlflow_tracking_uri
         self.artifact_root = settings.mlflow_dir / "artifacts"
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        with store_lock(sqlite_path(self.tracking_uri)):  # opens (creates, migrates) both stores
+            self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self.client.search_registered_models(max_results=1)  # the registry store opens lazily
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         location = (self.artifact_root / name).as_uri()
@@ -73,10 +125,12 @@ class Tracking:
         if found is not None and found.artifact_location != location:  # the home was moved
             name = f"{name}-{sha256_hex(location)[:8]}"
             location = (self.artifact_root / name).as_uri()
+
+        def get() -> str | None:
             found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        return self.client.create_experiment(name, artifact_location=location)
+            return None if found is None else found.experiment_id
+
+        return get_or_create(get, lambda: self.client.create_experiment(name, artifact_location=location))
 
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
@@ -108,8 +162,8 @@ class Tracking:
     def register(self, name: str, source: str, run_id: str, alias: str,
                  tags: dict[str, str] | None = None) -> str:
         """Register `source` as a new version of model `name` and point `alias` at it."""
-        if not self._model_exists(name):
-            self.client.create_registered_model(name)
+        get_or_create(lambda: name if self._model_exists(name) else None,
+                      lambda: self.client.create_registered_model(name).name)
         version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)

@@ -163,7 +163,9 @@ class Exclusion(Base):
 
 
 class IndexBuild(Base):
-    """A FAISS index built from one retrieval-set version; `sha256` is what a reader trusts."""
+    """A FAISS index built from one retrieval-set version. A reader trusts a build only when the
+    index's `sha256` and its manifest's `manifest_sha256` match a record of the set it is
+    published under (NULL: recorded before migration 0005; such a build must be rebuilt)."""
 
     __tablename__ = "index_builds"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -173,6 +175,7 @@ class IndexBuild(Base):
     factory: Mapped[str] = mapped_column(String(256))
     ntotal: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     manifest: Mapped[dict] = mapped_column(JSON)
     published: Mapped[bool] = mapped_column(default=False)
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

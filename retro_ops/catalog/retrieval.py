@@ -39,6 +39,17 @@ class RetrievalSetVersionInfo:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class IndexBuildRecord:
+    id: int
+    retrieval_set: str
+    retrieval_set_version_id: int
+    sha256: str
+    manifest_sha256: str
+    published: bool
+    build_dir: str
+
+
 def _version_info(name: str, v: m.RetrievalSetVersion) -> RetrievalSetVersionInfo:
     return RetrievalSetVersionInfo(
         v.id, name, v.digest, v.n_chunks, v.n_excluded, list(v.corpus_version_ids),
@@ -130,11 +141,12 @@ class RetrievalCatalogMixin:
         return len(chunk_ids)
 
     def record_index_build(self, version_id: int, *, build_dir: str, factory: str, ntotal: int,
-                           sha256: str, manifest: dict, run_id: str | None = None) -> int:
+                           sha256: str, manifest_sha256: str, manifest: dict,
+                           run_id: str | None = None) -> int:
         with self.session() as s:
             row = m.IndexBuild(retrieval_set_version_id=version_id, build_dir=build_dir,
-                               factory=factory, ntotal=ntotal, sha256=sha256, manifest=manifest,
-                               run_id=run_id)
+                               factory=factory, ntotal=ntotal, sha256=sha256,
+                               manifest_sha256=manifest_sha256, manifest=manifest, run_id=run_id)
             s.add(row)
             s.flush()
             return row.id
@@ -144,15 +156,25 @@ class RetrievalCatalogMixin:
             row = s.get(m.IndexBuild, build_id)
             row.published, row.build_dir = True, self.stored_path(build_dir)  # home-relative
 
-    def index_build_id(self, sha256: str) -> int:
+    def trusted_index_build(self, retrieval_set: str, version_id: int, sha256: str,
+                            manifest_sha256: str) -> IndexBuildRecord | None:
+        """The record of a build of this set's version with these index and manifest digests;
+        None when retro-ops never built it for this set (copied from another set, tampered)."""
         with self.session() as s:
-            found = s.scalar(select(m.IndexBuild.id).where(m.IndexBuild.sha256 == sha256)
-                             .order_by(m.IndexBuild.id.desc()))
-            if found is None:
-                raise RetrievalSetError(f"no index build with sha256 {sha256[:12]}...")
-            return found
+            row = s.scalars(
+                select(m.IndexBuild)
+                .join(m.RetrievalSetVersion,
+                      m.RetrievalSetVersion.id == m.IndexBuild.retrieval_set_version_id)
+                .join(m.RetrievalSet, m.RetrievalSet.id == m.RetrievalSetVersion.retrieval_set_id)
+                .where(m.RetrievalSet.name == retrieval_set, m.IndexBuild.sha256 == sha256,
+                       m.IndexBuild.retrieval_set_version_id == version_id,
+                       m.IndexBuild.manifest_sha256 == manifest_sha256)
+                .order_by(m.IndexBuild.id.desc())).first()
+            return None if row is None else IndexBuildRecord(
+                row.id, retrieval_set, version_id, row.sha256, manifest_sha256, row.published,
+                self.resolved_path(row.build_dir))
 
-    def is_trusted_index(self, sha256: str) -> bool:
-        """Only an index this catalog recorded building may be loaded."""
-        with self.session() as s:
-            return s.scalar(select(m.IndexBuild.id).where(m.IndexBuild.sha256 == sha256)) is not None
+    def is_trusted_index(self, retrieval_set: str, version_id: int, sha256: str,
+                         manifest_sha256: str) -> bool:
+        """Only an index this catalog recorded building for this very set may be loaded."""
+        return self.trusted_index_build(retrieval_set, version_id, sha256, manifest_sha256) is not None

@@ -11,7 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retro_ops.features.store import FeatureStore
+from retro_ops.features.chunking import Chunker
+from retro_ops.features.store import CHUNKS, FeatureStore, table_keys
+
+_CHECK_DOCS = 256  # documents re-tokenized per batch by `chunks_complete`
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,45 @@ def chunks_not_empty(store: FeatureStore, doc_ids: list[str]) -> CheckOutcome:
     return CheckOutcome(empty_tokens == 0 and empty_text == 0 and rows.num_rows > 0, {
         "chunks": rows.num_rows, "empty_token_chunks": empty_tokens,
         "empty_text_chunks": empty_text, "expected_empty": 0,
+    })
+
+
+def unique_keys(store: FeatureStore, table: str) -> CheckOutcome:
+    """No key stored twice (`<table>_unique_keys`). Counting distinct keys would hide a duplicate
+    that a concurrent writer added; an index built over it would hold that row twice."""
+    dups = store.duplicate_keys(table)
+    extra = int(pc.sum(dups.column("count")).as_py() or 0) - dups.num_rows
+    return CheckOutcome(dups.num_rows == 0, {
+        "table": table, "key": ", ".join(table_keys(table)), "duplicated_keys": dups.num_rows,
+        "extra_rows": extra, "expected_duplicated_keys": 0,
+        "examples": ", ".join(str(r) for r in dups.slice(0, 5).to_pylist()),
+    })
+
+
+def chunks_complete(store: FeatureStore, chunker: Chunker, doc_ids: list[str]) -> CheckOutcome:
+    """Each document's stored chunks hold all its tokens: the sum of its chunks' token counts
+    equals the token count of its re-tokenized text, and positions run 0..n-1 without a gap. A
+    run killed mid-document leaves a prefix that only this catches."""
+    truncated, examples, checked = 0, [], 0
+    for start in range(0, len(doc_ids), _CHECK_DOCS):
+        group = doc_ids[start:start + _CHECK_DOCS]
+        texts = store.document_texts(group)
+        rows = store.chunks_of_documents(group, ["doc_id", "position", "n_tokens"])
+        per_doc = rows.group_by("doc_id").aggregate([
+            ("n_tokens", "sum"), ("position", "count_distinct"), ("position", "max")])
+        stored = {d: (t, n, last) for d, t, n, last in zip(*(per_doc.column(c).to_pylist() for c in (
+            "doc_id", "n_tokens_sum", "position_count_distinct", "position_max")))}
+        for doc_id, (ids, _) in zip(group, chunker.tokenize([texts.get(d, "") for d in group])):
+            n_tokens, n_chunks, last = stored.get(doc_id, (0, 0, -1))
+            expected_chunks = -(-len(ids) // chunker.config.chunk_tokens)
+            if n_tokens != len(ids) or n_chunks != expected_chunks or last != n_chunks - 1:
+                truncated += 1
+                if len(examples) < 5:
+                    examples.append(f"{doc_id}: {n_tokens}/{len(ids)} tokens stored")
+            checked += 1
+    return CheckOutcome(truncated == 0, {
+        "documents": checked, "incomplete_documents": truncated, "expected_incomplete": 0,
+        "table": CHUNKS, "examples": "; ".join(examples),
     })
 
 

@@ -1,10 +1,12 @@
 """The feature pipeline of one corpus: documents -> chunks -> embeddings, each step incremental.
 
 Each function is what one Dagster asset calls: it reads the previous step's output from the
-feature store, writes only what is new (a document already chunked is not re-chunked, a chunk
-text already embedded in this space is not re-embedded), records the LanceDB version it produced
+feature store, writes only what is new (a document whose chunks are all stored is not
+re-chunked, a chunk text already embedded in this space is not re-embedded), records the LanceDB version it produced
 in the catalog, and returns the numbers the asset shows. Progress goes to a callback, never to
-stdout. Embeddings are written block by block, so an interrupted run keeps what it finished.
+stdout. Chunks and embeddings are written block by block, so an interrupted run keeps what it
+finished; the rerun completes a document cut mid-way (its stored prefix is kept, the missing
+positions are added). Writes are safe against a concurrent run (see `store`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from retro_ops.catalog import Catalog, CorpusVersionInfo
 from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
 from retro_ops.features.embedder import Embedder, EmbeddingSpace
-from retro_ops.features.store import CHUNKS, FeatureStore, TableWrite, embeddings_table_name
+from retro_ops.features.store import (
+    CHUNKS,
+    DOCUMENTS,
+    FeatureStore,
+    TableWrite,
+    embeddings_table_name,
+)
 from retro_ops.ids import sha256_hex
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -53,6 +61,7 @@ class ChunksResult:
     write: TableWrite
     seconds: float
     data_version: str
+    resumed_documents: int = 0  # documents a killed run left partly chunked, completed now
 
     @property
     def tokens_per_second(self) -> float:
@@ -85,10 +94,11 @@ def ingest_documents(
     info = catalog.get_corpus(corpus)
     report = ReadReport()
     snapshot = collect_documents(read_corpus(info.source_uri, reader_config, report))
-    write = store.add_documents(snapshot.documents)
-    version = catalog.record_corpus_version(
-        corpus, snapshot.documents, snapshot.digest, documents_lance_version=write.version,
-        n_issues=len(report.issues), run_id=run_id)
+    with store.lock(DOCUMENTS):  # the catalog's document rows are check-then-insert as well
+        write = store.add_documents(snapshot.documents)
+        version = catalog.record_corpus_version(
+            corpus, snapshot.documents, snapshot.digest, documents_lance_version=write.version,
+            n_issues=len(report.issues), run_id=run_id)
     return DocumentsResult(version, report.files, len(snapshot.documents), write.inserted,
                            snapshot.duplicates_collapsed, report.issues, write,
                            time.perf_counter() - started)
@@ -98,11 +108,14 @@ def chunk_corpus(
     catalog: Catalog, store: FeatureStore, chunker: Chunker, corpus: str, *,
     run_id: str | None = None, progress: Progress = _no_progress, write_every: int = 20_000,
 ) -> ChunksResult:
-    """Chunk the documents of the corpus's latest version that have no chunks yet."""
+    """Chunk the documents of the corpus's latest version whose chunks are not all stored yet.
+    Chunk ids depend on (document, position) only, so re-chunking a partly stored document
+    inserts exactly its missing positions."""
     started = time.perf_counter()
     version = catalog.latest_corpus_version(corpus)
     doc_ids = catalog.corpus_doc_ids(version.id)
-    todo = sorted(set(doc_ids) - store.chunked_doc_ids())
+    complete, partial = store.chunked_documents()
+    todo = sorted(set(doc_ids) - complete)
     texts = store.document_texts(todo)
     pending: list = []
     inserted = new_tokens = short_docs = docs_done = 0
@@ -129,7 +142,8 @@ def chunk_corpus(
                                    rows_written=inserted, run_id=run_id,
                                    stats={"chunks": n_chunks, "new_tokens": new_tokens})
     return ChunksResult(version, n_chunks, inserted, len(todo), new_tokens, int(short_docs),
-                        TableWrite(CHUNKS, inserted, lance_version), seconds, data_version)
+                        TableWrite(CHUNKS, inserted, lance_version), seconds, data_version,
+                        resumed_documents=len(partial.intersection(todo)))
 
 
 def embed_corpus(
@@ -139,12 +153,13 @@ def embed_corpus(
     """Embed the corpus's chunk texts that have no vector in this embedding space yet."""
     started = time.perf_counter()
     space = embedder.space
-    catalog.register_embedding_space(space)
+    table = embeddings_table_name(space.space_id)
+    with store.lock(table):  # check-then-insert in the catalog: one registrar at a time
+        catalog.register_embedding_space(space)
     version = catalog.latest_corpus_version(corpus)
     chunks = store.chunks_of_documents(catalog.corpus_doc_ids(version.id), ["content_hash", "text"])
     missing = store.missing_embeddings(space.space_id, space.dim, chunks.column("content_hash"))
     todo = _first_text_per_hash(chunks, missing)
-    table = embeddings_table_name(space.space_id)
     writes: list[TableWrite] = []
     progress(0, len(todo))
     for start in range(0, len(todo), block):

@@ -8,6 +8,11 @@ Tables:
   of different embedders live side by side and identical chunk text is embedded once.
 Every write is a LanceDB version; writers return it so lineage can pin exactly what was read.
 Filters are built with `lancedb.expr` (never string-formatted SQL: see STACK-FACTS).
+
+Writers may run at once (two materializations of overlapping corpora, two builds of one set):
+every write holds its table's inter-process lock (`locks.table_lock`) from reading which keys
+exist to committing, so a key is stored once. `duplicate_keys` / `repair_duplicates` find and
+remove the duplicates of stores written before that (or by an unlocked object-store writer).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lancedb
 import numpy as np
@@ -22,8 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col, lit
 
-from retro_ops.features.chunking import Chunk
-from retro_ops.corpus import Document
+from retro_ops.features.locks import lock_dir, table_lock
+
+if TYPE_CHECKING:  # type-only: writer subprocesses then start without importing transformers
+    from retro_ops.corpus import Document
+    from retro_ops.features.chunking import Chunk
 
 DOCUMENTS = "documents"
 CHUNKS = "chunks"
@@ -59,6 +68,16 @@ def embeddings_table_name(space_id: str) -> str:
     return f"embeddings_{space_id}"
 
 
+def table_keys(name: str) -> list[str]:
+    """The columns that identify a row of a feature-store table (unique by construction)."""
+    if name.startswith("embeddings_"):
+        return ["content_hash"]
+    keys = {DOCUMENTS: ["doc_id"], CHUNKS: ["chunk_id"], MEMBERS: ["set_digest", "chunk_id"]}
+    if name not in keys:
+        raise KeyError(f"no key columns known for feature-store table {name!r}")
+    return keys[name]
+
+
 @dataclass(frozen=True)
 class TableWrite:
     """The outcome of one write: which table, how many rows went in, and the version after it."""
@@ -72,6 +91,7 @@ class FeatureStore:
     def __init__(self, uri: str):
         self.uri = uri
         self.db = lancedb.connect(uri)
+        self._known: dict[str, tuple[tuple[int, int], set]] = {}  # table -> ((version, rows), keys)
 
     def table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
         return self.db.create_table(name, schema=schema, exist_ok=True)
@@ -82,21 +102,47 @@ class FeatureStore:
     def version(self, name: str) -> int:
         return self.db.open_table(name).version if name in self._table_names() else 0
 
+    def lock(self, name: str):
+        """The writer lock of one table (re-entrant): hold it across read-check-write sections."""
+        return table_lock(self.uri, name)
+
     # -- generic helpers ---------------------------------------------------------------------
-    def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table, *,
-                    known_new: bool = False) -> TableWrite:
-        """Insert rows whose key is not present yet; an empty batch writes no version.
-        `known_new`: the caller already removed known keys (skips re-reading the key column,
-        which would make block-by-block writes quadratic in the table size)."""
-        table = self.table(name, schema)
-        if rows.num_rows and not known_new:  # drop known keys: nothing new writes no version
-            rows = rows.filter(pc.invert(pc.is_in(rows.column(key),
-                                                  value_set=self._column(name, schema, key))))
-        if rows.num_rows == 0:
-            return TableWrite(name, 0, table.version)
-        # merge_insert (not add) keeps the write idempotent against a concurrent writer
-        result = table.merge_insert(key).when_not_matched_insert_all().execute(rows)
-        return TableWrite(name, result.num_inserted_rows, result.version)
+    def _insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table) -> TableWrite:
+        """Insert rows whose key is not present yet, once each; an empty batch writes no version.
+
+        Under the table's lock the keys present are exactly those of the version we see, so a
+        plain `add` cannot duplicate. The key set is cached per version: block-by-block writes
+        re-read the key column only when another writer committed in between (not quadratic)."""
+        with self.lock(name):
+            table = self.table(name, schema)
+            n_rows = table.count_rows()
+            known = self._known_keys(name, schema, key, (table.version, n_rows))
+            fresh, mask = set(), []
+            for k in rows.column(key).to_pylist():
+                mask.append(k not in known and k not in fresh)
+                fresh.add(k)
+            rows = rows.filter(pa.array(mask, pa.bool_())) if rows.num_rows else rows
+            if rows.num_rows == 0:
+                return TableWrite(name, 0, table.version)
+            if lock_dir(self.uri) is None:  # object storage: no lock; merge_insert narrows races
+                result = table.merge_insert(key).when_not_matched_insert_all().execute(rows)
+                inserted, version = result.num_inserted_rows, result.version
+            else:
+                table.add(rows)
+                inserted, version = rows.num_rows, table.version
+            known |= set(rows.column(key).to_pylist())
+            self._known[name] = ((version, n_rows + inserted), known)
+            return TableWrite(name, inserted, version)
+
+    def _known_keys(self, name: str, schema: pa.Schema, key: str, stamp: tuple[int, int]) -> set:
+        """The table's keys; `stamp` = (version, rows) also catches a dropped and re-created
+        table whose version numbers start again."""
+        cached = self._known.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        keys = set(self._column(name, schema, key).to_pylist())
+        self._known[name] = (stamp, keys)
+        return keys
 
     def _column(self, name: str, schema: pa.Schema, column: str) -> pa.Array:
         table = self.table(name, schema)
@@ -133,8 +179,19 @@ class FeatureStore:
         return dict(zip(rows.column("doc_id").to_pylist(), rows.column("text").to_pylist()))
 
     # -- chunks ------------------------------------------------------------------------------
-    def chunked_doc_ids(self) -> set[str]:
-        return set(pc.unique(self._column(CHUNKS, CHUNKS_SCHEMA, "doc_id")).to_pylist())
+    def chunked_documents(self) -> tuple[set[str], set[str]]:
+        """(complete, partial) documents of the chunks table. Complete: the last chunk (no
+        continuation) is stored and so is every position before it. A run killed mid-document
+        leaves a prefix, which is partial: the next run re-chunks it and adds what is missing."""
+        table = self.table(CHUNKS, CHUNKS_SCHEMA)
+        rows = table.search().select(["doc_id", "position", "next_chunk_id"]).limit(None).to_arrow()
+        rows = rows.append_column("is_last", pc.is_null(rows.column("next_chunk_id")))
+        per_doc = rows.group_by("doc_id").aggregate([
+            ("position", "count_distinct"), ("position", "max"), ("is_last", "any")])
+        done = pc.and_(per_doc.column("is_last_any"), pc.equal(
+            per_doc.column("position_count_distinct"), pc.add(per_doc.column("position_max"), 1)))
+        docs = per_doc.column("doc_id")
+        return set(docs.filter(done).to_pylist()), set(docs.filter(pc.invert(done)).to_pylist())
 
     def add_chunks(self, chunks: Sequence[Chunk]) -> TableWrite:
         rows = pa.table({
@@ -170,7 +227,7 @@ class FeatureStore:
             "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         }, schema=embeddings_schema(dim))
         return self._insert_new(embeddings_table_name(space_id), embeddings_schema(dim),
-                                "content_hash", rows, known_new=True)
+                                "content_hash", rows)
 
     def embeddings_of(self, space_id: str, dim: int, content_hashes: Sequence[str],
                       version: int | None = None) -> pa.Table:
@@ -192,11 +249,16 @@ class FeatureStore:
         table = self.table(MEMBERS, MEMBERS_SCHEMA)
         return table.count_rows((col("set_digest") == lit(set_digest)).to_sql()) > 0
 
-    def add_members(self, rows: pa.Table) -> TableWrite:
-        table = self.table(MEMBERS, MEMBERS_SCHEMA)
-        if rows.num_rows:
+    def add_members(self, set_digest: str, rows: pa.Table) -> TableWrite:
+        """Store a set version's members unless they are there already. Check and append happen
+        under the table lock, and one `add` is one commit: a version's members are all stored
+        once or not at all, even when two builds race or one is killed."""
+        with self.lock(MEMBERS):
+            table = self.table(MEMBERS, MEMBERS_SCHEMA)
+            if rows.num_rows == 0 or self.has_members(set_digest):
+                return TableWrite(MEMBERS, 0, table.version)
             table.add(rows.select(MEMBERS_SCHEMA.names).cast(MEMBERS_SCHEMA))
-        return TableWrite(MEMBERS, rows.num_rows, table.version)
+            return TableWrite(MEMBERS, rows.num_rows, table.version)
 
     def members(self, set_digest: str, columns: list[str] | None = None,
                 chunk_ids: Sequence[int] | None = None) -> pa.Table:
@@ -211,3 +273,35 @@ class FeatureStore:
         if columns:
             query = query.select(columns)
         return query.limit(None).to_arrow()
+
+    # -- integrity ---------------------------------------------------------------------------
+    def duplicate_keys(self, name: str) -> pa.Table:
+        """Keys stored more than once in a table, with their row count (`count`)."""
+        keys = table_keys(name)
+        if name not in self._table_names():
+            return pa.table({**{k: pa.array([], pa.string()) for k in keys},
+                             "count": pa.array([], pa.int64())})
+        rows = self.db.open_table(name).search().select(keys).limit(None).to_arrow()
+        counts = rows.group_by(keys).aggregate([([], "count_all")])
+        counts = counts.rename_columns([*keys, "count"])
+        return counts.filter(pc.greater(counts.column("count"), 1))
+
+    def repair_duplicates(self, name: str) -> int:
+        """Keep one row per key (the first written), delete the rest; returns rows deleted.
+
+        One delete by row id is one commit, so a crash leaves either the duplicates or the
+        repaired table, never a key with no row. Rows of one key are identical by construction
+        (content-addressed), so which copy survives does not matter."""
+        keys = table_keys(name)
+        if name not in self._table_names():
+            return 0
+        with self.lock(name):
+            table = self.db.open_table(name)
+            rows = table.search().select(keys).with_row_id(True).limit(None).to_arrow()
+            first = rows.group_by(keys).aggregate([("_rowid", "min")]).column("_rowid_min")
+            extra = pc.invert(pc.is_in(rows.column("_rowid"), value_set=first))
+            doomed = rows.column("_rowid").filter(extra).to_pylist()
+            if doomed:
+                table.delete(col("_rowid").isin(doomed).to_sql())
+            self._known.pop(name, None)
+            return len(doomed)

@@ -1,7 +1,9 @@
 """Index a retrieval-set version: build, record in the catalog, publish atomically, measure.
 
-The build is recorded in the catalog (which is what makes it trusted) before CURRENT flips,
-and measured on the in-memory index right after: recall@10 against exact search and latency.
+The build is recorded in the catalog with its index and manifest digests (which is what makes
+it trusted, for this set only) before CURRENT flips, and measured on the in-memory index right
+after: recall@10 against exact search and latency. Each run first cleans up after a publisher
+that was killed midway, so a rerun ends as an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index_build import IndexConfig, build_index
-from retro_ops.retrieval.index_publish import IndexManifest, PublishedIndex, publish_index
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
 from retro_ops.errors import IndexIntegrityError
 from retro_ops.retrieval.index_build import apply_search_params
-from retro_ops.retrieval.index_publish import CrashPoint, current_build, load_current, read_manifest, serialize
+from retro_ops.retrieval.index_publish import (
+    CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
+    read_manifest, recover_publish, serialize,
+)
 from retro_ops.retrieval.sets import retrieval_set_vectors
 from retro_ops.retrieval.retriever import index_root
 
@@ -46,30 +50,36 @@ def _reuse_current(catalog: Catalog, store: FeatureStore, root: Path, version: R
                    key: str, dim: int, eval_queries: int) -> IndexBuildResult | None:
     """The published index when it was built from this very version and config (and still
     passes every integrity check); None means build anew."""
-    found = current_build(root)
-    if found is None or read_manifest(root, found[0]).build_key != key:
-        return None
     try:
-        index, manifest = load_current(root, expected_ntotal=version.n_chunks,
+        found = current_build(root)
+        if found is None or read_manifest(root, found[0]).build_key != key:
+            return None
+        index, manifest = load_current(root, retrieval_set=version.retrieval_set,
+                                       expected_ntotal=version.n_chunks,
                                        is_trusted=catalog.is_trusted_index)
     except IndexIntegrityError:
-        return None  # damaged or untrusted: rebuild rather than serve it
+        return None  # damaged pointer, manifest or index, or untrusted: rebuild, never serve it
     apply_search_params(index, manifest.search_params)
     ids, vectors = retrieval_set_vectors(store, version, dim)
     quality = evaluate_index(index, vectors, ids, queries=eval_queries)
-    return IndexBuildResult(version, manifest, quality, catalog.index_build_id(manifest.sha256),
+    record = catalog.trusted_index_build(version.retrieval_set, version.id, manifest.sha256,
+                                         manifest.digest())
+    if not record.published:  # its publisher died after the flip, before recording it
+        catalog.mark_index_published(record.id, str(root / found[0]))
+    return IndexBuildResult(version, manifest, quality, record.id,
                             PublishedIndex(found[0], root / found[0], manifest), reused=True)
 
 
 def index_retrieval_set(
     catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str, dim: int, *,
     config: IndexConfig = IndexConfig(), run_id: str | None = None, eval_queries: int = 500,
-    min_recall: float = 0.0, crash_at: CrashPoint | None = None,
+    min_recall: float = 0.0, crash_at: CrashPoint | None = None, crash_mode: CrashMode = "raise",
 ) -> IndexBuildResult:
     """Build and measure; publish only when recall@10 >= min_recall (a failed build is recorded,
     unpublished, and the previous index keeps serving)."""
     version = catalog.latest_retrieval_set_version(retrieval_set)
     root, key = index_root(indices_dir, retrieval_set), build_key(version, config)
+    recover_publish(root)
     if crash_at is None:
         reused = _reuse_current(catalog, store, root, version, key, dim, eval_queries)
         if reused is not None:
@@ -89,10 +99,10 @@ def index_retrieval_set(
     quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
     build_id = catalog.record_index_build(
         version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
-        sha256=manifest.sha256, manifest={**manifest.__dict__, **quality.as_metadata()},
-        run_id=run_id)
+        sha256=manifest.sha256, manifest_sha256=manifest.digest(),
+        manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
     if quality.recall_at_k < min_recall:
         return IndexBuildResult(version, manifest, quality, build_id, None)
-    published = publish_index(root, data, manifest, crash_at=crash_at)
+    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode)
     catalog.mark_index_published(build_id, str(published.path))
     return IndexBuildResult(version, manifest, quality, build_id, published)

@@ -21,7 +21,7 @@ from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index_build import apply_search_params
-from retro_ops.retrieval.index_publish import IndexManifest, current_build, load_current, read_manifest
+from retro_ops.retrieval.index_publish import IndexManifest, check_ntotal, current_build, load_current
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
                      "continuation_token_ids"]
@@ -59,15 +59,19 @@ class Retriever:
     @classmethod
     def open(cls, catalog: Catalog, store: FeatureStore, embedder: Embedder, indices_dir: Path,
              retrieval_set: str, *, search_params: dict[str, int] | None = None) -> Retriever:
-        """Load the published index of a retrieval set after every integrity check."""
+        """Load the published index of a retrieval set after every integrity check. A build that
+        fails one is refused (fail closed), never swapped for an older build on disk: an older
+        build may still hold chunks excluded since. A server that already holds a verified
+        index keeps serving it (its swap fails); a fresh start needs `materialize` first."""
         root = index_root(indices_dir, retrieval_set)
         found = current_build(root)
         if found is None:
             raise IndexIntegrityError(f"retrieval set {retrieval_set!r} has no published index "
                                       f"(run `retro-ops materialize --retrieval-set {retrieval_set}`)")
-        version = catalog.retrieval_set_version(read_manifest(root, found[0]).retrieval_set_version_id)
-        index, manifest = load_current(root, expected_ntotal=version.n_chunks,
+        index, manifest = load_current(root, retrieval_set=retrieval_set,
                                        is_trusted=catalog.is_trusted_index)
+        version = catalog.retrieval_set_version(manifest.retrieval_set_version_id)
+        check_ntotal(root / found[0], manifest, version.n_chunks)
         params = {**manifest.search_params, **(search_params or {})}
         apply_search_params(index, params)
         return cls(index, manifest, version, store, embedder)

@@ -2,7 +2,8 @@
 
 A version is the chunks of the latest version of each of the set's corpora, minus excluded
 chunks, in chunk-id order. Its digest covers the chunk ids and the embedding space, so an
-unchanged set gets no new version. Members are written to LanceDB once per digest with their
+unchanged set gets no new version (checked under the members table's writer lock, so two builds
+at once make one version). Members are written to LanceDB once per digest with their
 neighbour value (chunk + continuation, 2m tokens); a continuation never crosses a document end
 and is never an excluded chunk.
 """
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.errors import RetrievalSetError
-from retro_ops.features.store import CHUNKS, FeatureStore, embeddings_table_name
+from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore, embeddings_table_name
 from retro_ops.ids import sha256_hex
 
 CHUNK_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",
@@ -69,19 +70,24 @@ def build_retrieval_set_version(
             f"{len(missing)} chunk texts of retrieval set {name!r} have no embedding in space "
             f"{space.space_id}: materialize chunk_embeddings for {', '.join(info.corpora)}")
     digest = set_digest(chunks.column("chunk_id").to_numpy(), space.space_id)
-    if info.latest_version_id is not None:
-        latest = catalog.latest_retrieval_set_version(name)
-        if latest.digest == digest:
-            return RetrievalSetBuild(latest, created=False)
-    write = None if store.has_members(digest) else store.add_members(_members(chunks, digest))
-    table = embeddings_table_name(space.space_id)
-    version = catalog.record_retrieval_set_version(
-        name, digest=digest, n_chunks=chunks.num_rows, n_excluded=n_excluded,
-        corpus_version_ids=[v.id for v in corpus_versions], embedding_space_id=space.space_id,
-        chunks_lance_version=store.version(CHUNKS), embeddings_table=table,
-        embeddings_lance_version=store.version(table),
-        members_lance_version=write.version if write else store.version("retrieval_set_chunks"),
-        run_id=run_id)
+    # One builder at a time from "is this digest the latest?" to "recorded": two builds of one
+    # set started together then give one version and one copy of its members, not two.
+    with store.lock(MEMBERS):
+        latest_id = catalog.get_retrieval_set(name).latest_version_id
+        if latest_id is not None:
+            latest = catalog.latest_retrieval_set_version(name)
+            if latest.digest == digest:
+                return RetrievalSetBuild(latest, created=False)
+        # members of a digest are written once, atomically: a build killed after this line
+        # finds them complete on its rerun and only records the version
+        write = store.add_members(digest, _members(chunks, digest))
+        table = embeddings_table_name(space.space_id)
+        version = catalog.record_retrieval_set_version(
+            name, digest=digest, n_chunks=chunks.num_rows, n_excluded=n_excluded,
+            corpus_version_ids=[v.id for v in corpus_versions], embedding_space_id=space.space_id,
+            chunks_lance_version=store.version(CHUNKS), embeddings_table=table,
+            embeddings_lance_version=store.version(table),
+            members_lance_version=write.version, run_id=run_id)
     return RetrievalSetBuild(version, created=True)
 
 

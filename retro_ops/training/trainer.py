@@ -1,7 +1,9 @@
 """Train RETRO (or its baseline) on chunk-aligned sequences with precomputed neighbours.
 
 Deterministic on CPU with a seed: the batch of step s is a pure function of (seed, s), so a run
-resumed from its last checkpoint after a crash sees exactly the batches it would have seen.
+resumed from its last checkpoint after a crash sees exactly the batches it would have seen, and
+a run killed anywhere (mid-step, mid-save) resumes to bit-identical weights: the checkpoint save
+is atomic and the resume first recovers what a killed save left (`recover_checkpoint`).
 RETROfitting freezes a trained baseline's decoder and trains only the encoder and the CCA layers.
 """
 
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 
 from retro_ops.model import Retro, RetroConfig
+from retro_ops.errors import CrashMode, SimulatedCrash
 from retro_ops.training.checkpoint import (
-    STATE_FILE, TrainState, load_checkpoint, load_train_state, save_checkpoint,
+    STATE_FILE, CheckpointCrash, TrainState, load_checkpoint, load_train_state, recover_checkpoint,
+    save_checkpoint,
 )
 from retro_ops.training.data import Sequences
 from retro_ops.training.neighbours import Neighbours
@@ -101,8 +105,11 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *,
           trainable: list[torch.nn.Parameter] | None = None, progress: Progress | None = None,
           crash_at_step: int | None = None, on_log: Callable[[int, float], None] | None = None,
-          log_every: int = 10, files: dict[str, str] | None = None) -> TrainResult:
-    """Train in place, checkpointing to `folder`; resumes if `folder` holds a partial run."""
+          log_every: int = 10, files: dict[str, str] | None = None,
+          crash_in_save: CheckpointCrash | None = None, crash_mode: CrashMode = "raise") -> TrainResult:
+    """Train in place, checkpointing to `folder`; resumes if `folder` holds a partial run.
+    Test hooks: `crash_at_step` crashes before that step runs or, with `crash_in_save`, inside
+    the first checkpoint save after it; `crash_mode="kill"` makes it a real SIGKILL."""
     params = trainable if trainable is not None else list(model.parameters())
     trainable_ids = {id(p) for p in params}
     for p in model.parameters():
@@ -110,6 +117,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.95))
     state = TrainState(0, [], {})
+    recover_checkpoint(folder)
     if (folder / STATE_FILE).exists():
         state = load_train_state(folder, model, optimizer)
     start, losses = state.step, list(state.losses)
@@ -117,8 +125,8 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
     device = next(model.parameters()).device  # batches follow the model (CPU, or a GPU)
     model.train()
     for step in range(start, config.steps):
-        if crash_at_step is not None and step == crash_at_step:
-            raise RuntimeError(f"simulated crash at step {step}")
+        if crash_at_step is not None and step == crash_at_step and crash_in_save is None:
+            SimulatedCrash.at(f"at step {step}", crash_mode)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         input_ids, targets, neighbours, mask = data.batch(
@@ -136,8 +144,9 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
         if progress:
             progress(step + 1, config.steps)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            crash = crash_in_save if crash_at_step is not None and step >= crash_at_step else None
             save_checkpoint(folder, model, optimizer=optimizer, state=TrainState(step + 1, losses, {}),
-                            files=files)
+                            files=files, crash_at=crash, crash_mode=crash_mode)
     seconds = time.perf_counter() - started
     model.eval()
     return TrainResult(folder, losses, tokens / seconds if seconds > 0 else 0.0, seconds, start,
