@@ -26,7 +26,8 @@ class CatalogResource(dg.ConfigurableResource):
     url: str = ""
 
     def open(self) -> Catalog:
-        return Catalog.open(self.url or Settings.from_env().catalog_url)
+        settings = Settings.from_env()
+        return Catalog.open(self.url or settings.catalog_url, home=settings.home)
 
 
 class FeatureStoreResource(dg.ConfigurableResource):

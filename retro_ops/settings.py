@@ -2,6 +2,9 @@
 
 All paths hang off `RETRO_OPS_HOME` (default `./.retro_ops`) so a demo never writes outside it;
 each backend URL can be pointed elsewhere (e.g. the catalog at Postgres) by environment.
+Nothing absolute is derived once and kept: the URLs below are computed from the home each time a
+process starts, and the catalog records paths relative to the home (`stored_path`), so a home
+copied to another folder or machine reads its own files, never the original's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,34 @@ EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
 MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
 DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
 DEFAULT_HOME = ".retro_ops"
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def stored_path(path: str | Path, home: Path, *, within: Path | None = None) -> str:
+    """How the catalog records `path`: relative to `home` when it lies under `within` (default:
+    the home itself), so copying the home (or the folder holding it) carries it along; a path
+    elsewhere (a shared data disk) stays absolute, because it does not move with the home."""
+    text = str(path)
+    if not text:
+        return text
+    absolute = os.path.abspath(os.path.expanduser(text))
+    base = Path(within or home)
+    if base.parent == base:  # never "relative to /": that would be absolute in disguise
+        base = Path(home)
+    if _inside(absolute, os.path.abspath(base)):
+        return os.path.relpath(absolute, home)
+    return absolute
+
+
+def resolve_stored(stored: str, home: Path) -> str:
+    """A recorded path made absolute again against the home reading it; a value that is already
+    absolute (recorded by an older retro-ops) is returned as it was."""
+    if not stored or os.path.isabs(stored):
+        return stored
+    return os.path.normpath(os.path.join(home, stored))
 
 
 @dataclass(frozen=True)

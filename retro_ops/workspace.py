@@ -24,7 +24,8 @@ class Workspace:
     def open(cls, settings: Settings | None = None) -> "Workspace":
         settings = settings or Settings.from_env()
         settings.ensure_dirs()
-        return cls(settings, Catalog.open(settings.catalog_url), FeatureStore(settings.lancedb_uri))
+        return cls(settings, Catalog.open(settings.catalog_url, home=settings.home),
+                   FeatureStore(settings.lancedb_uri))
 
     @property
     def embedder(self) -> Embedder:

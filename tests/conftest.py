@@ -32,7 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture
 def catalog(home: Settings) -> Catalog:
-    cat = Catalog.open(home.catalog_url)
+    cat = Catalog.open(home.catalog_url, home=home.home)
     yield cat
     cat.close()
 
@@ -74,7 +74,7 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
         shutil.copy(CORPORA_DIR / "moby_dick" / name, corpus / name)
     settings = Settings(home=root / "home")
     settings.ensure_dirs()
-    catalog = Catalog.open(settings.catalog_url)
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
     store = FeatureStore(settings.lancedb_uri)
     catalog.add_corpus("small", str(corpus))
     pipeline.ingest_documents(catalog, store, "small")

@@ -87,7 +87,7 @@ def _exercise(catalog: Catalog) -> None:
     assert catalog.corpus_doc_ids(v1.id) == ["d1", "d2"]
     assert catalog.corpus_doc_ids(v2.id) == ["d1"]
     assert catalog.latest_corpus_version("c").digest == "digest2"
-    assert catalog.document_sources("d1") == ["/data/c/a.txt", "/data/c/b.txt"]
+    assert catalog.document_sources("d1") == ["a.txt", "b.txt"]  # relative to the corpus root
     [info] = catalog.list_corpora()
     assert (info.n_versions, info.n_documents, info.latest_digest) == (2, 1, "digest2")
     _exercise_models(catalog, v1.id)

@@ -5,7 +5,9 @@ exactly which data fed it: training corpus version, retrieval-set version (with 
 versions), index manifest digest, embedding space and tokenizer. The code version and the
 Dagster run id go in tags. Checkpoints are logged as artifacts and registered as model versions.
 MLflow limits a dataset digest to 36 characters: the short digest goes there, the full one in
-the dataset's `profile` JSON.
+the dataset's `profile` JSON. MLflow stores each experiment's artifact location as an absolute
+URI (its SQL store resolves relative ones against the cwd), so a copied home gets an experiment
+of its own rather than writing artifacts into the folder it was copied from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from retro_ops.ids import sha256_hex
 from retro_ops.settings import Settings
 
 EXPERIMENT = "retro-ops"
@@ -117,12 +120,17 @@ class Tracking:
             self.client.search_registered_models(max_results=1)  # the registry store opens lazily
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
+        location = (self.artifact_root / name).as_uri()
+        found = self.client.get_experiment_by_name(name)
+        if found is not None and found.artifact_location != location:  # the home was moved
+            name = f"{name}-{sha256_hex(location)[:8]}"
+            location = (self.artifact_root / name).as_uri()
+
         def get() -> str | None:
             found = self.client.get_experiment_by_name(name)
             return None if found is None else found.experiment_id
 
-        return get_or_create(get, lambda: self.client.create_experiment(
-            name, artifact_location=(self.artifact_root / name).as_uri()))
+        return get_or_create(get, lambda: self.client.create_experiment(name, artifact_location=location))
 
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)

@@ -1,7 +1,12 @@
-"""Catalog records of trained models, the documents they saw, and their evaluations."""
+"""Catalog records of trained models, the documents they saw, and their evaluations.
+
+A checkpoint folder is recorded relative to the home (`checkpoints/retro-...`) and handed out
+absolute, resolved against the home that reads it: a copied home loads its own weights.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,35 +40,38 @@ class ModelInfo:
         return f"model-{self.id}"
 
 
-def _info(row: m.ModelRecord) -> ModelInfo:
-    return ModelInfo(row.id, row.kind, row.key, row.checkpoint_dir, row.weights_sha256,
+def _info(row: m.ModelRecord, resolve: Callable[[str], str]) -> ModelInfo:
+    return ModelInfo(row.id, row.kind, row.key, resolve(row.checkpoint_dir), row.weights_sha256,
                      dict(row.config), row.corpus_version_id, row.retrieval_set_version_id,
                      row.index_build_id, row.parent_model_id, row.mlflow_run_id,
                      row.mlflow_model_name, row.mlflow_model_version, row.created_at)
 
 
 class ModelCatalogMixin:
-    """Mixed into `Catalog` (which provides `session()`)."""
+    """Mixed into `Catalog` (which provides `session()`, `stored_path()` and `resolved_path()`)."""
 
-    def record_model(self, *, training_doc_ids: list[str], **fields) -> ModelInfo:
+    def _model_info(self, row: m.ModelRecord) -> ModelInfo:
+        return _info(row, self.resolved_path)
+
+    def record_model(self, *, training_doc_ids: list[str], checkpoint_dir: str, **fields) -> ModelInfo:
         with self.session() as s:
-            row = m.ModelRecord(**fields)
+            row = m.ModelRecord(checkpoint_dir=self.stored_path(checkpoint_dir), **fields)
             s.add(row)
             s.flush()
             s.add_all(m.ModelTrainingDocument(model_id=row.id, doc_id=d) for d in training_doc_ids)
-            return _info(row)
+            return self._model_info(row)
 
     def set_model_registry(self, model_id: int, *, run_id: str, name: str, version: str) -> ModelInfo:
         with self.session() as s:
             row = s.get(m.ModelRecord, model_id)
             row.mlflow_run_id, row.mlflow_model_name, row.mlflow_model_version = run_id, name, version
-            return _info(row)
+            return self._model_info(row)
 
     def model_by_key(self, key: str) -> ModelInfo | None:
         with self.session() as s:
             row = s.scalar(select(m.ModelRecord).where(m.ModelRecord.key == key)
                            .order_by(m.ModelRecord.id.desc()))
-            return _info(row) if row else None
+            return self._model_info(row) if row else None
 
     def resolve_model(self, ref: str) -> ModelInfo:
         """`name/version`, `name@alias` (via `alias_lookup`), `model-ID`, or a kind for the
@@ -80,14 +88,14 @@ class ModelCatalogMixin:
                 query = query.where(m.ModelRecord.kind == ref)
             row = s.scalar(query.order_by(m.ModelRecord.id.desc()))
             if row is None:
-                known = [_info(r).ref for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
+                known = [self._model_info(r).ref for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
                 raise UnknownModelError(f"no model {ref!r} (known: {', '.join(known) or 'none'}; "
                                         "also: retro, baseline, retrofit for the newest of a kind)")
-            return _info(row)
+            return self._model_info(row)
 
     def list_models(self) -> list[ModelInfo]:
         with self.session() as s:
-            return [_info(r) for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
+            return [self._model_info(r) for r in s.scalars(select(m.ModelRecord).order_by(m.ModelRecord.id))]
 
     def model_training_doc_ids(self, model_id: int) -> list[str]:
         with self.session() as s:

@@ -154,7 +154,7 @@ class RetrievalCatalogMixin:
     def mark_index_published(self, build_id: int, build_dir: str) -> None:
         with self.session() as s:
             row = s.get(m.IndexBuild, build_id)
-            row.published, row.build_dir = True, build_dir
+            row.published, row.build_dir = True, self.stored_path(build_dir)  # home-relative
 
     def trusted_index_build(self, retrieval_set: str, version_id: int, sha256: str,
                             manifest_sha256: str) -> IndexBuildRecord | None:
@@ -172,7 +172,7 @@ class RetrievalCatalogMixin:
                 .order_by(m.IndexBuild.id.desc())).first()
             return None if row is None else IndexBuildRecord(
                 row.id, retrieval_set, version_id, row.sha256, manifest_sha256, row.published,
-                row.build_dir)
+                self.resolved_path(row.build_dir))
 
     def is_trusted_index(self, retrieval_set: str, version_id: int, sha256: str,
                          manifest_sha256: str) -> bool:

@@ -3,11 +3,19 @@
 `Catalog.open(url)` migrates the database to the newest schema on first use (SQLite under the
 home folder by default, Postgres when `RETRO_OPS_CATALOG_URL` says so) and hands out plain
 dataclasses, never ORM objects bound to a closed session.
+
+Paths are stored so that a copied home still works: files under the home (checkpoints, index
+builds) relative to the home, a corpus source under the home's parent folder (the checkout that
+holds `.retro_ops`) relative to the home, and each document's source relative to its corpus root.
+A catalog opened with its `home` resolves them back to absolute paths when read; values recorded
+absolute by older versions still read as they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +31,35 @@ from retro_ops.catalog import models as m
 from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
+from retro_ops.corpus.readers import SUPPORTED_SUFFIXES
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
+from retro_ops.settings import resolve_stored, stored_path
 
 if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (torch) to do so
     from retro_ops.features.embedder import EmbeddingSpace
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def corpus_root(source_uri: str) -> str:
+    """The folder a corpus's document sources are recorded relative to: the corpus folder, a single
+    file's folder, or a glob's fixed leading folders; symlinks resolved, as the readers resolve files."""
+    path = Path(source_uri).expanduser()
+    if _GLOB_CHARS.search(source_uri):
+        first = next(i for i, part in enumerate(path.parts) if _GLOB_CHARS.search(part))
+        path = Path(*path.parts[:first]) if first else Path(".")
+    elif path.is_file() or (not path.exists() and path.suffix.lower() in SUPPORTED_SUFFIXES):
+        path = path.parent
+    return os.path.realpath(path)
+
+
+def source_in_corpus(source: str, root: str) -> str | None:
+    """`source` relative to the corpus root (`a/b.txt`, `c.jsonl#L3`), or None when it lies outside."""
+    if os.path.isabs(source):
+        prefix = root.rstrip(os.sep) + os.sep
+        return source[len(prefix):] if source.startswith(prefix) else None
+    return source
 
 
 def alembic_config(url: str) -> Config:
@@ -87,16 +118,31 @@ class CorpusVersionInfo:
 
 
 class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, home: Path | None = None):
+        """`home`: the folder recorded paths are relative to (None: store and read them as given)."""
         self.engine = engine
+        self.home = Path(home).expanduser().resolve() if home is not None else None
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> Catalog:
+    def open(cls, url: str, *, migrate_schema: bool = True, home: Path | None = None) -> Catalog:
         engine = make_engine(url)
         if migrate_schema:
             migrate(engine)
-        return cls(engine)
+        return cls(engine, home)
+
+    # -- paths -------------------------------------------------------------------------------
+    def stored_path(self, path: str | Path, *, within: Path | None = None) -> str:
+        """How `path` is recorded: relative to the home when under `within` (default the home)."""
+        return str(path) if self.home is None else stored_path(path, self.home, within=within)
+
+    def resolved_path(self, stored: str) -> str:
+        """A recorded path as an absolute path under this catalog's home."""
+        return stored if self.home is None else resolve_stored(stored, self.home)
+
+    def _stored_source(self, source_uri: str) -> str:
+        # the checkout holding the home moves with it; a shared data disk elsewhere does not
+        return self.stored_path(source_uri, within=self.home.parent if self.home else None)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -111,12 +157,20 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
         """Register a corpus; re-adding the same name and source is a no-op, another source errs."""
         with self.session() as s:
             existing = s.scalar(select(m.Corpus).where(m.Corpus.name == name))
+            stored = self._stored_source(source_uri)
             if existing is not None:
-                if existing.source_uri != source_uri:
+                if self.resolved_path(existing.source_uri) != self.resolved_path(stored):
                     raise CorpusError(f"corpus {name!r} already exists with source "
-                                      f"{existing.source_uri!r}; choose another name")
+                                      f"{self.resolved_path(existing.source_uri)!r}; choose another name")
             else:
-                s.add(m.Corpus(name=name, source_uri=source_uri))
+                s.add(m.Corpus(name=name, source_uri=stored))
+        return self.get_corpus(name)
+
+    def move_corpus(self, name: str, source_uri: str) -> CorpusInfo:
+        """Point a corpus at the place its files now live (a home moved to a machine where they lie
+        elsewhere). Its versions and document sources, relative to the corpus root, stay valid."""
+        with self.session() as s:
+            self._corpus_row(s, name).source_uri = self._stored_source(source_uri)
         return self.get_corpus(name)
 
     def _corpus_row(self, s: Session, name: str) -> m.Corpus:
@@ -129,7 +183,7 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
     def _info(self, row: m.Corpus) -> CorpusInfo:
         latest = row.versions[-1] if row.versions else None
         return CorpusInfo(
-            name=row.name, source_uri=row.source_uri, created_at=row.created_at,
+            name=row.name, source_uri=self.resolved_path(row.source_uri), created_at=row.created_at,
             latest_version_id=latest.id if latest else None,
             latest_digest=latest.digest if latest else None,
             n_documents=latest.n_documents if latest else None, n_versions=len(row.versions),
@@ -155,10 +209,14 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
                 m.Document.doc_id.in_([d.doc_id for d in documents]))))
             s.add_all(m.Document(doc_id=d.doc_id, n_chars=len(d.text))
                       for d in documents if d.doc_id not in known)
-            have_sources = set(s.execute(select(m.DocumentSource.doc_id, m.DocumentSource.source_uri)
-                                         .where(m.DocumentSource.corpus_id == row.id)).tuples())
-            s.add_all(m.DocumentSource(doc_id=d.doc_id, corpus_id=row.id, source_uri=src)
-                      for d in documents for src in d.sources if (d.doc_id, src) not in have_sources)
+            root = corpus_root(self.resolved_path(row.source_uri))
+            have_sources = {(doc_id, source_in_corpus(src, root) or src) for doc_id, src in s.execute(
+                select(m.DocumentSource.doc_id, m.DocumentSource.source_uri)
+                .where(m.DocumentSource.corpus_id == row.id)).tuples()}
+            new_sources = {(d.doc_id, source_in_corpus(src, root) or src)
+                           for d in documents for src in d.sources}
+            s.add_all(m.DocumentSource(doc_id=doc_id, corpus_id=row.id, source_uri=src)
+                      for doc_id, src in sorted(new_sources - have_sources))
             version = m.CorpusVersion(
                 corpus_id=row.id, digest=digest, n_documents=len(documents), n_issues=n_issues,
                 documents_lance_version=documents_lance_version, run_id=run_id)
@@ -194,10 +252,15 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
                 .order_by(m.CorpusVersionDocument.doc_id)))
 
     def document_sources(self, doc_id: str) -> list[str]:
+        """Where a document was read from, relative to its corpus root (`notes/a.txt`, `b.jsonl#L3`):
+        safe to show to any client, since no absolute host path ever leaves here. A source outside
+        its corpus root (recorded by an older retro-ops, or a corpus since moved) shows its file
+        name only."""
         with self.session() as s:
-            return list(s.scalars(select(m.DocumentSource.source_uri)
-                                  .where(m.DocumentSource.doc_id == doc_id)
-                                  .order_by(m.DocumentSource.source_uri)))
+            rows = s.execute(select(m.DocumentSource.source_uri, m.Corpus.source_uri)
+                             .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)
+                             .where(m.DocumentSource.doc_id == doc_id)).tuples().all()
+        return sorted(set(_public_sources(rows, self.resolved_path)))
 
     # -- features ----------------------------------------------------------------------------
     def register_embedding_space(self, space: EmbeddingSpace) -> None:
@@ -240,3 +303,15 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
     def count(self, model: type[m.Base]) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _public_sources(rows: Iterable[tuple[str, str]], resolve) -> Iterator[str]:
+    """(document source, corpus source) rows as paths relative to the corpus root."""
+    roots: dict[str, str] = {}
+    for source, corpus_source in rows:
+        if not os.path.isabs(source):
+            yield source
+            continue
+        if corpus_source not in roots:
+            roots[corpus_source] = corpus_root(resolve(corpus_source))
+        yield source_in_corpus(source, roots[corpus_source]) or os.path.basename(source)

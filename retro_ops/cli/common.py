@@ -45,7 +45,8 @@ def settings() -> Settings:
 def open_catalog(resolved: Settings | None = None):
     from retro_ops.catalog import Catalog
 
-    return Catalog.open((resolved or settings()).catalog_url)
+    resolved = resolved or settings()
+    return Catalog.open(resolved.catalog_url, home=resolved.home)
 
 
 def emit_json(data) -> None:

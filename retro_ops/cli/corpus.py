@@ -41,6 +41,27 @@ def corpus_add(
                   f"next: retro-ops materialize --corpus {name}")
 
 
+@corpus_app.command("move")
+def corpus_move(
+    name: Annotated[str, typer.Argument(help="A registered corpus.")],
+    path: Annotated[str, typer.Argument(help="Where its files are now (folder, glob or file).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Point a corpus at its files' new place (after copying a home to another machine)."""
+    from retro_ops.corpus import resolve_files
+
+    try:
+        files = resolve_files(path)
+        info = open_catalog().move_corpus(name, os.path.abspath(os.path.expanduser(path)))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json({"name": info.name, "source_uri": info.source_uri, "files": len(files)})
+    else:
+        out.print(f"corpus [bold]{name}[/bold]: {len(files)} files at {info.source_uri}\n"
+                  f"next: retro-ops materialize --corpus {name} (known documents are not new)")
+
+
 @corpus_app.command("list")
 def corpus_list(json_out: JsonOpt = False) -> None:
     """List corpora with their latest version."""

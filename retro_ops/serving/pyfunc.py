@@ -6,8 +6,11 @@ because training logs the model and must not import serving. The retrieval set i
 predict time: `model.predict(df, params={"retrieval_set": "moby_dick", "max_new_tokens": 32})`.
 MLflow drops unknown param names with a warning before predict sees them, so the values of the
 known ones are validated here (an unknown set or an out-of-range length is an error, not a silent
-default). The retro-ops home that holds the indices and LanceDB comes from
-`model_config={"home": ...}` (recorded at logging time, overridable at load) or RETRO_OPS_HOME.
+default). The retro-ops home that holds the indices and LanceDB is, first found:
+`model_config={"home": ...}` given at load, RETRO_OPS_HOME, then the home it was logged from
+(`logged_home`; models logged before it was named so recorded `home`). A copied home's model thus
+reads the copy, not the folder it was copied from; a home that no longer exists is an error,
+never silently re-created.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
 
         folder = Path(context.artifacts["checkpoint"])
         config = context.model_config or {}
-        home = config.get("home") or os.environ.get("RETRO_OPS_HOME")
+        home = config.get("home") or os.environ.get("RETRO_OPS_HOME") or config.get("logged_home")
         if not home:
             raise ValueError("no retro-ops home: pass model_config={'home': ...} or set RETRO_OPS_HOME")
+        if not Path(home).is_dir():
+            raise FileNotFoundError(f"retro-ops home {home} does not exist (moved? pass "
+                                    "model_config={'home': ...} or set RETRO_OPS_HOME)")
         self.ws = Workspace.open(Settings(home=Path(home)))
         self.model, self.vocab = load_checkpoint(folder), Vocabulary.load(folder)
         self.tokenizer = load_tokenizer(self.ws.embedder.space.model_path)

@@ -31,7 +31,7 @@ def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) 
         warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         mlflow.pyfunc.save_model(
             str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
-            signature=SIGNATURE, model_config={"home": str(home), "retrieval_set": retrieval_set},
+            signature=SIGNATURE, model_config={"logged_home": str(home), "retrieval_set": retrieval_set},
             pip_requirements=["retro-ops"])
     return target
 
