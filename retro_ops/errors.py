@@ -48,3 +48,7 @@ class UnknownModelError(RetroOpsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class InvalidNameError(RetroOpsError, ValueError):
+    """A corpus or retrieval-set name that is unsafe to use in a path, partition key or filter."""

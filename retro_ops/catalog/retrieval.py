@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from retro_ops.catalog import models as m
 from retro_ops.errors import RetrievalSetError, UnknownRetrievalSetError
+from retro_ops.ids import validate_name
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class RetrievalCatalogMixin:
     def create_retrieval_set(self, name: str, corpora: list[str],
                              description: str = "") -> RetrievalSetInfo:
         """Define a set over corpora; re-creating it identically is a no-op."""
+        validate_name(name, "retrieval set")
         if not corpora:
             raise RetrievalSetError(f"retrieval set {name!r} needs at least one corpus")
         with self.session() as s:

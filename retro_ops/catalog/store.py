@@ -24,6 +24,7 @@ from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
+from retro_ops.ids import validate_name
 
 if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (torch) to do so
     from retro_ops.features.embedder import EmbeddingSpace
@@ -109,6 +110,7 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
     # -- corpora -----------------------------------------------------------------------------
     def add_corpus(self, name: str, source_uri: str) -> CorpusInfo:
         """Register a corpus; re-adding the same name and source is a no-op, another source errs."""
+        validate_name(name, "corpus")
         with self.session() as s:
             existing = s.scalar(select(m.Corpus).where(m.Corpus.name == name))
             if existing is not None:

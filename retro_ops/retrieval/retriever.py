@@ -22,6 +22,7 @@ from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index_build import apply_search_params
 from retro_ops.retrieval.index_publish import IndexManifest, current_build, load_current, read_manifest
+from retro_ops.ids import validate_name
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
                      "continuation_token_ids"]
@@ -43,7 +44,8 @@ class Neighbour:
 
 
 def index_root(indices_dir: Path, retrieval_set: str) -> Path:
-    return indices_dir / retrieval_set
+    """The set's folder under `indices_dir`; a name like `../x` never becomes a path."""
+    return indices_dir / validate_name(retrieval_set, "retrieval set")
 
 
 class Retriever:
