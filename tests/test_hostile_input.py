@@ -30,7 +30,7 @@ from retro_ops.errors import (
 from retro_ops.features.pipeline import ingest_documents
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import document_id, normalise_text
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.retriever import Retriever, index_root
 
 INJECTION = "x' OR '1'='1"
 runner = CliRunner()
@@ -310,3 +310,29 @@ def test_cli_refuses_or_matches_nothing_for_injected_names(home, small_corpus: P
     assert json.loads(listed.stdout) == []
     assert not any(p.name == "x" for p in home.home.parent.iterdir())
     assert os.listdir(home.indices_dir) == []
+
+
+@pytest.mark.parametrize("name", ["../small", INJECTION])
+def test_opening_a_set_by_an_unsafe_name_is_unknown(catalog: Catalog, store: FeatureStore, embedder,
+                                                    small_corpus: Path, home, name: str):
+    """What a hot swap (`PUT /deployment/retrieval-set`) runs: a 404, never a path outside."""
+    catalog.add_corpus("small", str(small_corpus))
+    catalog.create_retrieval_set("small", ["small"])
+    with pytest.raises(UnknownRetrievalSetError, match=r"unknown retrieval set .* \(known: small\)"):
+        Retriever.open(catalog, store, embedder, home.indices_dir, name)
+
+
+def test_registering_a_model_name_with_quotes_is_a_lookup_not_a_filter(home, tmp_path: Path):
+    """The registry check once built `name = '{name}'`; a quote made MLflow's parser refuse it."""
+    from retro_ops.catalog.mlflow_runs import Tracking
+
+    tracking = Tracking(home)
+    run_id = tracking.start_run("hostile", {})
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    source = tracking.log_artifacts(run_id, tmp_path / "ckpt", "checkpoint")
+    assert tracking.register("retro-ops-retro", source, run_id, "candidate") == "1"
+    assert tracking.register(INJECTION, source, run_id, "candidate") == "1"  # new model, not a match
+    assert tracking.register("retro-ops-retro", source, run_id, "candidate") == "2"
+    names = sorted(m.name for m in tracking.client.search_registered_models())
+    assert names == sorted(["retro-ops-retro", INJECTION])

@@ -3,7 +3,10 @@
 Bad input never stops a corpus: each unreadable file, line or row becomes a `ReadIssue` with a
 one-line reason naming the file (and line or row), and everything else is still read. Invalid
 UTF-8 is decoded with U+FFFD replacement and counted; NUL bytes in text are removed and counted;
-files that look binary, are empty, or exceed `ReaderConfig.max_file_bytes` are skipped.
+files that look binary, are empty, or exceed `ReaderConfig.max_file_bytes` are skipped; so are
+symlinks leading outside the corpus folder. A JSON line that Python would accept but that cannot
+be stored (a lone surrogate like "\ud800") or that attacks the parser (deep nesting, a
+5,000-digit number) is a reason for that line. Parquet has its own guards (`corpus/parquet.py`).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class Retriever:
     def open(cls, catalog: Catalog, store: FeatureStore, embedder: Embedder, indices_dir: Path,
              retrieval_set: str, *, search_params: dict[str, int] | None = None) -> Retriever:
         """Load the published index of a retrieval set after every integrity check."""
+        catalog.get_retrieval_set(retrieval_set)  # an unknown (or unsafe) name: 404, not a path
         root = index_root(indices_dir, retrieval_set)
         found = current_build(root)
         if found is None:
