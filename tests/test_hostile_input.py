@@ -50,12 +50,22 @@ def jsonl(folder: Path, name: str, lines: list[str]) -> Path:
 
 # -- JSON lines ------------------------------------------------------------------------------
 def test_lone_surrogate_is_a_reason_for_its_line(tmp_path: Path):
-    path = jsonl(tmp_path, "data.jsonl", [r'{"text": "half a pair \ud800 here"}',
-                                          r'{"text": "ok", "meta": {"k\udfff": 1}}'])
+    path = jsonl(tmp_path, "data.jsonl", [r'"\ud800"', r'{"text": "half a pair \uD800 here"}',
+                                          r'{"text": "ok", "meta": {"k\udfff": 1}}',
+                                          r'{"text": "an escaped backslash \\ud800 is text"}'])
     docs, reasons = read(tmp_path)
-    assert [d.text for d in docs] == ["good first", "good last"]
+    assert [d.text for d in docs] == ["good first", "an escaped backslash \\ud800 is text",
+                                      "good last"]
     assert reasons == [f"skipped: {path}:2: not valid JSON (lone surrogate \\ud800)",
-                       f"skipped: {path}:3: not valid JSON (lone surrogate \\udfff)"]
+                       f"skipped: {path}:3: not valid JSON (lone surrogate \\ud800)",
+                       f"skipped: {path}:4: not valid JSON (lone surrogate \\udfff)"]
+
+
+def test_surrogate_bytes_in_a_text_file_are_replaced(tmp_path: Path):
+    (tmp_path / "cesu.txt").write_bytes(b"half a pair \xed\xa0\x80 here")
+    docs, reasons = read(tmp_path)
+    assert [d.text for d in docs] == ["half a pair \ufffd\ufffd\ufffd here"]
+    assert reasons == [f"warning: {tmp_path / 'cesu.txt'}: 3 invalid UTF-8 bytes replaced with U+FFFD"]
 
 
 def test_a_valid_surrogate_pair_is_one_character(tmp_path: Path):
@@ -103,6 +113,18 @@ def test_parquet_invalid_utf8_is_repaired_per_row(tmp_path: Path):
     assert [(d.text, d.metadata) for d in docs] == [
         ("fine", {"lang": "en"}), ("caf\ufffd bad", {"lang": "\ufffd"}), ("also fine", {"lang": "en"})]
     assert reasons == [f"warning: {path}#row=1: 1 invalid UTF-8 bytes replaced with U+FFFD"]
+
+
+def test_parquet_invalid_utf8_inside_a_nested_column_skips_that_row(tmp_path: Path):
+    path = tmp_path / "rows.parquet"
+    tags = pa.ListArray.from_arrays(pa.array([0, 1, 2, 3], pa.int32()),
+                                    utf8_column([b"a", b"\xff", b"c"]))
+    pq.write_table(pa.table({"text": ["one", "two", "three"], "tags": tags}), path)
+    docs, reasons = read(tmp_path)
+    assert [(d.text, d.metadata) for d in docs] == [("one", {"tags": ["a"]}),
+                                                    ("three", {"tags": ["c"]})]
+    assert reasons == [f"skipped: {path}#row=1: a metadata column holds invalid UTF-8 "
+                       "inside a nested value"]
 
 
 def test_parquet_bomb_refused_from_its_footer(tmp_path: Path):

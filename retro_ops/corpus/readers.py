@@ -28,6 +28,7 @@ _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not valid UTF-8 (s
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f\ufffd]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads lets "\ud800" through alone
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how one gets into a JSON line
 _LINK_REASON = "symlink to {target}, outside the corpus folder {root}: refused"
 
 
@@ -47,6 +48,8 @@ class ReaderConfig:
         metadata must survive being written as JSON again further down).
     max_issues_per_file: more reasons from one file are counted in a summary line, so a file of
         a million bad rows cannot fill memory with reasons.
+    parquet_batch_rows: rows per Arrow batch; string columns stay dictionary-encoded, so a
+        batch holds at most the file's decompressed pages, never a repeated value expanded.
     """
 
     max_file_bytes: int = 32 * 1024 * 1024
@@ -57,7 +60,7 @@ class ReaderConfig:
     max_document_bytes: int = 16 * 1024 * 1024
     max_json_depth: int = 64
     max_issues_per_file: int = 100
-    parquet_batch_rows: int = 256
+    parquet_batch_rows: int = 4096
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,11 @@ def _read_file(path: Path, config: ReaderConfig, report: ReadReport) -> Iterator
 
 def repair_utf8(data: bytes, source: str, report: ReadReport, *, file: str | None = None) -> str:
     """UTF-8 with each invalid byte replaced by U+FFFD and NUL bytes removed, both counted."""
-    text = data.decode("utf-8-sig", "surrogateescape")
-    invalid = len(_SURROGATE.findall(text))
-    if invalid:
+    try:
+        text = data.decode("utf-8-sig")  # the common case, at C speed
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", "surrogateescape")
+        invalid = len(_SURROGATE.findall(text))
         text = _SURROGATE.sub("\ufffd", text)
         report.add(source, f"{invalid} invalid UTF-8 bytes replaced with U+FFFD", "warning", file=file)
     nuls = text.count("\x00")
@@ -285,7 +290,9 @@ def _load_json(line: str, max_depth: int) -> tuple[Any, str | None]:
         return None, f"nested deeper than {max_depth} levels"
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         return None, str(exc).split(":")[0]
-    return record, _json_problem(record, max_depth)
+    if _SURROGATE_ESCAPE.search(line) or line.count("[") + line.count("{") > max_depth:
+        return record, _json_problem(record, max_depth)  # only then can there be a problem
+    return record, None
 
 
 def _parse_jsonl(text: str, source: str, config: ReaderConfig,
