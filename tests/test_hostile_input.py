@@ -211,6 +211,19 @@ def test_glob_through_a_linked_folder_is_refused(tmp_path: Path):
         f"{tmp_path / 'elsewhere' / 'private.txt'}, outside the corpus folder {corpus}: refused"]
 
 
+def test_a_file_swapped_for_a_link_after_the_scan_is_not_followed(tmp_path: Path):
+    corpus = corpus_with_links(tmp_path)
+    (corpus / "later.txt").write_text("later")
+    report = ReadReport()
+    docs = read_corpus(corpus, ReaderConfig(), report)
+    assert next(docs).text == "good"  # the folder is scanned now
+    (corpus / "later.txt").unlink()
+    (corpus / "later.txt").symlink_to("../secret.env")
+    assert list(docs) == []
+    assert [str(i) for i in report.issues][-1] == (
+        f"skipped: {corpus / 'later.txt'}: cannot read file (Too many levels of symbolic links)")
+
+
 def test_a_single_linked_file_is_refused(tmp_path: Path):
     corpus = corpus_with_links(tmp_path)
     with pytest.raises(CorpusError, match=r"notes\.txt: symlink to .*secret\.env, outside the "
@@ -274,6 +287,22 @@ def test_a_hostile_corpus_still_ingests_every_good_document(catalog: Catalog, st
         ("warning", "rows.parquet#row=1", "1 invalid UTF-8 bytes replaced with U+FF"),
         ("skipped", "rows.parquet#row=2", "'text' is empty (null)"),
     ]
+
+
+def test_a_dagster_run_of_a_hostile_corpus_materializes_the_good_documents(
+        home, catalog: Catalog, tmp_path: Path):
+    from assets.launch import dagster_instance, materialize_corpus
+
+    corpus = corpus_with_links(tmp_path)
+    jsonl(corpus, "lines.jsonl", [r'"\ud800"', "[" * 200_000])
+    pq.write_table(pa.table({"text": utf8_column([b"row \xff", None])}), corpus / "rows.parquet")
+    catalog.add_corpus("hostile", str(corpus))
+    outcome = materialize_corpus(dagster_instance(home), "hostile", selection=["documents", "chunks"])
+    assert outcome.success, outcome.error
+    documents, chunks = (a.metadata for a in outcome.assets)
+    assert documents["documents"] == 4 and documents["issues"] == 5
+    assert "symlink to" in documents["issue_list"] and "lone surrogate" in documents["issue_list"]
+    assert chunks["chunks"] == 4
 
 
 # -- names and filter values -----------------------------------------------------------------
