@@ -11,7 +11,6 @@ be stored (a lone surrogate like "\ud800") or that attacks the parser (deep nest
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -110,15 +109,19 @@ class ReadReport:
                                                f"{self.max_issues_per_file})"))
 
 
+def _split_glob(path: Path) -> tuple[Path, str]:
+    """(the fixed folder before the first wildcard, the pattern after it)."""
+    parts = path.parts
+    first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
+    return (Path(*parts[:first]) if first else Path.cwd()), "/".join(parts[first:])
+
+
 def _corpus_root(path: Path, text: str) -> Path:
     """The folder a location's files must stay inside: the folder, or a glob's fixed prefix."""
     if path.is_dir():
         return path.resolve()
     if _GLOB_CHARS.search(text):
-        parts = path.parts
-        for i, part in enumerate(parts):
-            if _GLOB_CHARS.search(part):
-                return Path(*parts[:i]).resolve() if i else Path.cwd().resolve()
+        return _split_glob(path)[0].resolve()
     return path.parent.resolve()
 
 
@@ -148,8 +151,9 @@ def scan_location(location: str | Path) -> tuple[list[Path], list[ReadIssue]]:
         return [path.resolve()], []
     if path.is_dir():
         candidates = (p for p in path.rglob("*") if p.is_file())
-    elif _GLOB_CHARS.search(text):
-        candidates = (Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    elif _GLOB_CHARS.search(text):  # pathlib's `**` does not descend into linked folders (loops)
+        folder, pattern = _split_glob(path)
+        candidates = (p for p in folder.glob(pattern) if p.is_file())
     else:
         raise CorpusError(f"{path}: no such file or folder")
     files, refused = [], []
