@@ -357,6 +357,9 @@ def test_cli_refuses_or_matches_nothing_for_injected_names(home, small_corpus: P
     assert made.exit_code != 0 and "invalid retrieval set name '../x'" in made.output
     got = runner.invoke(app, ["retrieve", "whale", "--set", INJECTION])
     assert got.exit_code != 0 and "unknown retrieval set" in got.output
+    for option, kind in (("--corpus", "corpus"), ("--set", "retrieval set")):
+        materialized = runner.invoke(app, ["materialize", option, INJECTION])
+        assert materialized.exit_code != 0 and f"unknown {kind} {INJECTION}" in materialized.output
     listed = runner.invoke(app, ["corpus", "list", "--json"])
     assert json.loads(listed.stdout) == []
     assert not any(p.name == "x" for p in home.home.parent.iterdir())
