@@ -239,6 +239,17 @@ def test_only_outside_links_is_a_clear_error(tmp_path: Path):
         resolve_files(tmp_path / "corpus")
 
 
+def test_a_file_name_that_is_not_utf8_is_refused(tmp_path: Path):
+    os.makedirs(os.fsencode(tmp_path / "c"))
+    with open(os.fsencode(tmp_path / "c") + b"/bad\xffname.txt", "wb") as handle:
+        handle.write(b"text in a badly named file")
+    (tmp_path / "c" / "good.txt").write_text("good")
+    docs, reasons = read(tmp_path / "c")
+    assert [d.text for d in docs] == ["good"]
+    assert reasons == [f"skipped: {tmp_path / 'c'}/bad\ufffdname.txt: file name is not valid "
+                       "UTF-8: refused (rename the file to read it)"]
+
+
 # -- text forms ------------------------------------------------------------------------------
 def test_nfc_and_nfd_are_one_document(tmp_path: Path):
     text = "Ahab's crème brûlée, Ωmega"

@@ -125,6 +125,11 @@ def _corpus_root(path: Path, text: str) -> Path:
     return path.parent.resolve()
 
 
+def _printable(path: Path) -> str:
+    """A path as text that can be logged and stored, undecodable bytes shown as U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _escapes(path: Path, root: Path) -> Path | None:
     """Where `path` really is when a symlink takes it outside `root`, else None."""
     real = path.resolve()
@@ -160,11 +165,16 @@ def scan_location(location: str | Path) -> tuple[list[Path], list[ReadIssue]]:
     for p in candidates:
         if p.suffix.lower() not in SUPPORTED_SUFFIXES or p.name.startswith("."):
             continue
+        if _SURROGATE.search(str(p)):  # a name that cannot be stored as a source (UTF-8)
+            refused.append(ReadIssue(_printable(p), "file name is not valid UTF-8: refused "
+                                                    "(rename the file to read it)"))
+            continue
         outside = _escapes(p, root)
         if outside is None:
             files.append(p.resolve())
         else:
-            refused.append(ReadIssue(str(p), _LINK_REASON.format(target=outside, root=root)))
+            refused.append(ReadIssue(str(p), _LINK_REASON.format(target=_printable(outside),
+                                                                 root=root)))
     if not files:
         why = f" ({len(refused)} symlinks leading outside it refused)" if refused else ""
         raise CorpusError(f"{path}: no {'/'.join(SUPPORTED_SUFFIXES)} files found{why}")
