@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -201,11 +203,18 @@ def test_symlink_out_of_the_corpus_is_refused_with_a_reason(tmp_path: Path):
 
 
 def test_glob_neither_follows_linked_folders_nor_loops(tmp_path: Path):
+    """Run in a child process with a deadline: a walker that followed the two loops would face
+    2^40 paths, and a test that hangs would hang the suite instead of failing."""
     corpus = corpus_with_links(tmp_path)
-    (corpus / "loop1").symlink_to(".", target_is_directory=True)  # 2 loops: 2^40 paths to a
-    (corpus / "loop2").symlink_to(".", target_is_directory=True)  # walker that follows links
-    docs, reasons = read(f"{corpus}/**/*.txt")
-    assert [d.text for d in docs] == ["good"]
+    (corpus / "loop1").symlink_to(".", target_is_directory=True)
+    (corpus / "loop2").symlink_to(".", target_is_directory=True)
+    script = ("import json, sys; from retro_ops.corpus import ReadReport, read_corpus; r = ReadReport(); "
+              "docs = [d.text for d in read_corpus(sys.argv[1], report=r)]; "
+              "print(json.dumps([docs, [str(i) for i in r.issues]]))")
+    child = subprocess.run([sys.executable, "-c", script, f"{corpus}/**/*.txt"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    docs, reasons = json.loads(child.stdout)
+    assert docs == ["good"]
     assert reasons == [f"skipped: {corpus / 'notes.txt'}: symlink to {tmp_path / 'secret.env'}, "
                        f"outside the corpus folder {corpus}: refused"]
     assert "private" not in " ".join(d.text for d in read(corpus)[0])
