@@ -71,3 +71,7 @@ class SimulatedCrash(RetroOpsError, RuntimeError):
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise cls(f"simulated crash {where}")
+
+
+class InvalidNameError(RetroOpsError, ValueError):
+    """A corpus or retrieval-set name that is unsafe to use in a path, partition key or filter."""

@@ -8,8 +8,11 @@ its embeddings, so identical chunk text is embedded once per embedding space.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Iterable
+
+from retro_ops.errors import InvalidNameError
 
 DOC_ID_HEX_CHARS = 32  # 128 bits: collision-free for any corpus this will ever hold
 
@@ -41,3 +44,20 @@ def content_hash(chunk_text: str) -> str:
 def set_digest(ids: Iterable[str]) -> str:
     """Order-independent digest of a set of ids: a corpus version is the digest of its doc_ids."""
     return sha256_hex("\n".join(sorted(set(ids))))
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def validate_name(name: str, kind: str) -> str:
+    """`name` if it is safe as a folder name and a Dagster partition key, else InvalidNameError.
+
+    Corpus and retrieval-set names become paths (`indices/<set>`): `../x` or `/tmp/x` would
+    write outside the home, so only letters, digits, `_`, `.` and `-` are allowed (no leading
+    dot or dash), at most 64 characters.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit")
+    return name

@@ -192,7 +192,7 @@ def test_build_recorded_without_a_manifest_digest_is_refused_until_rebuilt(index
     index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
     with catalog.session() as s:
         s.query(m.IndexBuild).update({m.IndexBuild.manifest_sha256: None})
-    with pytest.raises(IndexIntegrityError, match=r"materialize --retrieval-set small"):
+    with pytest.raises(IndexIntegrityError, match=r"materialize --set small"):
         open_retriever(indexed_home, embedder)
     rebuilt = index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
     assert not rebuilt.reused

@@ -169,7 +169,14 @@ class Tracking:
         return str(version.version)
 
     def _model_exists(self, name: str) -> bool:
-        return bool(self.client.search_registered_models(filter_string=f"name = '{name}'"))
+        """A lookup by name, not a filter string: a quote in `name` cannot change the query."""
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

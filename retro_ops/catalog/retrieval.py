@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from retro_ops.catalog import models as m
 from retro_ops.errors import RetrievalSetError, UnknownRetrievalSetError
+from retro_ops.ids import validate_name
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class RetrievalCatalogMixin:
     def create_retrieval_set(self, name: str, corpora: list[str],
                              description: str = "") -> RetrievalSetInfo:
         """Define a set over corpora; re-creating it identically is a no-op."""
+        validate_name(name, "retrieval set")
         if not corpora:
             raise RetrievalSetError(f"retrieval set {name!r} needs at least one corpus")
         with self.session() as s:
@@ -117,7 +119,7 @@ class RetrievalCatalogMixin:
             versions = self._versions(s, self._set_row(s, name).id)
             if not versions:
                 raise RetrievalSetError(f"retrieval set {name!r} has no version yet (run "
-                                        f"`retro-ops materialize --retrieval-set {name}`)")
+                                        f"`retro-ops materialize --set {name}`)")
             return _version_info(name, versions[-1])
 
     def retrieval_set_version(self, version_id: int) -> RetrievalSetVersionInfo:

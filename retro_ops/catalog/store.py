@@ -33,6 +33,7 @@ from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
 from retro_ops.corpus.readers import SUPPORTED_SUFFIXES
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
+from retro_ops.ids import validate_name
 from retro_ops.settings import resolve_stored, stored_path
 
 if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (torch) to do so
@@ -155,6 +156,7 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
     # -- corpora -----------------------------------------------------------------------------
     def add_corpus(self, name: str, source_uri: str) -> CorpusInfo:
         """Register a corpus; re-adding the same name and source is a no-op, another source errs."""
+        validate_name(name, "corpus")
         with self.session() as s:
             existing = s.scalar(select(m.Corpus).where(m.Corpus.name == name))
             stored = self._stored_source(source_uri)

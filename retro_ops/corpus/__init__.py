@@ -13,9 +13,10 @@ from retro_ops.corpus.readers import (
     ReadReport,
     read_corpus,
     resolve_files,
+    scan_location,
 )
 
 __all__ = [
     "SUPPORTED_SUFFIXES", "CorpusSnapshot", "Document", "RawDocument", "ReadIssue", "ReadReport",
-    "ReaderConfig", "collect_documents", "read_corpus", "resolve_files",
+    "ReaderConfig", "collect_documents", "read_corpus", "resolve_files", "scan_location",
 ]

@@ -251,7 +251,7 @@ def load_current(root: Path, *, retrieval_set: str, is_trusted: TrustCheck,
             f"{root / build}: no build of retrieval set {retrieval_set!r} with index sha256 "
             f"{actual[:12]}... and manifest sha256 {manifest_sha[:12]}... in the catalog; refusing "
             "to load an index retro-ops did not build for this set (one built before manifest "
-            f"digests were recorded: `retro-ops materialize --retrieval-set {retrieval_set}`)")
+            f"digests were recorded: `retro-ops materialize --set {retrieval_set}`)")
     if expected_ntotal is not None:
         check_ntotal(root / build, manifest, expected_ntotal)
     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

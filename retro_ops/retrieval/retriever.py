@@ -21,6 +21,7 @@ from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index_build import apply_search_params
+from retro_ops.ids import validate_name
 from retro_ops.retrieval.index_publish import IndexManifest, check_ntotal, current_build, load_current
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
@@ -43,7 +44,8 @@ class Neighbour:
 
 
 def index_root(indices_dir: Path, retrieval_set: str) -> Path:
-    return indices_dir / retrieval_set
+    """The set's folder under `indices_dir`; a name like `../x` never becomes a path."""
+    return indices_dir / validate_name(retrieval_set, "retrieval set")
 
 
 class Retriever:
@@ -63,11 +65,12 @@ class Retriever:
         fails one is refused (fail closed), never swapped for an older build on disk: an older
         build may still hold chunks excluded since. A server that already holds a verified
         index keeps serving it (its swap fails); a fresh start needs `materialize` first."""
+        catalog.get_retrieval_set(retrieval_set)  # an unknown (or unsafe) name: 404, not a path
         root = index_root(indices_dir, retrieval_set)
         found = current_build(root)
         if found is None:
             raise IndexIntegrityError(f"retrieval set {retrieval_set!r} has no published index "
-                                      f"(run `retro-ops materialize --retrieval-set {retrieval_set}`)")
+                                      f"(run `retro-ops materialize --set {retrieval_set}`)")
         index, manifest = load_current(root, retrieval_set=retrieval_set,
                                        is_trusted=catalog.is_trusted_index)
         version = catalog.retrieval_set_version(manifest.retrieval_set_version_id)
