@@ -115,8 +115,6 @@ def test_flood_beyond_the_queue_gets_fast_503_while_health_answers(base):
     assert all(r.headers["Retry-After"] == "3" and "server busy" in r.json()["detail"] for r, _ in shed)
     assert max(s for _, s in shed) < max(0.5, long_s / 2)  # refused at once, not after a wait
     assert all(r.json()["new_tokens"] == LONG for r, _ in ok)
-    print("flood: ok", sorted(s for _, s in ok), "shed max", max(s for _, s in shed),
-          "health max", max(health), len(health))
     assert len(health) >= 10 and max(health) < HEALTH_BOUND_S, sorted(health)[-3:]
     assert served.gate.admitted == 0
 
@@ -125,7 +123,6 @@ def test_generation_past_its_time_limit_gets_504_and_frees_its_slot(base):
     _, _, long_s = base
     with serving(base, AdmissionConfig(max_queue=0, generate_timeout_s=long_s / 5)) as (url, served):
         slow, took = post(url, "/generate", prompt=PROMPT, max_new_tokens=LONG)
-        print("504 after", took, "limit", long_s / 5)
         assert slow.status_code == 504 and "past its time limit" in slow.json()["detail"]
         assert served.gate.admitted == 0
         quick, _ = post(url, "/generate", prompt="the whale", max_new_tokens=2)  # needs the one slot
