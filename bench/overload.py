@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             "prompt": p, "seed": i, "max_new_tokens": args.new_tokens})),
     }
     server = Server(args)
-    server.argv += ["--max-queue", str(args.max_queue), "--generate-timeout", str(args.generate_timeout)]
+    server.argv += ["--generate-timeout", str(args.generate_timeout)]
     tables = []
     with server:
         for name in args.endpoints:
