@@ -176,6 +176,12 @@ def test_chunked_oversized_body_is_refused_and_a_chunked_small_one_served(base):
         assert small.status_code == 200 and len(small.json()["neighbours"]) == 2
 
 
+@pytest.fixture(scope="module")
+def plain_server(base):
+    with serving(base, AdmissionConfig(), Limits(max_body_bytes=32 * 1024)) as (url, _):
+        yield url
+
+
 @pytest.mark.parametrize("path,body,message", [
     ("/generate", {"prompt": "x" * 16_001}, "at most 16000 characters"),
     ("/retrieve", {"text": "x" * 4_001}, "at most 4000 characters"),
@@ -185,17 +191,21 @@ def test_chunked_oversized_body_is_refused_and_a_chunked_small_one_served(base):
     ("/generate", '{"prompt": "whale", "temperature": Infinity}', "finite number"),  # Python's json reads it
     ("/generate", '{"prompt": "whale", "temperature": NaN}', "finite number"),
 ])
-def test_hostile_fields_are_422(base, path, body, message):
+def test_hostile_fields_are_422(plain_server, path, body, message):
     import re
 
-    with serving(base, AdmissionConfig(), Limits(max_body_bytes=32 * 1024)) as (url, _):
-        raw = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) \
-            else {"json": body}
-        response = requests.post(f"{url}{path}", timeout=60, **raw)
-        assert response.status_code == 422, response.text
-        assert re.search(message, str(response.json()["detail"]))
-        edge = {"prompt": "whale", "seed": 2**63 - 1, "temperature": 0.01, "max_new_tokens": 2}
-        assert requests.post(f"{url}/generate", json=edge, timeout=60).status_code == 200
+    raw = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) \
+        else {"json": body}
+    response = requests.post(f"{plain_server}{path}", timeout=60, **raw)
+    assert response.status_code == 422, response.text
+    assert re.search(message, str(response.json()["detail"]))
+
+
+def test_field_bounds_are_inclusive(plain_server):
+    edge = {"prompt": "whale", "seed": 2**63 - 1, "temperature": 0.01, "max_new_tokens": 2}
+    assert requests.post(f"{plain_server}/generate", json=edge, timeout=60).status_code == 200
+    greedy = {"prompt": "whale", "seed": -2**63, "temperature": 0, "max_new_tokens": 2}
+    assert requests.post(f"{plain_server}/generate", json=greedy, timeout=60).status_code == 200
 
 
 def test_admin_token_rules_and_loopback_binding(home, monkeypatch):
