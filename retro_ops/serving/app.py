@@ -107,7 +107,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send, size: int, declared: bool) -> None:
-        what = f"request body of {size} bytes" if declared else f"request body of over {size - 1} bytes"
+        what = f"request body of {size} bytes" if declared else f"request body of at least {size} bytes"
         response = JSONResponse({"detail": f"{what} exceeds {self.max_bytes}"}, status_code=413,
                                 headers={"Connection": "close"})
         await response(scope, receive, send)
