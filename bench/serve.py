@@ -32,8 +32,8 @@ request spent queued behind the server's compute lock plus HTTP/JSON overhead. S
 busy = the server process's CPU seconds (from /proc) / cell wall seconds; client cores busy the
 same for this process: both share the machine's cores.
 
-The server runs every /retrieve and /generate under one compute lock (`DeploymentHolder.
-compute_lock`), so requests are served one at a time: throughput plateaus at ~1 / (service time)
+The server runs every /retrieve and /generate under one compute gate (`DeploymentHolder.
+gate`), so requests are served one at a time: throughput plateaus at ~1 / (service time)
 and extra clients only add queueing latency.
 
 Hot swap: `--swap-clients` (4) threads call /retrieve continuously; after `--swap-hold` (3) s,
@@ -127,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--port must be 0..65535 and --server-threads >= 0")
     if args.swap_set == args.retrieval_set:
         parser.error("--swap-set must differ from --set")
+    # every client may wait in the server's queue: these cells measure queueing, not shedding
+    # (bench/overload.py measures that)
+    args.max_queue = max(args.clients + [args.swap_clients])
     return args
 
 
@@ -158,6 +161,8 @@ class Server:
         self.argv = [str(Path(sys.executable).with_name("retro-ops")), "serve", "--model",
                      args.model, "--set", args.retrieval_set, "--host", HOST,
                      "--port", str(self.port)]
+        if getattr(args, "max_queue", None) is not None:
+            self.argv += ["--max-queue", str(args.max_queue)]
         if not Path(self.argv[0]).exists():  # not run with the venv's python
             self.argv[0] = str(REPO_ROOT / ".venv" / "bin" / "retro-ops")
         self.env = {**os.environ, "RETRO_OPS_HOME": str(self.home),

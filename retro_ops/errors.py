@@ -75,3 +75,19 @@ class SimulatedCrash(RetroOpsError, RuntimeError):
 
 class InvalidNameError(RetroOpsError, ValueError):
     """A corpus or retrieval-set name that is unsafe to use in a path, partition key or filter."""
+
+
+class ModelIntegrityError(RetroOpsError, RuntimeError):
+    """A checkpoint whose weights do not hash to what the catalog recorded: never served."""
+
+
+class AdminTokenError(RetroOpsError, ValueError):
+    """An admin token that is too short, or a non-loopback bind without one."""
+
+
+class ServerOverloadedError(RetroOpsError, RuntimeError):
+    """The server's queue is full (or a request waited too long for it): answered 503."""
+
+
+class GenerationTimeoutError(RetroOpsError, TimeoutError):
+    """A generation ran past its time limit and was stopped: answered 504."""

@@ -1,21 +1,37 @@
 """The HTTP API (FastAPI): generate, retrieve, health, deployment, and an admin hot swap.
 
 Every response names the model version and the exact retrieval-set version that served it.
-The admin swap needs a bearer token configured at start (never a default); request bodies,
-prompt tokens and max_new_tokens are capped with clear 4xx errors.
+The admin swap needs a bearer token of >= 16 characters configured at start (never a default).
+Under overload the server sheds load instead of queueing without bound: a request beyond the
+queue gets 503 + Retry-After at once, a generation past its time limit 504 (its slot freed), and
+`/health` runs on the event loop so it answers while every worker computes. Bodies are capped
+by bytes actually received (a chunked body has no Content-Length to trust); every field is
+bounded so a hostile value is a 422, never a 500.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 
-from retro_ops.errors import IndexIntegrityError, RetrievalSetError, UnknownRetrievalSetError
+from retro_ops.errors import (
+    GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, ServerOverloadedError,
+    UnknownRetrievalSetError,
+)
 from retro_ops.serving.deployment import DeploymentHolder
+from retro_ops.serving.security import check_admin_token
+
+INT64 = 2**63
+MIN_TEMPERATURE = 0.01  # below it softmax(logits / t) overflows to NaN; 0 means greedy
+MAX_PROMPT_CHARS = 16_000  # far above max_prompt_tokens of text; the token cap is the real one
+MAX_TEXT_CHARS = 4_000  # a retrieval query: the embedder reads a few hundred tokens at most
 
 
 @dataclass(frozen=True)
@@ -24,35 +40,102 @@ class Limits:
     max_prompt_tokens: int = 512
     max_new_tokens: int = 256
     max_k: int = 50
+    drain_bytes: int = 1024 * 1024  # read (and drop) this much of an oversized body, then 413
 
 
 class GenerateRequest(BaseModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=0.8, ge=0.0, le=5.0)
-    seed: int = 0
+    temperature: float = Field(default=0.8, ge=0.0, le=5.0, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=-INT64, lt=INT64)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sane(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
 
 
 class RetrieveRequest(BaseModel):
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     k: int = Field(default=5, ge=1)
 
 
 class SwapRequest(BaseModel):
-    retrieval_set: str = Field(min_length=1)
+    retrieval_set: str = Field(min_length=1, max_length=200)
+
+
+class BodyLimit:
+    """ASGI middleware: reads the whole body counting bytes (Content-Length or not), answers 413
+    past the cap, and replays the body to the app. An oversized body is drained up to
+    `drain_bytes` first so that the client, still sending, reads the 413 instead of a reset."""
+
+    def __init__(self, app, max_bytes: int, drain_bytes: int):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send, int(declared), declared=True)
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            more = message.get("more_body", False)
+            if total > self.max_bytes:
+                while more and total <= self.drain_bytes:
+                    message = await receive()
+                    total += len(message.get("body", b""))
+                    more = message.get("more_body", False) and message["type"] != "http.disconnect"
+                return await self._refuse(scope, receive, send, total, declared=False)
+            chunks.append(chunk)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, size: int, declared: bool) -> None:
+        what = f"request body of {size} bytes" if declared else f"request body of at least {size} bytes"
+        response = JSONResponse({"detail": f"{what} exceeds {self.max_bytes}"}, status_code=413,
+                                headers={"Connection": "close"})
+        await response(scope, receive, send)
 
 
 def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits()) -> FastAPI:
+    admin_token = check_admin_token(admin_token, "admin token")
     app = FastAPI(title="retro-ops serving", version="1",
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, drain_bytes=limits.drain_bytes)
+    gate = holder.gate
 
-    @app.middleware("http")
-    async def cap_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.max_body_bytes:
-            return JSONResponse({"detail": f"request body of {length} bytes exceeds "
-                                           f"{limits.max_body_bytes}"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(ServerOverloadedError)
+    async def overloaded(request: Request, exc: ServerOverloadedError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(gate.config.retry_after_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes each bad input back; a NaN or Infinity (Python's json reads both) cannot
+        # be written as JSON and turned the 422 into a 500. Say where and what, not the value.
+        return JSONResponse({"detail": [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]}
+                                        for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(GenerationTimeoutError)
+    async def timed_out(request: Request, exc: GenerationTimeoutError) -> JSONResponse:
+        return JSONResponse({"detail": f"{exc} ({gate.config.generate_timeout_s:g} s)"},
+                            status_code=504)
 
     def admin(authorization: str | None = Header(default=None)) -> str:
         if not admin_token:
@@ -64,45 +147,40 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         return given
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", **holder.current.describe()}
+    async def health() -> dict:  # on the event loop: never waits for a worker thread
+        return {"status": "ok", "admitted": gate.admitted, **holder.current.describe()}
 
     @app.get("/deployment")
-    def deployment() -> dict:
+    async def deployment() -> dict:
         return holder.current.describe()
 
     @app.post("/retrieve")
-    def retrieve(body: RetrieveRequest) -> dict:
+    async def retrieve(body: RetrieveRequest) -> dict:
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
+        place = gate.admit()  # 503 now, before a worker thread is taken, when the queue is full
         current = holder.current  # this request is served by exactly this deployment
-        with holder.compute_lock:
-            [neighbours] = current.retriever.retrieve([body.text], k=body.k)
+
+        def run():
+            with gate.turn(place):
+                return current.retriever.retrieve([body.text], k=body.k)
+
+        try:
+            [neighbours] = await run_in_threadpool(run)
+        finally:
+            place.release()
         return {**_served_by(current), "neighbours": [n.as_dict() for n in neighbours]}
 
     @app.post("/generate")
-    def generate(body: GenerateRequest) -> dict:
+    async def generate(body: GenerateRequest) -> dict:
         if body.max_new_tokens > limits.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens={body.max_new_tokens} exceeds the limit of "
                                      f"{limits.max_new_tokens}")
-        current = holder.current
-        with holder.compute_lock:
-            prompt_tokens = len(current.tokenizer(body.prompt, add_special_tokens=False)["input_ids"])
-            if prompt_tokens > limits.max_prompt_tokens:
-                raise HTTPException(413, f"prompt has {prompt_tokens} tokens; the limit is "
-                                         f"{limits.max_prompt_tokens}")
-            result = current.generator().generate(body.prompt, max_new_tokens=body.max_new_tokens,
-                                                  temperature=body.temperature, seed=body.seed)
-        return {**_served_by(current), "text": result.text, "prompt_tokens": result.prompt_tokens,
-                "new_tokens": result.new_tokens,
-                "retrieval_ms": round(result.retrieval_seconds * 1000, 2),
-                "model_ms": round(result.model_seconds * 1000, 2),
-                "chunks": [{"chunk": r.chunk, "text": r.text,
-                            "neighbours": [{"chunk_id": n.chunk_id, "doc_id": n.doc_id, "score": n.score,
-                                            "text": n.text, "continuation_text": n.continuation_text,
-                                            "source": _source(holder, n.doc_id)}
-                                           for n in r.neighbours]}
-                           for r in result.retrievals]}
+        place = gate.admit()
+        try:
+            return await run_in_threadpool(_generate, holder, place, body, limits)
+        finally:
+            place.release()
 
     @app.put("/deployment/retrieval-set")
     def swap(body: SwapRequest, token: str = Depends(admin)) -> dict:
@@ -116,6 +194,31 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         return {"previous": old, "current": new.describe()}
 
     return app
+
+
+def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Limits) -> dict:
+    """In a worker thread: wait for the turn, generate under the time limit, then (the compute
+    gate released) look up sources and build the response."""
+    gate, current = holder.gate, holder.current
+    with gate.turn(place):
+        prompt_tokens = len(current.tokenizer(body.prompt, add_special_tokens=False)["input_ids"])
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise HTTPException(413, f"prompt has {prompt_tokens} tokens; the limit is "
+                                     f"{limits.max_prompt_tokens}")
+        deadline = time.monotonic() + gate.config.generate_timeout_s
+        result = current.generator().generate(body.prompt, max_new_tokens=body.max_new_tokens,
+                                              temperature=body.temperature, seed=body.seed,
+                                              deadline=deadline)
+    return {**_served_by(current), "text": result.text, "prompt_tokens": result.prompt_tokens,
+            "new_tokens": result.new_tokens,
+            "retrieval_ms": round(result.retrieval_seconds * 1000, 2),
+            "model_ms": round(result.model_seconds * 1000, 2),
+            "chunks": [{"chunk": r.chunk, "text": r.text,
+                        "neighbours": [{"chunk_id": n.chunk_id, "doc_id": n.doc_id, "score": n.score,
+                                        "text": n.text, "continuation_text": n.continuation_text,
+                                        "source": _source(holder, n.doc_id)}
+                                       for n in r.neighbours]}
+                       for r in result.retrievals]}
 
 
 def _served_by(current) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from retro_ops.errors import GenerationTimeoutError
 from retro_ops.model import Retro
 from retro_ops.model.decoding import IncrementalDecoder
 from retro_ops.retrieval.retriever import Neighbour, Retriever
@@ -57,7 +58,9 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.8,
-                 seed: int = 0) -> Generation:
+                 seed: int = 0, deadline: float | None = None) -> Generation:
+        """`deadline` (time.monotonic()) stops a generation that runs too long between two
+        model steps, so that a server can free its slot (GenerationTimeoutError)."""
         source_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = self.vocab.encode(np.asarray(source_ids, dtype=np.int64)).tolist()
         if not ids:
@@ -74,6 +77,10 @@ class Generator:
                 window_start = start
                 decoder.reset()
             for j in range(window_start + decoder.position, len(ids)):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GenerationTimeoutError(
+                        f"generation stopped after {len(ids) - result.prompt_tokens} of "
+                        f"{max_new_tokens} new tokens: past its time limit")
                 neighbours = None
                 if (j + 1) % m == 0 and self.retriever is not None:
                     neighbours = torch.from_numpy(self._neighbours_of(j // m, ids, values, result))

@@ -1,0 +1,136 @@
+"""Admission control: one request computes at a time, a bounded few wait, the rest get a fast 503.
+
+The model and the embedder run one request at a time (2 cores; the Rust tokenizer and torch do not
+gain from interleaving). Without a bound every request queued behind one lock: 80 slow requests
+made `/health` take 11 s and the slowest request 24 s. Here a request is admitted only while fewer
+than `1 + max_queue` are in the system, waits at most `queue_timeout_s` for its turn, and admin
+work (a swap) jumps the queue so that it waits for the running request only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from retro_ops.errors import ServerOverloadedError
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """How much work the server accepts before it sheds load.
+
+    max_queue: requests waiting behind the running one; one more is answered 503 at once.
+        8 keeps the worst queueing delay at ~8 service times (~7 s of 64-token generations here).
+    queue_timeout_s: a request that waited this long for its turn gets 503 instead of running late.
+    generate_timeout_s: a generation still running after this is stopped (504) and frees its slot.
+    retry_after_s: the Retry-After header of a 503: about one service time of the slow endpoint.
+    """
+
+    max_queue: int = 8
+    queue_timeout_s: float = 15.0
+    generate_timeout_s: float = 30.0
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 0 or self.queue_timeout_s <= 0 or self.generate_timeout_s <= 0 \
+                or self.retry_after_s < 1:
+            raise ValueError(f"invalid admission settings {self}: max_queue >= 0, timeouts > 0 "
+                             "and retry_after_s >= 1 are required")
+
+
+class ComputeGate:
+    """A FIFO lock with a bounded waiting room and a priority lane.
+
+    `admit()` (cheap, non-blocking: call it on the event loop) reserves a place or raises
+    ServerOverloadedError; `turn(place)` then waits for the lock in a worker thread. `priority()`
+    takes the lock ahead of every ordinary waiter without needing a place. The lock is handed
+    to the longest waiter, never raced for: with a notify-all condition an unlucky request lost
+    every race until its timeout (p99 of 11 s with 8 queued 0.3 s requests).
+    """
+
+    def __init__(self, config: AdmissionConfig):
+        self.config = config
+        self._lock = threading.Lock()
+        self._admitted = 0  # running + waiting ordinary requests
+        self._busy = False
+        self._waiting: deque[threading.Event] = deque()
+        self._priority: deque[threading.Event] = deque()
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    def admit(self) -> "Place":
+        with self._lock:
+            if self._admitted >= 1 + self.config.max_queue:
+                raise ServerOverloadedError(
+                    f"server busy: {self._admitted} requests running or queued (limit "
+                    f"{1 + self.config.max_queue}); retry after {self.config.retry_after_s} s")
+            self._admitted += 1
+        return Place(self)
+
+    def _leave(self, place: "Place") -> None:
+        with self._lock:  # the event loop and a worker thread may both release a place
+            if not place.released:
+                place.released = True
+                self._admitted -= 1
+
+    def _acquire(self, lane: deque, timeout: float | None) -> bool:
+        with self._lock:
+            if not self._busy and not self._priority and (lane is self._priority or not self._waiting):
+                self._busy = True
+                return True
+            ticket = threading.Event()
+            lane.append(ticket)
+        if ticket.wait(timeout):
+            return True
+        with self._lock:
+            if ticket.is_set():  # handed over just as the wait timed out
+                return True
+            lane.remove(ticket)
+            return False
+
+    def _release(self) -> None:
+        with self._lock:  # hand the lock over: it stays busy for the next holder
+            lane = self._priority or self._waiting
+            if lane:
+                lane.popleft().set()
+            else:
+                self._busy = False
+
+    @contextmanager
+    def turn(self, place: "Place") -> Iterator[None]:
+        """Hold the lock for an admitted request; gives the place back when done or refused."""
+        try:
+            if not self._acquire(self._waiting, self.config.queue_timeout_s):
+                raise ServerOverloadedError(
+                    f"server busy: waited {self.config.queue_timeout_s:g} s for a turn; "
+                    f"retry after {self.config.retry_after_s} s")
+            try:
+                yield
+            finally:
+                self._release()
+        finally:
+            place.release()
+
+    @contextmanager
+    def priority(self) -> Iterator[None]:
+        """Hold the lock next, ahead of queued requests: a swap waits for the running one only."""
+        self._acquire(self._priority, None)
+        try:
+            yield
+        finally:
+            self._release()
+
+
+class Place:
+    """An admitted request's place in the system; released exactly once."""
+
+    def __init__(self, gate: ComputeGate):
+        self._gate, self.released = gate, False
+
+    def release(self) -> None:
+        self._gate._leave(self)

@@ -1,0 +1,315 @@
+"""Serving under overload and hostile input, on real uvicorn servers on loopback: bounded queue
+with fast 503s, /health in milliseconds, generation time limits, priority swaps, chunked bodies,
+bounded fields, admin-token rules, loopback binding, and weights checked against the catalog."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+import uvicorn
+from helpers import tiny_spec
+from typer.testing import CliRunner
+
+from retro_ops.cli.main import app as cli
+from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.errors import AdminTokenError, ModelIntegrityError
+from retro_ops.serving.admission import AdmissionConfig
+from retro_ops.serving.app import Limits, create_app
+from retro_ops.serving.deployment import DeploymentHolder, verified_model
+from retro_ops.serving.security import check_bind
+from retro_ops.training.checkpoint import MODEL_FILE
+from retro_ops.training.prepare import prepare_training
+from retro_ops.training.run import train_model
+
+TOKEN = "s3cret-admin-token-for-limits"
+HEALTH_BOUND_S = 0.2  # /health while the server is flooded, on a shared 2-core machine
+LONG = 256  # new tokens of a "slow" generation
+PROMPT = (CORPORA_DIR / "moby_dick" / "chapter_2.txt").read_text()[:380]  # ~80 tokens
+
+
+@pytest.fixture(scope="module")
+def base(ws):
+    """A trained tiny RETRO loaded once, and how long a LONG-token generation takes when served
+    (measured through a server: torch in a worker thread runs unlike torch in the main one)."""
+    info = train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro").info
+    holder = DeploymentHolder.start(ws, info.ref, "small", "test://limits", TOKEN)
+    gc.collect()
+    gc.freeze()  # as `retro-ops serve` does: a full collection of this heap stalled /health 0.7 s
+    try:
+        with serving((holder, info, 0.0), AdmissionConfig()) as (url, _):
+            took = [post(url, "/generate", prompt=PROMPT, max_new_tokens=n, seed=n)[1] for n in (8, LONG, LONG)]
+        yield holder, info, min(took[1:])
+    finally:
+        gc.unfreeze()
+
+
+@contextmanager
+def serving(base, admission: AdmissionConfig, limits: Limits = Limits(max_new_tokens=LONG)):
+    holder, _, _ = base
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = DeploymentHolder(holder.ws, holder.current, f"http://127.0.0.1:{port}", admission)
+    app = create_app(served, admin_token=TOKEN, limits=limits)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield url, served
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def post(url: str, path: str, **body) -> tuple[requests.Response, float]:
+    started = time.perf_counter()
+    response = requests.post(f"{url}{path}", json=body, timeout=120)
+    return response, time.perf_counter() - started
+
+
+def in_threads(fn, n: int) -> list:
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        results[i] = fn(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def test_flood_beyond_the_queue_gets_fast_503_while_health_answers(base):
+    _, _, long_s = base
+    with serving(base, AdmissionConfig(max_queue=2, retry_after_s=3)) as (url, served):
+        health, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                started = time.perf_counter()
+                assert requests.get(f"{url}/health", timeout=10).status_code == 200
+                health.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        results = in_threads(lambda i: post(url, "/generate", prompt=PROMPT, max_new_tokens=LONG,
+                                            seed=i), 16)
+        stop.set()
+        poller.join()
+    ok = [(r, s) for r, s in results if r.status_code == 200]
+    shed = [(r, s) for r, s in results if r.status_code == 503]
+    assert len(ok) + len(shed) == 16, [r.status_code for r, _ in results]
+    assert len(ok) >= 3 and len(shed) >= 8  # 1 running + 2 queued at any moment
+    assert all(r.headers["Retry-After"] == "3" and "server busy" in r.json()["detail"] for r, _ in shed)
+    assert max(s for _, s in shed) < max(0.5, long_s / 2)  # refused at once, not after a wait
+    assert all(r.json()["new_tokens"] == LONG for r, _ in ok)
+    assert len(health) >= 10 and max(health) < HEALTH_BOUND_S, sorted(health)[-3:]
+    assert served.gate.admitted == 0
+
+
+def test_generation_past_its_time_limit_gets_504_and_frees_its_slot(base):
+    _, _, long_s = base
+    with serving(base, AdmissionConfig(max_queue=0, generate_timeout_s=long_s / 3)) as (url, served):
+        slow, took = post(url, "/generate", prompt=PROMPT, max_new_tokens=LONG)
+        assert slow.status_code == 504 and "past its time limit" in slow.json()["detail"]
+        assert served.gate.admitted == 0
+        quick, _ = post(url, "/generate", prompt="the whale", max_new_tokens=1)  # needs the one slot
+        assert quick.status_code == 200 and quick.json()["new_tokens"] == 1
+
+
+def test_swap_jumps_a_full_queue(base):
+    """With one generation running and four queued, a swap waits for the running one only."""
+    _, _, long_s = base
+    with serving(base, AdmissionConfig(max_queue=4)) as (url, served):
+        ends: list = []
+        statuses: list = []
+
+        def generate(i):
+            response, _ = post(url, "/generate", prompt=PROMPT, max_new_tokens=LONG, seed=i)
+            ends.append(time.perf_counter())
+            return response.status_code
+
+        clients = threading.Thread(target=lambda: statuses.extend(in_threads(generate, 5)))
+        clients.start()
+        deadline = time.monotonic() + 30
+        while served.gate.admitted < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served.gate.admitted == 5
+        assert post(url, "/retrieve", text="whale")[0].status_code == 503  # the queue is full
+        started = time.perf_counter()
+        swapped = requests.put(f"{url}/deployment/retrieval-set", json={"retrieval_set": "small"},
+                               headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        swap_end = time.perf_counter()
+        clients.join(timeout=300)
+    assert swapped.status_code == 200 and statuses == [200] * 5
+    # had it waited behind the queue, no generation would end after it; it waits for one
+    assert sum(end > swap_end for end in ends) >= 3, (swap_end - started, long_s)
+
+
+def test_chunked_oversized_body_is_refused_and_a_chunked_small_one_served(base):
+    def chunks(total: int, size: int = 8192):
+        sent = 0
+        while sent < total:
+            yield b" " * min(size, total - sent)
+            sent += size
+
+    with serving(base, AdmissionConfig(), Limits(max_body_bytes=4096)) as (url, _):
+        def send(body):
+            return requests.post(f"{url}/retrieve", data=body, timeout=60,
+                                 headers={"Content-Type": "application/json"})
+
+        big = send(chunks(300_000))
+        assert big.status_code == 413 and "exceeds 4096" in big.json()["detail"]
+        small = send(iter([b'{"text": "the whale', b'", "k": 2}']))  # chunked, no Content-Length
+        assert small.status_code == 200 and len(small.json()["neighbours"]) == 2
+
+
+@pytest.fixture(scope="module")
+def plain_server(base):
+    with serving(base, AdmissionConfig(), Limits(max_body_bytes=32 * 1024)) as (url, _):
+        yield url
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("/generate", {"prompt": "x" * 16_001}, "at most 16000 characters"),
+    ("/retrieve", {"text": "x" * 4_001}, "at most 4000 characters"),
+    ("/generate", {"prompt": "whale", "seed": 2**63}, "less than 9223372036854775808"),
+    ("/generate", {"prompt": "whale", "seed": -2**63 - 1}, "greater than or equal to"),
+    ("/generate", {"prompt": "whale", "temperature": 1e-300}, "0 \\(greedy\\) or at least 0.01"),
+    ("/generate", '{"prompt": "whale", "temperature": Infinity}', "finite number"),  # Python's json reads it
+    ("/generate", '{"prompt": "whale", "temperature": NaN}', "finite number"),
+])
+def test_hostile_fields_are_422(plain_server, path, body, message):
+    import re
+
+    raw = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) \
+        else {"json": body}
+    response = requests.post(f"{plain_server}{path}", timeout=60, **raw)
+    assert response.status_code == 422, response.text
+    assert re.search(message, str(response.json()["detail"]))
+
+
+def test_field_bounds_are_inclusive(plain_server):
+    edge = {"prompt": "whale", "seed": 2**63 - 1, "temperature": 0.01, "max_new_tokens": 2}
+    assert requests.post(f"{plain_server}/generate", json=edge, timeout=60).status_code == 200
+    greedy = {"prompt": "whale", "seed": -2**63, "temperature": 0, "max_new_tokens": 2}
+    assert requests.post(f"{plain_server}/generate", json=greedy, timeout=60).status_code == 200
+
+
+def test_admin_token_rules_and_loopback_binding(home, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.setenv("RETRO_OPS_ADMIN_TOKEN", "short-token")
+    short = runner.invoke(cli, ["serve"])
+    assert short.exit_code == 2
+    assert "$RETRO_OPS_ADMIN_TOKEN: an admin token needs at least 16 characters (got 11)" in short.output
+    monkeypatch.delenv("RETRO_OPS_ADMIN_TOKEN")
+    exposed = runner.invoke(cli, ["serve", "--host", "0.0.0.0"])
+    assert exposed.exit_code == 2 and "refusing to bind '0.0.0.0' without an admin token" in exposed.output
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_bind(host, None)
+    for host in ("0.0.0.0", "10.1.2.3", "::", "example.org"):
+        with pytest.raises(AdminTokenError, match=f"refusing to bind '{host}'"):
+            check_bind(host, None)
+        check_bind(host, TOKEN)
+    with pytest.raises(AdminTokenError, match="admin token: an admin token needs at least 16"):
+        create_app(None, admin_token="0123456789abcde")
+
+
+def test_token_is_stored_as_a_keyed_hash(base, ws):
+    holder, info, _ = base
+    again = DeploymentHolder.start(ws, info.ref, "small", "test://limits-again", TOKEN)
+    again.swap("small", TOKEN)
+    rows = [d for d in ws.catalog.deployments() if d["endpoint"] in ("test://limits", "test://limits-again")]
+    ids = {d["token_id"] for d in rows}
+    assert len(rows) == 3 and len(ids) == 1  # one token, one stable id across starts and swaps
+    [stored] = ids
+    plain = hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert len(stored) == 32 and TOKEN not in stored and not plain.startswith(stored[:8])
+    catalog_bytes = b"".join(p.read_bytes() for p in ws.settings.home.glob("catalog.db*"))
+    assert TOKEN.encode() not in catalog_bytes and plain[:12].encode() not in catalog_bytes
+    key = ws.settings.home / "secrets" / "token_id.key"
+    assert key.stat().st_mode & 0o077 == 0  # readable by the server's user only
+
+
+def test_checkpoint_not_matching_the_catalog_is_refused(base, ws, tmp_path):
+    import shutil
+
+    _, info, _ = base
+    copy = tmp_path / "ckpt"
+    shutil.copytree(info.checkpoint_dir, copy)
+    verified_model(replace(info, checkpoint_dir=str(copy)))  # an intact copy loads
+    weights = copy / MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match=f"model {info.ref}: weights in {copy} hash to"):
+        verified_model(replace(info, checkpoint_dir=str(copy)))
+    original = Path(info.checkpoint_dir) / MODEL_FILE
+    kept = original.read_bytes()
+    try:
+        original.write_bytes(bytes(data))
+        with pytest.raises(ModelIntegrityError, match="refusing to serve a checkpoint that is not"):
+            DeploymentHolder.start(ws, info.ref, "small", "test://tampered", TOKEN)
+    finally:
+        original.write_bytes(kept)
+
+
+def test_gate_is_fifo_bounded_and_lets_priority_work_first():
+    """Real threads on the gate alone: waiters run one at a time in arrival order (no request
+    starves behind later ones), a priority holder goes next, a full room refuses, a wait times out."""
+    from retro_ops.errors import ServerOverloadedError
+    from retro_ops.serving.admission import ComputeGate
+
+    gate = ComputeGate(AdmissionConfig(max_queue=5, queue_timeout_s=10))
+    order, inside, threads = [], [], []
+
+    def hold(name, enter):
+        with enter():
+            inside.append(name)
+            assert len(inside) == 1  # one holder at a time
+            order.append(name)
+            time.sleep(0.02)
+            inside.remove(name)
+
+    first = gate.admit()
+    with gate.turn(first):
+        for i in range(5):
+            place = gate.admit()
+            threads.append(threading.Thread(target=hold, args=(i, lambda p=place: gate.turn(p))))
+            threads[-1].start()
+            time.sleep(0.02)  # arrival order
+        with pytest.raises(ServerOverloadedError, match="6 requests running or queued"):
+            gate.admit()
+        threads.append(threading.Thread(target=hold, args=("swap", gate.priority)))
+        threads[-1].start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == ["swap", 0, 1, 2, 3, 4] and gate.admitted == 0
+    short = ComputeGate(AdmissionConfig(max_queue=1, queue_timeout_s=0.05))
+    running, waiting = short.admit(), short.admit()
+    with short.turn(running):
+        with pytest.raises(ServerOverloadedError, match="waited 0.05 s for a turn"):
+            with short.turn(waiting):
+                pass
+    assert short.admitted == 0
+    with short.turn(short.admit()):  # the timed-out waiter left no trace
+        assert short.admitted == 1
