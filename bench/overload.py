@@ -15,7 +15,7 @@ Home: --home as for bench/serve.py (a trained model and a published index of --s
 --build-home and no catalog there, a small home is built first through the library: the first
 --chapters chapters of moby_dick as corpus and set `moby_dick`, and a demo-shaped RETRO trained
 --train-steps steps (the service time is what matters here, not the text). The server runs with
---max-queue (8) and --generate-timeout (30).
+--max-queue (8), --max-wait (2) and --generate-timeout (30).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens per /generate (64)")
     parser.add_argument("--prompt-tokens", type=int, default=70, help="prompt tokens (70)")
     parser.add_argument("--max-queue", type=int, default=8, help="server --max-queue (8)")
+    parser.add_argument("--max-wait", type=float, default=2.0,
+                        help="server --max-wait: work ahead allowed, in service times (2; 0 = queue bound only)")
     parser.add_argument("--generate-timeout", type=float, default=30.0, help="server (30)")
     parser.add_argument("--build-home", action="store_true", help="build a small home if none")
     parser.add_argument("--chapters", type=int, default=12, help="moby_dick chapters (12)")
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                 server_log_tracebacks=server_log.count("Traceback"),
                 args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     notes = [f"Server {deployment['model']} with {deployment['retrieval_set']} "
-             f"({deployment['chunks']:,} chunks), --max-queue {args.max_queue}; client and server "
+             f"({deployment['chunks']:,} chunks), --max-queue {args.max_queue}, --max-wait {args.max_wait:g}; "
+             f"client and server "
              f"share the machine's {os.cpu_count()} cores (load avg {os.getloadavg()[0]:.2f} at "
              f"the end): compare rows within this run. Tracebacks in the server log: "
              f"{meta['server_log_tracebacks']}. Total {elapsed():.0f} s."]

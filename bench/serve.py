@@ -130,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # every client may wait in the server's queue: these cells measure queueing, not shedding
     # (bench/overload.py measures that)
     args.max_queue = max(args.clients + [args.swap_clients])
+    args.max_wait = 0  # its cells measure queueing; shedding is bench/overload.py's
     return args
 
 
@@ -163,6 +164,8 @@ class Server:
                      "--port", str(self.port)]
         if getattr(args, "max_queue", None) is not None:
             self.argv += ["--max-queue", str(args.max_queue)]
+        if getattr(args, "max_wait", None) is not None:
+            self.argv += ["--max-wait", str(args.max_wait)]
         if not Path(self.argv[0]).exists():  # not run with the venv's python
             self.argv[0] = str(REPO_ROOT / ".venv" / "bin" / "retro-ops")
         self.env = {**os.environ, "RETRO_OPS_HOME": str(self.home),

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("retro_ops", "errors", "ids", "settings"),  # identity, errors, where things live
+    ("retro_ops", "errors", "ids", "settings", "durable"),  # identity, errors, where things live, durable files
     ("corpus",),            # files -> documents
     ("catalog",),           # the records every stage writes: SQL catalog + MLflow runs
     ("features",),          # documents -> chunks -> embeddings (LanceDB)

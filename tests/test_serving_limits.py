@@ -313,3 +313,39 @@ def test_gate_is_fifo_bounded_and_lets_priority_work_first():
     assert short.admitted == 0
     with short.turn(short.admit()):  # the timed-out waiter left no trace
         assert short.admitted == 1
+
+
+def test_wait_budget_bounds_the_work_ahead():
+    """The wait budget admits a request only while the measured work ahead of it is at most
+    `max_wait_services` of its own service times: behind one slow request a slow request still
+    gets in (1 service ahead), a second does not (2 > 1), nor does a fast one (its own service
+    time is far smaller); with the budget off only the queue bound applies."""
+    from retro_ops.errors import ServerOverloadedError
+    from retro_ops.serving.admission import ComputeGate
+
+    def seeded(budget):
+        gate = ComputeGate(AdmissionConfig(max_queue=8, max_wait_services=budget))
+        for endpoint, seconds in (("slow", 0.05), ("fast", 0.002)):  # measured, not declared
+            with gate.turn(gate.admit(endpoint)):
+                time.sleep(seconds)
+        return gate
+
+    gate = seeded(1.0)
+    running = gate.admit("slow")
+    with gate.turn(running):
+        waiting = gate.admit("slow")  # 1 slow service ahead <= 1 x its own
+        with pytest.raises(ServerOverloadedError, match=r"s of work ahead, over 1 x this request's"):
+            gate.admit("slow")  # 2 ahead
+        with pytest.raises(ServerOverloadedError, match="of work ahead"):
+            gate.admit("fast")  # 0.1 s ahead of a ~0.002 s request
+        waiting.release()
+    assert gate.admitted == 0
+    gate.admit("fast").release()  # nothing ahead any more: admitted
+
+    unbounded = seeded(None)
+    with unbounded.turn(unbounded.admit("slow")):
+        places = [unbounded.admit("fast") for _ in range(8)]  # only max_queue applies
+        with pytest.raises(ServerOverloadedError, match="9 requests running or queued"):
+            unbounded.admit("fast")
+        for place in places:
+            place.release()

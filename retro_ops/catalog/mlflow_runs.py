@@ -12,7 +12,6 @@ of its own rather than writing artifacts into the folder it was copied from.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import subprocess
 import time
@@ -27,6 +26,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 
 from retro_ops.ids import sha256_hex
+from retro_ops.durable import file_lock
 from retro_ops.settings import Settings
 
 EXPERIMENT = "retro-ops"
@@ -52,13 +52,8 @@ def store_lock(db_path: Path | None) -> Iterator[None]:
     if db_path is None:
         yield
         return
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(db_path.with_name(db_path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(db_path.with_name(db_path.name + ".lock")):
+        yield
 
 
 def get_or_create(get: Callable[[], T | None], create: Callable[[], T]) -> T:

@@ -49,6 +49,10 @@ def serve_command(
                                                     "before it is stopped (504).")] = 30.0,
     queue_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may wait for "
                                                  "its turn before a 503.")] = 15.0,
+    max_wait: Annotated[float, typer.Option(min=0.0, help="Admit a request only while the work ahead "
+                                            "of it is at most this many of its own (measured) service "
+                                            "times; keeps accepted latency flat under overload. 0 = "
+                                            "only the queue bound.")] = 2.0,
 ) -> None:
     """Serve /generate, /retrieve, /health, /deployment and PUT /deployment/retrieval-set
     (OpenAPI schema at /docs). Every start and swap is recorded in the catalog."""
@@ -65,7 +69,7 @@ def serve_command(
     except AdminTokenError as exc:
         fail(str(exc))
     admission = AdmissionConfig(max_queue=max_queue, generate_timeout_s=generate_timeout,
-                                queue_timeout_s=queue_timeout)
+                                queue_timeout_s=queue_timeout, max_wait_services=max_wait or None)
     try:
         holder = DeploymentHolder.start(Workspace.open(settings()), model, retrieval_set,
                                         f"http://{host}:{port}", token, admission)

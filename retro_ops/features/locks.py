@@ -13,14 +13,14 @@ concurrency pool the feature assets declare (`pool="lancedb_writes"`, limit 1) a
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from retro_ops.durable import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,9 @@ def table_lock(uri: str, table: str) -> Iterator[None]:
         finally:
             held[path] -= 1
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process is killed
+    with file_lock(path):  # released by the kernel if this process is killed
         held[path] = 1
-        yield
-    finally:
-        held.pop(path, None)
-        os.close(fd)  # closing the descriptor releases the lock
+        try:
+            yield
+        finally:
+            held.pop(path, None)

@@ -18,14 +18,12 @@ retrieval-set version, and deserializes FAISS bytes (never pickle).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from retro_ops.durable import file_lock, fsync_path, write_fsynced
 from retro_ops.errors import CrashMode, IndexIntegrityError, SimulatedCrash
 from retro_ops.ids import sha256_hex
 
@@ -84,35 +83,13 @@ class PublishedIndex:
     manifest: IndexManifest
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """A rename or unlink is durable only once its folder is fsynced."""
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def serialize(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-@contextmanager
-def _publish_lock(root: Path) -> Iterator[None]:
+def _publish_lock(root: Path):
     """One publisher per root at a time; a SIGKILLed holder's flock is released by the kernel."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(root / LOCK_FILE)
 
 
 def _pointed_build(root: Path) -> str | None:
@@ -141,7 +118,7 @@ def _recover(root: Path) -> list[str]:
             leftover.unlink()
         removed.append(leftover.name)
     if removed:
-        _fsync_dir(root)
+        fsync_path(root)
     return removed
 
 
@@ -168,26 +145,26 @@ def publish_index(root: Path, data: bytes, manifest: IndexManifest, *,
         if crash_at == "mid_index_write":
             (temp / INDEX_FILE).write_bytes(data[: len(data) // 2])
             SimulatedCrash.at("while writing the index", crash_mode)
-        _fsync_write(temp / INDEX_FILE, data)
+        write_fsynced(temp / INDEX_FILE, data)
         if crash_at == "after_index_write":
             SimulatedCrash.at("after writing the index", crash_mode)
-        _fsync_write(temp / MANIFEST_FILE, manifest.to_json().encode())  # sha256 = digest()
-        _fsync_dir(temp)
-        _fsync_write(root / f"{PENDING_PREFIX}{build}", b"")  # until CURRENT names it
+        write_fsynced(temp / MANIFEST_FILE, manifest.to_json().encode())  # sha256 = digest()
+        fsync_path(temp)
+        write_fsynced(root / f"{PENDING_PREFIX}{build}", b"")  # until CURRENT names it
         os.rename(temp, root / build)
-        _fsync_dir(root)
+        fsync_path(root)
         if crash_at == "before_flip":
             SimulatedCrash.at("before flipping CURRENT", crash_mode)
         pointer = root / f"{POINTER_TEMP_PREFIX}-{build}"  # unique: publishers never share it
-        _fsync_write(pointer, json.dumps({"build": build, "sha256": manifest.sha256}).encode())
+        write_fsynced(pointer, json.dumps({"build": build, "sha256": manifest.sha256}).encode())
         if crash_at == "mid_pointer_write":
             SimulatedCrash.at("before replacing CURRENT", crash_mode)
         os.replace(pointer, root / CURRENT)
-        _fsync_dir(root)
+        fsync_path(root)
         if crash_at == "after_flip":
             SimulatedCrash.at("after flipping CURRENT", crash_mode)
         (root / f"{PENDING_PREFIX}{build}").unlink()
-        _fsync_dir(root)
+        fsync_path(root)
     return PublishedIndex(build, root / build, manifest)
 
 

@@ -3,14 +3,19 @@
 The model and the embedder run one request at a time (2 cores; the Rust tokenizer and torch do not
 gain from interleaving). Without a bound every request queued behind one lock: 80 slow requests
 made `/health` take 11 s and the slowest request 24 s. Here a request is admitted only while fewer
-than `1 + max_queue` are in the system, waits at most `queue_timeout_s` for its turn, and admin
-work (a swap) jumps the queue so that it waits for the running request only.
+than `1 + max_queue` are in the system *and* the work ahead of it is at most `max_wait_services`
+of its own service times (each endpoint's service time is measured as it runs), waits at most
+`queue_timeout_s` for its turn, and admin work (a swap) jumps the queue so that it waits for the
+running request only. The wait budget is what keeps accepted latency flat under overload: at 4x
+capacity a fixed queue of 8 still made accepted requests wait 8 service times (p99 3.7x the p99
+at capacity for /retrieve), while a budget of 2 bounds them at about 3 service times.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,19 +29,24 @@ class AdmissionConfig:
 
     max_queue: requests waiting behind the running one; one more is answered 503 at once.
         8 keeps the worst queueing delay at ~8 service times (~7 s of 64-token generations here).
+    max_wait_services: a request is admitted only while the work ahead of it (the measured mean
+        service time of each request running or waiting, per endpoint) is at most this many of
+        its own service times, so an accepted request finishes within about (1 + this) service
+        times however hard the server is pushed. None admits by max_queue alone.
     queue_timeout_s: a request that waited this long for its turn gets 503 instead of running late.
     generate_timeout_s: a generation still running after this is stopped (504) and frees its slot.
     retry_after_s: the Retry-After header of a 503: about one service time of the slow endpoint.
     """
 
     max_queue: int = 8
+    max_wait_services: float | None = 2.0
     queue_timeout_s: float = 15.0
     generate_timeout_s: float = 30.0
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if self.max_queue < 0 or self.queue_timeout_s <= 0 or self.generate_timeout_s <= 0 \
-                or self.retry_after_s < 1:
+                or self.retry_after_s < 1 or (self.max_wait_services is not None and self.max_wait_services < 0):
             raise ValueError(f"invalid admission settings {self}: max_queue >= 0, timeouts > 0 "
                              "and retry_after_s >= 1 are required")
 
@@ -58,25 +68,41 @@ class ComputeGate:
         self._busy = False
         self._waiting: deque[threading.Event] = deque()
         self._priority: deque[threading.Event] = deque()
+        self._in_system: Counter[str] = Counter()  # endpoint -> requests running or waiting
+        self._service_s: dict[str, float] = {}  # endpoint -> moving mean of its service time
 
     @property
     def admitted(self) -> int:
         return self._admitted
 
-    def admit(self) -> "Place":
+    def admit(self, endpoint: str = "default") -> "Place":
         with self._lock:
             if self._admitted >= 1 + self.config.max_queue:
                 raise ServerOverloadedError(
                     f"server busy: {self._admitted} requests running or queued (limit "
                     f"{1 + self.config.max_queue}); retry after {self.config.retry_after_s} s")
+            own, budget = self._service_s.get(endpoint), self.config.max_wait_services
+            if own is not None and budget is not None:
+                ahead = sum(n * self._service_s.get(e, own) for e, n in self._in_system.items())
+                if ahead > budget * own:
+                    raise ServerOverloadedError(
+                        f"server busy: {ahead:.2f} s of work ahead, over {budget:g} x this "
+                        f"request's {own:.2f} s; retry after {self.config.retry_after_s} s")
             self._admitted += 1
-        return Place(self)
+            self._in_system[endpoint] += 1
+        return Place(self, endpoint)
 
     def _leave(self, place: "Place") -> None:
         with self._lock:  # the event loop and a worker thread may both release a place
             if not place.released:
                 place.released = True
                 self._admitted -= 1
+                self._in_system[place.endpoint] -= 1
+
+    def _observe(self, endpoint: str, seconds: float) -> None:
+        with self._lock:  # a moving mean: follows a slower model or a swapped-in larger set
+            old = self._service_s.get(endpoint)
+            self._service_s[endpoint] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
     def _acquire(self, lane: deque, timeout: float | None) -> bool:
         with self._lock:
@@ -109,9 +135,11 @@ class ComputeGate:
                 raise ServerOverloadedError(
                     f"server busy: waited {self.config.queue_timeout_s:g} s for a turn; "
                     f"retry after {self.config.retry_after_s} s")
+            started = time.monotonic()
             try:
                 yield
             finally:
+                self._observe(place.endpoint, time.monotonic() - started)
                 self._release()
         finally:
             place.release()
@@ -129,8 +157,8 @@ class ComputeGate:
 class Place:
     """An admitted request's place in the system; released exactly once."""
 
-    def __init__(self, gate: ComputeGate):
-        self._gate, self.released = gate, False
+    def __init__(self, gate: ComputeGate, endpoint: str):
+        self._gate, self.endpoint, self.released = gate, endpoint, False
 
     def release(self) -> None:
         self._gate._leave(self)

@@ -158,7 +158,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     async def retrieve(body: RetrieveRequest) -> dict:
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
-        place = gate.admit()  # 503 now, before a worker thread is taken, when the queue is full
+        place = gate.admit("retrieve")  # 503 now, before a worker thread is taken, when full
         current = holder.current  # this request is served by exactly this deployment
 
         def run():
@@ -176,7 +176,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         if body.max_new_tokens > limits.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens={body.max_new_tokens} exceeds the limit of "
                                      f"{limits.max_new_tokens}")
-        place = gate.admit()
+        place = gate.admit("generate")
         try:
             return await run_in_threadpool(_generate, holder, place, body, limits)
         finally:

@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from retro_ops.durable import fsync_path
 from retro_ops.errors import CheckpointError, CrashMode, SimulatedCrash
 from retro_ops.ids import sha256_hex
 from retro_ops.model import Retro, RetroConfig
@@ -52,15 +53,6 @@ def _siblings(folder: Path) -> tuple[Path, Path]:
     return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
 
 
-def _fsync(path: Path) -> None:
-    """fsync a file's bytes, or a folder's entries (a rename is durable only after that)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def recover_checkpoint(folder: Path) -> list[str]:
     """Finish what a save killed midway left (no-op when none was): restore the previous
     checkpoint when it was moved aside and the new one never moved in, remove `.tmp`/`.old`.
@@ -75,7 +67,7 @@ def recover_checkpoint(folder: Path) -> list[str]:
             shutil.rmtree(leftover)
             done.append(leftover.name)
     if done:
-        _fsync(folder.parent)
+        fsync_path(folder.parent)
     return done
 
 
@@ -104,8 +96,8 @@ def save_checkpoint(folder: Path, model: Retro, *, optimizer: torch.optim.Optimi
             "step": state.step, "losses": state.losses, "extra": state.extra,
             "optimizer": meta}, indent=1))
     for path in tmp.iterdir():
-        _fsync(path)
-    _fsync(tmp)
+        fsync_path(path)
+    fsync_path(tmp)
     if crash_at == "before_swap":
         SimulatedCrash.at(f"before replacing checkpoint {folder}", crash_mode)
     if folder.exists():
@@ -113,12 +105,12 @@ def save_checkpoint(folder: Path, model: Retro, *, optimizer: torch.optim.Optimi
     if crash_at == "between_renames":
         SimulatedCrash.at(f"with checkpoint {folder} moved aside", crash_mode)
     os.replace(tmp, folder)
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
     if crash_at == "before_cleanup":
         SimulatedCrash.at(f"before removing {old.name}", crash_mode)
     if old.exists():
         shutil.rmtree(old)
-        _fsync(folder.parent)
+        fsync_path(folder.parent)
     return folder
 
 

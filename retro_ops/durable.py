@@ -1,0 +1,43 @@
+"""Durable local files: one exclusive inter-process lock, fsynced writes and renames.
+
+Shared by every stage that writes files another process may read or write at once (LanceDB
+writers, index publishers, checkpoints, the MLflow SQLite store). `flock` is released by the
+kernel when its holder dies, even by SIGKILL, so a crashed writer never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing; blocking). Not re-entrant: a
+    second lock on a new descriptor in the same process would wait for itself."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file's bytes, or a folder's entries (a rename or unlink is durable only then)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_fsynced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
