@@ -2,8 +2,10 @@
 for /retrieve and /generate. Per cell: offered and accepted req/s, p50/p99 of accepted requests,
 share refused (503/429) and how fast, /health p99 from another process, server RSS.
 
-Saturation: 4 closed-loop clients (bench/serve.py's `Load`) for --saturation-seconds; their
-req/s is the server's capacity (it computes one request at a time). Overload cells are open loop:
+Saturation: 2 closed-loop clients (bench/serve.py's `Load`) for --saturation-seconds; their
+req/s is the server's capacity (it computes one request at a time, and one waiting request keeps
+it busy; more clients would only be refused by the wait budget and spin on fast 503s, stealing
+the 2 cores from the server and halving the capacity measured). Overload cells are open loop:
 requests are sent at a fixed rate (factor x capacity) for --cell-seconds whatever the answers,
 by a pool of --workers client threads, so a refused request is not retried and the offered load
 really is the factor. A request's latency runs from its scheduled send time (client-side delay
@@ -204,12 +206,15 @@ def cell(server: Server, make, rate: float, args) -> dict[str, Any]:
     }
 
 
+SATURATION_CLIENTS = 2
+
+
 def run_endpoint(server: Server, name: str, make, args) -> list[dict[str, Any]]:
     extract = retrieve_fields if name == "retrieve" else generate_fields
-    saturation = Load(server, 4, make, extract, seconds=args.saturation_seconds,
+    saturation = Load(server, SATURATION_CLIENTS, make, extract, seconds=args.saturation_seconds,
                       max_requests=10**6, timeout_s=300).run()
     capacity = len(saturation.ok) / saturation.wall_s
-    log(f"/{name}: capacity {capacity:.2f} req/s (4 closed-loop clients)")
+    log(f"/{name}: capacity {capacity:.2f} req/s ({SATURATION_CLIENTS} closed-loop clients)")
     rows = []
     for factor in args.factors:
         row = {"endpoint": f"/{name}", "factor": factor, "capacity_rps": capacity,
