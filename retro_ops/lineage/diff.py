@@ -53,17 +53,18 @@ def _set_side(db: AuditDB, ref: str, side: str) -> str:
 
 
 def _model_side(db: AuditDB, ref: str, side: str) -> str:
-    """Register `<side>_chunks`: the model's recorded training chunks (with their documents);
-    for a model trained before reads were recorded, the chunks of its training documents."""
+    """Register `<side>_docs` (the model's training documents, from the catalog) and
+    `<side>_chunks` (its recorded training chunks; for a model trained before reads were
+    recorded, the chunks of its training documents)."""
     info = db.catalog.resolve_model(ref)
-    db.lance_view(CHUNKS, columns=["chunk_id", "doc_id"], as_name="chunk_docs")
+    db.catalog_view("model_training_documents", m.ModelTrainingDocument.model_id == info.id,
+                    f"{side}_docs")
     if model_reads_view(db, info, f"{side}_reads"):
-        db.con.execute(f"CREATE OR REPLACE TEMP VIEW {side}_chunks AS SELECT r.chunk_id, c.doc_id "
-                       f"FROM {side}_reads r JOIN chunk_docs c USING (chunk_id) WHERE r.role = 'train'")
+        db.con.execute(f"CREATE OR REPLACE TEMP VIEW {side}_chunks AS SELECT chunk_id "
+                       f"FROM {side}_reads WHERE role = 'train'")
     else:
-        db.catalog_view("model_training_documents", m.ModelTrainingDocument.model_id == info.id,
-                        f"{side}_docs")
-        db.con.execute(f"CREATE OR REPLACE TEMP VIEW {side}_chunks AS SELECT c.chunk_id, c.doc_id "
+        db.lance_view(CHUNKS, columns=["chunk_id", "doc_id"], as_name="chunk_docs")
+        db.con.execute(f"CREATE OR REPLACE TEMP VIEW {side}_chunks AS SELECT c.chunk_id "
                        f"FROM chunk_docs c JOIN {side}_docs d USING (doc_id)")
     return info.ref
 
@@ -80,9 +81,10 @@ def diff(db: AuditDB, ref_a: str, ref_b: str) -> LineageDiff:
         table: pa.Table = db.arrow(sql)
         return table.column(0).to_pylist()
 
+    docs = "docs" if side is _model_side else "chunks"  # a set's documents: its members' documents
     return LineageDiff(
         a, b, "retrieval-set versions" if _is_set_ref(ref_a) else "models",
-        column("SELECT DISTINCT doc_id FROM b_chunks EXCEPT SELECT doc_id FROM a_chunks ORDER BY 1"),
-        column("SELECT DISTINCT doc_id FROM a_chunks EXCEPT SELECT doc_id FROM b_chunks ORDER BY 1"),
+        column(f"SELECT DISTINCT doc_id FROM b_{docs} EXCEPT SELECT doc_id FROM a_{docs} ORDER BY 1"),
+        column(f"SELECT DISTINCT doc_id FROM a_{docs} EXCEPT SELECT doc_id FROM b_{docs} ORDER BY 1"),
         column("SELECT chunk_id FROM b_chunks EXCEPT SELECT chunk_id FROM a_chunks ORDER BY 1"),
         column("SELECT chunk_id FROM a_chunks EXCEPT SELECT chunk_id FROM b_chunks ORDER BY 1"))
