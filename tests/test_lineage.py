@@ -8,6 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
+import threading
+import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -233,6 +237,35 @@ def test_deployment_rows_close_on_swap_and_stop_and_show_forward(site, db):
     assert backward(db, f"model-{m2.id}").summary["deployments"] == 2
 
 
+def test_a_stopped_server_closes_its_deployment_row(site):
+    """The real uvicorn server: its lifespan ends the serving period when it stops."""
+    import uvicorn
+
+    from retro_ops.serving.app import create_app
+    from retro_ops.serving.deployment import DeploymentHolder
+
+    ws = site["ws"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    holder = DeploymentHolder.start(ws, f"model-{site['m1'].id}", "lib", endpoint)
+    server = uvicorn.Server(uvicorn.Config(create_app(holder, admin_token=None), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not server.started:
+        time.sleep(0.05)
+    assert server.started
+    [row] = [d for d in ws.catalog.deployments() if d["endpoint"] == endpoint]
+    assert row["ended_at"] is None  # serving
+    server.should_exit = True
+    thread.join(timeout=10)
+    [row] = [d for d in ws.catalog.deployments() if d["endpoint"] == endpoint]
+    assert row["ended_at"] is not None and row["ended_at"] >= row["created_at"]
+
+
 def test_audit_sql_answers_and_refuses_writes_leaving_disk_unchanged(site, db):
     home = site["ws"].settings.home
     rows = run_sql(db, "SELECT count(*) AS n FROM model_reads WHERE role = 'neighbour'").to_pylist()
@@ -307,7 +340,9 @@ def test_verify_catches_tampered_checkpoint_index_and_cleaned_lancedb_version(si
             path.write_bytes(original)
     assert verify(db, ref).drift == []
     members = site["ws"].store.db.open_table("retrieval_set_chunks")
-    members.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+    with warnings.catch_warnings():  # "removes every version except the latest": the point here
+        warnings.simplefilter("ignore", UserWarning)
+        members.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
     drift = [c.what for c in verify(db, ref).drift]
     assert drift == [f"LanceDB retrieval_set_chunks version "
                      f"{site['ws'].catalog.retrieval_set_version(info.retrieval_set_version_id).members_lance_version}"
