@@ -43,7 +43,7 @@ from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore  # noqa: E402
 from retro_ops.ids import chunk_id, document_id  # noqa: E402
 from retro_ops.lineage.audit import backward, forward_document  # noqa: E402
 from retro_ops.lineage.diff import diff  # noqa: E402
-from retro_ops.lineage.views import AuditDB  # noqa: E402
+from retro_ops.lineage.views import AuditDB, lance_arrow  # noqa: E402
 from retro_ops.retrieval.sets import set_digest  # noqa: E402
 from retro_ops.settings import Settings  # noqa: E402
 from retro_ops.training.reads import record_model_reads  # noqa: E402
@@ -144,7 +144,8 @@ def build_store(home: Path, args) -> dict:
 # -- the plain path: SQLAlchemy ORM + full LanceDB scans, joined in Python ---------------------
 
 def _scan(store: FeatureStore, name: str, columns: list[str]) -> list[dict]:
-    return store.db.open_table(name).search().select(columns).limit(None).to_arrow().to_pylist()
+    """A full scan of the needed columns, with the engine's own (fast, big-batch) reader."""
+    return lance_arrow(store, name, columns).to_pylist()
 
 
 def plain_backward(catalog: Catalog, store: FeatureStore, model_id: int) -> dict:
