@@ -201,6 +201,11 @@ def test_forward_document_separates_text_and_neighbour_readers(site, db):
     chunk = forward_chunk(db, neighbour["chunk_id"])
     assert m1.id in [r["id"] for r in chunk.lists["models_read_as_neighbour"]]
     assert chunk.summary["doc_id"] == neighbour["doc_id"]
+    assert chunk.lists["exclusions"] == []
+    site["ws"].catalog.add_exclusions([neighbour["chunk_id"]], reason="takedown request 7",
+                                      policy="takedown", created_by="test")
+    excluded = forward_chunk(db, neighbour["chunk_id"]).lists["exclusions"]
+    assert [(e["chunk_id"], e["reason"]) for e in excluded] == [(neighbour["chunk_id"], "takedown request 7")]
     with pytest.raises(LineageError, match="no chunk 12345"):
         forward_chunk(db, 12345)
     assert m2.id not in [r["id"] for r in found.lists["models_trained_on_it"]]
