@@ -11,6 +11,7 @@ import dagster as dg
 from assets.features import chunk_embeddings
 from assets.resources import ProgressResource, TrainingResource, WorkspaceResource
 from assets.retrieval import faiss_index
+from retro_ops.lineage.publish import publish_lineage, summary_rows
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import TrainedModel, find_model, train_model
 
@@ -40,11 +41,21 @@ def training_neighbours(context: dg.AssetExecutionContext, workspace: WorkspaceR
     )
 
 
-def _checkpoint_result(trained: TrainedModel) -> dg.MaterializeResult:
+def _lineage_metadata(ws, info) -> dict:
+    """The model's MLflow run as a link and its lineage summary as a table (also logged to the run)."""
+    lineage, url = publish_lineage(ws, info)
+    table = dg.MetadataValue.table(
+        [dg.TableRecord({"field": k, "value": v}) for k, v in summary_rows(lineage.summary)],
+        schema=dg.TableSchema(columns=[dg.TableColumn("field"), dg.TableColumn("value")]))
+    return {"lineage": table, **({"mlflow_run": dg.MetadataValue.url(url)} if url else {})}
+
+
+def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
     info, result = trained.info, trained.result
     metadata = {"model": info.ref, "kind": info.kind, "reused": trained.reused,
                 "checkpoint": info.checkpoint_dir, "weights_sha256": info.weights_sha256,
                 "mlflow_run_id": info.mlflow_run_id or "", "model_key": info.key}
+    metadata.update(_lineage_metadata(ws, info))
     if result is not None:
         metadata.update({
             "final_loss": round(result.losses[-1][1], 4), "tokens_per_second": round(result.tokens_per_second, 1),
@@ -67,7 +78,7 @@ def _train(context, workspace, training, progress, kind) -> dg.MaterializeResult
             raise dg.Failure("no baseline trained from these inputs yet: materialize baseline_checkpoint")
     trained = train_model(ws, data, kind, parent=parent, dagster_run_id=context.run.run_id,
                           progress=progress.tracker(context, f"training {kind}"))
-    return _checkpoint_result(trained)
+    return _checkpoint_result(trained, ws)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[training_neighbours], code_version="1")

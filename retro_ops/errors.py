@@ -91,3 +91,15 @@ class ServerOverloadedError(RetroOpsError, RuntimeError):
 
 class GenerationTimeoutError(RetroOpsError, TimeoutError):
     """A generation ran past its time limit and was stopped: answered 504."""
+
+
+class LineageError(RetroOpsError, LookupError):
+    """A document, chunk or reference that a lineage audit cannot find in the catalog."""
+
+
+class ReadOnlyQueryError(RetroOpsError, PermissionError):
+    """An ad-hoc audit statement that would write, attach or export: refused before it runs."""
+
+
+class AuditQueryError(RetroOpsError, ValueError):
+    """A read-only audit query that DuckDB could not run (unknown view or column, bad syntax)."""

@@ -18,7 +18,8 @@ from postgres import PG_URL, admin_engine
 TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrieval_sets",
           "models", "model_training_documents", "evaluations", "deployments",
           "retrieval_set_versions", "exclusions", "index_builds",
-          "corpus_version_documents", "embedding_spaces", "feature_versions", "alembic_version"}
+          "corpus_version_documents", "corpus_version_sources", "embedding_spaces", "feature_versions",
+          "alembic_version"}
 
 
 def _tables(engine: sa.Engine, schema: str | None = None) -> set[str]:

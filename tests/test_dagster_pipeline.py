@@ -179,6 +179,10 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert trained["training_neighbours"].metadata["retrieval_set_version_id"] == \
         assets["retrieval_set"].metadata["retrieval_set_version_id"]
     assert trained["retro_checkpoint"].metadata["mlflow_run_id"]
+    retro = trained["retro_checkpoint"].metadata  # lineage where users look (#12)
+    assert retro["mlflow_run"].endswith(f"/runs/{retro['mlflow_run_id']}")
+    lineage = {r.data["field"]: r.data["value"] for r in retro["lineage"].records}
+    assert lineage["model"] == retro["model"] and lineage["retrieval_set.retrieval_set"] == "small_set"
     assert trained["retrofit_checkpoint"].metadata["trainable_parameters"] < \
         trained["retrofit_checkpoint"].metadata["total_parameters"]
     rows = trained["evaluation"].metadata["rows"]

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from retro_ops.catalog import models as m
+from retro_ops.catalog.models import utcnow
 from retro_ops.errors import UnknownModelError
 
 
@@ -32,6 +33,18 @@ class ModelInfo:
     mlflow_model_name: str | None
     mlflow_model_version: str | None
     created_at: datetime
+    # lineage (0006); None on rows recorded before it
+    embedding_space_id: str | None = None
+    tokenizer_id: str | None = None
+    code_version: str | None = None
+    dagster_run_id: str | None = None
+    neighbours_key: str | None = None
+    vocabulary_digest: str | None = None
+    reads_table: str | None = None
+    reads_lance_version: int | None = None
+    reads_digest: str | None = None
+    n_training_chunks: int | None = None
+    n_neighbour_chunks: int | None = None
 
     @property
     def ref(self) -> str:
@@ -44,7 +57,13 @@ def _info(row: m.ModelRecord, resolve: Callable[[str], str]) -> ModelInfo:
     return ModelInfo(row.id, row.kind, row.key, resolve(row.checkpoint_dir), row.weights_sha256,
                      dict(row.config), row.corpus_version_id, row.retrieval_set_version_id,
                      row.index_build_id, row.parent_model_id, row.mlflow_run_id,
-                     row.mlflow_model_name, row.mlflow_model_version, row.created_at)
+                     row.mlflow_model_name, row.mlflow_model_version, row.created_at,
+                     **{name: getattr(row, name) for name in _LINEAGE_FIELDS})
+
+
+_LINEAGE_FIELDS = ("embedding_space_id", "tokenizer_id", "code_version", "dagster_run_id",
+                   "neighbours_key", "vocabulary_digest", "reads_table", "reads_lance_version",
+                   "reads_digest", "n_training_chunks", "n_neighbour_chunks")
 
 
 class ModelCatalogMixin:
@@ -65,6 +84,15 @@ class ModelCatalogMixin:
         with self.session() as s:
             row = s.get(m.ModelRecord, model_id)
             row.mlflow_run_id, row.mlflow_model_name, row.mlflow_model_version = run_id, name, version
+            return self._model_info(row)
+
+    def set_model_reads(self, model_id: int, *, table: str, lance_version: int, digest: str,
+                        n_training_chunks: int, n_neighbour_chunks: int) -> ModelInfo:
+        """Point a model at the chunk ids it read (written to LanceDB by `training.reads`)."""
+        with self.session() as s:
+            row = s.get(m.ModelRecord, model_id)
+            row.reads_table, row.reads_lance_version, row.reads_digest = table, lance_version, digest
+            row.n_training_chunks, row.n_neighbour_chunks = n_training_chunks, n_neighbour_chunks
             return self._model_info(row)
 
     def model_by_key(self, key: str) -> ModelInfo | None:
@@ -111,17 +139,32 @@ class ModelCatalogMixin:
             return row.id
 
     def record_deployment(self, *, model_id: int, retrieval_set_version_id: int | None, action: str,
-                          endpoint: str, token_id: str | None = None) -> int:
+                          endpoint: str, token_id: str | None = None, replaces: int | None = None) -> int:
+        """A new serving period; `replaces` (the period a swap ends) is closed in the same
+        transaction, so no instant has two open rows for one server."""
         with self.session() as s:
             row = m.DeploymentRecord(model_id=model_id, retrieval_set_version_id=retrieval_set_version_id,
                                      action=action, endpoint=endpoint, token_id=token_id)
             s.add(row)
             s.flush()
+            if replaces is not None:
+                self._close_deployment(s, replaces, row.created_at)
             return row.id
+
+    def end_deployment(self, deployment_id: int) -> None:
+        """Close a serving period (the server stopped); closing a closed one keeps its end."""
+        with self.session() as s:
+            self._close_deployment(s, deployment_id, utcnow())
+
+    @staticmethod
+    def _close_deployment(s, deployment_id: int, at: datetime) -> None:
+        old = s.get(m.DeploymentRecord, deployment_id)
+        if old is not None and old.ended_at is None:
+            old.ended_at = at
 
     def deployments(self) -> list[dict]:
         with self.session() as s:
             return [{"id": r.id, "model_id": r.model_id, "retrieval_set_version_id": r.retrieval_set_version_id,
                      "action": r.action, "endpoint": r.endpoint, "token_id": r.token_id,
-                     "created_at": r.created_at}
+                     "created_at": r.created_at, "ended_at": r.ended_at}
                     for r in s.scalars(select(m.DeploymentRecord).order_by(m.DeploymentRecord.id))]

@@ -81,6 +81,19 @@ class CorpusVersionDocument(Base):
     corpus_version_id: Mapped[int] = mapped_column(
         ForeignKey("corpus_versions.id", ondelete="CASCADE"), primary_key=True)
     doc_id: Mapped[str] = mapped_column(ForeignKey("documents.doc_id"), primary_key=True, index=True)
+    n_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # UTF-8, NULL before 0006
+
+
+class CorpusVersionSource(Base):
+    """Where each document of one corpus version was read from, relative to the corpus root: a
+    file renamed between versions shows its old path under the old version only."""
+
+    __tablename__ = "corpus_version_sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    corpus_version_id: Mapped[int] = mapped_column(
+        ForeignKey("corpus_versions.id", ondelete="CASCADE"), index=True)
+    doc_id: Mapped[str] = mapped_column(ForeignKey("documents.doc_id"), index=True)
+    source_uri: Mapped[str] = mapped_column(Text)
 
 
 class EmbeddingSpaceRow(Base):
@@ -205,6 +218,15 @@ class ModelRecord(Base):
     mlflow_model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     mlflow_model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # what it read (0006): training and neighbour chunk ids live in LanceDB `reads_table` at
+    # `reads_lance_version`; `reads_digest` pins their content; NULL for older models
+    neighbours_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    vocabulary_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reads_table: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reads_lance_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reads_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    n_training_chunks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    n_neighbour_chunks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -246,3 +268,5 @@ class DeploymentRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(256))
     token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # hash prefix, never the token
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # closed when the server stops or swaps to another set (0006); NULL: still serving, or killed
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -224,8 +224,11 @@ class Catalog(RetrievalCatalogMixin, ModelCatalogMixin):
                 documents_lance_version=documents_lance_version, run_id=run_id)
             s.add(version)
             s.flush()
-            s.add_all(m.CorpusVersionDocument(corpus_version_id=version.id, doc_id=d.doc_id)
+            s.add_all(m.CorpusVersionDocument(corpus_version_id=version.id, doc_id=d.doc_id,
+                                              n_bytes=len(d.text.encode("utf-8", "surrogatepass")))
                       for d in documents)
+            s.add_all(m.CorpusVersionSource(corpus_version_id=version.id, doc_id=doc_id, source_uri=src)
+                      for doc_id, src in sorted(new_sources))
             return CorpusVersionInfo(version.id, corpus, digest, len(documents),
                                      documents_lance_version, version.created_at)
 

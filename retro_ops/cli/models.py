@@ -121,13 +121,25 @@ def generate_command(
 
 @models_app.command("list")
 def models_list(json_out: JsonOpt = False) -> None:
-    """Trained models with their kind, registry version and the data versions behind them."""
-    models = _workspace().catalog.list_models()
+    """Trained models with their kind, registry version and the data versions behind them:
+    corpus version, retrieval-set version, index build and parent (`retro-ops lineage model REF`
+    for the whole story)."""
+    catalog = _workspace().catalog
+    models = catalog.list_models()
+    refs = {m.id: m.ref for m in models}
+    corpora = {v: catalog.corpus_name_of_version(v) for v in {m.corpus_version_id for m in models}}
+    sets = {v: catalog.retrieval_set_version(v).retrieval_set
+            for v in {m.retrieval_set_version_id for m in models} if v is not None}
+    rows = [{"ref": m.ref, "kind": m.kind, "corpus_version": f"{corpora[m.corpus_version_id]}@{m.corpus_version_id}",
+             "retrieval_set_version": f"{sets[m.retrieval_set_version_id]}@{m.retrieval_set_version_id}"
+             if m.retrieval_set_version_id else None,
+             "index_build": m.index_build_id, "parent": refs.get(m.parent_model_id),
+             "checkpoint": Path(m.checkpoint_dir).name} for m in models]
     if json_out:
-        emit_json([{**asdict(m), "ref": m.ref} for m in models])
+        emit_json([{**asdict(m), **row} for m, row in zip(models, rows)])
         return
-    table = Table("ref", "kind", "corpus version", "retrieval-set version", "parent", "checkpoint")
-    for m in models:
-        table.add_row(m.ref, m.kind, str(m.corpus_version_id), str(m.retrieval_set_version_id or "-"),
-                      str(m.parent_model_id or "-"), Path(m.checkpoint_dir).name)
+    table = Table("ref", "kind", "corpus version", "retrieval-set version", "index build", "parent",
+                  "checkpoint")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
     out.print(table if models else "no models yet: retro-ops train")

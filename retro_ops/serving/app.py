@@ -12,6 +12,7 @@ bounded so a hostile value is a 422, never a 500.
 from __future__ import annotations
 
 import hmac
+from contextlib import asynccontextmanager
 import time
 from dataclasses import dataclass
 
@@ -115,7 +116,12 @@ class BodyLimit:
 
 def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits()) -> FastAPI:
     admin_token = check_admin_token(admin_token, "admin token")
-    app = FastAPI(title="retro-ops serving", version="1",
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        holder.close()  # a stopped server closes its deployments row
+
+    app = FastAPI(title="retro-ops serving", version="1", lifespan=lifespan,
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, drain_bytes=limits.drain_bytes)
     gate = holder.gate

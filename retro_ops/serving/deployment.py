@@ -69,6 +69,7 @@ class DeploymentHolder:
         # the embedder's Rust tokenizer and torch run one request at a time (2 cores anyway)
         self.gate = ComputeGate(admission)
         self._token_key = token_key(ws.settings.home)
+        self._row: int | None = None  # the catalog's deployments row of the current period
 
     @classmethod
     def start(cls, ws: Workspace, model_ref: str, retrieval_set: str, endpoint: str,
@@ -84,7 +85,7 @@ class DeploymentHolder:
                                 load_tokenizer(ws.embedder.space.model_path), retriever,
                                 datetime.now(timezone.utc))
         holder = cls(ws, deployment, endpoint, admission)
-        holder._record("start", deployment, token)
+        holder._row = holder._record("start", deployment, token)
         return holder
 
     def swap(self, retrieval_set: str, token: str | None) -> Deployment:
@@ -96,13 +97,22 @@ class DeploymentHolder:
                 _smoke_test(retriever, retrieval_set)
             new = replace(self.current, retriever=retriever, since=datetime.now(timezone.utc))
             self.current = new
-        self._record("swap", new, token)
+            self._row = self._record("swap", new, token, replaces=self._row)
         return new
 
-    def _record(self, action: str, deployment: Deployment, token: str | None) -> None:
-        self.ws.catalog.record_deployment(
+    def close(self) -> None:
+        """The server stops: its current serving period ends now (lineage: who could retrieve what, when)."""
+        with self._swap_lock:
+            if self._row is not None:
+                self.ws.catalog.end_deployment(self._row)
+                self._row = None
+
+    def _record(self, action: str, deployment: Deployment, token: str | None,
+                replaces: int | None = None) -> int:
+        return self.ws.catalog.record_deployment(
             model_id=deployment.model_info.id, retrieval_set_version_id=deployment.set_version,
-            action=action, endpoint=self.endpoint, token_id=token_id(token, self._token_key))
+            action=action, endpoint=self.endpoint, token_id=token_id(token, self._token_key),
+            replaces=replaces)
 
 
 def verified_model(info: ModelInfo) -> Retro:

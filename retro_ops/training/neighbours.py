@@ -109,11 +109,12 @@ def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: fl
     continued = np.r_[(table.doc_ids[1:] == table.doc_ids[:-1])
                       & (table.positions[1:] == table.positions[:-1] + 1), False]
     following = np.roll(table.tokens, -1, axis=0)
-    tokens, mask = neighbours.tokens.copy(), neighbours.mask.copy()
+    tokens, mask, ids = neighbours.tokens.copy(), neighbours.mask.copy(), neighbours.ids.copy()
     tokens[chosen, k - 1, :m] = table.tokens[chosen]
     tokens[chosen, k - 1, m:] = np.where(continued[chosen, None], following[chosen], 0)
     mask[chosen, k - 1] = True
-    return replace(neighbours, tokens=tokens, mask=mask)
+    ids[chosen, k - 1] = table.chunk_ids[chosen]  # lineage: this slot is the chunk's own text
+    return replace(neighbours, tokens=tokens, mask=mask, ids=ids)
 
 
 def cached_neighbours(cache_dir: Path, key: str, compute) -> tuple[Neighbours, bool]:

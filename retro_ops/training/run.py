@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
+
 from retro_ops.catalog import ModelInfo
 from retro_ops.features.chunking import tokenizer_digest
 from retro_ops.ids import set_digest
@@ -24,6 +26,7 @@ from retro_ops.training.checkpoint import (
 from retro_ops.training.data import make_sequences
 from retro_ops.training.neighbours import with_self_neighbours
 from retro_ops.training.prepare import PreparedData, encode_neighbours, encode_table, model_key
+from retro_ops.training.reads import neighbour_chunk_ids, record_model_reads
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
 from retro_ops.workspace import Workspace
 
@@ -157,7 +160,8 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                      "parent_model": parent.ref if parent else ""})
         tracking.log_inputs(run_id, lineage_inputs(ws, data, kind), "training")
         trainable = model.retrieval_parameters() if kind == "retrofit" else None
-        result = train(model, training_data(data, kind != "baseline"), folder, data.spec.train,
+        inputs = training_data(data, kind != "baseline")
+        result = train(model, inputs, folder, data.spec.train,
                        trainable=trainable, progress=progress, crash_at_step=crash_at_step,
                        files={VOCAB_FILE: data.vocab.to_json()})
         tracking.log_curve(run_id, "train_loss", result.losses)
@@ -170,10 +174,14 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
             kind=kind, key=key, checkpoint_dir=str(folder), weights_sha256=weights_digest(folder),
             config=config.to_dict(), corpus_version_id=data.corpus_version.id,
             retrieval_set_version_id=data.retriever.version.id if kind != "baseline" else None,
-            index_build_id=None, parent_model_id=parent.id if parent else None,
+            index_build_id=_index_build_id(ws, data) if kind != "baseline" else None,
+            parent_model_id=parent.id if parent else None,
             embedding_space_id=ws.embedder.space.space_id if kind != "baseline" else None,
             tokenizer_id=tokenizer_id, code_version=tags["retro_ops.code_version"],
-            dagster_run_id=dagster_run_id, training_doc_ids=data.train_doc_ids)
+            dagster_run_id=dagster_run_id, training_doc_ids=data.train_doc_ids,
+            neighbours_key=data.train_neighbours.key if kind != "baseline" else None,
+            vocabulary_digest=data.vocab.digest)
+        info = _record_reads(ws, info, data, inputs)
         name = REGISTERED_NAMES[kind]
         version = tracking.register(name, source, run_id, "candidate",
                                     tags={"retro_ops.model_id": str(info.id), "retro_ops.model_key": key})
@@ -183,6 +191,25 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
         tracking.finish(run_id, "FAILED")
         raise
     return TrainedModel(info, result, reused=False)
+
+
+def _index_build_id(ws: Workspace, data: PreparedData) -> int | None:
+    """The catalog's record of the index build the training neighbours were retrieved from."""
+    manifest = data.retriever.manifest
+    build = ws.catalog.trusted_index_build(manifest.retrieval_set, manifest.retrieval_set_version_id,
+                                           manifest.sha256, manifest.digest())
+    return build.id if build else None
+
+
+def _record_reads(ws: Workspace, info: ModelInfo, data: PreparedData, inputs: TrainingData) -> ModelInfo:
+    """Write the chunk ids the model read (text and neighbours) and point its catalog row at them."""
+    chunk_ids = data.train_table.chunk_ids
+    neighbours = (neighbour_chunk_ids(inputs.neighbours.ids, inputs.neighbours.chunk_ids)
+                  if inputs.neighbours is not None else np.empty(0, dtype=np.int64))
+    reads = record_model_reads(ws.store, info.id, chunk_ids, neighbours)
+    return ws.catalog.set_model_reads(info.id, table=reads.table, lance_version=reads.lance_version,
+                                      digest=reads.digest, n_training_chunks=reads.n_training_chunks,
+                                      n_neighbour_chunks=reads.n_neighbour_chunks)
 
 
 def _flat(prefix: str, values: dict) -> dict:

@@ -1,0 +1,185 @@
+"""`retro-ops lineage model|doc|chunk|diff|verify` and `retro-ops audit sql`.
+
+A summary on screen (or the whole answer with --json); with --csv DIR the full row lists
+(documents, chunks, neighbours, evaluations, deployments...) go to one CSV file each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from retro_ops.cli.common import JsonOpt, emit_json, fail, out, settings
+from retro_ops.errors import RetroOpsError
+
+lineage_app = typer.Typer(no_args_is_help=True, help="Audit lineage: backward from a model, forward "
+                                                     "from a document or chunk, diffs, verification.")
+audit_app = typer.Typer(no_args_is_help=True, help="Ad-hoc read-only SQL over the lineage views.")
+CsvOpt = Annotated[Optional[Path], typer.Option("--csv", help="Write the full lists as CSV files "
+                                                              "into this folder.")]
+
+
+def _db():
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.lineage.views import AuditDB
+    from retro_ops.catalog import Catalog
+
+    resolved = settings()
+    return AuditDB(Catalog.open(resolved.catalog_url, home=resolved.home),
+                   FeatureStore(resolved.lancedb_uri))
+
+
+def write_csv(folder: Path, name: str, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    columns = list(rows[0]) if rows else []
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _summary_table(title: str, summary: dict) -> Table:
+    table = Table("field", "value", title=title, show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(map(str, value[:10])) + (f" (+{len(value) - 10})" if len(value) > 10 else "")
+        table.add_row(key, "-" if value is None else str(value))
+    return table
+
+
+def _report(title: str, summary: dict, lists: dict[str, list[dict]], json_out: bool,
+            csv_dir: Path | None) -> None:
+    if csv_dir is not None:
+        for name, rows in lists.items():
+            write_csv(csv_dir, name, rows)
+    if json_out:
+        emit_json({"summary": summary, **lists})
+        return
+    out.print(_summary_table(title, summary))
+    for name, rows in lists.items():
+        if rows and name not in ("documents", "training_chunks", "neighbour_chunks", "chunks"):
+            table = Table(*rows[0].keys(), title=name)
+            for row in rows[:20]:
+                table.add_row(*("-" if v is None else str(v) for v in row.values()))
+            out.print(table)
+    if csv_dir is not None:
+        out.print(f"full lists: {', '.join(f'{n}.csv' for n in lists)} in {csv_dir}")
+
+
+@lineage_app.command("model")
+def lineage_model(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-ID, or a kind.")],
+                  json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
+    """Backward: the documents, sources, chunks, neighbours, index, code and runs behind a model."""
+    from retro_ops.lineage.audit import backward
+
+    try:
+        found = backward(_db(), ref)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _report(f"lineage of {found.summary['model']}", found.summary, found.lists, json_out, csv_dir)
+
+
+@lineage_app.command("doc")
+def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or a source path.")],
+                json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
+    """Forward: every corpus version, set version, index, model and deployment a document reached."""
+    from retro_ops.lineage.audit import forward_document, resolve_documents
+
+    db = _db()
+    try:
+        found = [forward_document(db, d) for d in resolve_documents(db, path_or_doc_id)]
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json([{"summary": f.summary, **f.lists} for f in found])
+        return
+    for f in found:
+        _report(f"document {f.summary['doc_id']}", f.summary, f.lists, False,
+                csv_dir / f.summary["doc_id"] if csv_dir else None)
+
+
+@lineage_app.command("chunk")
+def lineage_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")],
+                  json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
+    """Forward from one chunk: sets, indices, models that trained on or read it, deployments."""
+    from retro_ops.lineage.audit import forward_chunk
+
+    try:
+        found = forward_chunk(_db(), chunk_id)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _report(f"chunk {chunk_id}", found.summary, found.lists, json_out, csv_dir)
+
+
+@lineage_app.command("diff")
+def lineage_diff(ref_a: Annotated[str, typer.Argument(help="A model, or set:NAME[@VERSION_ID].")],
+                 ref_b: Annotated[str, typer.Argument(help="Of the same kind as REF_A.")],
+                 json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
+    """Documents and chunks in B and not A (added) and in A and not B (removed)."""
+    from retro_ops.lineage.diff import diff
+
+    try:
+        found = diff(_db(), ref_a, ref_b)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    names = ("documents_added", "documents_removed", "chunks_added", "chunks_removed")
+    if json_out:
+        emit_json({"summary": found.summary(), **{n: getattr(found, n) for n in names}})
+        return
+    lists = {n: [{"id": v} for v in getattr(found, n)] for n in names}
+    _report(f"{found.a} -> {found.b}", found.summary(), lists if csv_dir else {}, False, csv_dir)
+
+
+@lineage_app.command("verify")
+def lineage_verify(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-ID, or a kind.")],
+                   json_out: JsonOpt = False) -> None:
+    """Re-derive every recorded digest from storage; exit 1 on any drift."""
+    from retro_ops.lineage.verify import verify
+
+    try:
+        report = verify(_db(), ref)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(report.as_dict())
+    else:
+        table = Table("check", "ok", "detail", title=f"verify {report.model}")
+        for c in report.checks:
+            table.add_row(c.what, "[green]ok[/green]" if c.ok else "[red]DRIFT[/red]", c.detail)
+        out.print(table)
+    if report.drift:
+        raise typer.Exit(1)
+
+
+@audit_app.command("sql")
+def audit_sql(query: Annotated[str, typer.Argument(help="One SELECT over the views (catalog tables, "
+                                                        "documents, chunks, retrieval_set_chunks, model_reads).")],
+              json_out: JsonOpt = False,
+              csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write rows to this CSV file.")] = None,
+              ) -> None:
+    """Ad-hoc read-only SQL (DuckDB); anything that would write, attach or export is refused."""
+    from retro_ops.lineage.sql import run_sql
+
+    try:
+        rows = run_sql(_db(), query).to_pylist()
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if csv_file is not None:
+        write_csv(csv_file.parent, csv_file.stem, rows) if csv_file.suffix == ".csv" \
+            else write_csv(csv_file, "result", rows)
+    if json_out:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(*(rows[0].keys() if rows else ["(no rows)"]))
+    for row in rows[:200]:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    out.print(table)

@@ -1,0 +1,246 @@
+"""Backward (model -> documents, neighbours, index, evaluations, deployments) and forward
+(document or chunk -> corpus versions, sets, indices, models, deployments) audits.
+
+Each audit loads only the rows its question touches (a model's reads, one document's chunks)
+into the DuckDB engine of `views`, and answers with joins there. Results are dataclasses: a
+summary plus full row lists that the CLI writes to JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from lancedb.expr import col, lit
+from sqlalchemy import select
+
+from retro_ops.catalog import ModelInfo
+from retro_ops.catalog import models as m
+from retro_ops.catalog.store import corpus_root, source_in_corpus
+from retro_ops.errors import LineageError
+from retro_ops.features.store import CHUNKS, MEMBERS
+from retro_ops.lineage.views import AuditDB
+
+_DOC_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class ModelLineage:
+    """Everything that made one model; `lists` holds the full row lists (documents, chunks...)."""
+
+    summary: dict
+    lists: dict[str, list[dict]] = field(default_factory=dict)
+
+
+@dataclass
+class ForwardLineage:
+    """Everything one document (or chunk) reached."""
+
+    summary: dict
+    lists: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def _model_ref(db: AuditDB) -> None:
+    db.catalog_view("models")
+    db.con.execute("CREATE OR REPLACE TEMP MACRO model_ref(name, version, id) AS "
+                   "CASE WHEN name IS NOT NULL AND version IS NOT NULL THEN name || '/' || version "
+                   "ELSE 'model-' || id END")
+
+
+def _one(db: AuditDB, sql: str, params: list) -> dict | None:
+    rows = db.rows(sql, params)
+    return rows[0] if rows else None
+
+
+def model_reads_view(db: AuditDB, info: ModelInfo, as_name: str = "reads") -> bool:
+    """This model's rows of `model_reads` at its recorded version; False for a model trained
+    before reads were recorded (then the view is empty)."""
+    where = (col("model_id") == lit(int(info.id))).to_sql()
+    if info.reads_table is None:
+        db.lance_view("model_reads", where="false", as_name=as_name)
+        return False
+    from retro_ops.lineage.views import lance_arrow
+
+    db.register(as_name, lance_arrow(db.store, info.reads_table, None, where, info.reads_lance_version))
+    return True
+
+
+def backward(db: AuditDB, ref: str) -> ModelLineage:
+    """From a model to the exact documents, chunks, neighbours, index and runs behind it."""
+    info = db.catalog.resolve_model(ref)
+    cv = info.corpus_version_id
+    for name in ("corpus_versions", "corpora", "retrieval_sets", "retrieval_set_versions",
+                 "index_builds", "embedding_spaces"):
+        db.catalog_view(name)
+    _model_ref(db)
+    db.catalog_view("corpus_version_documents", m.CorpusVersionDocument.corpus_version_id == cv, "cvd")
+    db.catalog_view("corpus_version_sources", m.CorpusVersionSource.corpus_version_id == cv, "cvs")
+    db.catalog_view("model_training_documents", m.ModelTrainingDocument.model_id == info.id, "mtd")
+    db.catalog_view("evaluations", m.EvaluationRecord.model_id == info.id, "evals")
+    db.catalog_view("deployments", m.DeploymentRecord.model_id == info.id, "deps")
+    db.lance_view(CHUNKS, columns=["chunk_id", "doc_id"], as_name="chunk_docs")
+    has_reads = model_reads_view(db, info)
+    corpus = _one(db, "SELECT c.name AS corpus, v.id AS corpus_version_id, v.digest, v.n_documents, "
+                      "v.documents_lance_version, v.created_at FROM corpus_versions v "
+                      "JOIN corpora c ON c.id = v.corpus_id WHERE v.id = ?", [cv])
+    documents = db.rows(
+        "WITH n AS (SELECT doc_id, count(*) AS chunks FROM chunk_docs GROUP BY doc_id), "
+        "s AS (SELECT doc_id, string_agg(source_uri, ';' ORDER BY source_uri) AS sources FROM cvs GROUP BY doc_id) "
+        "SELECT d.doc_id, coalesce(s.sources, '') AS sources, d.n_bytes AS bytes, "
+        "coalesce(n.chunks, 0) AS chunks, "
+        "CASE WHEN t.doc_id IS NULL THEN 'held-out' ELSE 'train' END AS role "
+        "FROM cvd d LEFT JOIN s USING (doc_id) LEFT JOIN n USING (doc_id) "
+        "LEFT JOIN mtd t USING (doc_id) ORDER BY d.doc_id")
+    summary = {
+        "model": info.ref, "model_id": info.id, "kind": info.kind, "key": info.key,
+        "created_at": info.created_at, **corpus,
+        "documents_trained": sum(d["role"] == "train" for d in documents),
+        "documents_held_out": sum(d["role"] == "held-out" for d in documents),
+        "training_chunks": info.n_training_chunks, "neighbour_chunks": info.n_neighbour_chunks,
+        "reads_recorded": has_reads, "reads_digest": info.reads_digest,
+        "neighbours_key": info.neighbours_key, "embedding_space_id": info.embedding_space_id,
+        "tokenizer_id": info.tokenizer_id, "vocabulary_digest": info.vocabulary_digest,
+        "code_version": info.code_version, "dagster_run_id": info.dagster_run_id,
+        "mlflow_run_id": info.mlflow_run_id, "mlflow_model_name": info.mlflow_model_name,
+        "mlflow_model_version": info.mlflow_model_version,
+        "weights_sha256": info.weights_sha256,
+    }
+    summary["retrieval_set"] = _one(
+        db, "SELECT s.name AS retrieval_set, v.id AS version_id, v.digest, v.n_chunks, v.n_excluded, "
+            "v.chunks_lance_version, v.embeddings_table, v.embeddings_lance_version, "
+            "v.members_lance_version FROM retrieval_set_versions v "
+            "JOIN retrieval_sets s ON s.id = v.retrieval_set_id WHERE v.id = ?",
+        [info.retrieval_set_version_id]) if info.retrieval_set_version_id else None
+    summary["index_build"] = _one(
+        db, "SELECT id, factory, ntotal, sha256, manifest_sha256, build_dir, published "
+            "FROM index_builds WHERE id = ?", [info.index_build_id]) if info.index_build_id else None
+    summary["embedding_space"] = _one(
+        db, "SELECT id, model_name, weights_digest, pooling, dim, max_tokens FROM embedding_spaces "
+            "WHERE id = ?", [info.embedding_space_id]) if info.embedding_space_id else None
+    summary["parent"] = _one(db, "SELECT model_ref(mlflow_model_name, mlflow_model_version, id) AS ref, "
+                                 "id, kind, weights_sha256 FROM models WHERE id = ?",
+                             [info.parent_model_id]) if info.parent_model_id else None
+    lists = {"documents": documents}
+    lists["training_chunks"] = db.rows(
+        "SELECT r.chunk_id, c.doc_id FROM reads r LEFT JOIN chunk_docs c USING (chunk_id) "
+        "WHERE r.role = 'train' ORDER BY r.chunk_id")
+    lists["neighbour_chunks"] = db.rows(
+        "SELECT r.chunk_id, c.doc_id FROM reads r LEFT JOIN chunk_docs c USING (chunk_id) "
+        "WHERE r.role = 'neighbour' ORDER BY r.chunk_id")
+    lists["evaluations"] = db.rows(
+        "SELECT id, setting, retrieval_set_version_id, eval_corpus_version_id, bits_per_byte, "
+        "loss_per_token, tokens, mlflow_run_id, created_at FROM evals ORDER BY id")
+    lists["deployments"] = db.rows(
+        "SELECT id, action, retrieval_set_version_id, endpoint, created_at AS started_at, ended_at "
+        "FROM deps ORDER BY id")
+    summary["evaluations"] = len(lists["evaluations"])
+    summary["deployments"] = len(lists["deployments"])
+    return ModelLineage(summary, lists)
+
+
+def resolve_documents(db: AuditDB, path_or_doc_id: str) -> list[str]:
+    """Doc ids named by a doc id, or by a source path (relative to its corpus root, or absolute
+    under a corpus's folder; `file.jsonl` matches its `file.jsonl#Ln` documents)."""
+    with db.catalog.session() as s:
+        if _DOC_ID.fullmatch(path_or_doc_id) and s.get(m.Document, path_or_doc_id) is not None:
+            return [path_or_doc_id]
+        wanted = {path_or_doc_id.removeprefix("./")}
+        if os.path.isabs(path_or_doc_id):
+            real = os.path.realpath(path_or_doc_id)
+            for source in s.scalars(select(m.Corpus.source_uri)):
+                relative = source_in_corpus(real, corpus_root(db.catalog.resolved_path(source)))
+                if relative:
+                    wanted.add(relative)
+        found = set()
+        for value in wanted:
+            found.update(s.scalars(select(m.CorpusVersionSource.doc_id).where(
+                (m.CorpusVersionSource.source_uri == value)
+                | m.CorpusVersionSource.source_uri.startswith(value + "#", autoescape=True))))
+            found.update(s.scalars(select(m.DocumentSource.doc_id).where(
+                m.DocumentSource.source_uri == value)))
+    if not found:
+        raise LineageError(f"no document {path_or_doc_id!r}: neither a doc id nor a recorded "
+                           "source path (try a path relative to its corpus folder)")
+    return sorted(found)
+
+
+def forward_document(db: AuditDB, doc_id: str) -> ForwardLineage:
+    """Where one document went: every corpus version, set version, index, model, deployment."""
+    db.lance_view(CHUNKS, where=(col("doc_id") == lit(doc_id)).to_sql(),
+                  columns=["chunk_id", "doc_id", "position"], as_name="fwd_chunks")
+    return _forward(db, {"doc_id": doc_id}, doc_id, None)
+
+
+def forward_chunk(db: AuditDB, chunk_id: int) -> ForwardLineage:
+    db.lance_view(CHUNKS, where=(col("chunk_id") == lit(int(chunk_id))).to_sql(),
+                  columns=["chunk_id", "doc_id", "position"], as_name="fwd_chunks")
+    found = db.rows("SELECT doc_id, position FROM fwd_chunks")
+    if not found:
+        raise LineageError(f"no chunk {chunk_id} in the feature store's chunks table")
+    return _forward(db, {"chunk_id": int(chunk_id), **found[0]}, found[0]["doc_id"], int(chunk_id))
+
+
+def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> ForwardLineage:
+    chunk_ids = [r["chunk_id"] for r in db.rows("SELECT chunk_id FROM fwd_chunks")]
+    for name in ("corpus_versions", "corpora", "retrieval_sets", "retrieval_set_versions",
+                 "index_builds"):
+        db.catalog_view(name)
+    _model_ref(db)
+    db.catalog_view("corpus_version_documents", m.CorpusVersionDocument.doc_id == doc_id, "cvd")
+    db.catalog_view("corpus_version_sources", m.CorpusVersionSource.doc_id == doc_id, "cvs")
+    db.catalog_view("model_training_documents", m.ModelTrainingDocument.doc_id == doc_id, "mtd")
+    db.catalog_view("exclusions", m.Exclusion.chunk_id.in_(chunk_ids), "excl")
+    db.catalog_view("deployments")
+    id_filter = col("chunk_id").isin([int(c) for c in chunk_ids]) if chunk_ids else None
+    if id_filter is None:
+        db.lance_view(MEMBERS, where="false", as_name="fwd_members")
+        db.lance_view("model_reads", where="false", as_name="fwd_reads")
+    else:
+        db.lance_view(MEMBERS, where=id_filter.to_sql(), columns=["set_digest", "chunk_id"],
+                      as_name="fwd_members")
+        db.lance_view("model_reads", where=id_filter.to_sql(), as_name="fwd_reads")
+    lists = {"chunks": db.rows("SELECT chunk_id, position FROM fwd_chunks ORDER BY position")}
+    lists["corpus_versions"] = db.rows(
+        "SELECT c.name AS corpus, v.id AS corpus_version_id, v.created_at, "
+        "coalesce((SELECT string_agg(source_uri, ';' ORDER BY source_uri) FROM cvs "
+        "          WHERE cvs.corpus_version_id = v.id), '') AS sources "
+        "FROM cvd JOIN corpus_versions v ON v.id = cvd.corpus_version_id "
+        "JOIN corpora c ON c.id = v.corpus_id ORDER BY v.id")
+    lists["retrieval_set_versions"] = db.rows(
+        "SELECT s.name AS retrieval_set, v.id AS version_id, v.digest, v.created_at, "
+        "count(DISTINCT f.chunk_id) AS chunks FROM fwd_members f "
+        "JOIN retrieval_set_versions v ON v.digest = f.set_digest "
+        "JOIN retrieval_sets s ON s.id = v.retrieval_set_id GROUP BY ALL ORDER BY v.id")
+    lists["index_builds"] = db.rows(
+        "SELECT b.id, s.name AS retrieval_set, b.retrieval_set_version_id, b.sha256, b.published "
+        "FROM index_builds b JOIN retrieval_set_versions v ON v.id = b.retrieval_set_version_id "
+        "JOIN retrieval_sets s ON s.id = v.retrieval_set_id "
+        "WHERE v.digest IN (SELECT set_digest FROM fwd_members) ORDER BY b.id")
+    # as text: its chunk among a model's recorded training reads, or (models recorded before
+    # reads were) its document among the model's training documents
+    text_filter = "r.chunk_id = ?" if chunk_id is not None else "TRUE"
+    lists["models_trained_on_it"] = db.rows(
+        "SELECT model_ref(x.mlflow_model_name, x.mlflow_model_version, x.id) AS model, x.id, x.kind, "
+        "x.created_at FROM models x WHERE x.id IN ("
+        f"  SELECT r.model_id FROM fwd_reads r WHERE r.role = 'train' AND {text_filter}) "
+        "OR (x.reads_table IS NULL AND x.id IN (SELECT model_id FROM mtd)) ORDER BY x.id",
+        [chunk_id] if chunk_id is not None else [])
+    lists["models_read_as_neighbour"] = db.rows(
+        "SELECT model_ref(x.mlflow_model_name, x.mlflow_model_version, x.id) AS model, x.id, x.kind, "
+        "count(*) AS chunks_read FROM fwd_reads r JOIN models x ON x.id = r.model_id "
+        "WHERE r.role = 'neighbour' GROUP BY ALL ORDER BY x.id")
+    lists["deployments"] = db.rows(
+        "SELECT d.id, model_ref(x.mlflow_model_name, x.mlflow_model_version, x.id) AS model, "
+        "s.name AS retrieval_set, d.retrieval_set_version_id, d.endpoint, "
+        "d.created_at AS started_at, d.ended_at FROM deployments d "
+        "JOIN models x ON x.id = d.model_id "
+        "JOIN retrieval_set_versions v ON v.id = d.retrieval_set_version_id "
+        "JOIN retrieval_sets s ON s.id = v.retrieval_set_id "
+        "WHERE v.digest IN (SELECT set_digest FROM fwd_members) ORDER BY d.id")
+    lists["exclusions"] = db.rows(
+        "SELECT chunk_id, reason, policy, score, created_by, created_at FROM excl ORDER BY id")
+    summary = {**head, "chunks": len(lists["chunks"]),
+               **{name: len(rows) for name, rows in lists.items() if name != "chunks"}}
+    summary["sources"] = sorted({s for v in lists["corpus_versions"] for s in v["sources"].split(";") if s})
+    return ForwardLineage(summary, lists)

@@ -1,0 +1,132 @@
+"""`retro-ops lineage verify`: re-derive every digest a model's lineage records, from storage.
+
+A lineage record is only as good as the bytes it points at. Each check reads the stored thing
+again (checkpoint weights, the index file and its manifest, the LanceDB versions pinned by the
+corpus version, the retrieval-set version and the model's reads, the corpus files) and compares
+it with what the catalog recorded. Any mismatch is drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from retro_ops.catalog import models as m
+from retro_ops.catalog.store import corpus_root
+from retro_ops.corpus.readers import read_corpus
+from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS
+from retro_ops.ids import document_id, sha256_hex
+from retro_ops.lineage.views import AuditDB
+from retro_ops.retrieval.index_publish import INDEX_FILE, MANIFEST_FILE
+from retro_ops.training.checkpoint import MODEL_FILE
+from retro_ops.training.reads import read_model_reads, reads_digest
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    checks: list[Check]
+
+    @property
+    def drift(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "ok": not self.drift, "checks": [asdict(c) for c in self.checks]}
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return sha256_hex(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _digest_check(what: str, path: Path, recorded: str | None) -> Check:
+    actual = _file_sha(path)
+    if actual is None:
+        return Check(what, False, f"{path} is missing or unreadable")
+    return Check(what, actual == recorded,
+                 f"sha256 {actual[:16]}... {'matches' if actual == recorded else 'differs from'} "
+                 f"the recorded {str(recorded)[:16]}...")
+
+
+def _lance_version_check(db: AuditDB, table: str, version: int, why: str) -> Check:
+    what = f"LanceDB {table} version {version} ({why})"
+    if table not in set(db.store.db.list_tables().tables):
+        return Check(what, False, f"table {table} is gone")
+    present = {v.version if hasattr(v, "version") else v["version"]
+               for v in db.store.db.open_table(table).list_versions()}
+    return Check(what, version in present,
+                 "present" if version in present else "cleaned up (no longer in the table's versions)")
+
+
+def _corpus_checks(db: AuditDB, corpus_version_id: int) -> list[Check]:
+    """Each recorded source file of the version still exists and still yields its documents."""
+    with db.catalog.session() as s:
+        version = s.get(m.CorpusVersion, corpus_version_id)
+        root = Path(corpus_root(db.catalog.resolved_path(version.corpus.source_uri)))
+        sources = s.execute(select(m.CorpusVersionSource.source_uri, m.CorpusVersionSource.doc_id)
+                            .where(m.CorpusVersionSource.corpus_version_id == corpus_version_id)).all()
+    if not sources:
+        return [Check(f"corpus version {corpus_version_id} files", False,
+                      "no sources recorded for this version (recorded before migration 0006)")]
+    expected: dict[str, set[str]] = {}
+    for source, doc_id in sources:
+        expected.setdefault(source.split("#", 1)[0], set()).add(doc_id)
+    bad = []
+    for relative, doc_ids in sorted(expected.items()):
+        path = root / relative
+        if not path.is_file():
+            bad.append(f"{relative}: missing")
+            continue
+        found = {document_id(raw.text) for raw in read_corpus(path)}
+        if not doc_ids <= found:
+            bad.append(f"{relative}: content changed ({len(doc_ids - found)} document(s) differ)")
+    return [Check(f"corpus version {corpus_version_id} files ({len(expected)} under {root.name}/)",
+                  not bad, "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+                  if bad else "every source still yields its recorded documents")]
+
+
+def verify(db: AuditDB, ref: str) -> VerifyReport:
+    info = db.catalog.resolve_model(ref)
+    checks = [_digest_check("checkpoint weights", Path(info.checkpoint_dir) / MODEL_FILE,
+                            info.weights_sha256)]
+    with db.catalog.session() as s:
+        cv = s.get(m.CorpusVersion, info.corpus_version_id)
+        documents_version = cv.documents_lance_version
+        rsv = s.get(m.RetrievalSetVersion, info.retrieval_set_version_id) \
+            if info.retrieval_set_version_id else None
+        build = s.get(m.IndexBuild, info.index_build_id) if info.index_build_id else None
+        pins = [(DOCUMENTS, documents_version, f"corpus version {cv.id}")]
+        if rsv is not None:
+            pins += [(CHUNKS, rsv.chunks_lance_version, f"set version {rsv.id}"),
+                     (rsv.embeddings_table, rsv.embeddings_lance_version, f"set version {rsv.id}"),
+                     (MEMBERS, rsv.members_lance_version, f"set version {rsv.id}")]
+        build_dir = Path(db.catalog.resolved_path(build.build_dir)) if build else None
+        build_sha, manifest_sha = (build.sha256, build.manifest_sha256) if build else (None, None)
+    if build_dir is not None:
+        checks.append(_digest_check(f"index file {INDEX_FILE}", build_dir / INDEX_FILE, build_sha))
+        checks.append(_digest_check(f"index manifest {MANIFEST_FILE}", build_dir / MANIFEST_FILE,
+                                    manifest_sha))
+    elif info.retrieval_set_version_id:
+        checks.append(Check("index build", False, "no index build recorded for this model"))
+    if info.reads_table:
+        pins.append((info.reads_table, info.reads_lance_version, "model reads"))
+    checks += [_lance_version_check(db, t, v, why) for t, v, why in pins]
+    if info.reads_table and checks[-1].ok:
+        reads = read_model_reads(db.store, info.id, info.reads_lance_version, info.reads_table)
+        actual = reads_digest(reads["train"], reads["neighbour"])
+        checks.append(Check("model reads digest", actual == info.reads_digest,
+                            f"{actual[:16]}... vs recorded {str(info.reads_digest)[:16]}..."))
+    checks += _corpus_checks(db, info.corpus_version_id)
+    return VerifyReport(info.ref, checks)

@@ -1,0 +1,131 @@
+"""One read-only DuckDB connection over the catalog and the LanceDB feature store.
+
+Why DuckDB: an audit joins catalog rows (SQL) with millions of LanceDB rows (chunks, set members,
+model reads); DuckDB joins Arrow tables in memory, vectorised, with no server and no extension
+download (its lance/sqlite extensions fetch at run time and fail offline). Tables are loaded on
+first use, with only the columns an audit needs and, where given, a filter pushed down to
+LanceDB or the catalog, so a forward audit of one document never reads the whole store.
+
+Nothing here can write: views are registered Arrow tables (never an attached file), and once
+registered, the connection turns external access off and locks its configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+from sqlalchemy import Boolean, DateTime, Float, Integer, BigInteger, JSON, select
+
+from retro_ops.catalog import Catalog
+from retro_ops.catalog import models as m
+from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS, FeatureStore
+
+#: LanceDB tables and the columns an audit reads (never text, tokens or vectors).
+LANCE_COLUMNS: dict[str, list[str]] = {
+    DOCUMENTS: ["doc_id", "n_chars"],
+    CHUNKS: ["chunk_id", "doc_id", "position", "n_tokens", "content_hash"],
+    MEMBERS: ["set_digest", "chunk_id", "doc_id", "position"],
+    "model_reads": ["model_id", "role", "chunk_id"],
+}
+CATALOG_TABLES = {t.name: t for t in m.Base.metadata.sorted_tables}
+SCAN_BATCH_ROWS = 65_536  # measured: 1.1M chunk ids + doc ids in 0.04 s, vs 0.23 s at the default
+
+
+def _arrow_type(column) -> pa.DataType:
+    kind = column.type
+    if isinstance(kind, (Integer, BigInteger)):
+        return pa.int64()
+    if isinstance(kind, Boolean):
+        return pa.bool_()
+    if isinstance(kind, Float):
+        return pa.float64()
+    if isinstance(kind, DateTime):
+        return pa.timestamp("us", tz="UTC")
+    return pa.string()  # String, Text, JSON (as JSON text)
+
+
+def catalog_arrow(catalog: Catalog, name: str, where=None) -> pa.Table:
+    """A catalog table (optionally filtered by a SQLAlchemy clause) as Arrow, typed from its model."""
+    table = CATALOG_TABLES[name]
+    query = select(table) if where is None else select(table).where(where)
+    with catalog.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    columns = {}
+    for i, column in enumerate(table.columns):
+        values = [r[i] for r in rows]
+        if isinstance(column.type, JSON):
+            values = [None if v is None else json.dumps(v) for v in values]
+        columns[column.name] = pa.array(values, _arrow_type(column))
+    return pa.table(columns)
+
+
+def lance_arrow(store: FeatureStore, name: str, columns: Sequence[str] | None = None,
+                where: str | None = None, version: int | None = None) -> pa.Table:
+    """A LanceDB table's audit columns (filter built with `lancedb.expr`, never by hand)."""
+    columns = list(columns or LANCE_COLUMNS[name])
+    if name not in set(store.db.list_tables().tables):
+        return pa.table({c: pa.array([], _LANCE_TYPES.get(c, pa.string())) for c in columns})
+    table = store.db.open_table(name)
+    if version is not None:
+        table.checkout(version)
+    query = table.search().select(columns).limit(None)
+    if where is not None:
+        query = query.where(where)
+    # big batches: the default (~1k rows) spends 5x the scan itself in per-batch hand-offs
+    return query.to_batches(SCAN_BATCH_ROWS).read_all()
+
+
+_LANCE_TYPES = {"chunk_id": pa.int64(), "model_id": pa.int64(), "position": pa.int32(),
+                "n_tokens": pa.int32(), "n_chars": pa.int64()}
+
+
+class AuditDB:
+    """The audit engine: `register` Arrow as views, `rows(sql, params)` answers as dicts."""
+
+    def __init__(self, catalog: Catalog, store: FeatureStore):
+        self.catalog, self.store = catalog, store
+        self.con = duckdb.connect(":memory:")
+        self._loaded: set[str] = set()
+
+    def register(self, name: str, table: pa.Table) -> None:
+        """(Re)bind view `name` (an identifier from this package, never user text) to `table`."""
+        self.con.unregister(name)
+        self.con.execute(f"DROP VIEW IF EXISTS {name}")
+        self.con.register(name, table)
+        self._loaded.add(name)
+
+    def catalog_view(self, name: str, where=None, as_name: str | None = None) -> None:
+        view = as_name or name
+        if view not in self._loaded or where is not None:  # a filtered view answers one question
+            self.register(view, catalog_arrow(self.catalog, name, where))
+
+    def lance_view(self, name: str, *, where: str | None = None, as_name: str | None = None,
+                   columns: Sequence[str] | None = None) -> None:
+        view = as_name or name
+        if view not in self._loaded or where is not None:
+            self.register(view, lance_arrow(self.store, name, columns, where))
+
+    def register_all(self) -> list[str]:
+        """Every catalog table and every audit-relevant LanceDB table, whole (for ad-hoc SQL)."""
+        for name in CATALOG_TABLES:
+            self.catalog_view(name)
+        for name in LANCE_COLUMNS:
+            self.lance_view(name)
+        return sorted(self._loaded)
+
+    def seal(self) -> None:
+        """No file, network or extension access from here on, and no way to turn it back on."""
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def arrow(self, sql: str, params: Sequence | None = None) -> pa.Table:
+        return self.con.sql(sql, params=list(params) if params else None).to_arrow_table()
+
+    def rows(self, sql: str, params: Sequence | None = None) -> list[dict]:
+        return self.arrow(sql, params).to_pylist()
+
+    def close(self) -> None:
+        self.con.close()
