@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens per /generate (64)")
     parser.add_argument("--prompt-tokens", type=int, default=70, help="prompt tokens (70)")
     parser.add_argument("--max-queue", type=int, default=8, help="server --max-queue (8)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on CPU 0, load generator on CPU 1 (keeps client-side delay out "
+                             "of the server's latencies on a 2-core machine)")
     parser.add_argument("--max-wait", type=float, default=2.0,
                         help="server --max-wait: work ahead allowed, in service times (2; 0 = queue bound only)")
     parser.add_argument("--generate-timeout", type=float, default=30.0, help="server (30)")
@@ -206,6 +209,13 @@ def cell(server: Server, make, rate: float, args) -> dict[str, Any]:
     }
 
 
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus` (sched_setaffinity(pid) moves one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 SATURATION_CLIENTS = 2
 
 
@@ -249,7 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     server = Server(args)
     server.argv += ["--generate-timeout", str(args.generate_timeout)]
     tables = []
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # this process and the threads and processes it starts
     with server:
+        if args.pin:
+            pin_process(server.proc.pid, {0})
         for name in args.endpoints:
             requests.post(f"{server.base}/{name}", json=makers[name](0)[1], timeout=300)  # warm
             rows = run_endpoint(server, name, makers[name], args)
