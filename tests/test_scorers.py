@@ -21,6 +21,7 @@ CLEAN = "Call me Ishmael. Some years ago, never mind how long precisely, I went 
 @pytest.mark.parametrize("text, kinds", [
     ("write to captain.ahab@pequod-whaling.com today", "email"),
     ("call 555-867-5309 before noon", "phone"),
+    ("or call 555-867-5309.", "phone"),
     ("call +44 20 7946 0958 before noon", "phone"),
     ("card 4111 1111 1111 1111 exp 12/29", "card"),
     ("card 5500-0000-0000-0004 please", "card"),
@@ -66,7 +67,7 @@ def test_bad_scorer_configs_are_refused():
 @pytest.mark.parametrize("body, message", [
     ('name = "p"\n', "policy 'p' has no \\[\\[rule\\]\\]"),
     ('[[rule]]\nscorer = "pii"\nthreshold = 1\n', "policy needs a `name`"),
-    ('name = "p"\n[[rule]]\nscorer = "pii"\nthreshold = 2\n', "rule 1: threshold must be a number in \\[0, 1\\], got 2"),
+    ('name = "p"\n[[rule]]\nscorer = "pii"\nthreshold = 2\n', "rule 1: threshold must be a number in .0, 1., got 2"),
     ('name = "p"\n[[rule]]\nscorer = "pii"\nthreshold = 1\nscope = "corpus"\n', "rule 1: scope 'corpus' is not one of"),
     ('name = "p"\n[[rule]]\nscorer = "nsfw"\nthreshold = 1\n', "rule 1: unknown scorer 'nsfw'"),
     ('name = "p"\n[[rule\n', "cannot read policy"),

@@ -56,7 +56,7 @@ class BlocklistScorer:
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w.])(?<!\d[ -])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)|\d{2,4})"
-                    r"[\s.-]\d{3,4}[\s.-]\d{3,4}(?![\w.]|[ -]\d)")  # not a slice of a longer number
+                    r"[\s.-]\d{3,4}[\s.-]\d{3,4}(?!\w|[.\s-]\d)")  # not a slice of a longer number
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
