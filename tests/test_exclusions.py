@@ -206,6 +206,17 @@ def test_policy_excludes_planted_text_everywhere_before_any_rebuild(site):
                           params={"retrieval_set": "planted", "max_new_tokens": 2})
     used = {c for chunk in json.loads(frame.iloc[0]["neighbours"]) for c in chunk["chunk_ids"]}
     assert used and not bad_ids & used
+    # the lineage audit shows each scope on the chunks it covers
+    from retro_ops.lineage.audit import forward_chunk, forward_document
+    from retro_ops.lineage.views import AuditDB
+
+    db = AuditDB(ws.catalog, ws.store)
+    toxic_hash = next(h for h, docs in by_hash.items() if len(docs) == 2)
+    for row in (r for r in planted if r["content_hash"] == toxic_hash):
+        shown = forward_chunk(db, row["chunk_id"]).lists["exclusions"]
+        assert [(e["scope"], e["target"]) for e in shown] == [("content_hash", toxic_hash)]
+    shown = forward_document(db, leak_doc).lists["exclusions"]
+    assert [(e["scope"], e["reason"]) for e in shown] == [("document", "takedown request (TAKEDOWN-REQUEST-\\d+)")]
     # no rebuild happened: same set version, same served deployment
     assert ws.catalog.latest_retrieval_set_version("planted").id == version_before
     assert requests.get(f"{base}/deployment", timeout=10).json() == served_before
