@@ -206,6 +206,15 @@ def test_policy_excludes_planted_text_everywhere_before_any_rebuild(site):
                           params={"retrieval_set": "planted", "max_new_tokens": 2})
     used = {c for chunk in json.loads(frame.iloc[0]["neighbours"]) for c in chunk["chunk_ids"]}
     assert used and not bad_ids & used
+    # evaluation's neighbours (cached by a key that now includes the exclusion list) drop them too
+    from retro_ops.training.data import load_chunk_table
+    from retro_ops.training.neighbours import NeighbourConfig
+    from retro_ops.training.prepare import neighbours_for
+
+    queries = load_chunk_table(ws.store, sorted({r["doc_id"] for r in planted}), 64)
+    found = neighbours_for(ws, queries, retriever, NeighbourConfig(k=3), 64)
+    assert found.computed_now and found.neighbours.mask.any()
+    assert not bad_ids & {int(i) for i in found.neighbours.ids[found.neighbours.mask]}
     # the lineage audit shows each scope on the chunks it covers
     from retro_ops.lineage.audit import forward_chunk, forward_document
     from retro_ops.lineage.views import AuditDB
