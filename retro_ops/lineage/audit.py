@@ -69,9 +69,10 @@ def model_reads_view(db: AuditDB, info: ModelInfo, as_name: str = "reads") -> bo
     if info.reads_table is None:
         db.lance_view("model_reads", where="false", as_name=as_name)
         return False
-    from retro_ops.lineage.views import lance_arrow
+    from retro_ops.lineage.views import LANCE_COLUMNS, lance_arrow
 
-    db.register(as_name, lance_arrow(db.store, info.reads_table, None, where, info.reads_lance_version))
+    db.register(as_name, lance_arrow(db.store, info.reads_table, LANCE_COLUMNS["model_reads"], where,
+                                     info.reads_lance_version))
     return True
 
 

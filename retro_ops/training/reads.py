@@ -77,9 +77,12 @@ def record_model_reads(store: FeatureStore, model_id: int, training_chunk_ids: n
         "doc_id": chunk_doc_ids(store, both),
     }, schema=MODEL_READS_SCHEMA)
     with store.lock(MODEL_READS):
-        table = store.table(MODEL_READS, MODEL_READS_SCHEMA)
-        if "doc_id" not in table.schema.names:  # written before doc ids were recorded
-            table.add_columns(pa.field("doc_id", pa.string()))
+        if MODEL_READS in set(store.db.list_tables().tables):
+            table = store.db.open_table(MODEL_READS)
+            if "doc_id" not in table.schema.names:  # written before doc ids were recorded
+                table.add_columns(pa.field("doc_id", pa.string()))
+        else:
+            table = store.table(MODEL_READS, MODEL_READS_SCHEMA)
         table.delete((col("model_id") == lit(int(model_id))).to_sql())
         table.add(rows)
         version = table.version
