@@ -97,7 +97,8 @@ class DeploymentHolder:
         deployment = Deployment(info, model, Vocabulary.load(Path(info.checkpoint_dir)),
                                 load_tokenizer(ws.embedder.space.model_path), retriever,
                                 datetime.now(timezone.utc))
-        closed = reap_dead_leases(lease_dir(ws), ws.catalog, deployment.since)
+        # now, not `since`: a dead holder committed its rows before it died, so before this
+        closed = reap_dead_leases(lease_dir(ws), ws.catalog, datetime.now(timezone.utc))
         if closed:
             log.warning("closed deployment rows %s of servers that died without stopping (ended_at = "
                         "this start, an upper bound)", closed)
