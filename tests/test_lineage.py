@@ -271,6 +271,126 @@ def test_a_stopped_server_closes_its_deployment_row(site):
     assert row["ended_at"] is not None and row["ended_at"] >= row["created_at"]
 
 
+def _reads(store, table_name: str, version: int, model_id: int):
+    from lancedb.expr import col, lit
+
+    table = store.db.open_table(table_name)
+    table.checkout(version)
+    return table.search().where((col("model_id") == lit(model_id)).to_sql()).limit(None).to_arrow()
+
+
+def test_reads_name_their_documents_and_reads_recorded_without_them_audit_the_same(site, db):
+    """Each read carries its chunk's document (backward then needs no chunk -> document map);
+    reads written before doc ids were (0006's schema, no doc_id column) give the same audit,
+    their documents found in the chunks table."""
+    import pyarrow as pa
+
+    from retro_ops.features.store import CHUNKS
+
+    ws, m1 = site["ws"], _refresh(site, site["m1"])
+    reads = _reads(ws.store, "model_reads", m1.reads_lance_version, m1.id)
+    chunk_map = ws.store.db.open_table(CHUNKS).search().select(["chunk_id", "doc_id"]).limit(None).to_arrow()
+    doc_of = dict(zip(chunk_map.column("chunk_id").to_pylist(), chunk_map.column("doc_id").to_pylist()))
+    assert reads.num_rows == m1.n_training_chunks + m1.n_neighbour_chunks
+    assert [doc_of[c] for c in reads.column("chunk_id").to_pylist()] == reads.column("doc_id").to_pylist()
+    before = backward(db, f"model-{m1.id}").lists
+    old = ws.store.db.create_table("model_reads_0006", reads.drop_columns(["doc_id"]))
+    assert "doc_id" not in old.schema.names
+    pointer = dict(table=m1.reads_table, lance_version=m1.reads_lance_version, digest=m1.reads_digest,
+                   n_training_chunks=m1.n_training_chunks, n_neighbour_chunks=m1.n_neighbour_chunks)
+    ws.catalog.set_model_reads(m1.id, **{**pointer, "table": "model_reads_0006", "lance_version": old.version})
+    try:
+        fresh = AuditDB(ws.catalog, ws.store)
+        after = backward(fresh, f"model-{m1.id}").lists
+        fresh.close()
+    finally:
+        ws.catalog.set_model_reads(m1.id, **pointer)
+    assert after == before and after["training_chunks"] and after["neighbour_chunks"]
+    assert all(r["doc_id"] for r in after["training_chunks"] + after["neighbour_chunks"])
+    assert isinstance(backward(db, f"model-{m1.id}").tables["documents"], pa.Table)
+
+
+def test_recording_reads_into_a_table_without_doc_ids_adds_the_column(store):
+    """A home whose model_reads predates doc ids: the next model's reads add the column; the
+    old rows keep a NULL doc_id, the new ones name their documents (chunk ids unknown to the
+    chunks table: NULL, never a wrong document)."""
+    import pyarrow as pa
+
+    from retro_ops.features.chunking import Chunk
+    from retro_ops.ids import chunk_id
+    from retro_ops.training.reads import MODEL_READS, read_model_reads, record_model_reads
+
+    doc = document_id("some text")
+    ids = [chunk_id(doc, j) for j in range(3)]
+    store.add_chunks([Chunk(ids[j], doc, j, [j], f"t{j}", 0, 0, ids[j + 1] if j < 2 else None)
+                      for j in range(3)])
+    store.db.create_table(MODEL_READS, pa.table({"model_id": pa.array([1], pa.int64()), "role": ["train"],
+                                                 "chunk_id": pa.array([ids[0]], pa.int64())}))
+    record = record_model_reads(store, 2, [ids[1], ids[2]], [ids[0], 12345])
+    rows = _reads(store, MODEL_READS, record.lance_version, 2)
+    named = dict(zip(rows.column("chunk_id").to_pylist(), rows.column("doc_id").to_pylist()))
+    assert named == {ids[0]: doc, ids[1]: doc, ids[2]: doc, 12345: None}
+    assert _reads(store, MODEL_READS, record.lance_version, 1).column("doc_id").to_pylist() == [None]
+    assert read_model_reads(store, 2, record.lance_version)["train"].tolist() == sorted(ids[1:])
+
+
+def test_a_sigkilled_server_row_is_closed_by_the_next_start(site):
+    """A real `retro-ops serve` killed with SIGKILL runs no shutdown code, so its row stays open
+    (ended_at NULL) until the next server starts on this home: that one finds the dead server's
+    lease unlocked and closes the row. A live holder's row (a lease still locked) stays open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from retro_ops.serving.deployment import DeploymentHolder, lease_dir
+
+    ws, m1 = site["ws"], site["m1"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_MLFLOW_URI", "RETRO_OPS_ADMIN_TOKEN")}
+    env["RETRO_OPS_HOME"] = str(ws.settings.home)
+    server = subprocess.Popen([sys.executable, "-m", "retro_ops.cli.main", "serve", "--model", f"model-{m1.id}",
+                               "--set", "lib", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        assert server.poll() is None, server.stderr.read().decode()[-2000:]
+        alive = DeploymentHolder.start(ws, f"model-{m1.id}", "lib", "test://alive")  # server lives: no reap
+        [row] = [d for d in ws.catalog.deployments() if d["endpoint"] == endpoint]
+        assert row["ended_at"] is None
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        [row] = [d for d in ws.catalog.deployments() if d["endpoint"] == endpoint]
+        assert row["ended_at"] is None  # killed: nothing closed it
+        after = DeploymentHolder.start(ws, f"model-{m1.id}", "lib", "test://after-kill")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        server.stderr.close()
+    rows = {d["endpoint"]: d for d in ws.catalog.deployments()}
+    assert rows[endpoint]["created_at"] <= rows[endpoint]["ended_at"] <= rows["test://after-kill"]["created_at"]
+    assert rows["test://alive"]["ended_at"] is None and rows["test://after-kill"]["ended_at"] is None
+    assert sorted(p.name for p in lease_dir(ws).glob("*.lease")) == sorted(
+        h._lease.path.name for h in (alive, after))  # the dead server's lease is gone
+    alive.close()
+    after.close()
+    assert rows["test://alive"]["id"] not in [d["id"] for d in ws.catalog.deployments() if d["ended_at"] is None]
+    assert list(lease_dir(ws).glob("*.lease")) == []
+
+
 def test_audit_sql_answers_and_refuses_writes_leaving_disk_unchanged(site, db):
     home = site["ws"].settings.home
     rows = run_sql(db, "SELECT count(*) AS n FROM model_reads WHERE role = 'neighbour'").to_pylist()

@@ -156,6 +156,15 @@ class ModelCatalogMixin:
         with self.session() as s:
             self._close_deployment(s, deployment_id, utcnow())
 
+    def end_deployments(self, deployment_ids: list[int], at: datetime) -> list[int]:
+        """Close those of these periods still open at `at` (a server found dead); the ids closed."""
+        with self.session() as s:
+            rows = list(s.scalars(select(m.DeploymentRecord).where(
+                m.DeploymentRecord.id.in_(deployment_ids), m.DeploymentRecord.ended_at.is_(None))))
+            for row in rows:
+                row.ended_at = at
+            return sorted(r.id for r in rows)
+
     @staticmethod
     def _close_deployment(s, deployment_id: int, at: datetime) -> None:
         old = s.get(m.DeploymentRecord, deployment_id)

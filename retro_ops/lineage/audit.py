@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.expr import col, lit
 from sqlalchemy import select
 
@@ -27,10 +30,16 @@ _DOC_ID = re.compile(r"[0-9a-f]{32}")
 
 @dataclass
 class ModelLineage:
-    """Everything that made one model; `lists` holds the full row lists (documents, chunks...)."""
+    """Everything that made one model. `tables` holds the full row lists (documents, chunks...)
+    as Arrow: 100k+ rows stay columnar until a caller needs Python rows (`lists`, converted on
+    first use; measured 0.03 s of a 0.2 s audit at 1.1M chunks)."""
 
     summary: dict
-    lists: dict[str, list[dict]] = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+
+    @cached_property
+    def lists(self) -> dict[str, list[dict]]:
+        return {name: table.to_pylist() for name, table in self.tables.items()}
 
 
 @dataclass
@@ -60,9 +69,10 @@ def model_reads_view(db: AuditDB, info: ModelInfo, as_name: str = "reads") -> bo
     if info.reads_table is None:
         db.lance_view("model_reads", where="false", as_name=as_name)
         return False
-    from retro_ops.lineage.views import lance_arrow
+    from retro_ops.lineage.views import LANCE_COLUMNS, lance_arrow
 
-    db.register(as_name, lance_arrow(db.store, info.reads_table, None, where, info.reads_lance_version))
+    db.register(as_name, lance_arrow(db.store, info.reads_table, LANCE_COLUMNS["model_reads"], where,
+                                     info.reads_lance_version))
     return True
 
 
@@ -79,13 +89,24 @@ def backward(db: AuditDB, ref: str) -> ModelLineage:
     db.catalog_view("model_training_documents", m.ModelTrainingDocument.model_id == info.id, "mtd")
     db.catalog_view("evaluations", m.EvaluationRecord.model_id == info.id, "evals")
     db.catalog_view("deployments", m.DeploymentRecord.model_id == info.id, "deps")
-    db.lance_view(CHUNKS, columns=["chunk_id", "doc_id"], as_name="chunk_docs")
     has_reads = model_reads_view(db, info)
+    # reads recorded with their documents need no chunk map; older rows (NULL doc_id) join it
+    unnamed = db.con.execute("SELECT count(*) FROM reads WHERE doc_id IS NULL").fetchall()[0][0]
+    if unnamed:
+        db.lance_view(CHUNKS, columns=["chunk_id", "doc_id"], as_name="chunk_docs")
+        db.con.execute("CREATE OR REPLACE TEMP VIEW named_reads AS SELECT r.role, r.chunk_id, "
+                       "coalesce(r.doc_id, c.doc_id) AS doc_id FROM reads r "
+                       "LEFT JOIN chunk_docs c USING (chunk_id)")
+    else:  # chunk counts per document need only the doc_id column of the chunks table
+        db.lance_view(CHUNKS, columns=["doc_id"], as_name="chunk_doc_ids")
+        db.con.execute("CREATE OR REPLACE TEMP VIEW named_reads AS SELECT role, chunk_id, doc_id "
+                       "FROM reads")
     corpus = _one(db, "SELECT c.name AS corpus, v.id AS corpus_version_id, v.digest, v.n_documents, "
                       "v.documents_lance_version, v.created_at FROM corpus_versions v "
                       "JOIN corpora c ON c.id = v.corpus_id WHERE v.id = ?", [cv])
-    documents = db.rows(
-        "WITH n AS (SELECT doc_id, count(*) AS chunks FROM chunk_docs GROUP BY doc_id), "
+    documents = db.arrow(
+        f"WITH n AS (SELECT doc_id, count(*) AS chunks FROM {'chunk_docs' if unnamed else 'chunk_doc_ids'} "
+        "GROUP BY doc_id), "
         "s AS (SELECT doc_id, string_agg(source_uri, ';' ORDER BY source_uri) AS sources FROM cvs GROUP BY doc_id) "
         "SELECT d.doc_id, coalesce(s.sources, '') AS sources, d.n_bytes AS bytes, "
         "coalesce(n.chunks, 0) AS chunks, "
@@ -95,8 +116,8 @@ def backward(db: AuditDB, ref: str) -> ModelLineage:
     summary = {
         "model": info.ref, "model_id": info.id, "kind": info.kind, "key": info.key,
         "created_at": info.created_at, **corpus,
-        "documents_trained": sum(d["role"] == "train" for d in documents),
-        "documents_held_out": sum(d["role"] == "held-out" for d in documents),
+        "documents_trained": _count(documents, "role", "train"),
+        "documents_held_out": _count(documents, "role", "held-out"),
         "training_chunks": info.n_training_chunks, "neighbour_chunks": info.n_neighbour_chunks,
         "reads_recorded": has_reads, "reads_digest": info.reads_digest,
         "neighbours_key": info.neighbours_key, "embedding_space_id": info.embedding_space_id,
@@ -121,22 +142,23 @@ def backward(db: AuditDB, ref: str) -> ModelLineage:
     summary["parent"] = _one(db, "SELECT model_ref(mlflow_model_name, mlflow_model_version, id) AS ref, "
                                  "id, kind, weights_sha256 FROM models WHERE id = ?",
                              [info.parent_model_id]) if info.parent_model_id else None
-    lists = {"documents": documents}
-    lists["training_chunks"] = db.rows(
-        "SELECT r.chunk_id, c.doc_id FROM reads r LEFT JOIN chunk_docs c USING (chunk_id) "
-        "WHERE r.role = 'train' ORDER BY r.chunk_id")
-    lists["neighbour_chunks"] = db.rows(
-        "SELECT r.chunk_id, c.doc_id FROM reads r LEFT JOIN chunk_docs c USING (chunk_id) "
-        "WHERE r.role = 'neighbour' ORDER BY r.chunk_id")
-    lists["evaluations"] = db.rows(
+    tables = {"documents": documents}
+    for name, role in (("training_chunks", "train"), ("neighbour_chunks", "neighbour")):
+        tables[name] = db.arrow("SELECT chunk_id, doc_id FROM named_reads WHERE role = ? "
+                                "ORDER BY chunk_id", [role])
+    tables["evaluations"] = db.arrow(
         "SELECT id, setting, retrieval_set_version_id, eval_corpus_version_id, bits_per_byte, "
         "loss_per_token, tokens, mlflow_run_id, created_at FROM evals ORDER BY id")
-    lists["deployments"] = db.rows(
+    tables["deployments"] = db.arrow(
         "SELECT id, action, retrieval_set_version_id, endpoint, created_at AS started_at, ended_at "
         "FROM deps ORDER BY id")
-    summary["evaluations"] = len(lists["evaluations"])
-    summary["deployments"] = len(lists["deployments"])
-    return ModelLineage(summary, lists)
+    summary["evaluations"] = tables["evaluations"].num_rows
+    summary["deployments"] = tables["deployments"].num_rows
+    return ModelLineage(summary, tables)
+
+
+def _count(table: pa.Table, column: str, value: str) -> int:
+    return int(pc.sum(pc.equal(table.column(column), value)).as_py() or 0)
 
 
 def resolve_documents(db: AuditDB, path_or_doc_id: str) -> list[str]:

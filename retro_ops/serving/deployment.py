@@ -6,11 +6,20 @@ a smoke query) before one reference assignment makes it current; a failed load l
 set serving. Every start and swap is written to the catalog's deployments, naming the token by
 a keyed hash. A checkpoint whose weights no longer hash to the catalog's `weights_sha256` is
 refused at load: the catalog's lineage would otherwise describe a model that is not the one served.
+
+A server killed with SIGKILL runs no shutdown code, so its current row would stay open (ended_at
+NULL) for ever. Each holder therefore keeps a lease (`ServingLease`) naming the rows it opened,
+and a starting server closes the open rows of every lease no live process holds.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +36,9 @@ from retro_ops.training.checkpoint import weights_digest
 from retro_ops.training.run import load_model
 from retro_ops.training.vocab import Vocabulary
 from retro_ops.workspace import Workspace
+
+log = logging.getLogger(__name__)
+LEASE_DIR = ("serving", "leases")  # under the home
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ class DeploymentHolder:
         self.gate = ComputeGate(admission)
         self._token_key = token_key(ws.settings.home)
         self._row: int | None = None  # the catalog's deployments row of the current period
+        self._lease: ServingLease | None = None  # taken with the first row this holder records
 
     @classmethod
     def start(cls, ws: Workspace, model_ref: str, retrieval_set: str, endpoint: str,
@@ -84,6 +97,11 @@ class DeploymentHolder:
         deployment = Deployment(info, model, Vocabulary.load(Path(info.checkpoint_dir)),
                                 load_tokenizer(ws.embedder.space.model_path), retriever,
                                 datetime.now(timezone.utc))
+        # now, not `since`: a dead holder committed its rows before it died, so before this
+        closed = reap_dead_leases(lease_dir(ws), ws.catalog, datetime.now(timezone.utc))
+        if closed:
+            log.warning("closed deployment rows %s of servers that died without stopping (ended_at = "
+                        "this start, an upper bound)", closed)
         holder = cls(ws, deployment, endpoint, admission)
         holder._row = holder._record("start", deployment, token)
         return holder
@@ -106,13 +124,72 @@ class DeploymentHolder:
             if self._row is not None:
                 self.ws.catalog.end_deployment(self._row)
                 self._row = None
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
 
     def _record(self, action: str, deployment: Deployment, token: str | None,
                 replaces: int | None = None) -> int:
-        return self.ws.catalog.record_deployment(
+        if self._lease is None:
+            self._lease = ServingLease(lease_dir(self.ws))
+        row = self.ws.catalog.record_deployment(
             model_id=deployment.model_info.id, retrieval_set_version_id=deployment.set_version,
             action=action, endpoint=self.endpoint, token_id=token_id(token, self._token_key),
             replaces=replaces)
+        self._lease.add(row)  # a kill between the commit and here leaves this one row unleased
+        return row
+
+
+def lease_dir(ws: Workspace) -> Path:
+    return ws.settings.home.joinpath(*LEASE_DIR)
+
+
+class ServingLease:
+    """A live holder's claim on the deployment rows it opened: a file listing their ids, under an
+    exclusive flock for the holder's life. The kernel drops the lock when the process dies, by
+    SIGKILL too, so "unlocked" means "no live server holds these rows". The file is locked before
+    it gets its `.lease` name, so no reaper can ever see it unlocked while its holder lives.
+    flock needs a local folder (or NFS with locks); leases cover the servers of one home."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}-", suffix=".tmp")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+        self._fd = fd
+        self._close = weakref.finalize(self, os.close, fd)  # a dropped holder drops its lease
+        self.path = Path(tmp).with_suffix(".lease")
+        os.replace(tmp, self.path)
+
+    def add(self, row_id: int) -> None:
+        os.write(self._fd, f"{row_id}\n".encode())  # one write() of a few bytes: no kill splits it
+
+    def release(self) -> None:
+        """The holder stopped cleanly (its rows are closed): forget the lease."""
+        self.path.unlink(missing_ok=True)
+        self._close()
+
+
+def reap_dead_leases(folder: Path, catalog, at: datetime) -> list[int]:
+    """Close (ended_at = `at`, an upper bound of when they stopped) the open rows of every lease
+    whose holder is dead, and remove those leases; returns the row ids closed."""
+    closed: list[int] = []
+    for path in sorted(folder.glob("*.lease")) if folder.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # another starting server reaped it first
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live server holds it
+                continue
+            with os.fdopen(os.dup(fd)) as handle:
+                ids = [int(line) for line in handle.read().split() if line.isdigit()]
+            closed += catalog.end_deployments(ids, at)
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return closed
 
 
 def verified_model(info: ModelInfo) -> Retro:
