@@ -103,3 +103,19 @@ class ReadOnlyQueryError(RetroOpsError, PermissionError):
 
 class AuditQueryError(RetroOpsError, ValueError):
     """A read-only audit query that DuckDB could not run (unknown view or column, bad syntax)."""
+
+
+class ExclusionError(RetroOpsError, ValueError):
+    """An exclusion that cannot be recorded or revoked (unknown chunk or document, no reason)."""
+
+
+class ExclusionListError(RetroOpsError, RuntimeError):
+    """The exclusion list cannot be read: retrieval refuses to answer rather than answer unfiltered."""
+
+
+class ScorerError(RetroOpsError, ValueError):
+    """A scorer that cannot run: bad config, a model file whose hash does not match its package."""
+
+
+class PolicyError(RetroOpsError, ValueError):
+    """A policy file that cannot be used (unreadable, unknown scorer, bad threshold or scope)."""

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from retro_ops.catalog import Catalog, migrate
+from retro_ops.catalog.exclusions import NewExclusion
 from retro_ops.catalog.store import alembic_config, make_engine
 from retro_ops.corpus import Document
 from retro_ops.errors import CorpusError, UnknownCorpusError
@@ -113,3 +114,37 @@ def _exercise_models(catalog: Catalog, corpus_version_id: int) -> None:
     first, second = catalog.deployments()
     assert (first["action"], second["action"]) == ("start", "swap")
     assert first["created_at"] <= second["created_at"] and second["token_id"] == "0123abcd"
+
+
+def _exclusions_upgrade(engine: sa.Engine) -> None:
+    """0007 keeps a chunk exclusion made before it (target = the chunk id) and, going down,
+    drops only the scopes 0006 cannot hold."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def to(revision: str, up: bool = True) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            (command.upgrade if up else command.downgrade)(config, revision)
+
+    to("0006")
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO exclusions (chunk_id, reason, policy, created_by, created_at) "
+                          "VALUES (42, 'old takedown', 'manual', 'ops', CURRENT_TIMESTAMP)"))
+    to("head")
+    catalog = Catalog(engine)
+    [old] = catalog.list_exclusions()
+    assert (old.scope, old.target, old.reason) == ("chunk", "42", "old takedown")
+    assert catalog.active_exclusions().chunk_ids == {42}
+    catalog.record_exclusions([NewExclusion("content_hash", "ab" * 16, "toxic")], actor="ops")
+    to("0006", up=False)
+    with engine.begin() as c:
+        assert c.execute(sa.text("SELECT chunk_id, reason FROM exclusions")).all() == [(42, "old takedown")]
+
+
+def test_sqlite_exclusions_migration_keeps_old_rows(tmp_path: Path):
+    _exclusions_upgrade(make_engine(f"sqlite:///{tmp_path / 'catalog.db'}"))
+
+
+@pytest.mark.postgres
+def test_postgres_exclusions_migration_keeps_old_rows(pg_engine):
+    _exclusions_upgrade(pg_engine[0])

@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("corpus",),            # files -> documents
     ("catalog",),           # the records every stage writes: SQL catalog + MLflow runs
     ("features",),          # documents -> chunks -> embeddings (LanceDB)
+    ("governance",),        # chunk texts -> scores (LanceDB) -> policies -> exclusions
     ("retrieval",),         # embeddings -> retrieval sets -> FAISS indices -> neighbours
     ("workspace",),         # one handle on a home's stores
     ("model",),             # the RETRO network

@@ -162,17 +162,26 @@ class RetrievalSetVersion(Base):
 
 
 class Exclusion(Base):
-    """An audited decision that a chunk must never be retrieved (toxicity, PII, takedown...).
-    Retrieval-set versions subtract these; the filters that write them arrive later."""
+    """An audited decision that text must never be retrieved (toxicity, PII, takedown...).
+
+    `scope` says what `target` names: a chunk id, a content hash (that text in every document
+    and corpus, now and later) or a doc_id (a takedown). Rows are never deleted: a revoke fills
+    the `revoked_*` columns, so who excluded and who brought back what stays on record."""
 
     __tablename__ = "exclusions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    chunk_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    scope: Mapped[str] = mapped_column(String(16), default="chunk", index=True)  # chunk|content_hash|document
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    chunk_id: Mapped[int | None] = mapped_column(BigInteger, index=True, nullable=True)  # scope chunk
     reason: Mapped[str] = mapped_column(Text)
     policy: Mapped[str] = mapped_column(String(128))
+    scorer: Mapped[str | None] = mapped_column(String(128), nullable=True)  # id@version
     score: Mapped[float | None] = mapped_column(nullable=True)
-    created_by: Mapped[str] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(128))  # the actor
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class IndexBuild(Base):

@@ -130,18 +130,7 @@ class RetrievalCatalogMixin:
             name = s.get(m.RetrievalSet, row.retrieval_set_id).name
             return _version_info(name, row)
 
-    # -- exclusions and index builds ---------------------------------------------------------
-    def excluded_chunk_ids(self) -> set[int]:
-        with self.session() as s:
-            return set(s.scalars(select(m.Exclusion.chunk_id)))
-
-    def add_exclusions(self, chunk_ids: list[int], *, reason: str, policy: str,
-                       created_by: str, score: float | None = None) -> int:
-        with self.session() as s:
-            s.add_all(m.Exclusion(chunk_id=c, reason=reason, policy=policy, score=score,
-                                  created_by=created_by) for c in chunk_ids)
-        return len(chunk_ids)
-
+    # -- index builds ---------------------------------------------------------
     def record_index_build(self, version_id: int, *, build_dir: str, factory: str, ntotal: int,
                            sha256: str, manifest_sha256: str, manifest: dict,
                            run_id: str | None = None) -> int:

@@ -17,6 +17,7 @@ import typer
 
 from retro_ops.cli.common import JsonOpt, corpus_option, err, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
+from retro_ops.cli.exclude import exclude_app
 from retro_ops.cli.lineage import audit_app, lineage_app
 from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
@@ -43,6 +44,7 @@ app.add_typer(retrieval_set_app, name="retrieval-set")
 app.add_typer(models_app, name="models")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(audit_app, name="audit")
+app.add_typer(exclude_app, name="exclude")
 app.command()(retrieve)
 app.command("train")(train_command)
 app.command("eval")(eval_command)

@@ -89,7 +89,10 @@ def retrieve(
         fail(str(exc))
     if not text.strip():
         fail("empty query: give some text to search for")
-    [neighbours] = retriever.retrieve([text], k=k)
+    try:
+        [neighbours] = retriever.retrieve([text], k=k)
+    except RetroOpsError as exc:  # an unreadable exclusion list: no answer rather than unfiltered
+        fail(str(exc))
     rows = [{**n.as_dict(), "source": (catalog.document_sources(n.doc_id) or ["?"])[0]}
             for n in neighbours]
     if json_out:

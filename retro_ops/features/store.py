@@ -72,7 +72,8 @@ def table_keys(name: str) -> list[str]:
     """The columns that identify a row of a feature-store table (unique by construction)."""
     if name.startswith("embeddings_"):
         return ["content_hash"]
-    keys = {DOCUMENTS: ["doc_id"], CHUNKS: ["chunk_id"], MEMBERS: ["set_digest", "chunk_id"]}
+    keys = {DOCUMENTS: ["doc_id"], CHUNKS: ["chunk_id"], MEMBERS: ["set_digest", "chunk_id"],
+            "chunk_scores": ["score_key"]}
     if name not in keys:
         raise KeyError(f"no key columns known for feature-store table {name!r}")
     return keys[name]

@@ -190,13 +190,13 @@ def resolve_documents(db: AuditDB, path_or_doc_id: str) -> list[str]:
 def forward_document(db: AuditDB, doc_id: str) -> ForwardLineage:
     """Where one document went: every corpus version, set version, index, model, deployment."""
     db.lance_view(CHUNKS, where=(col("doc_id") == lit(doc_id)).to_sql(),
-                  columns=["chunk_id", "doc_id", "position"], as_name="fwd_chunks")
+                  columns=["chunk_id", "doc_id", "position", "content_hash"], as_name="fwd_chunks")
     return _forward(db, {"doc_id": doc_id}, doc_id, None)
 
 
 def forward_chunk(db: AuditDB, chunk_id: int) -> ForwardLineage:
     db.lance_view(CHUNKS, where=(col("chunk_id") == lit(int(chunk_id))).to_sql(),
-                  columns=["chunk_id", "doc_id", "position"], as_name="fwd_chunks")
+                  columns=["chunk_id", "doc_id", "position", "content_hash"], as_name="fwd_chunks")
     found = db.rows("SELECT doc_id, position FROM fwd_chunks")
     if not found:
         raise LineageError(f"no chunk {chunk_id} in the feature store's chunks table")
@@ -204,7 +204,8 @@ def forward_chunk(db: AuditDB, chunk_id: int) -> ForwardLineage:
 
 
 def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> ForwardLineage:
-    chunk_ids = [r["chunk_id"] for r in db.rows("SELECT chunk_id FROM fwd_chunks")]
+    chunk_rows = db.rows("SELECT chunk_id, content_hash FROM fwd_chunks")
+    chunk_ids = [r["chunk_id"] for r in chunk_rows]
     for name in ("corpus_versions", "corpora", "retrieval_sets", "retrieval_set_versions",
                  "index_builds"):
         db.catalog_view(name)
@@ -212,7 +213,11 @@ def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> Forw
     db.catalog_view("corpus_version_documents", m.CorpusVersionDocument.doc_id == doc_id, "cvd")
     db.catalog_view("corpus_version_sources", m.CorpusVersionSource.doc_id == doc_id, "cvs")
     db.catalog_view("model_training_documents", m.ModelTrainingDocument.doc_id == doc_id, "mtd")
-    db.catalog_view("exclusions", m.Exclusion.chunk_id.in_(chunk_ids), "excl")
+    # every scope that covers these chunks: by id, by their text (content hash), by the document
+    db.catalog_view("exclusions", m.Exclusion.chunk_id.in_(chunk_ids)
+                    | ((m.Exclusion.scope == "content_hash")
+                       & m.Exclusion.target.in_(sorted({r["content_hash"] for r in chunk_rows})))
+                    | ((m.Exclusion.scope == "document") & (m.Exclusion.target == doc_id)), "excl")
     db.catalog_view("deployments")
     id_filter = col("chunk_id").isin([int(c) for c in chunk_ids]) if chunk_ids else None
     if id_filter is None:
@@ -261,7 +266,8 @@ def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> Forw
         "JOIN retrieval_sets s ON s.id = v.retrieval_set_id "
         "WHERE v.digest IN (SELECT set_digest FROM fwd_members) ORDER BY d.id")
     lists["exclusions"] = db.rows(
-        "SELECT chunk_id, reason, policy, score, created_by, created_at FROM excl ORDER BY id")
+        "SELECT id, scope, target, chunk_id, reason, policy, scorer, score, created_by, created_at, "
+        "revoked_at, revoked_by, revoke_reason FROM excl ORDER BY id")
     summary = {**head, "chunks": len(lists["chunks"]),
                **{name: len(rows) for name, rows in lists.items() if name != "chunks"}}
     summary["sources"] = sorted({s for v in lists["corpus_versions"] for s in v["sources"].split(";") if s})

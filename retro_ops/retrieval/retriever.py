@@ -5,11 +5,16 @@ special tokens and pooling: `Embedder.embed` on text), which public RETRO code i
 wrong; a chunk's own text therefore retrieves itself at rank 1 with score ~1.0. Neighbour
 values (chunk + continuation, text and token ids) come from the retrieval-set version's members
 in one batched LanceDB lookup. Missing results (-1 ids when k > ntotal) never leak out.
+
+Exclusions take effect at once, before any rebuild: every call reads the catalog's active
+exclusions (chunk ids, content hashes, documents) and drops matching hits, over-fetching so
+that k results still come back. If that list cannot be read the call raises
+`ExclusionListError` rather than answer unfiltered (fail closed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import faiss
 import numpy as np
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
+from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
@@ -24,8 +30,9 @@ from retro_ops.retrieval.index_build import apply_search_params
 from retro_ops.ids import validate_name
 from retro_ops.retrieval.index_publish import IndexManifest, check_ntotal, current_build, load_current
 
-NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "text", "token_ids", "continuation_text",
-                     "continuation_token_ids"]
+NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",
+                     "continuation_text", "continuation_token_ids"]
+_OVERFETCH = 4  # each retry searches this many times deeper, until k survive or the index ends
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,15 @@ def index_root(indices_dir: Path, retrieval_set: str) -> Path:
 
 class Retriever:
     def __init__(self, index: faiss.Index, manifest: IndexManifest, version: RetrievalSetVersionInfo,
-                 store: FeatureStore, embedder: Embedder):
+                 store: FeatureStore, embedder: Embedder, *,
+                 exclusions: Callable[[], ActiveExclusions]):
         if embedder.space.space_id != manifest.embedding_space_id:
             raise RetrievalSetError(
                 f"the index of {manifest.retrieval_set!r} was built in embedding space "
                 f"{manifest.embedding_space_id}; this embedder is {embedder.space.space_id}")
         self.index, self.manifest, self.version = index, manifest, version
         self.store, self.embedder = store, embedder
+        self.exclusions = exclusions  # read per call: raises ExclusionListError when unreadable
 
     @classmethod
     def open(cls, catalog: Catalog, store: FeatureStore, embedder: Embedder, indices_dir: Path,
@@ -77,7 +86,7 @@ class Retriever:
         check_ntotal(root / found[0], manifest, version.n_chunks)
         params = {**manifest.search_params, **(search_params or {})}
         apply_search_params(index, params)
-        return cls(index, manifest, version, store, embedder)
+        return cls(index, manifest, version, store, embedder, exclusions=catalog.active_exclusions)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of shape (n, min(k, ntotal)); -1 padding stays in here."""
@@ -87,19 +96,32 @@ class Retriever:
         return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def retrieve(self, texts: Sequence[str], k: int = 5) -> list[list[Neighbour]]:
-        """Top-k neighbours of each text (an empty or blank text gets none)."""
+        """Top-k neighbours of each text (an empty or blank text gets none), excluded ones dropped."""
         texts = list(texts)
         wanted = [i for i, t in enumerate(texts) if t.strip()]
         results: list[list[Neighbour]] = [[] for _ in texts]
         if not wanted or k <= 0:
             return results
-        scores, ids = self.search(self.embedder.embed([texts[i] for i in wanted]), k)
-        rows = self.store.members(self.version.digest, NEIGHBOUR_COLUMNS,
-                                  chunk_ids=sorted({int(i) for i in ids.ravel() if i >= 0}))
-        by_id = {row["chunk_id"]: row for row in rows.to_pylist()}
-        for slot, query_scores, query_ids in zip(wanted, scores, ids):
-            hits = [(float(s), int(i)) for s, i in zip(query_scores, query_ids) if i >= 0 and int(i) in by_id]
-            results[slot] = [self._neighbour(rank, score, by_id[i]) for rank, (score, i) in enumerate(hits, 1)]
+        excluded = self.exclusions()  # before any search: unreadable -> no answer at all
+        vectors = self.embedder.embed([texts[i] for i in wanted])
+        depth = k + min(len(excluded), k) if excluded else k
+        pending = list(range(len(wanted)))
+        while pending:
+            scores, ids = self.search(vectors[pending], depth)
+            rows = self.store.members(self.version.digest, NEIGHBOUR_COLUMNS,
+                                      chunk_ids=sorted({int(i) for i in ids.ravel() if i >= 0}))
+            by_id = {row["chunk_id"]: row for row in rows.to_pylist()}
+            again = []
+            for q, query_scores, query_ids in zip(pending, scores, ids):
+                hits = [(float(s), by_id[int(i)]) for s, i in zip(query_scores, query_ids)
+                        if i >= 0 and int(i) in by_id]
+                kept = [(s, r) for s, r in hits
+                        if not excluded.drops(r["chunk_id"], r["content_hash"], r["doc_id"])][:k]
+                if len(kept) < k and depth < self.index.ntotal and len(hits) > len(kept):
+                    again.append(q)  # some were dropped: search deeper for this query
+                results[wanted[q]] = [self._neighbour(rank, score, row)
+                                      for rank, (score, row) in enumerate(kept, 1)]
+            pending, depth = again, min(depth * _OVERFETCH, self.index.ntotal)
         return results
 
     @staticmethod

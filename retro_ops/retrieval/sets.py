@@ -57,8 +57,12 @@ def build_retrieval_set_version(
     corpus_versions = [catalog.latest_corpus_version(c) for c in info.corpora]
     doc_ids = sorted({d for v in corpus_versions for d in catalog.corpus_doc_ids(v.id)})
     chunks = store.chunks_of_documents(doc_ids, CHUNK_COLUMNS)
-    excluded = catalog.excluded_chunk_ids()
-    keep = pc.invert(pc.is_in(chunks.column("chunk_id"), value_set=pa.array(sorted(excluded), pa.int64())))
+    excluded = catalog.active_exclusions()  # every scope: chunk ids, texts, documents
+    dropped = [pc.is_in(chunks.column(column), value_set=pa.array(sorted(values), kind))
+               for column, values, kind in (("chunk_id", excluded.chunk_ids, pa.int64()),
+                                            ("content_hash", excluded.content_hashes, pa.string()),
+                                            ("doc_id", excluded.doc_ids, pa.string()))]
+    keep = pc.invert(pc.or_(pc.or_(dropped[0], dropped[1]), dropped[2]))
     chunks = chunks.filter(keep).sort_by("chunk_id")
     n_excluded = len(keep) - chunks.num_rows
     if chunks.num_rows == 0:

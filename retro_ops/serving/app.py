@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from retro_ops.errors import (
+    ExclusionListError,
     GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, ServerOverloadedError,
     UnknownRetrievalSetError,
 )
@@ -130,6 +131,11 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     async def overloaded(request: Request, exc: ServerOverloadedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(gate.config.retry_after_s)})
+
+    @app.exception_handler(ExclusionListError)
+    async def exclusions_unreadable(request: Request, exc: ExclusionListError) -> JSONResponse:
+        # fail closed: without the exclusion list no neighbour may be served
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

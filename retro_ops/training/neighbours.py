@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from retro_ops.catalog import RetrievalSetVersionInfo
+from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.training.data import ChunkTable
@@ -51,22 +52,35 @@ class Neighbours:
             return cls(**{name: data[name] for name in data.files})
 
 
+def exclusions_digest(excluded: ActiveExclusions | None) -> str:
+    """Neighbours cached under one exclusion list are never reused under another."""
+    if not excluded:
+        return ""
+    return sha256_hex(json.dumps([sorted(excluded.chunk_ids), sorted(excluded.content_hashes),
+                                  sorted(excluded.doc_ids)]))
+
+
 def neighbours_key(table: ChunkTable, version: RetrievalSetVersionInfo, index_sha256: str,
-                   config: NeighbourConfig, m: int) -> str:
-    return sha256_hex(json.dumps({
+                   config: NeighbourConfig, m: int, excluded: ActiveExclusions | None = None) -> str:
+    fields = {
         "chunks": set_digest(str(c) for c in table.chunk_ids), "set_digest": version.digest,
         "set_version": version.id, "index_sha256": index_sha256, "m": m, **asdict(config),
-    }, sort_keys=True))[:24]
+    }
+    if excluded:  # keys of caches made with no exclusions stay as they were
+        fields["exclusions"] = exclusions_digest(excluded)
+    return sha256_hex(json.dumps(fields, sort_keys=True))[:24]
 
 
 def compute_neighbours(index: faiss.Index, store: FeatureStore, version: RetrievalSetVersionInfo,
                        table: ChunkTable, queries: np.ndarray, config: NeighbourConfig,
-                       m: int) -> Neighbours:
-    """queries: (N, dim) embeddings of the table's chunks, row-aligned with the table."""
+                       m: int, excluded: ActiveExclusions | None = None) -> Neighbours:
+    """queries: (N, dim) embeddings of the table's chunks, row-aligned with the table; hits
+    that `excluded` names are dropped like hits from the chunk's own document."""
+    excluded = excluded or ActiveExclusions()
     k, depth = config.k, min(config.k * config.depth_factor, index.ntotal)
     scores, hits = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
     wanted = sorted({int(i) for i in hits.ravel() if i >= 0})
-    members = store.members(version.digest, ["chunk_id", "doc_id", "token_ids",
+    members = store.members(version.digest, ["chunk_id", "doc_id", "content_hash", "token_ids",
                                              "continuation_token_ids"], chunk_ids=wanted).to_pylist()
     by_id = {row["chunk_id"]: row for row in members}
     n = len(table)
@@ -75,7 +89,8 @@ def compute_neighbours(index: faiss.Index, store: FeatureStore, version: Retriev
     tokens = np.full((n, k, 2 * m), config.pad_id, dtype=np.int64)
     for row in range(n):
         kept = [(s, int(i)) for s, i in zip(scores[row], hits[row])
-                if i >= 0 and int(i) in by_id and by_id[int(i)]["doc_id"] != table.doc_ids[row]][:k]
+                if i >= 0 and int(i) in by_id and by_id[int(i)]["doc_id"] != table.doc_ids[row]
+                and not excluded.drops(int(i), by_id[int(i)]["content_hash"], by_id[int(i)]["doc_id"])][:k]
         for slot, (score, chunk_id) in enumerate(kept):
             value = by_id[chunk_id]["token_ids"] + (by_id[chunk_id]["continuation_token_ids"] or [])
             tokens[row, slot, :len(value)] = value[:2 * m]

@@ -95,12 +95,14 @@ def neighbours_for(ws: Workspace, table: ChunkTable, retriever: Retriever, confi
                    m: int) -> NeighbourSet:
     """Neighbours of every chunk of `table` in the retriever's set (cached by content key)."""
     version, sha = retriever.version, retriever.manifest.sha256
-    key = neighbours_key(table, version, sha, config, m)
+    excluded = retriever.exclusions()  # in force now; unreadable -> ExclusionListError
+    key = neighbours_key(table, version, sha, config, m, excluded)
 
     def compute():
         vectors = ws.store.vectors_of(version.embedding_space_id, retriever.manifest.dim,
                                       pa.array(list(table.content_hashes), pa.string()))
-        neighbours = compute_neighbours(retriever.index, ws.store, version, table, vectors, config, m)
+        neighbours = compute_neighbours(retriever.index, ws.store, version, table, vectors, config, m,
+                                        excluded)
         return neighbours, {"retrieval_set": version.retrieval_set, "set_version_id": version.id,
                             "set_digest": version.digest, "index_sha256": sha, "chunks": len(table),
                             **asdict(config)}

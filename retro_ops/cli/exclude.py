@@ -1,0 +1,141 @@
+"""`retro-ops exclude ...`: audited exclusions of chunks, texts and documents, effective at once."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from retro_ops.cli.common import JsonOpt, emit_json, fail, open_catalog, out, set_option, settings
+from retro_ops.errors import RetroOpsError
+
+exclude_app = typer.Typer(no_args_is_help=True, help=(
+    "Exclude chunks, texts or documents from every retrieval, at once (no rebuild needed). "
+    "Every exclusion and revoke is audited: `retro-ops exclude list`."))
+
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail).")]
+ActorOpt = Annotated[str, typer.Option("--actor", help="Who decides (default: the login name).")]
+
+
+def _actor(actor: str) -> str:
+    return actor or getpass.getuser()
+
+
+def _record(scope: str, targets: list[str], reason: str, actor: str, json_out: bool) -> None:
+    from retro_ops.catalog.exclusions import NewExclusion
+
+    try:
+        ids = open_catalog().record_exclusions(
+            [NewExclusion(scope, t, reason) for t in targets], actor=_actor(actor))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json({"scope": scope, "targets": targets, "exclusion_ids": ids})
+    else:
+        for target, exclusion_id in zip(targets, ids):
+            out.print(f"exclusion {exclusion_id}: {scope} {target}")
+
+
+@exclude_app.command("chunk")
+def exclude_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")], reason: ReasonOpt,
+                  actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
+    """Exclude one chunk."""
+    from retro_ops.features.scores import chunk_rows
+    from retro_ops.features.store import FeatureStore
+
+    if not chunk_rows(FeatureStore(settings().lancedb_uri), [chunk_id], ["chunk_id"]):
+        fail(f"no chunk {chunk_id} in the feature store")
+    _record("chunk", [str(chunk_id)], reason, actor, json_out)
+
+
+@exclude_app.command("text")
+def exclude_text(text: Annotated[str, typer.Argument(help="A chunk's exact text.")],
+                 reason: ReasonOpt = "excluded text", actor: ActorOpt = "",
+                 json_out: JsonOpt = False) -> None:
+    """Exclude a text by its content hash: every chunk with it, in every document, now and later."""
+    from retro_ops.ids import content_hash
+
+    if not text.strip():
+        fail("empty text: give the exact text of the chunk to exclude")
+    _record("content_hash", [content_hash(text)], reason, actor, json_out)
+
+
+@exclude_app.command("doc")
+def exclude_doc(path_or_id: Annotated[str, typer.Argument(help="A doc id or a recorded source path.")],
+                reason: ReasonOpt, actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
+    """Take down a whole document (every document read from that path)."""
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.lineage.audit import resolve_documents
+    from retro_ops.lineage.views import AuditDB
+
+    resolved = settings()
+    try:
+        doc_ids = resolve_documents(AuditDB(open_catalog(resolved), FeatureStore(resolved.lancedb_uri)),
+                                    path_or_id)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _record("document", doc_ids, reason, actor, json_out)
+
+
+@exclude_app.command("apply")
+def exclude_apply(
+    policy: Annotated[Path, typer.Option("--policy", help="Policy file (TOML: scorers, thresholds, scopes).")],
+    set_name: Annotated[str, set_option("Its latest version's chunks are scored.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and a sample; change nothing.")] = False,
+    actor: ActorOpt = "", json_out: JsonOpt = False,
+) -> None:
+    """Score a retrieval set's chunks and exclude what the policy says."""
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.governance.policy import apply_policy, load_policy
+
+    resolved = settings()
+    try:
+        report = apply_policy(open_catalog(resolved), FeatureStore(resolved.lancedb_uri),
+                              load_policy(policy), set_name, actor=_actor(actor), dry_run=dry_run)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(asdict(report))
+        return
+    verb = "would exclude" if dry_run else "excluded"
+    out.print(f"policy {report.policy} on {set_name} (version {report.set_version_id}): "
+              f"{report.texts} texts; scored now {report.newly_scored}; matches {report.matches}; "
+              f"{verb} {report.new_exclusions} (already excluded: {report.already_excluded})")
+    for row in report.sample:
+        out.print(f"  {row['scope']} {row['target']} {row['scorer']}={row['score']}: {row['text']!r}")
+
+
+@exclude_app.command("list")
+def exclude_list(active: Annotated[bool, typer.Option("--active", help="Only exclusions in force.")] = False,
+                 json_out: JsonOpt = False) -> None:
+    """Every exclusion with its audit trail (revoked ones too, unless --active)."""
+    rows = [r.as_dict() for r in open_catalog().list_exclusions(include_revoked=not active)]
+    if json_out:
+        emit_json(rows)
+        return
+    table = Table("id", "scope", "target", "reason", "policy", "scorer", "score", "by", "at", "revoked")
+    for r in rows:
+        table.add_row(str(r["id"]), r["scope"], r["target"], r["reason"], r["policy"], r["scorer"] or "",
+                      "" if r["score"] is None else f"{r['score']:.3f}", r["created_by"],
+                      str(r["created_at"])[:19],
+                      f"{str(r['revoked_at'])[:19]} by {r['revoked_by']}: {r['revoke_reason']}"
+                      if r["revoked_at"] else "")
+    out.print(table if rows else "no exclusions")
+
+
+@exclude_app.command("revoke")
+def exclude_revoke(exclusion_id: Annotated[int, typer.Argument(help="An exclusion id (see `exclude list`).")],
+                   reason: ReasonOpt, actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
+    """Bring excluded text back, with an audited reason (the exclusion row is kept)."""
+    try:
+        record = open_catalog().revoke_exclusion(exclusion_id, reason=reason, actor=_actor(actor))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(record.as_dict())
+    else:
+        out.print(f"exclusion {record.id} ({record.scope} {record.target}) revoked by {record.revoked_by}")
