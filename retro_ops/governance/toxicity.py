@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -23,14 +24,15 @@ DISTRIBUTION = "alt-profanity-check"
 MODEL_FILES = ("profanity_check/data/vectorizer.joblib", "profanity_check/data/model.joblib")
 
 
-def _record_sha256(path: Path) -> str:
+def _record_sha256(data: bytes) -> str:
     """A file's digest as RECORD writes it: urlsafe base64 of sha256, no padding."""
-    digest = hashlib.sha256(path.read_bytes()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def verified_model_files() -> list[Path]:
-    """The package's model files, each checked against RECORD; ScorerError on any mismatch."""
+def verified_model_files() -> list[tuple[Path, bytes]]:
+    """The package's model files and their bytes, each checked against RECORD (ScorerError on any
+    mismatch). The bytes checked are the bytes loaded: the file is read once, so it cannot be
+    swapped between the check and the load."""
     try:
         dist = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError as exc:
@@ -42,17 +44,18 @@ def verified_model_files() -> list[Path]:
         if entry is None or entry.hash is None or entry.hash.mode != "sha256":
             raise ScorerError(f"{DISTRIBUTION}'s RECORD has no sha256 for {name}")
         path = Path(dist.locate_file(entry))
-        if _record_sha256(path) != entry.hash.value:
+        data = path.read_bytes()
+        if _record_sha256(data) != entry.hash.value:
             raise ScorerError(f"{path}: sha256 differs from {DISTRIBUTION}'s RECORD; refusing to load it")
-        paths.append(path)
+        paths.append((path, data))
     return paths
 
 
 @lru_cache(maxsize=1)
 def _model():
-    vectorizer_path, model_path = verified_model_files()
+    (_, vectorizer_bytes), (_, model_bytes) = verified_model_files()
     # Vetted: bytes shipped inside the installed package and matched to its RECORD just above.
-    return joblib.load(vectorizer_path), joblib.load(model_path)
+    return joblib.load(io.BytesIO(vectorizer_bytes)), joblib.load(io.BytesIO(model_bytes))
 
 
 @dataclass(frozen=True)
