@@ -20,3 +20,45 @@ def tiny_spec(steps: int = 20, retrieval_set: str = "small", **train):
                         train=TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2,
                                           checkpoint_every=4, **train),
                         neighbours=NeighbourConfig(k=2))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_in_thread(app, port: int, *, stop_timeout: float = 10.0):
+    """A real uvicorn server for `app` on 127.0.0.1:`port` in a daemon thread: yields its base URL
+    once /health answers, and stops it on exit (a context manager)."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    import requests
+    import uvicorn
+
+    @contextmanager
+    def running():
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{base}/health", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the test server on {base} did not answer /health in 30 s") from None
+                time.sleep(0.1)
+        try:
+            yield base
+        finally:
+            server.should_exit = True
+            thread.join(timeout=stop_timeout)
+
+    return running()

@@ -12,18 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import replace
 
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
-from helpers import tiny_spec
+from helpers import free_port, serve_in_thread, tiny_spec
 from typer.testing import CliRunner
 
 from retro_ops.catalog import Catalog
@@ -101,26 +97,11 @@ def site(tmp_path_factory, embedder, chunker):
     ws = Workspace(settings, catalog, store, embedder)
     spec = replace(tiny_spec(steps=2, retrieval_set="planted"), corpus="planted")
     info = train_model(ws, prepare_training(ws, spec), "retro").info
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     holder = DeploymentHolder.start(ws, info.ref, "planted", f"http://127.0.0.1:{port}", TOKEN)
-    server = uvicorn.Server(uvicorn.Config(create_app(holder, admin_token=TOKEN, limits=Limits()),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/health", timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    env = {HOME_ENV: str(settings.home)}
-    yield {"ws": ws, "base": base, "info": info, "env": env, "root": root, "holder": holder}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(holder, admin_token=TOKEN, limits=Limits()), port) as base:
+        env = {HOME_ENV: str(settings.home)}
+        yield {"ws": ws, "base": base, "info": info, "env": env, "root": root, "holder": holder}
 
 
 def _members(ws) -> list[dict]:

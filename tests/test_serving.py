@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 
 import pytest
 import requests
-import uvicorn
-from helpers import tiny_spec
+from helpers import free_port, serve_in_thread, tiny_spec
 
 from retro_ops.features import pipeline
 from retro_ops.default_corpora import CORPORA_DIR
@@ -39,25 +37,11 @@ def served(ws, chunker, tmp_path_factory):
     build_retrieval_set_version(ws.catalog, ws.store, "other", ws.embedder.space)
     index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "other", 384)
     info = train_model(ws, prepare_training(ws, tiny_spec(steps=4)), "retro").info
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     holder = DeploymentHolder.start(ws, info.ref, "small", f"http://127.0.0.1:{port}", TOKEN)
     app = create_app(holder, admin_token=TOKEN, limits=Limits(max_prompt_tokens=100, max_new_tokens=16))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/health", timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    yield base, holder, info
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, port) as base:
+        yield base, holder, info
 
 
 def swap(base: str, name: str, token: str | None = TOKEN) -> requests.Response:
