@@ -26,9 +26,8 @@ from retro_ops.features import pipeline
 from retro_ops.features.chunking import Chunker
 from retro_ops.features.embedder import Embedder
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.indexing import publish_retrieval_set
 from retro_ops.retrieval.retriever import Retriever
-from retro_ops.retrieval.sets import build_retrieval_set_version
 from retro_ops.settings import Settings
 
 CHAPTERS = ["chapter_2.txt", "chapter_5.txt", "chapter_6.txt", "chapter_8.txt"]
@@ -51,12 +50,9 @@ def main() -> None:
         catalog = Catalog.open(settings.catalog_url, home=settings.home)
         store, embedder = FeatureStore(settings.lancedb_uri), Embedder()
         catalog.add_corpus("b", str(corpus))
-        pipeline.ingest_documents(catalog, store, "b")
-        pipeline.chunk_corpus(catalog, store, Chunker(embedder.tokenizer), "b")
-        pipeline.embed_corpus(catalog, store, embedder, "b")
+        pipeline.materialize_corpus(catalog, store, Chunker(embedder.tokenizer), embedder, "b")
         catalog.create_retrieval_set("b", ["b"])
-        build_retrieval_set_version(catalog, store, "b", embedder.space)
-        index_retrieval_set(catalog, store, settings.indices_dir, "b", 384)
+        publish_retrieval_set(catalog, store, settings.indices_dir, "b", embedder.space)
         catalog.record_exclusions(
             [NewExclusion("content_hash", secrets.token_hex(16), "bench") for _ in range(args.exclusions)]
             + [NewExclusion("chunk", "1", "bench"), NewExclusion("document", "0" * 32, "bench")], actor="bench")

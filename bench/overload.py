@@ -79,8 +79,7 @@ def build_home(home: Path, chapters: int, steps: int) -> None:
 
     from retro_ops.features import pipeline
     from retro_ops.features.chunking import Chunker
-    from retro_ops.retrieval.indexing import index_retrieval_set
-    from retro_ops.retrieval.sets import build_retrieval_set_version
+    from retro_ops.retrieval.indexing import publish_retrieval_set
     from retro_ops.settings import Settings
     from retro_ops.training.neighbours import NeighbourConfig
     from retro_ops.training.prepare import TrainingSpec, prepare_training
@@ -97,12 +96,9 @@ def build_home(home: Path, chapters: int, steps: int) -> None:
     ws = Workspace.open(Settings(home=home))
     ws.catalog.add_corpus("moby_dick", str(corpus))
     log(f"building a small home in {home}: {chapters} chapters")
-    pipeline.ingest_documents(ws.catalog, ws.store, "moby_dick")
-    pipeline.chunk_corpus(ws.catalog, ws.store, Chunker(ws.embedder.tokenizer), "moby_dick")
-    pipeline.embed_corpus(ws.catalog, ws.store, ws.embedder, "moby_dick")
+    pipeline.materialize_corpus(ws.catalog, ws.store, Chunker(ws.embedder.tokenizer), ws.embedder, "moby_dick")
     ws.catalog.create_retrieval_set("moby_dick", ["moby_dick"])
-    build_retrieval_set_version(ws.catalog, ws.store, "moby_dick", ws.embedder.space)
-    index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "moby_dick", 384)
+    publish_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "moby_dick", ws.embedder.space)
     spec = TrainingSpec(corpus="moby_dick", retrieval_set="moby_dick",
                         train=TrainConfig(steps=steps, batch_size=4, warmup_steps=2,
                                           checkpoint_every=steps),

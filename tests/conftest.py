@@ -77,9 +77,7 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
     catalog = Catalog.open(settings.catalog_url, home=settings.home)
     store = FeatureStore(settings.lancedb_uri)
     catalog.add_corpus("small", str(corpus))
-    pipeline.ingest_documents(catalog, store, "small")
-    pipeline.chunk_corpus(catalog, store, chunker, "small")
-    pipeline.embed_corpus(catalog, store, embedder, "small")
+    pipeline.materialize_corpus(catalog, store, chunker, embedder, "small")
     catalog.create_retrieval_set("small", ["small"])
     return settings, catalog, store
 
@@ -87,13 +85,11 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
 @pytest.fixture(scope="module")
 def ws(indexed_home, embedder):
     """The indexed home as a Workspace, with the `small` set's index built and published."""
-    from retro_ops.retrieval.indexing import index_retrieval_set
-    from retro_ops.retrieval.sets import build_retrieval_set_version
+    from retro_ops.retrieval.indexing import publish_retrieval_set
     from retro_ops.workspace import Workspace
 
     settings, catalog, store = indexed_home
-    build_retrieval_set_version(catalog, store, "small", embedder.space)
-    index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)
+    publish_retrieval_set(catalog, store, settings.indices_dir, "small", embedder.space)
     return Workspace(settings, catalog, store, embedder)
 
 

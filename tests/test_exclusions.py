@@ -29,8 +29,7 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import ExclusionError, ExclusionListError
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.sets import build_retrieval_set_version
+from retro_ops.retrieval.indexing import publish_retrieval_set
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.settings import HOME_ENV, Settings
@@ -88,12 +87,9 @@ def site(tmp_path_factory, embedder, chunker):
     catalog = Catalog.open(settings.catalog_url, home=settings.home)
     store = FeatureStore(settings.lancedb_uri)
     catalog.add_corpus("planted", str(corpus))
-    pipeline.ingest_documents(catalog, store, "planted")
-    pipeline.chunk_corpus(catalog, store, chunker, "planted")
-    pipeline.embed_corpus(catalog, store, embedder, "planted")
+    pipeline.materialize_corpus(catalog, store, chunker, embedder, "planted")
     catalog.create_retrieval_set("planted", ["planted"])
-    build_retrieval_set_version(catalog, store, "planted", embedder.space)
-    index_retrieval_set(catalog, store, settings.indices_dir, "planted", 384)
+    publish_retrieval_set(catalog, store, settings.indices_dir, "planted", embedder.space)
     ws = Workspace(settings, catalog, store, embedder)
     spec = replace(tiny_spec(steps=2, retrieval_set="planted"), corpus="planted")
     info = train_model(ws, prepare_training(ws, spec), "retro").info

@@ -30,8 +30,7 @@ from retro_ops.lineage.diff import diff
 from retro_ops.lineage.sql import run_sql
 from retro_ops.lineage.verify import verify
 from retro_ops.lineage.views import AuditDB
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.sets import build_retrieval_set_version
+from retro_ops.retrieval.indexing import publish_retrieval_set
 from retro_ops.settings import Settings
 from retro_ops.training.data import split_documents
 from retro_ops.workspace import Workspace
@@ -49,9 +48,7 @@ def _doc_ids(folder: Path) -> dict[str, str]:
 
 
 def _materialize(ws: Workspace, chunker, corpus: str) -> None:
-    pipeline.ingest_documents(ws.catalog, ws.store, corpus)
-    pipeline.chunk_corpus(ws.catalog, ws.store, chunker, corpus)
-    pipeline.embed_corpus(ws.catalog, ws.store, ws.embedder, corpus)
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, ws.embedder, corpus)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +72,7 @@ def site(tmp_path_factory, embedder, chunker):
     for corpus in ("a", "b"):
         _materialize(ws, chunker, corpus)
     ws.catalog.create_retrieval_set("lib", ["b"])
-    build_retrieval_set_version(ws.catalog, ws.store, "lib", embedder.space)
-    index_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "lib", 384)
+    publish_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "lib", embedder.space)
     spec = tiny_spec(steps=2, retrieval_set="lib")
     spec = type(spec)(**{**spec.__dict__, "corpus": "a"})
     v1_files = _doc_ids(a)
@@ -92,8 +88,7 @@ def site(tmp_path_factory, embedder, chunker):
     _materialize(ws, chunker, "a")
     m2 = train_model(ws, prepare_training(ws, spec), "retro").info
     ws.catalog.create_retrieval_set("both", ["a", "b"])
-    build_retrieval_set_version(ws.catalog, ws.store, "both", embedder.space)
-    index_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "both", 384)
+    publish_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "both", embedder.space)
     return {"ws": ws, "m1": m1, "m2": m2, "v1_files": v1_files, "v2_files": v2_files,
             "removed": removed, "a": a, "b": b, "root": root}
 

@@ -24,8 +24,7 @@ from retro_ops.corpus import Document
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.sets import build_retrieval_set_version
+from retro_ops.retrieval.indexing import publish_retrieval_set
 from retro_ops.settings import Settings, resolve_stored, stored_path
 from retro_ops.workspace import Workspace
 
@@ -50,12 +49,9 @@ def _build_site(root: Path, embedder, chunker) -> Path:
     ws = Workspace(settings, Catalog.open(settings.catalog_url, home=settings.home),
                    FeatureStore(settings.lancedb_uri), embedder)
     ws.catalog.add_corpus("small", str(corpus))
-    pipeline.ingest_documents(ws.catalog, ws.store, "small")
-    pipeline.chunk_corpus(ws.catalog, ws.store, chunker, "small")
-    pipeline.embed_corpus(ws.catalog, ws.store, embedder, "small")
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, embedder, "small")
     ws.catalog.create_retrieval_set("small", ["small"])
-    build_retrieval_set_version(ws.catalog, ws.store, "small", embedder.space)
-    index_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "small", 384)
+    publish_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "small", embedder.space)
     train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro")
     ws.catalog.close()
     return settings.home

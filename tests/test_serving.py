@@ -13,8 +13,7 @@ from helpers import free_port, serve_in_thread, tiny_spec
 
 from retro_ops.features import pipeline
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.sets import build_retrieval_set_version
+from retro_ops.retrieval.indexing import publish_retrieval_set
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.training.prepare import prepare_training
@@ -30,12 +29,9 @@ def served(ws, chunker, tmp_path_factory):
     for name in ("chapter_9.txt", "chapter_10.txt"):
         shutil.copy(CORPORA_DIR / "moby_dick" / name, other / name)
     ws.catalog.add_corpus("other", str(other))
-    pipeline.ingest_documents(ws.catalog, ws.store, "other")
-    pipeline.chunk_corpus(ws.catalog, ws.store, chunker, "other")
-    pipeline.embed_corpus(ws.catalog, ws.store, ws.embedder, "other")
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, ws.embedder, "other")
     ws.catalog.create_retrieval_set("other", ["other"])
-    build_retrieval_set_version(ws.catalog, ws.store, "other", ws.embedder.space)
-    index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "other", 384)
+    publish_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "other", ws.embedder.space)
     info = train_model(ws, prepare_training(ws, tiny_spec(steps=4)), "retro").info
     port = free_port()
     holder = DeploymentHolder.start(ws, info.ref, "small", f"http://127.0.0.1:{port}", TOKEN)

@@ -44,10 +44,9 @@ def _record(scope: str, targets: list[str], reason: str, actor: str, json_out: b
 def exclude_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")], reason: ReasonOpt,
                   actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
     """Exclude one chunk."""
-    from retro_ops.features.scores import chunk_rows
     from retro_ops.features.store import FeatureStore
 
-    if not chunk_rows(FeatureStore(settings().lancedb_uri), [chunk_id], ["chunk_id"]):
+    if not FeatureStore(settings().lancedb_uri).chunks_by_id([chunk_id], ["chunk_id"]):
         fail(f"no chunk {chunk_id} in the feature store")
     _record("chunk", [str(chunk_id)], reason, actor, json_out)
 

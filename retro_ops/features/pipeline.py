@@ -179,6 +179,15 @@ def embed_corpus(
                             TableWrite(table, inserted, lance_version), seconds, digest, writes)
 
 
+def materialize_corpus(
+    catalog: Catalog, store: FeatureStore, chunker: Chunker, embedder: Embedder, corpus: str,
+) -> tuple[DocumentsResult, ChunksResult, EmbeddingsResult]:
+    """documents -> chunks -> embeddings of one corpus, in order, outside Dagster (tests,
+    benchmarks, scripts); the Dagster assets run the same three steps, one asset each."""
+    return (ingest_documents(catalog, store, corpus), chunk_corpus(catalog, store, chunker, corpus),
+            embed_corpus(catalog, store, embedder, corpus))
+
+
 def _first_text_per_hash(chunks: pa.Table, wanted: pa.Array) -> list[tuple[str, str]]:
     """(hash, text) for each wanted hash, once: identical chunk texts are embedded once."""
     mask = pc.is_in(chunks.column("content_hash"), value_set=wanted)

@@ -6,6 +6,8 @@ Tables:
   derived from (doc_id, position) and doc_id from the content, so a row never changes.
 - `embeddings_<space_id>`: content_hash -> vector, one table per embedding space, so features
   of different embedders live side by side and identical chunk text is embedded once.
+- `chunk_scores`: (scorer id@version, content_hash) -> score, the governance scorers' feature set.
+- `retrieval_set_chunks`: the members of each retrieval-set version with their neighbour values.
 Every write is a LanceDB version; writers return it so lineage can pin exactly what was read.
 Filters are built with `lancedb.expr` (never string-formatted SQL: see STACK-FACTS).
 
@@ -60,6 +62,20 @@ MEMBERS_SCHEMA = pa.schema([
 ])
 
 
+#: Chunk-text scores, a feature set keyed by (scorer id@version, content hash): identical text in
+#: any document is scored once, and rescoring a grown corpus touches only texts not scored yet.
+SCORES = "chunk_scores"
+SCORES_SCHEMA = pa.schema([
+    ("score_key", pa.string()),  # "<scorer key>|<content_hash>": the row's identity
+    ("content_hash", pa.string()), ("scorer", pa.string()),  # scorer key: "<id>@<version>"
+    ("score", pa.float64()), ("detail", pa.string()),
+])
+
+
+def score_key(scorer: str, content_hash: str) -> str:
+    return f"{scorer}|{content_hash}"
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([("content_hash", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
 
@@ -73,7 +89,7 @@ def table_keys(name: str) -> list[str]:
     if name.startswith("embeddings_"):
         return ["content_hash"]
     keys = {DOCUMENTS: ["doc_id"], CHUNKS: ["chunk_id"], MEMBERS: ["set_digest", "chunk_id"],
-            "chunk_scores": ["score_key"]}
+            SCORES: ["score_key"]}
     if name not in keys:
         raise KeyError(f"no key columns known for feature-store table {name!r}")
     return keys[name]
@@ -194,6 +210,13 @@ class FeatureStore:
         docs = per_doc.column("doc_id")
         return set(docs.filter(done).to_pylist()), set(docs.filter(pc.invert(done)).to_pylist())
 
+    def chunks_by_id(self, chunk_ids: Sequence[int], columns: list[str]) -> list[dict]:
+        """Rows of `chunks` by id (an unknown id is simply absent)."""
+        if CHUNKS not in self._table_names():
+            return []
+        return self._rows_where_in(CHUNKS, CHUNKS_SCHEMA, "chunk_id", [int(c) for c in chunk_ids],
+                                   columns).to_pylist()
+
     def add_chunks(self, chunks: Sequence[Chunk]) -> TableWrite:
         rows = pa.table({
             "chunk_id": [c.chunk_id for c in chunks], "doc_id": [c.doc_id for c in chunks],
@@ -244,6 +267,26 @@ class FeatureStore:
             raise KeyError(f"{index.null_count} chunk texts have no embedding in space {space_id}")
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return np.ascontiguousarray(flat.reshape(-1, dim)[index.to_numpy()], dtype=np.float32)
+
+    # -- scores ------------------------------------------------------------------------------
+    def add_scores(self, scorer: str, content_hashes: Sequence[str], scores: Sequence[float],
+                   details: Sequence[str]) -> TableWrite:
+        rows = pa.table({
+            "score_key": pa.array([score_key(scorer, h) for h in content_hashes], pa.string()),
+            "content_hash": pa.array(list(content_hashes), pa.string()),
+            "scorer": pa.array([scorer] * len(content_hashes), pa.string()),
+            "score": pa.array(list(scores), pa.float64()), "detail": pa.array(list(details), pa.string()),
+        }, schema=SCORES_SCHEMA)
+        return self._insert_new(SCORES, SCORES_SCHEMA, "score_key", rows)
+
+    def scores_of(self, scorer: str, content_hashes: Sequence[str]) -> dict[str, tuple[float, str]]:
+        """{content_hash: (score, detail)} for the hashes this scorer version has scored."""
+        if SCORES not in self._table_names():
+            return {}
+        rows = self._rows_where_in(SCORES, SCORES_SCHEMA, "score_key",
+                                   [score_key(scorer, h) for h in content_hashes],
+                                   ["content_hash", "score", "detail"])
+        return {r["content_hash"]: (r["score"], r["detail"]) for r in rows.to_pylist()}
 
     # -- retrieval-set members ---------------------------------------------------------------
     def has_members(self, set_digest: str) -> bool:

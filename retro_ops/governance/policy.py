@@ -24,7 +24,6 @@ from pathlib import Path
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import SCOPES, NewExclusion
 from retro_ops.errors import PolicyError, ScorerError
-from retro_ops.features.scores import add_scores, scores_of
 from retro_ops.features.store import FeatureStore
 from retro_ops.governance.scorers import Scorer, make_scorer, scorer_key
 
@@ -107,11 +106,11 @@ def apply_policy(catalog: Catalog, store: FeatureStore, policy: Policy, retrieva
     planned: dict[tuple[str, str], NewExclusion] = {}
     for rule in policy.rules:
         key = scorer_key(rule.scorer)
-        known = scores_of(store, key, hashes)
+        known = store.scores_of(key, hashes)
         todo = [h for h in hashes if h not in known]
         fresh = rule.scorer.score([by_hash[h][0]["text"] for h in todo])
         if todo and not dry_run:
-            add_scores(store, key, todo, [s for s, _ in fresh], [d for _, d in fresh])
+            store.add_scores(key, todo, [s for s, _ in fresh], [d for _, d in fresh])
         known.update(zip(todo, fresh))
         report.newly_scored[key] = report.newly_scored.get(key, 0) + len(todo)
         hits = [h for h in hashes if known[h][0] >= rule.threshold]

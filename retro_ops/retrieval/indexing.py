@@ -16,6 +16,7 @@ from pathlib import Path
 import faiss
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
+from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index_build import IndexConfig, build_index
@@ -26,7 +27,7 @@ from retro_ops.retrieval.index_publish import (
     CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
     read_manifest, recover_publish, serialize,
 )
-from retro_ops.retrieval.sets import retrieval_set_vectors
+from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.retrieval.retriever import index_root
 
 
@@ -106,3 +107,12 @@ def index_retrieval_set(
     published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode)
     catalog.mark_index_published(build_id, str(published.path))
     return IndexBuildResult(version, manifest, quality, build_id, published)
+
+
+def publish_retrieval_set(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                          space: EmbeddingSpace) -> IndexBuildResult:
+    """Pin the set's current chunks as a version and build, measure and publish its index,
+    outside Dagster (tests, benchmarks, scripts); the `retrieval_set` and `faiss_index` assets
+    run the same two steps."""
+    build_retrieval_set_version(catalog, store, retrieval_set, space)
+    return index_retrieval_set(catalog, store, indices_dir, retrieval_set, space.dim)
