@@ -64,22 +64,23 @@ class ComputeGate:
     def __init__(self, config: AdmissionConfig):
         self.config = config
         self._lock = threading.Lock()
-        self._admitted = 0  # running + waiting ordinary requests
         self._busy = False
         self._waiting: deque[threading.Event] = deque()
         self._priority: deque[threading.Event] = deque()
-        self._in_system: Counter[str] = Counter()  # endpoint -> requests running or waiting
+        self._in_system: Counter[str] = Counter()  # endpoint -> ordinary requests running or waiting
         self._service_s: dict[str, float] = {}  # endpoint -> moving mean of its service time
 
     @property
     def admitted(self) -> int:
-        return self._admitted
+        with self._lock:  # held only for O(endpoints) work: /health never waits behind compute
+            return self._in_system.total()
 
     def admit(self, endpoint: str = "default") -> "Place":
         with self._lock:
-            if self._admitted >= 1 + self.config.max_queue:
+            admitted = self._in_system.total()
+            if admitted >= 1 + self.config.max_queue:
                 raise ServerOverloadedError(
-                    f"server busy: {self._admitted} requests running or queued (limit "
+                    f"server busy: {admitted} requests running or queued (limit "
                     f"{1 + self.config.max_queue}); retry after {self.config.retry_after_s} s")
             own, budget = self._service_s.get(endpoint), self.config.max_wait_services
             if own is not None and budget is not None:
@@ -88,7 +89,6 @@ class ComputeGate:
                     raise ServerOverloadedError(
                         f"server busy: {ahead:.2f} s of work ahead, over {budget:g} x this "
                         f"request's {own:.2f} s; retry after {self.config.retry_after_s} s")
-            self._admitted += 1
             self._in_system[endpoint] += 1
         return Place(self, endpoint)
 
@@ -96,7 +96,6 @@ class ComputeGate:
         with self._lock:  # the event loop and a worker thread may both release a place
             if not place.released:
                 place.released = True
-                self._admitted -= 1
                 self._in_system[place.endpoint] -= 1
 
     def _observe(self, endpoint: str, seconds: float) -> None:
