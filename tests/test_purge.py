@@ -8,7 +8,11 @@ Real LanceDB, FAISS, BERT, MLflow and the real CLI; nothing mocked."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +23,6 @@ from typer.testing import CliRunner
 from retro_ops.catalog import Catalog
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.errors import SimulatedCrash
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import document_id, normalise_text
@@ -184,3 +187,52 @@ def _chunker():
     from retro_ops.features.embedder import Embedder
 
     return Chunker(Embedder().tokenizer)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, embedder, chunker):
+    """A home with the secret document indexed (no model): copied for each crash test."""
+    root = tmp_path_factory.mktemp("pristine")
+    ws = _workspace(root, embedder, chunker)
+    ws.catalog.close()
+    return root
+
+
+_KILLED_PURGE = """
+import sys
+from retro_ops.erasure.purge import purge_documents
+from retro_ops.settings import Settings
+from retro_ops.workspace import Workspace
+purge_documents(Workspace.open(Settings(home=sys.argv[1])), [sys.argv[2]], reason="erasure request 18",
+                actor="dpo", crash_at=sys.argv[3], crash_mode="kill")
+"""
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_rebuild"])  # before and after the deletes
+def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, point):
+    """SIGKILL (a real one, in a child process) at each step: the document is excluded from the
+    moment the intent is committed, the purge stays pending, and the next purge call finishes it
+    to the same end state as an uninterrupted purge."""
+    from retro_ops.erasure.purge import purge_documents
+
+    root = tmp_path / "copy"
+    shutil.copytree(pristine, root)
+    home = root / "home"
+    doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", _KILLED_PURGE, str(home), doc_id, point],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    ws = Workspace.open(Settings(home=home))
+    [pending] = ws.catalog.purges()
+    assert pending.status == "pending" and pending.doc_id == doc_id
+    assert doc_id in ws.catalog.active_exclusions().doc_ids  # never retrievable from the intent on
+    report = purge_documents(ws, [], reason="(resumed)", actor="dpo")
+    assert [(p["doc_id"], p["status"]) for p in report.purges] == [(doc_id, "done")]
+    assert _found(home) == {n: set() for n in NEEDLES}
+    version = ws.catalog.latest_retrieval_set_version("c")
+    assert doc_id not in set(ws.store.members(version.digest, ["doc_id"]).column("doc_id").to_pylist())
+    assert [p.status for p in ws.catalog.purges()] == ["done"]
+    assert purge_documents(ws, [doc_id], reason="again", actor="dpo").purges == [
+        {"id": pending.id, "doc_id": doc_id, "status": "done"}]  # purging twice: a no-op
