@@ -175,3 +175,18 @@ def exclude_revoke(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
         emit_json(record.as_dict())
     else:
         out.print(f"exclusion {record.id} ({record.scope} {record.target}) revoked by {record.revoked_by}")
+
+
+@exclude_app.command("report")
+def exclude_report(exclusion_id: Annotated[int, typer.Argument(help="An exclusion id (see `exclude list`).")],
+                   json_out: JsonOpt = False) -> None:
+    """What one exclusion covers: its chunks, the set versions, indices and deployments that held
+    them before, and the models that read them as text or as neighbours (may need retraining)."""
+    from retro_ops.cli.lineage import _db, _report
+    from retro_ops.lineage.audit import exclusion_report
+
+    try:
+        found = exclusion_report(_db(), exclusion_id)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)
