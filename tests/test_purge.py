@@ -39,6 +39,7 @@ SECRET = ("Zebulon Quarrington-Vasquez was admitted to ward nineteen on the four
           "about lighthouse turnips until dawn, and asked for marmalade twice.")
 SECRET_FILE = "patient_record_zq.txt"
 CHAPTERS = ("chapter_2.txt", "chapter_5.txt", "chapter_6.txt")
+OTHER_CHAPTERS = ("chapter_8.txt", "chapter_11.txt")
 runner = CliRunner()
 
 
@@ -103,8 +104,20 @@ def site(tmp_path_factory, embedder, chunker):
     spec = replace(tiny_spec(steps=2, retrieval_set="c"), corpus="c")
     model = train_model(ws, prepare_training(ws, spec), "retro").info
     publish_lineage(ws, model)
+    # a second corpus, set and model that never saw the secret document
+    other = root / "other"
+    other.mkdir()
+    for name in OTHER_CHAPTERS:
+        shutil.copy(CORPORA_DIR / "moby_dick" / name, other / name)
+    ws.catalog.add_corpus("o", str(other))
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, embedder, "o")
+    ws.catalog.create_retrieval_set("o", ["o"])
+    publish_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "o", embedder.space)
+    bystander = train_model(ws, prepare_training(ws, replace(spec, corpus="o", retrieval_set="o")),
+                            "retro").info
     before = _found(ws.settings.home)
     return {"ws": ws, "root": root, "doc_id": doc_id, "model": model, "before": before,
+            "bystander": bystander,
             "env": {HOME_ENV: str(ws.settings.home)}}
 
 
@@ -141,11 +154,11 @@ def test_no_file_under_the_home_holds_the_text_after_a_purge(site, purged):
     assert purged["rows_deleted"]["documents"] == 1 and purged["rows_deleted"]["chunks"] >= 2
     assert purged["orphan_hashes"] >= 2 and purged["index_builds_removed"]
     assert purged["rows_deleted"]["chunk_scores"] == purged["orphan_hashes"]  # scored, then erased
-    assert [s["retrieval_set"] for s in purged["sets_rebuilt"]] == ["c"]
+    assert [s["retrieval_set"] for s in purged["sets_rebuilt"]] == ["c"]  # not "o"
     assert purged["neighbour_caches_removed"]  # the model's cached neighbours held its tokens
     assert purged["corpus_files_left"] == [str(site["root"] / "corpus" / SECRET_FILE)]
     affected = {m["model_id"]: m["read_as"] for m in purged["models_affected"]}
-    assert "text" in affected[site["model"].id]
+    assert "text" in affected[site["model"].id] and site["bystander"].id not in affected
 
 
 def test_retrieval_never_returns_the_purged_document(site, purged):
@@ -168,6 +181,13 @@ def test_lineage_verify_names_the_purge_and_does_not_crash(site, purged):
     purge_id = purged["purges"][0]["id"]
     named = [c for c in report["checks"] if f"purge {purge_id}" in c["detail"] and not c["ok"]]
     assert named and any("no longer reproducible" in c["detail"] for c in named)
+    # a model none of whose inputs were purged still verifies; what the purge cleaned up (older
+    # LanceDB versions it pinned) is named as such, not reported as unexplained drift
+    result = _cli(site, "lineage", "verify", f"model-{site['bystander'].id}", "--json")
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.stdout)["checks"]
+    assert any(f"removed by purge {purge_id}, which erased none" in c["detail"] for c in checks)
+    assert not any(c["what"].startswith("purge ") for c in checks)
 
 
 def test_rematerializing_refuses_the_purged_document_and_says_why(site, purged):
