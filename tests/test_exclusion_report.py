@@ -155,3 +155,5 @@ def test_after_a_purge_the_audits_answer_from_the_purge_record(site):
     report = _json(site, "exclude", "report", str(exclusion["id"]))
     assert [m["id"] for m in report["models_trained_on_it"]] == [model.id]
     assert report["summary"]["chunks_covered"] == len(before["chunks"])
+    revoked = _cli(site, "exclude", "revoke", str(exclusion["id"]), "--reason", "changed my mind")
+    assert revoked.exit_code == 2 and "belongs to a purge" in revoked.output  # erased for good

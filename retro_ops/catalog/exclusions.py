@@ -168,6 +168,9 @@ class ExclusionCatalogMixin:
             row = s.get(m.Exclusion, exclusion_id)
             if row is None:
                 raise ExclusionError(f"no exclusion {exclusion_id}")
+            if row.policy == "purge":
+                raise ExclusionError(f"exclusion {exclusion_id} belongs to a purge: the document's "
+                                     "text is erased and it can never come back")
             if row.revoked_at is not None:
                 raise ExclusionError(f"exclusion {exclusion_id} was already revoked at "
                                      f"{row.revoked_at} by {row.revoked_by}")
@@ -203,8 +206,9 @@ class ExclusionCatalogMixin:
     # -- purges ------------------------------------------------------------------------------
     def begin_purge(self, doc_id: str, *, reason: str, actor: str, source_uris: list[str],
                     chunks: list[list], held_by: dict[str, list[int]]) -> PurgeRecord:
-        """Record the intent to purge `doc_id` and its document exclusion, in one transaction,
-        before anything is deleted. A purge already recorded is returned as it is (a rerun)."""
+        """Record the document exclusion, then the intent to purge `doc_id`, before anything is
+        deleted. A purge already recorded is returned as it is (a rerun); a crash between the two
+        leaves the exclusion alone, which the rerun finds and keeps (not doubled)."""
         if not reason.strip():
             raise ExclusionError(f"purging document {doc_id} needs a reason")
         with self.session() as s:

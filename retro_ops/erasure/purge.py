@@ -143,7 +143,10 @@ def _remove_index_builds(ws: Workspace, held: set[str]) -> list[str]:
         if not path.is_dir():
             continue
         with file_lock(path.parent / LOCK_FILE):  # the publishers' lock of that set's folder
-            current = current_build(path.parent) if (path.parent / "CURRENT").exists() else None
+            try:
+                current = current_build(path.parent)
+            except IndexIntegrityError:  # a torn pointer loads nothing: no build is current
+                current = None
             if current and current[0] == path.name:
                 continue  # the rebuild failed: the set keeps serving (filtered) until fixed
             shutil.rmtree(path)

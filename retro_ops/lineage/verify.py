@@ -78,7 +78,7 @@ class _Purges:
     def explain(self, table: str | None = None) -> tuple[bool, str] | None:
         """(ok, detail) for something a purge removed, or None when no purge could have."""
         cleaning = [p for p in self.done if table is None or (p.report or {}).get(
-            "versions_removed", {}).get(table)] or self.done
+            "versions_removed", {}).get(table)]
         if not cleaning:
             return None
         ids = ", ".join(str(p.id) for p in cleaning)
