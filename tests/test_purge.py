@@ -155,6 +155,10 @@ def test_no_file_under_the_home_holds_the_text_after_a_purge(site, purged):
     assert purged["orphan_hashes"] >= 2 and purged["index_builds_removed"]
     assert purged["rows_deleted"]["chunk_scores"] == purged["orphan_hashes"]  # scored, then erased
     assert [s["retrieval_set"] for s in purged["sets_rebuilt"]] == ["c"]  # not "o"
+    # corpus c has a new version without it at once (training and set builds stop naming it)
+    [version_id] = purged["corpus_versions"]
+    assert site["ws"].catalog.latest_corpus_version("c").id == version_id
+    assert site["doc_id"] not in site["ws"].catalog.corpus_doc_ids(version_id)
     assert purged["neighbour_caches_removed"]  # the model's cached neighbours held its tokens
     assert purged["corpus_files_left"] == [str(site["root"] / "corpus" / SECRET_FILE)]
     affected = {m["model_id"]: m["read_as"] for m in purged["models_affected"]}

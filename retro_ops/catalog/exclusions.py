@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retro_ops.catalog import models as m
 from retro_ops.errors import ExclusionError, ExclusionListError
-from retro_ops.ids import sha256_hex
+from retro_ops.ids import set_digest, sha256_hex
 
 Scope = Literal["chunk", "content_hash", "document"]
 SCOPES: tuple[str, ...] = ("chunk", "content_hash", "document")
@@ -263,6 +263,38 @@ class ExclusionCatalogMixin:
                               .values(source_uri=f"purged:{source_hash(uri)[:16]}"))
                 changed += len(rows)
         return changed
+
+    def drop_from_latest_corpus_versions(self, doc_ids: list[str], *, documents_lance_version: int,
+                                         run_id: str | None = None) -> list[int]:
+        """A new version of every corpus whose latest version holds one of `doc_ids`: the same
+        documents and sources minus those (the digest a re-materialization of the folder will
+        find, the purged files being refused), so training and set builds stop naming them at
+        once. Idempotent: a corpus whose latest version lacks them gets none. Returns the ids."""
+        gone, created = set(doc_ids), []
+        with self.session() as s:
+            for corpus in s.scalars(select(m.Corpus)):
+                latest = s.scalar(select(m.CorpusVersion).where(m.CorpusVersion.corpus_id == corpus.id)
+                                  .order_by(m.CorpusVersion.id.desc()).limit(1))
+                if latest is None:
+                    continue
+                docs = s.execute(select(m.CorpusVersionDocument.doc_id, m.CorpusVersionDocument.n_bytes)
+                                 .where(m.CorpusVersionDocument.corpus_version_id == latest.id)).all()
+                if not gone & {d for d, _ in docs}:
+                    continue
+                kept = [(d, n) for d, n in docs if d not in gone]
+                version = m.CorpusVersion(corpus_id=corpus.id, digest=set_digest(d for d, _ in kept),
+                                          n_documents=len(kept), n_issues=latest.n_issues,
+                                          documents_lance_version=documents_lance_version, run_id=run_id)
+                s.add(version)
+                s.flush()
+                s.add_all(m.CorpusVersionDocument(corpus_version_id=version.id, doc_id=d, n_bytes=n)
+                          for d, n in kept)
+                s.add_all(m.CorpusVersionSource(corpus_version_id=version.id, doc_id=d, source_uri=u)
+                          for d, u in s.execute(select(m.CorpusVersionSource.doc_id, m.CorpusVersionSource.source_uri)
+                                                .where(m.CorpusVersionSource.corpus_version_id == latest.id)).all()
+                          if d not in gone)
+                created.append(version.id)
+        return created
 
     def compact_storage(self) -> None:
         """SQLite keeps overwritten values in free pages and its WAL until VACUUM and a truncating

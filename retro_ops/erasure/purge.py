@@ -5,7 +5,8 @@ row per document (its chunk ids and content hashes, the retrieval-set versions t
 hashes of its source paths) together with a document exclusion, so from that moment no query
 returns it; (2) every later step is idempotent, and each purge call first finishes the purges
 left pending, so a rerun after a kill ends as an uninterrupted run would. The steps: delete its
-rows from every LanceDB table (`governance.purge`); rebuild the retrieval-set versions and indices
+rows from every LanceDB table (`governance.purge`); record a new version of each corpus without
+it (so training and set builds stop naming it); rebuild the retrieval-set versions and indices
 that held it; remove index builds and neighbour caches that still hold its vectors or tokens;
 remove every older LanceDB version of the tables it was in (compaction + cleanup); replace its
 source paths in the catalog (and in MLflow lineage artifacts) by hashes and VACUUM the SQLite
@@ -35,7 +36,7 @@ from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock
 from retro_ops.errors import CrashMode, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
-from retro_ops.features.store import FeatureStore
+from retro_ops.features.store import DOCUMENTS, FeatureStore
 from retro_ops.governance.purge import erase_documents, snapshot_document, text_tables
 from retro_ops.retrieval.index_publish import LOCK_FILE, current_build, read_manifest
 from retro_ops.retrieval.indexing import index_retrieval_set
@@ -53,6 +54,7 @@ class PurgeReport:
     rows_deleted: dict[str, int] = field(default_factory=dict)
     orphan_hashes: int = 0
     shared_hashes: int = 0
+    corpus_versions: list[int] = field(default_factory=list)  # new versions without the documents
     sets_rebuilt: list[dict] = field(default_factory=list)
     index_builds_removed: list[str] = field(default_factory=list)
     neighbour_caches_removed: list[str] = field(default_factory=list)
@@ -220,6 +222,8 @@ def purge_documents(ws: Workspace, doc_ids: list[str], *, reason: str, actor: st
     erased = erase_documents(store, purged_ids, hashes)
     report.rows_deleted, report.orphan_hashes, report.shared_hashes = (
         erased.rows_deleted, erased.orphan_hashes, erased.shared_hashes)
+    report.corpus_versions = catalog.drop_from_latest_corpus_versions(
+        purged_ids, documents_lance_version=store.version(DOCUMENTS))
     _crash("after_deletes", crash_at, crash_mode)
     held = {d for p in pending for d in p.held_by}
     report.sets_rebuilt = _rebuild_sets(ws, held)
