@@ -260,3 +260,54 @@ def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, p
     assert [p.status for p in ws.catalog.purges()] == ["done"]
     assert purge_documents(ws, [doc_id], reason="again", actor="dpo").purges == [
         {"id": pending.id, "doc_id": doc_id, "status": "done"}]  # purging twice: a no-op
+
+
+def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:
+    """The catalog half of a purge on one backend: intent, new corpus version, scrub, done."""
+    from sqlalchemy import select
+
+    from retro_ops.catalog import models as m
+    from retro_ops.corpus import Document
+    from retro_ops.errors import ExclusionError
+
+    docs = [Document(document_id(t), t, [str(corpus_folder / f"{n}.txt")]) for n, t in
+            (("keep", "kept text"), ("secret_zq", "secret text"))]
+    catalog.add_corpus("p", str(corpus_folder))
+    first = catalog.record_corpus_version("p", docs, "d1", documents_lance_version=1)
+    purge = catalog.begin_purge(docs[1].doc_id, reason="erasure request 5", actor="dpo",
+                                source_uris=["secret_zq.txt"], chunks=[[7, 0, "h7"]], held_by={"s1": [7]})
+    again = catalog.begin_purge(docs[1].doc_id, reason="again", actor="x", source_uris=[], chunks=[],
+                                held_by={})
+    assert (again.id, again.reason, again.chunks) == (purge.id, purge.reason, purge.chunks)  # a rerun
+    assert docs[1].doc_id in catalog.active_exclusions().doc_ids
+    [new] = catalog.drop_from_latest_corpus_versions([docs[1].doc_id], documents_lance_version=2)
+    assert catalog.drop_from_latest_corpus_versions([docs[1].doc_id], documents_lance_version=2) == []
+    assert catalog.corpus_doc_ids(new) == [docs[0].doc_id] and new > first.id
+    assert catalog.scrub_document_sources([docs[1].doc_id]) == 2  # its document and version-1 sources
+    with catalog.session() as s:
+        uris = set(s.scalars(select(m.CorpusVersionSource.source_uri)).all()) | set(
+            s.scalars(select(m.DocumentSource.source_uri)).all())
+    assert not any("secret_zq" in u for u in uris) and "keep.txt" in uris
+    assert [p.id for p in catalog.purges_by_source("secret_zq.txt")] == [purge.id]
+    done = catalog.finish_purge(purge.id, {"rows_deleted": {"chunks": 1}})
+    assert (done.status, done.report, done.chunk_ids, done.held_by) == ("done", {"rows_deleted": {"chunks": 1}},
+                                                                       [7], {"s1": [7]})
+    with pytest.raises(ExclusionError, match="belongs to a purge"):
+        catalog.revoke_exclusion(done.exclusion_id, reason="undo", actor="x")
+    catalog.compact_storage()
+
+
+def test_purge_records_on_sqlite(tmp_path):
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", home=tmp_path)
+    _purge_records(catalog, tmp_path / "corpus")
+    catalog.close()
+    assert b"secret_zq" not in (tmp_path / "catalog.db").read_bytes()  # VACUUMed: no stale page
+    wal = tmp_path / "catalog.db-wal"
+    assert not wal.exists() or b"secret_zq" not in wal.read_bytes()
+
+
+@pytest.mark.postgres
+def test_purge_records_on_postgres(pg_database_url, tmp_path):
+    catalog = Catalog.open(pg_database_url)
+    _purge_records(catalog, tmp_path / "corpus")
+    catalog.close()
