@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("governance",),        # chunk texts -> scores (LanceDB) -> policies -> exclusions
     ("retrieval",),         # embeddings -> retrieval sets -> FAISS indices -> neighbours
     ("workspace",),         # one handle on a home's stores
+    ("erasure",),           # purges: delete text from every store, rebuild the sets that held it
     ("model",),             # the RETRO network
     ("training",),          # chunks + neighbours -> checkpoints
     ("evaluation",),        # checkpoints -> bits per byte

@@ -279,3 +279,27 @@ class DeploymentRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # closed when the server stops or swaps to another set (0006); NULL: still serving, or killed
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PurgedDocument(Base):
+    """A document erased from every store (0008): its text is gone, its hash stays, so a copy
+    still in (or back in) a corpus folder is refused at the next materialization.
+
+    Written with status `pending` before anything is deleted (crash-safe intent), `done` when
+    every store is clean. Holds hashes and ids only: `source_hashes` are sha256 of its source
+    paths (the paths themselves are scrubbed), `chunks` its [chunk_id, position, content_hash]
+    rows, `held_by` {set digest: [chunk ids]} of the retrieval-set versions that held it."""
+
+    __tablename__ = "purged_documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc_id: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    exclusion_id: Mapped[int | None] = mapped_column(ForeignKey("exclusions.id"), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    source_hashes: Mapped[list] = mapped_column(JSON, default=list)
+    chunks: Mapped[list] = mapped_column(JSON, default=list)
+    held_by: Mapped[dict] = mapped_column(JSON, default=dict)
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -65,8 +65,13 @@ def exclude_text(text: Annotated[str, typer.Argument(help="A chunk's exact text.
 
 @exclude_app.command("doc")
 def exclude_doc(path_or_id: Annotated[str, typer.Argument(help="A doc id or a recorded source path.")],
-                reason: ReasonOpt, actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
-    """Take down a whole document (every document read from that path)."""
+                reason: ReasonOpt, actor: ActorOpt = "",
+                purge: Annotated[bool, typer.Option("--purge", help=(
+                    "Also erase the text from every store under the home (LanceDB tables and old "
+                    "versions, index builds, neighbour caches), rebuild the sets that held it, and "
+                    "refuse the document at every later materialization. Irreversible."))] = False,
+                json_out: JsonOpt = False) -> None:
+    """Take down a whole document (every document read from that path); --purge erases it."""
     from retro_ops.features.store import FeatureStore
     from retro_ops.lineage.audit import resolve_documents
     from retro_ops.lineage.views import AuditDB
@@ -77,7 +82,39 @@ def exclude_doc(path_or_id: Annotated[str, typer.Argument(help="A doc id or a re
                                     path_or_id)
     except RetroOpsError as exc:
         fail(str(exc))
-    _record("document", doc_ids, reason, actor, json_out)
+    if purge:
+        _purge(doc_ids, reason, actor, json_out)
+    else:
+        _record("document", doc_ids, reason, actor, json_out)
+
+
+def _purge(doc_ids: list[str], reason: str, actor: str, json_out: bool) -> None:
+    from retro_ops.erasure.purge import purge_documents
+    from retro_ops.workspace import Workspace
+
+    if not reason.strip():
+        fail("a purge needs a reason (--reason)")
+    try:
+        report = purge_documents(Workspace.open(settings()), doc_ids, reason=reason, actor=_actor(actor))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(asdict(report))
+        return
+    for p in report.purges:
+        out.print(f"purge {p['id']}: document {p['doc_id']} {p['status']}")
+    out.print(f"rows deleted: {report.rows_deleted}; texts erased {report.orphan_hashes}, "
+              f"kept (another document has them) {report.shared_hashes}")
+    for s in report.sets_rebuilt:
+        out.print(f"retrieval set {s['retrieval_set']}: " + (s["error"] if "error" in s else
+                  f"version {s['version_id']}, index build {s['index_build_id']}"))
+    out.print(f"index builds removed: {len(report.index_builds_removed)}; neighbour caches removed: "
+              f"{len(report.neighbour_caches_removed)}; old versions removed: {report.versions_removed}")
+    for m in report.models_affected:
+        out.print(f"[yellow]{m['model']}[/yellow] read it as {', '.join(m['read_as'])}: no longer "
+                  "reproducible, may need retraining")
+    for path in report.corpus_files_left:
+        out.print(f"[yellow]still in a corpus folder (not deleted, it is yours): {path}[/yellow]")
 
 
 @exclude_app.command("apply")
@@ -138,3 +175,18 @@ def exclude_revoke(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
         emit_json(record.as_dict())
     else:
         out.print(f"exclusion {record.id} ({record.scope} {record.target}) revoked by {record.revoked_by}")
+
+
+@exclude_app.command("report")
+def exclude_report(exclusion_id: Annotated[int, typer.Argument(help="An exclusion id (see `exclude list`).")],
+                   json_out: JsonOpt = False) -> None:
+    """What one exclusion covers: its chunks, the set versions, indices and deployments that held
+    them before, and the models that read them as text or as neighbours (may need retraining)."""
+    from retro_ops.cli.lineage import _db, _report
+    from retro_ops.lineage.audit import exclusion_report
+
+    try:
+        found = exclusion_report(_db(), exclusion_id)
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)

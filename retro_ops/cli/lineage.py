@@ -65,6 +65,9 @@ def _report(title: str, summary: dict, lists: dict[str, list[dict]], json_out: b
         emit_json({"summary": summary, **lists})
         return
     out.print(_summary_table(title, summary))
+    if summary.get("may_need_retraining"):
+        out.print(f"[yellow]read by {', '.join(summary['may_need_retraining'])}: they may need "
+                  "retraining without it (their weights learned from it)[/yellow]")
     for name, rows in lists.items():
         if rows and name not in ("documents", "training_chunks", "neighbour_chunks", "chunks"):
             table = Table(*rows[0].keys(), title=name)

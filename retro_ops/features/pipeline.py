@@ -7,6 +7,10 @@ in the catalog, and returns the numbers the asset shows. Progress goes to a call
 stdout. Chunks and embeddings are written block by block, so an interrupted run keeps what it
 finished; the rerun completes a document cut mid-way (its stored prefix is kept, the missing
 positions are added). Writes are safe against a concurrent run (see `store`).
+
+A purged document (erased with `retro-ops exclude doc --purge`) is never stored again: still in
+(or back in) the corpus folder, it is left out of the corpus version with a read issue naming
+the purge, and its document is never re-chunked from what a purge left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pyarrow.compute as pc
 from retro_ops.catalog import Catalog, CorpusVersionInfo
 from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
+from retro_ops.corpus.documents import CorpusSnapshot
 from retro_ops.features.embedder import Embedder, EmbeddingSpace
 from retro_ops.features.store import (
     CHUNKS,
@@ -29,7 +34,7 @@ from retro_ops.features.store import (
     TableWrite,
     embeddings_table_name,
 )
-from retro_ops.ids import sha256_hex
+from retro_ops.ids import set_digest, sha256_hex
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -93,7 +98,8 @@ def ingest_documents(
     started = time.perf_counter()
     info = catalog.get_corpus(corpus)
     report = ReadReport()
-    snapshot = collect_documents(read_corpus(info.source_uri, reader_config, report))
+    snapshot = _without_purged(catalog, collect_documents(
+        read_corpus(info.source_uri, reader_config, report)), report)
     with store.lock(DOCUMENTS):  # the catalog's document rows are check-then-insert as well
         write = store.add_documents(snapshot.documents)
         version = catalog.record_corpus_version(
@@ -115,7 +121,7 @@ def chunk_corpus(
     version = catalog.latest_corpus_version(corpus)
     doc_ids = catalog.corpus_doc_ids(version.id)
     complete, partial = store.chunked_documents()
-    todo = sorted(set(doc_ids) - complete)
+    todo = sorted(set(doc_ids) - complete - catalog.purged_documents().keys())
     texts = store.document_texts(todo)
     pending: list = []
     inserted = new_tokens = short_docs = docs_done = 0
@@ -186,6 +192,21 @@ def materialize_corpus(
     benchmarks, scripts); the Dagster assets run the same three steps, one asset each."""
     return (ingest_documents(catalog, store, corpus), chunk_corpus(catalog, store, chunker, corpus),
             embed_corpus(catalog, store, embedder, corpus))
+
+
+def _without_purged(catalog: Catalog, snapshot: CorpusSnapshot, report: ReadReport) -> CorpusSnapshot:
+    """The snapshot minus purged documents, each refusal a read issue naming its purge."""
+    purged = catalog.purged_documents()
+    refused = [d for d in snapshot.documents if d.doc_id in purged]
+    if not refused:
+        return snapshot
+    for doc in refused:
+        p = purged[doc.doc_id]
+        for source in doc.sources:
+            report.add(source, f"document {doc.doc_id} was purged (purge {p.id}, "
+                               f"{p.created_at:%Y-%m-%d}, by {p.created_by}: {p.reason}); not stored again")
+    kept = [d for d in snapshot.documents if d.doc_id not in purged]
+    return CorpusSnapshot(kept, set_digest(d.doc_id for d in kept), snapshot.duplicates_collapsed)
 
 
 def _first_text_per_hash(chunks: pa.Table, wanted: pa.Array) -> list[tuple[str, str]]:

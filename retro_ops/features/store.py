@@ -11,6 +11,9 @@ Tables:
 Every write is a LanceDB version; writers return it so lineage can pin exactly what was read.
 Filters are built with `lancedb.expr` (never string-formatted SQL: see STACK-FACTS).
 
+Erasure (`delete_rows`, `erase_old_versions`) is the one exception to insert-only: a purged
+document's rows are deleted and every older version that still holds them is removed.
+
 Writers may run at once (two materializations of overlapping corpora, two builds of one set):
 every write holds its table's inter-process lock (`locks.table_lock`) from reading which keys
 exist to committing, so a key is stored once. `duplicate_keys` / `repair_duplicates` find and
@@ -20,8 +23,10 @@ remove the duplicates of stores written before that (or by an unlocked object-st
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import lancedb
@@ -349,3 +354,76 @@ class FeatureStore:
                 table.delete(col("_rowid").isin(doomed).to_sql())
             self._known.pop(name, None)
             return len(doomed)
+
+    # -- erasure -----------------------------------------------------------------------------
+    def tables_with_column(self, column: str) -> list[str]:
+        """Every table whose current schema has `column` (what an erasure must visit)."""
+        return sorted(n for n in self._table_names() if column in self.db.open_table(n).schema.names)
+
+    def delete_rows(self, name: str, column: str, values: Sequence) -> int:
+        """Erase the rows whose `column` is one of `values`, under the table's lock; returns how
+        many went. Idempotent: rows already gone delete nothing (a rerun after a kill is safe).
+
+        A LanceDB delete only marks rows deleted, and compaction rewrites a data file only when
+        over 10% of it is deleted (not configurable from lancedb): the text would stay in the file.
+        So the rows sharing a data file (fragment) with the doomed ones are rewritten in the same
+        commit (`merge_insert` update-all on their keys, plus delete-by-source of the doomed
+        rows): the old fragment ends fully deleted, and `erase_old_versions` removes its file.
+        Fragments are read from `_rowid` (fragment << 32 | offset: tables here have no stable
+        row ids)."""
+        values = list(values)
+        if not values or name not in self._table_names():
+            return 0
+        deleted = 0
+        with self.lock(name):
+            table = self.db.open_table(name)
+            for start in range(0, len(values), _IN_BATCH):
+                where = col(column).isin(values[start:start + _IN_BATCH]).to_sql()
+                doomed = (table.search().where(where).select([column]).with_row_id(True)
+                          .limit(None).to_arrow().column("_rowid").to_pylist())
+                if doomed:
+                    self._erase(table, name, where, set(doomed))
+                    deleted += len(doomed)
+            self._known.pop(name, None)
+        return deleted
+
+    def _erase(self, table, name: str, where: str, doomed: set[int]) -> None:
+        fragments = {r >> 32 for r in doomed}
+        try:
+            keys = table_keys(name)
+        except KeyError:  # a table this store does not know: plain delete (its files may keep text)
+            table.delete(where)
+            return
+        every = table.search().select([keys[0]]).with_row_id(True).limit(None).to_arrow()
+        neighbours = [r for r in every.column("_rowid").to_pylist() if r >> 32 in fragments and r not in doomed]
+        if not neighbours:
+            table.delete(where)
+            return
+        rows = pa.concat_tables([table.take_row_ids(neighbours[i:i + 65_536]).to_arrow()
+                                 for i in range(0, len(neighbours), 65_536)])
+        rows = rows.select([n for n in table.schema.names])
+        (table.merge_insert(keys if len(keys) > 1 else keys[0]).when_matched_update_all()
+         .when_not_matched_by_source_delete(where).execute(rows))
+
+    def hashes_in_use(self, content_hashes: Sequence[str]) -> set[str]:
+        """Which of these content hashes some chunk still has (its text is still stored)."""
+        if CHUNKS not in self._table_names():
+            return set()
+        return set(self._rows_where_in(CHUNKS, CHUNKS_SCHEMA, "content_hash", list(content_hashes),
+                                       ["content_hash"]).column("content_hash").to_pylist())
+
+    def erase_old_versions(self, name: str) -> int:
+        """Compact `name` and remove every version but the latest, tags included (a tag pins its
+        version's files), so deleted rows leave no copy in older data files; returns the versions
+        removed. Readers of an older version fail afterwards: the price of erasure."""
+        if name not in self._table_names():
+            return 0
+        with self.lock(name):
+            table = self.db.open_table(name)
+            for tag in list(table.tags.list()):
+                table.tags.delete(tag)
+            before = len(table.list_versions())
+            with warnings.catch_warnings():  # "removes every version except the latest": intended
+                warnings.simplefilter("ignore", UserWarning)
+                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+            return max(before - len(table.list_versions()), 0)

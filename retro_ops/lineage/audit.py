@@ -1,6 +1,10 @@
 """Backward (model -> documents, neighbours, index, evaluations, deployments) and forward
 (document or chunk -> corpus versions, sets, indices, models, deployments) audits.
 
+A purged document's chunks and set memberships are gone from LanceDB; its purge record (hashes
+and ids) stands in for them, so its forward audit still answers. Forward audits and
+`exclusion_report` list the models that read the text and say they may need retraining.
+
 Each audit loads only the rows its question touches (a model's reads, one document's chunks)
 into the DuckDB engine of `views`, and answers with joins there. Results are dataclasses: a
 summary plus full row lists that the CLI writes to JSON or CSV.
@@ -181,22 +185,39 @@ def resolve_documents(db: AuditDB, path_or_doc_id: str) -> list[str]:
                 | m.CorpusVersionSource.source_uri.startswith(value + "#", autoescape=True))))
             found.update(s.scalars(select(m.DocumentSource.doc_id).where(
                 m.DocumentSource.source_uri == value)))
+    for value in wanted:  # a purged document's paths are kept as hashes only
+        found.update(p.doc_id for p in db.catalog.purges_by_source(value))
     if not found:
         raise LineageError(f"no document {path_or_doc_id!r}: neither a doc id nor a recorded "
                            "source path (try a path relative to its corpus folder)")
     return sorted(found)
 
 
+_CHUNK_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash"]
+
+
+def _purged_chunks(db: AuditDB, doc_id: str | None = None, chunk_id: int | None = None) -> pa.Table:
+    """Chunk rows of purged documents, from their purge records (LanceDB no longer has them)."""
+    rows = [(int(c[0]), p.doc_id, int(c[1]), c[2]) for p in db.catalog.purges()
+            if doc_id in (None, p.doc_id) for c in p.chunks if chunk_id in (None, int(c[0]))]
+    return pa.table({name: pa.array([r[i] for r in rows], kind) for i, (name, kind) in enumerate(
+        zip(_CHUNK_COLUMNS, (pa.int64(), pa.string(), pa.int32(), pa.string())))})
+
+
+def _fwd_chunks(db: AuditDB, where, doc_id: str | None = None, chunk_id: int | None = None) -> None:
+    db.lance_view(CHUNKS, where=where.to_sql(), columns=_CHUNK_COLUMNS, as_name="fwd_chunks")
+    if not db.rows("SELECT count(*) AS n FROM fwd_chunks")[0]["n"]:
+        db.register("fwd_chunks", _purged_chunks(db, doc_id, chunk_id))
+
+
 def forward_document(db: AuditDB, doc_id: str) -> ForwardLineage:
     """Where one document went: every corpus version, set version, index, model, deployment."""
-    db.lance_view(CHUNKS, where=(col("doc_id") == lit(doc_id)).to_sql(),
-                  columns=["chunk_id", "doc_id", "position", "content_hash"], as_name="fwd_chunks")
+    _fwd_chunks(db, col("doc_id") == lit(doc_id), doc_id=doc_id)
     return _forward(db, {"doc_id": doc_id}, doc_id, None)
 
 
 def forward_chunk(db: AuditDB, chunk_id: int) -> ForwardLineage:
-    db.lance_view(CHUNKS, where=(col("chunk_id") == lit(int(chunk_id))).to_sql(),
-                  columns=["chunk_id", "doc_id", "position", "content_hash"], as_name="fwd_chunks")
+    _fwd_chunks(db, col("chunk_id") == lit(int(chunk_id)), chunk_id=int(chunk_id))
     found = db.rows("SELECT doc_id, position FROM fwd_chunks")
     if not found:
         raise LineageError(f"no chunk {chunk_id} in the feature store's chunks table")
@@ -226,6 +247,8 @@ def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> Forw
     else:
         db.lance_view(MEMBERS, where=id_filter.to_sql(), columns=["set_digest", "chunk_id"],
                       as_name="fwd_members")
+        db.register("fwd_members", pa.concat_tables([db.arrow("SELECT set_digest, chunk_id FROM fwd_members"),
+                                                     _purged_members(db, set(chunk_ids))]))
         db.lance_view("model_reads", where=id_filter.to_sql(), as_name="fwd_reads")
     lists = {"chunks": db.rows("SELECT chunk_id, position FROM fwd_chunks ORDER BY position")}
     lists["corpus_versions"] = db.rows(
@@ -268,7 +291,59 @@ def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> Forw
     lists["exclusions"] = db.rows(
         "SELECT id, scope, target, chunk_id, reason, policy, scorer, score, created_by, created_at, "
         "revoked_at, revoked_by, revoke_reason FROM excl ORDER BY id")
+    lists["purges"] = [{"id": p.id, "doc_id": p.doc_id, "reason": p.reason, "created_by": p.created_by,
+                        "created_at": p.created_at, "status": p.status, "completed_at": p.completed_at}
+                       for p in db.catalog.purges() if p.doc_id == doc_id]
     summary = {**head, "chunks": len(lists["chunks"]),
                **{name: len(rows) for name, rows in lists.items() if name != "chunks"}}
     summary["sources"] = sorted({s for v in lists["corpus_versions"] for s in v["sources"].split(";") if s})
+    summary["may_need_retraining"] = _retraining(lists)
+    return ForwardLineage(summary, lists)
+
+
+def _purged_members(db: AuditDB, chunk_ids: set[int]) -> pa.Table:
+    """(set_digest, chunk_id) of the set versions that held purged chunks, as their purge recorded."""
+    rows = [(digest, c) for p in db.catalog.purges() for digest, ids in p.held_by.items()
+            for c in ids if c in chunk_ids]
+    return pa.table({"set_digest": pa.array([r[0] for r in rows], pa.string()),
+                     "chunk_id": pa.array([r[1] for r in rows], pa.int64())})
+
+
+def _retraining(lists: dict[str, list[dict]]) -> list[str]:
+    """Models that read the text (as training text or as a neighbour): retraining without it is
+    the only way to take it out of their weights."""
+    return sorted({r["model"] for name in ("models_trained_on_it", "models_read_as_neighbour")
+                   for r in lists.get(name, [])})
+
+
+def exclusion_report(db: AuditDB, exclusion_id: int) -> ForwardLineage:
+    """Everything one exclusion covers, whatever its scope: the chunks (for a content hash, every
+    chunk with that text), and for them the set versions, index builds and deployments that held
+    them and the models that read them (which may need retraining)."""
+    record = next((e for e in db.catalog.list_exclusions() if e.id == exclusion_id), None)
+    if record is None:
+        raise LineageError(f"no exclusion {exclusion_id} (see `retro-ops exclude list`)")
+    if record.scope == "document":
+        parts = [forward_document(db, record.target)]
+    elif record.scope == "chunk":
+        parts = [forward_chunk(db, int(record.target))]
+    else:
+        db.lance_view(CHUNKS, where=(col("content_hash") == lit(record.target)).to_sql(),
+                      columns=["chunk_id"], as_name="hash_chunks")
+        ids = {r["chunk_id"] for r in db.rows("SELECT chunk_id FROM hash_chunks")}
+        ids |= {int(c[0]) for p in db.catalog.purges() for c in p.chunks if c[2] == record.target}
+        parts = [forward_chunk(db, c) for c in sorted(ids)]
+    lists: dict[str, list[dict]] = {}
+    for part in parts:
+        for name, rows in part.lists.items():
+            merged = lists.setdefault(name, [])
+            merged += [r for r in rows if r not in merged]
+    lists["exclusions"] = [e for e in lists.get("exclusions", []) if e["id"] == exclusion_id] or \
+        [record.as_dict()]
+    summary = {"exclusion_id": record.id, "scope": record.scope, "target": record.target,
+               "reason": record.reason, "policy": record.policy, "created_by": record.created_by,
+               "created_at": record.created_at, "revoked_at": record.revoked_at,
+               "chunks_covered": len(lists.get("chunks", [])),
+               **{name: len(rows) for name, rows in lists.items() if name not in ("chunks", "exclusions")},
+               "may_need_retraining": _retraining(lists)}
     return ForwardLineage(summary, lists)

@@ -4,6 +4,12 @@ A lineage record is only as good as the bytes it points at. Each check reads the
 again (checkpoint weights, the index file and its manifest, the LanceDB versions pinned by the
 corpus version, the retrieval-set version and the model's reads, the corpus files) and compares
 it with what the catalog recorded. Any mismatch is drift.
+
+A purge (erasure) removes recorded inputs on purpose: each purge that erased something this model
+read (as text, as a neighbour, or in its retrieval-set version) is a failed check naming the purge
+("no longer reproducible"); what a purge removed (old LanceDB versions, index builds, source
+files) is reported as removed by that purge rather than as unexplained drift, and passes for a
+model none of whose inputs it erased.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from sqlalchemy import select
 
 from retro_ops.catalog import models as m
 from retro_ops.catalog.store import corpus_root
+from retro_ops.catalog.exclusions import PurgeRecord
 from retro_ops.corpus.readers import read_corpus
+from retro_ops.erasure.purge import models_affected
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS
 from retro_ops.ids import document_id, sha256_hex
 from retro_ops.lineage.views import AuditDB
@@ -60,17 +68,60 @@ def _digest_check(what: str, path: Path, recorded: str | None) -> Check:
                  f"the recorded {str(recorded)[:16]}...")
 
 
-def _lance_version_check(db: AuditDB, table: str, version: int, why: str) -> Check:
+@dataclass(frozen=True)
+class _Purges:
+    """The purges of this catalog, and those that erased one of this model's inputs."""
+
+    done: list[PurgeRecord]
+    affecting: dict[int, list[str]]  # purge id -> how the model read the purged document
+
+    def explain(self, table: str | None = None) -> tuple[bool, str] | None:
+        """(ok, detail) for something a purge removed, or None when no purge could have."""
+        cleaning = [p for p in self.done if table is None or (p.report or {}).get(
+            "versions_removed", {}).get(table)]
+        if not cleaning:
+            return None
+        ids = ", ".join(str(p.id) for p in cleaning)
+        if self.affecting:
+            return False, f"removed by purge {ids}; this model's inputs were purged: no longer reproducible"
+        return True, f"removed by purge {ids}, which erased none of this model's inputs"
+
+
+def _purges(db: AuditDB, model_id: int) -> _Purges:
+    done = db.catalog.purges()
+    affecting: dict[int, list[str]] = {}
+    for purge in done:
+        for hit in models_affected(db.catalog, db.store, purge):
+            if hit["model_id"] == model_id:
+                affecting[purge.id] = hit["read_as"]
+    return _Purges(done, affecting)
+
+
+def _purge_checks(purges: _Purges) -> list[Check]:
+    by_id = {p.id: p for p in purges.done}
+    return [Check(f"purge {pid} of document {by_id[pid].doc_id}", False,
+                  f"purge {pid} ({by_id[pid].created_at:%Y-%m-%d}, by {by_id[pid].created_by}: "
+                  f"{by_id[pid].reason}) erased a document this model read as {', '.join(how)}: "
+                  "no longer reproducible, may need retraining")
+            for pid, how in sorted(purges.affecting.items())]
+
+
+def _lance_version_check(db: AuditDB, table: str, version: int, why: str,
+                         purges: _Purges | None = None) -> Check:
     what = f"LanceDB {table} version {version} ({why})"
     if table not in set(db.store.db.list_tables().tables):
         return Check(what, False, f"table {table} is gone")
     present = {v.version if hasattr(v, "version") else v["version"]
                for v in db.store.db.open_table(table).list_versions()}
-    return Check(what, version in present,
-                 "present" if version in present else "cleaned up (no longer in the table's versions)")
+    if version in present:
+        return Check(what, True, "present")
+    explained = purges.explain(table) if purges else None
+    if explained:
+        return Check(what, *explained)
+    return Check(what, False, "cleaned up (no longer in the table's versions)")
 
 
-def _corpus_checks(db: AuditDB, corpus_version_id: int) -> list[Check]:
+def _corpus_checks(db: AuditDB, corpus_version_id: int, purges: _Purges | None = None) -> list[Check]:
     """Each recorded source file of the version still exists and still yields its documents."""
     with db.catalog.session() as s:
         version = s.get(m.CorpusVersion, corpus_version_id)
@@ -80,8 +131,13 @@ def _corpus_checks(db: AuditDB, corpus_version_id: int) -> list[Check]:
     if not sources:
         return [Check(f"corpus version {corpus_version_id} files", False,
                       "no sources recorded for this version (recorded before migration 0006)")]
+    purged = {p.doc_id for p in purges.done} if purges else set()
     expected: dict[str, set[str]] = {}
+    notes = []
     for source, doc_id in sources:
+        if doc_id in purged:  # its path was scrubbed; whether the file is still there is moot
+            notes.append(f"document {doc_id} purged")
+            continue
         expected.setdefault(source.split("#", 1)[0], set()).add(doc_id)
     bad = []
     for relative, doc_ids in sorted(expected.items()):
@@ -94,11 +150,13 @@ def _corpus_checks(db: AuditDB, corpus_version_id: int) -> list[Check]:
             bad.append(f"{relative}: content changed ({len(doc_ids - found)} document(s) differ)")
     return [Check(f"corpus version {corpus_version_id} files ({len(expected)} under {root.name}/)",
                   not bad, "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
-                  if bad else "every source still yields its recorded documents")]
+                  if bad else "every source still yields its recorded documents"
+                  + (f" ({'; '.join(sorted(set(notes)))}: not checked)" if notes else ""))]
 
 
 def verify(db: AuditDB, ref: str) -> VerifyReport:
     info = db.catalog.resolve_model(ref)
+    purges = _purges(db, info.id)
     checks = [_digest_check("checkpoint weights", Path(info.checkpoint_dir) / MODEL_FILE,
                             info.weights_sha256)]
     with db.catalog.session() as s:
@@ -114,7 +172,10 @@ def verify(db: AuditDB, ref: str) -> VerifyReport:
                      (MEMBERS, rsv.members_lance_version, f"set version {rsv.id}")]
         build_dir = Path(db.catalog.resolved_path(build.build_dir)) if build else None
         build_sha, manifest_sha = (build.sha256, build.manifest_sha256) if build else (None, None)
-    if build_dir is not None:
+    if build_dir is not None and not build_dir.exists() and purges.affecting:
+        checks.append(Check(f"index build {build_dir.name}", False,
+                            f"{build_dir} held purged vectors: " + purges.explain()[1]))
+    elif build_dir is not None:
         checks.append(_digest_check(f"index file {INDEX_FILE}", build_dir / INDEX_FILE, build_sha))
         checks.append(_digest_check(f"index manifest {MANIFEST_FILE}", build_dir / MANIFEST_FILE,
                                     manifest_sha))
@@ -122,11 +183,12 @@ def verify(db: AuditDB, ref: str) -> VerifyReport:
         checks.append(Check("index build", False, "no index build recorded for this model"))
     if info.reads_table:
         pins.append((info.reads_table, info.reads_lance_version, "model reads"))
-    checks += [_lance_version_check(db, t, v, why) for t, v, why in pins]
+    checks += [_lance_version_check(db, t, v, why, purges) for t, v, why in pins]
     if info.reads_table and checks[-1].ok:
         reads = read_model_reads(db.store, info.id, info.reads_lance_version, info.reads_table)
         actual = reads_digest(reads["train"], reads["neighbour"])
         checks.append(Check("model reads digest", actual == info.reads_digest,
                             f"{actual[:16]}... vs recorded {str(info.reads_digest)[:16]}..."))
-    checks += _corpus_checks(db, info.corpus_version_id)
+    checks += _corpus_checks(db, info.corpus_version_id, purges)
+    checks += _purge_checks(purges)
     return VerifyReport(info.ref, checks)

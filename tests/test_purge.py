@@ -1,0 +1,313 @@
+"""Purge (erasure) on a small real corpus: a document with distinctive sentences is chunked,
+embedded, indexed, scored, trained on (a tiny RETRO) and its lineage published to MLflow; then
+`retro-ops exclude doc --purge` erases it. Afterwards no file under the home holds any of its
+sentences (LanceDB data, _versions/ and _transactions/ included), retrieval never returns it,
+`lineage verify` names the purge, and re-materializing the unchanged folder refuses it.
+Real LanceDB, FAISS, BERT, MLflow and the real CLI; nothing mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from helpers import tiny_spec
+from typer.testing import CliRunner
+
+from retro_ops.catalog import Catalog
+from retro_ops.cli.main import app as cli
+from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.features import pipeline
+from retro_ops.features.store import FeatureStore
+from retro_ops.ids import document_id, normalise_text
+from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.settings import HOME_ENV, Settings
+from retro_ops.workspace import Workspace
+
+#: Fragments no other document holds: each must be found under the home before, nowhere after.
+NEEDLES = ("Quarrington-Vasquez", "QX-4471-ZED-0093", "Lantern Cove Road", "lighthouse turnips")
+SECRET = ("Zebulon Quarrington-Vasquez was admitted to ward nineteen on the fourth of Thermidor "
+          "with a fractured clavicle and a borrowed umbrella. His confidential insurance number is "
+          "QX-4471-ZED-0093 and his sister Marguerite lives at 17 Lantern Cove Road, behind the "
+          "cannery. The night nurse recorded that he hummed the overture of an unfinished opera "
+          "about lighthouse turnips until dawn, and asked for marmalade twice.")
+SECRET_FILE = "patient_record_zq.txt"
+CHAPTERS = ("chapter_2.txt", "chapter_5.txt", "chapter_6.txt")
+OTHER_CHAPTERS = ("chapter_8.txt", "chapter_11.txt")
+runner = CliRunner()
+
+
+def _secret_text() -> str:
+    """The secret document, nudged (a trailing note) until the seeded split trains on it."""
+    from retro_ops.training.data import split_documents
+
+    others = [document_id(normalise_text((CORPORA_DIR / "moby_dick" / c).read_text())) for c in CHAPTERS]
+    for n in range(50):
+        text = SECRET + (f" Note {n}." if n else "")
+        train, _ = split_documents(sorted(others + [document_id(normalise_text(text))]))
+        if document_id(normalise_text(text)) in train:
+            return text
+    raise AssertionError("no variant of the secret document lands in the training split")
+
+
+def _found(home: Path) -> dict[str, set[str]]:
+    """needle -> files under the home (relative) whose bytes contain it."""
+    found: dict[str, set[str]] = {n: set() for n in NEEDLES}
+    for path in home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for needle in NEEDLES:
+                if needle.encode() in data:
+                    found[needle].add(str(path.relative_to(home)))
+    return found
+
+
+def _corpus(root: Path) -> Path:
+    folder = root / "corpus"
+    folder.mkdir()
+    for name in CHAPTERS:
+        shutil.copy(CORPORA_DIR / "moby_dick" / name, folder / name)
+    (folder / SECRET_FILE).write_text(_secret_text())
+    return folder
+
+
+def _workspace(root: Path, embedder, chunker) -> Workspace:
+    settings = Settings(home=root / "home")
+    settings.ensure_dirs()
+    ws = Workspace(settings, Catalog.open(settings.catalog_url, home=settings.home),
+                   FeatureStore(settings.lancedb_uri), embedder)
+    ws.catalog.add_corpus("c", str(_corpus(root)))
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, embedder, "c")
+    ws.catalog.create_retrieval_set("c", ["c"])
+    publish_retrieval_set(ws.catalog, ws.store, settings.indices_dir, "c", embedder.space)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, embedder, chunker):
+    from retro_ops.governance.policy import apply_policy, load_policy
+    from retro_ops.lineage.publish import publish_lineage
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import train_model
+
+    root = tmp_path_factory.mktemp("purge")
+    ws = _workspace(root, embedder, chunker)
+    doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
+    (root / "policy.toml").write_text('name = "pii"\n[[rule]]\nscorer = "pii"\nthreshold = 1.0\n')
+    apply_policy(ws.catalog, ws.store, load_policy(root / "policy.toml"), "c", actor="test")  # scores
+    spec = replace(tiny_spec(steps=2, retrieval_set="c"), corpus="c")
+    model = train_model(ws, prepare_training(ws, spec), "retro").info
+    publish_lineage(ws, model)
+    # a second corpus, set and model that never saw the secret document
+    other = root / "other"
+    other.mkdir()
+    for name in OTHER_CHAPTERS:
+        shutil.copy(CORPORA_DIR / "moby_dick" / name, other / name)
+    ws.catalog.add_corpus("o", str(other))
+    pipeline.materialize_corpus(ws.catalog, ws.store, chunker, embedder, "o")
+    ws.catalog.create_retrieval_set("o", ["o"])
+    publish_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "o", embedder.space)
+    bystander = train_model(ws, prepare_training(ws, replace(spec, corpus="o", retrieval_set="o")),
+                            "retro").info
+    before = _found(ws.settings.home)
+    return {"ws": ws, "root": root, "doc_id": doc_id, "model": model, "before": before,
+            "bystander": bystander,
+            "env": {HOME_ENV: str(ws.settings.home)}}
+
+
+def _cli(site, *args):
+    return runner.invoke(cli, list(args), env=site["env"])
+
+
+@pytest.fixture(scope="module")
+def purged(site):
+    result = _cli(site, "exclude", "doc", SECRET_FILE, "--purge", "--reason", "erasure request 17",
+                  "--actor", "dpo", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_search_finds_the_sentences_before_the_purge(site):
+    """The byte search can fail: before the purge it finds every fragment in the LanceDB tables
+    that hold text (documents, chunks, retrieval-set members)."""
+    for needle, files in site["before"].items():
+        tables = {f.split("/")[1] for f in files if f.startswith("lancedb/")}
+        assert {"documents.lance", "chunks.lance", "retrieval_set_chunks.lance"} <= tables, (needle, files)
+    assert site["doc_id"] in site["ws"].catalog.model_training_doc_ids(site["model"].id)
+
+
+def test_no_file_under_the_home_holds_the_text_after_a_purge(site, purged):
+    home = site["ws"].settings.home
+    assert _found(home) == {n: set() for n in NEEDLES}
+    # nor its path: the catalog and MLflow lineage keep hashes, not the file name
+    leaks = [str(p.relative_to(home)) for p in home.rglob("*")
+             if p.is_file() and SECRET_FILE.encode() in p.read_bytes()]
+    assert leaks == []
+    [p] = purged["purges"]
+    assert p["doc_id"] == site["doc_id"] and p["status"] == "done"
+    assert purged["rows_deleted"]["documents"] == 1 and purged["rows_deleted"]["chunks"] >= 2
+    assert purged["orphan_hashes"] >= 2 and purged["index_builds_removed"]
+    assert purged["rows_deleted"]["chunk_scores"] == purged["orphan_hashes"]  # scored, then erased
+    assert [s["retrieval_set"] for s in purged["sets_rebuilt"]] == ["c"]  # not "o"
+    # corpus c has a new version without it at once (training and set builds stop naming it)
+    [version_id] = purged["corpus_versions"]
+    assert site["ws"].catalog.latest_corpus_version("c").id == version_id
+    assert site["doc_id"] not in site["ws"].catalog.corpus_doc_ids(version_id)
+    assert purged["neighbour_caches_removed"]  # the model's cached neighbours held its tokens
+    assert purged["corpus_files_left"] == [str(site["root"] / "corpus" / SECRET_FILE)]
+    affected = {m["model_id"]: m["read_as"] for m in purged["models_affected"]}
+    assert "text" in affected[site["model"].id] and site["bystander"].id not in affected
+
+
+def test_retrieval_never_returns_the_purged_document(site, purged):
+    ws = site["ws"]
+    retriever = ws.retriever("c")
+    version = ws.catalog.latest_retrieval_set_version("c")
+    assert retriever.version.id == version.id and site["doc_id"] not in set(
+        ws.store.members(version.digest, ["doc_id"]).column("doc_id").to_pylist())
+    # the index was rebuilt from the new version (not merely filtered at query time)
+    assert retriever.manifest.retrieval_set_digest == version.digest
+    assert retriever.index.ntotal == version.n_chunks
+    for hits in retriever.retrieve(SECRET.split(". "), k=10):
+        assert hits and site["doc_id"] not in {h.doc_id for h in hits}
+
+
+def test_lineage_verify_names_the_purge_and_does_not_crash(site, purged):
+    result = _cli(site, "lineage", "verify", f"model-{site['model'].id}", "--json")
+    assert result.exit_code == 1, result.output  # drift: its inputs were purged
+    report = json.loads(result.stdout)
+    purge_id = purged["purges"][0]["id"]
+    named = [c for c in report["checks"] if f"purge {purge_id}" in c["detail"] and not c["ok"]]
+    assert named and any("no longer reproducible" in c["detail"] for c in named)
+    # a model none of whose inputs were purged still verifies; what the purge cleaned up (older
+    # LanceDB versions it pinned) is named as such, not reported as unexplained drift
+    result = _cli(site, "lineage", "verify", f"model-{site['bystander'].id}", "--json")
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.stdout)["checks"]
+    assert any(f"removed by purge {purge_id}, which erased none" in c["detail"] for c in checks)
+    assert not any(c["what"].startswith("purge ") for c in checks)
+
+
+def test_rematerializing_refuses_the_purged_document_and_says_why(site, purged):
+    ws = site["ws"]
+    found = pipeline.ingest_documents(ws.catalog, ws.store, "c")
+    reasons = [i for i in found.issues if i.source == SECRET_FILE or i.source.endswith(SECRET_FILE)]
+    assert reasons and f"purge {purged['purges'][0]['id']}" in str(reasons[0])
+    assert "erasure request 17" in str(reasons[0])
+    assert site["doc_id"] not in ws.catalog.corpus_doc_ids(found.corpus_version.id)
+    assert found.documents == len(CHAPTERS) and found.new_documents == 0
+    pipeline.chunk_corpus(ws.catalog, ws.store, _chunker(), "c")
+    assert _found(ws.settings.home) == {n: set() for n in NEEDLES}
+
+
+def _chunker():
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.embedder import Embedder
+
+    return Chunker(Embedder().tokenizer)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, embedder, chunker):
+    """A home with the secret document indexed (no model): copied for each crash test."""
+    root = tmp_path_factory.mktemp("pristine")
+    ws = _workspace(root, embedder, chunker)
+    ws.catalog.close()
+    return root
+
+
+_KILLED_PURGE = """
+import sys
+from retro_ops.erasure.purge import purge_documents
+from retro_ops.settings import Settings
+from retro_ops.workspace import Workspace
+purge_documents(Workspace.open(Settings(home=sys.argv[1])), [sys.argv[2]], reason="erasure request 18",
+                actor="dpo", crash_at=sys.argv[3], crash_mode="kill")
+"""
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_rebuild"])  # before and after the deletes
+def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, point):
+    """SIGKILL (a real one, in a child process) at each step: the document is excluded from the
+    moment the intent is committed, the purge stays pending, and the next purge call finishes it
+    to the same end state as an uninterrupted purge."""
+    from retro_ops.erasure.purge import purge_documents
+
+    root = tmp_path / "copy"
+    shutil.copytree(pristine, root)
+    home = root / "home"
+    doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", _KILLED_PURGE, str(home), doc_id, point],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    ws = Workspace.open(Settings(home=home))
+    [pending] = ws.catalog.purges()
+    assert pending.status == "pending" and pending.doc_id == doc_id
+    assert doc_id in ws.catalog.active_exclusions().doc_ids  # never retrievable from the intent on
+    report = purge_documents(ws, [], reason="(resumed)", actor="dpo")
+    assert [(p["doc_id"], p["status"]) for p in report.purges] == [(doc_id, "done")]
+    assert _found(home) == {n: set() for n in NEEDLES}
+    version = ws.catalog.latest_retrieval_set_version("c")
+    assert doc_id not in set(ws.store.members(version.digest, ["doc_id"]).column("doc_id").to_pylist())
+    assert [p.status for p in ws.catalog.purges()] == ["done"]
+    assert purge_documents(ws, [doc_id], reason="again", actor="dpo").purges == [
+        {"id": pending.id, "doc_id": doc_id, "status": "done"}]  # purging twice: a no-op
+
+
+def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:
+    """The catalog half of a purge on one backend: intent, new corpus version, scrub, done."""
+    from sqlalchemy import select
+
+    from retro_ops.catalog import models as m
+    from retro_ops.corpus import Document
+    from retro_ops.errors import ExclusionError
+
+    docs = [Document(document_id(t), t, [str(corpus_folder / f"{n}.txt")]) for n, t in
+            (("keep", "kept text"), ("secret_zq", "secret text"))]
+    catalog.add_corpus("p", str(corpus_folder))
+    first = catalog.record_corpus_version("p", docs, "d1", documents_lance_version=1)
+    purge = catalog.begin_purge(docs[1].doc_id, reason="erasure request 5", actor="dpo",
+                                source_uris=["secret_zq.txt"], chunks=[[7, 0, "h7"]], held_by={"s1": [7]})
+    again = catalog.begin_purge(docs[1].doc_id, reason="again", actor="x", source_uris=[], chunks=[],
+                                held_by={})
+    assert (again.id, again.reason, again.chunks) == (purge.id, purge.reason, purge.chunks)  # a rerun
+    assert docs[1].doc_id in catalog.active_exclusions().doc_ids
+    [new] = catalog.drop_from_latest_corpus_versions([docs[1].doc_id], documents_lance_version=2)
+    assert catalog.drop_from_latest_corpus_versions([docs[1].doc_id], documents_lance_version=2) == []
+    assert catalog.corpus_doc_ids(new) == [docs[0].doc_id] and new > first.id
+    assert catalog.scrub_document_sources([docs[1].doc_id]) == 2  # its document and version-1 sources
+    with catalog.session() as s:
+        uris = set(s.scalars(select(m.CorpusVersionSource.source_uri)).all()) | set(
+            s.scalars(select(m.DocumentSource.source_uri)).all())
+    assert not any("secret_zq" in u for u in uris) and "keep.txt" in uris
+    assert [p.id for p in catalog.purges_by_source("secret_zq.txt")] == [purge.id]
+    done = catalog.finish_purge(purge.id, {"rows_deleted": {"chunks": 1}})
+    assert (done.status, done.report, done.chunk_ids, done.held_by) == ("done", {"rows_deleted": {"chunks": 1}},
+                                                                       [7], {"s1": [7]})
+    with pytest.raises(ExclusionError, match="belongs to a purge"):
+        catalog.revoke_exclusion(done.exclusion_id, reason="undo", actor="x")
+    catalog.compact_storage()
+
+
+def test_purge_records_on_sqlite(tmp_path):
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", home=tmp_path)
+    _purge_records(catalog, tmp_path / "corpus")
+    catalog.close()
+    assert b"secret_zq" not in (tmp_path / "catalog.db").read_bytes()  # VACUUMed: no stale page
+    wal = tmp_path / "catalog.db-wal"
+    assert not wal.exists() or b"secret_zq" not in wal.read_bytes()
+
+
+@pytest.mark.postgres
+def test_purge_records_on_postgres(pg_database_url, tmp_path):
+    catalog = Catalog.open(pg_database_url)
+    _purge_records(catalog, tmp_path / "corpus")
+    catalog.close()
