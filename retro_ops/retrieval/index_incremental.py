@@ -57,7 +57,7 @@ class Route:
 def removal_blocker(index: faiss.Index) -> str | None:
     """Why ids cannot be removed correctly from this structure, or None when they can."""
     index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         return _position_blocker(index.index)
     if isinstance(index, faiss.IndexIVF):
         return _lists_blocker(index)
@@ -98,9 +98,21 @@ def _list_ids(ivf: faiss.IndexIVF) -> list[np.ndarray]:
 def held_ids(index: faiss.Index) -> np.ndarray:
     """Every id the index holds, sorted (a structure `removal_blocker` accepts)."""
     index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         return np.sort(faiss.vector_to_array(index.id_map))
     return np.sort(np.concatenate(_list_ids(index)))
+
+
+def _positions_aligned(index: faiss.Index) -> bool:
+    """Whether an inner index's vectors are numbered exactly 0..ntotal-1, as an id map (or a
+    refine stage) over it assumes: flat storage always is; an IVF's list ids must be checked."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return (index.base_index.ntotal == index.refine_index.ntotal == index.ntotal
+                and _positions_aligned(index.base_index) and _positions_aligned(index.refine_index))
+    if isinstance(index, faiss.IndexIVF):
+        return bool(np.array_equal(np.sort(np.concatenate(_list_ids(index))), np.arange(index.ntotal)))
+    return True
 
 
 def _remove_positions(index: faiss.Index, positions: np.ndarray) -> None:
@@ -126,7 +138,7 @@ def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
     index = faiss.downcast_index(index)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     before = index.ntotal
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         id_map = faiss.vector_to_array(index.id_map)
         gone = np.isin(id_map, ids)
         _remove_positions(index.index, np.flatnonzero(gone).astype(np.int64))
@@ -172,7 +184,9 @@ def incremental_build(index: faiss.Index, manifest: IndexManifest, new_ids: np.n
         return None, full_route(f"{len(added)} chunks were added since the published version", len(new_ids))
     removed = np.setdiff1d(old_ids, new_ids, assume_unique=True)
     remove_ids(index, removed)
-    if not np.array_equal(held_ids(index), new_ids):  # never publish a mismatch: rebuild instead
+    inner = faiss.downcast_index(index)
+    aligned = _positions_aligned(inner.index) if isinstance(inner, faiss.IndexIDMap) else True
+    if not (aligned and np.array_equal(held_ids(index), new_ids)):  # never publish a mismatch
         return None, full_route("the index after removal did not hold exactly the new chunk ids", len(new_ids))
     apply_search_params(index, manifest.search_params)
     base = manifest.full_build_ntotal or manifest.ntotal
