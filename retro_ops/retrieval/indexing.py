@@ -28,7 +28,7 @@ from retro_ops.retrieval.index_incremental import (
     IncrementalConfig, Route, count_blocker, full_route, incremental_build,
 )
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.errors import IndexIntegrityError
+from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.retrieval.index_publish import (
     CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
     read_manifest, recover_publish, serialize,
@@ -95,8 +95,8 @@ def _incremental(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo,
             return None, full_route(reason, len(ids))
         index, manifest = load_current(root, retrieval_set=version.retrieval_set,
                                        expected_ntotal=old.n_chunks, is_trusted=catalog.is_trusted_index)
-    except IndexIntegrityError as error:
-        return None, full_route(f"the published index failed a check ({error})", len(ids))
+    except (IndexIntegrityError, RetrievalSetError) as error:
+        return None, full_route(f"the published index cannot be reused ({error})", len(ids))
     return incremental_build(index, manifest, ids, incremental)
 
 
