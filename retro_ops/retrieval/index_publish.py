@@ -67,6 +67,8 @@ class IndexManifest:
     created_at: str
     notes: list
     build_key: str = ""  # hash of the set version and build config: an equal key is reused
+    route: str = "full"  # "incremental": the previous build minus removed ids (notes say why)
+    full_build_ntotal: int = 0  # size of the last full build this descends from (0: this one)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -1,9 +1,13 @@
 """Index a retrieval-set version: build, record in the catalog, publish atomically, measure.
 
-The build is recorded in the catalog with its index and manifest digests (which is what makes
-it trusted, for this set only) before CURRENT flips, and measured on the in-memory index right
-after: recall@10 against exact search and latency. Each run first cleans up after a publisher
-that was killed midway, so a rerun ends as an uninterrupted run would have.
+The build takes the cheapest correct route: when the new version only lost a few chunks
+(exclusions) since the published index's version, that index minus their ids
+(`index_incremental`); otherwise, or when recall after removal fails the check, a full build.
+The manifest names the route and why. The build is recorded in the catalog with its index and
+manifest digests (which is what makes it trusted, for this set only) before CURRENT flips, and
+measured on the in-memory index right after: recall@10 against exact search and latency. Each
+run first cleans up after a publisher that was killed midway, so a rerun ends as an
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.index_build import IndexConfig, build_index
+from retro_ops.retrieval.index_build import BuiltIndex, IndexConfig, apply_search_params, build_index
+from retro_ops.retrieval.index_incremental import (
+    IncrementalConfig, Route, count_blocker, full_route, incremental_build,
+)
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.errors import IndexIntegrityError
-from retro_ops.retrieval.index_build import apply_search_params
+from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.retrieval.index_publish import (
     CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
     read_manifest, recover_publish, serialize,
@@ -71,13 +77,52 @@ def _reuse_current(catalog: Catalog, store: FeatureStore, root: Path, version: R
                             PublishedIndex(found[0], root / found[0], manifest), reused=True)
 
 
+def _incremental(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, config: IndexConfig,
+                 incremental: IncrementalConfig, ids) -> tuple[BuiltIndex | None, Route]:
+    """The published index minus the ids the new version dropped, or (None, why not)."""
+    try:
+        found = current_build(root)
+        if found is None:
+            return None, full_route("no published index to remove ids from", len(ids))
+        manifest = read_manifest(root, found[0])
+        old = catalog.retrieval_set_version(manifest.retrieval_set_version_id)
+        if old.embedding_space_id != version.embedding_space_id:
+            return None, full_route("the embedding space changed", len(ids))
+        if manifest.build_key != build_key(old, config):
+            return None, full_route("the published index was built with another configuration", len(ids))
+        reason = count_blocker(manifest, len(ids), incremental)  # before loading a large index
+        if reason:
+            return None, full_route(reason, len(ids))
+        index, manifest = load_current(root, retrieval_set=version.retrieval_set,
+                                       expected_ntotal=old.n_chunks, is_trusted=catalog.is_trusted_index)
+    except (IndexIntegrityError, RetrievalSetError) as error:
+        return None, full_route(f"the published index cannot be reused ({error})", len(ids))
+    return incremental_build(index, manifest, ids, incremental)
+
+
+def _build(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, config: IndexConfig,
+           incremental: IncrementalConfig, ids, vectors, eval_queries: int,
+           min_recall: float) -> tuple[BuiltIndex, IndexQuality, Route]:
+    """The incremental route when it is correct and passes the recall check, else a full build."""
+    built, route = _incremental(catalog, root, version, config, incremental, ids)
+    if built is not None:
+        quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
+        if quality.recall_at_k >= min_recall:
+            return built, quality, route
+        route = full_route(f"recall@{quality.k} {quality.recall_at_k:.3f} after removing ids is below "
+                           f"{min_recall}", len(ids))
+    built = build_index(vectors, ids, config)
+    return built, evaluate_index(built.index, vectors, ids, queries=eval_queries), route
+
+
 def index_retrieval_set(
     catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str, dim: int, *,
-    config: IndexConfig = IndexConfig(), run_id: str | None = None, eval_queries: int = 500,
-    min_recall: float = 0.0, crash_at: CrashPoint | None = None, crash_mode: CrashMode = "raise",
+    config: IndexConfig = IndexConfig(), incremental: IncrementalConfig = IncrementalConfig(),
+    run_id: str | None = None, eval_queries: int = 500, min_recall: float = 0.0,
+    crash_at: CrashPoint | None = None, crash_mode: CrashMode = "raise",
 ) -> IndexBuildResult:
-    """Build and measure; publish only when recall@10 >= min_recall (a failed build is recorded,
-    unpublished, and the previous index keeps serving)."""
+    """Build (by the cheapest correct route) and measure; publish only when recall@10 >=
+    min_recall (a failed build is recorded, unpublished, and the previous index keeps serving)."""
     version = catalog.latest_retrieval_set_version(retrieval_set)
     root, key = index_root(indices_dir, retrieval_set), build_key(version, config)
     recover_publish(root)
@@ -86,7 +131,8 @@ def index_retrieval_set(
         if reused is not None:
             return reused
     ids, vectors = retrieval_set_vectors(store, version, dim)
-    built = build_index(vectors, ids, config)
+    built, quality, route = _build(catalog, root, version, config, incremental, ids, vectors,
+                                   eval_queries, min_recall)
     data = serialize(built.index)
     manifest = IndexManifest(
         factory=built.factory, metric="inner_product", dim=dim, ntotal=int(built.index.ntotal),
@@ -95,9 +141,9 @@ def index_retrieval_set(
         train_size=built.train_size, sha256=sha256_hex(data), index_bytes=len(data),
         build_seconds=round(built.seconds, 3), search_params=built.search_params,
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
-        notes=built.notes, build_key=key,
+        notes=[*built.notes, route.note()], build_key=key, route=route.name,
+        full_build_ntotal=route.full_build_ntotal,
     )
-    quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
     build_id = catalog.record_index_build(
         version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
         sha256=manifest.sha256, manifest_sha256=manifest.digest(),

@@ -4,17 +4,20 @@ A sequence is n = chunks_per_seq * m tokens made of consecutive chunks of ONE do
 sequence chunk u is exactly a database chunk (whose precomputed neighbours it uses). A short
 final chunk is padded to m ([PAD], target -100) so chunk boundaries stay aligned. The train /
 held-out split is by document, deterministic from a seed, so evaluation text is never trained on.
+Excluded chunks (by chunk id, content hash or document) are dropped from training text
+(`without_excluded`); a sequence never bridges the gap one leaves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow.compute as pc
 
+from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.store import FeatureStore
-from retro_ops.ids import sha256_hex
+from retro_ops.ids import set_digest, sha256_hex
 
 IGNORE = -100
 
@@ -48,6 +51,7 @@ class ChunkTable:
     n_tokens: np.ndarray  # (N,) int32
     n_bytes: np.ndarray  # (N,) int64: UTF-8 bytes of the chunk's text span
     content_hashes: np.ndarray  # (N,) object (str)
+    dropped: str = ""  # digest of the chunk ids dropped as excluded ("" = none): keys models
 
     def __len__(self) -> int:
         return len(self.chunk_ids)
@@ -71,6 +75,21 @@ def load_chunk_table(store: FeatureStore, doc_ids: list[str], m: int, pad_id: in
     )
 
 
+def without_excluded(table: ChunkTable, excluded: ActiveExclusions) -> ChunkTable:
+    """The table minus every chunk an exclusion names, so no model is trained on that text;
+    `dropped` records which, so a checkpoint trained before the exclusion is never reused."""
+    drop = np.array([excluded.drops(int(c), h, d) for c, h, d in
+                     zip(table.chunk_ids, table.content_hashes, table.doc_ids)], dtype=bool)
+    if not drop.any():
+        return table
+    keep = ~drop
+    return replace(table, chunk_ids=table.chunk_ids[keep], doc_ids=table.doc_ids[keep],
+                   positions=table.positions[keep], tokens=table.tokens[keep],
+                   n_tokens=table.n_tokens[keep], n_bytes=table.n_bytes[keep],
+                   content_hashes=table.content_hashes[keep],
+                   dropped=set_digest(str(c) for c in table.chunk_ids[drop]))
+
+
 @dataclass(frozen=True)
 class Sequences:
     """Model inputs: `chunk_index[s, u]` is the ChunkTable row of sequence s's chunk u (-1: pad)."""
@@ -85,9 +104,11 @@ class Sequences:
 
 
 def make_sequences(table: ChunkTable, chunks_per_seq: int, pad_id: int = 0) -> Sequences:
-    """Cut each document's chunks into sequences of `chunks_per_seq` chunks (tail padded)."""
+    """Cut each run of consecutive chunks of a document (a whole document, unless an excluded
+    chunk left a gap) into sequences of `chunks_per_seq` chunks (tail padded)."""
     m = table.tokens.shape[1]
-    starts = np.flatnonzero(np.r_[True, table.doc_ids[1:] != table.doc_ids[:-1]]) if len(table) else []
+    breaks = (table.doc_ids[1:] != table.doc_ids[:-1]) | (table.positions[1:] != table.positions[:-1] + 1)
+    starts = np.flatnonzero(np.r_[True, breaks]) if len(table) else []
     groups = []
     for begin, end in zip(starts, list(starts[1:]) + [len(table)]):
         for s in range(begin, end, chunks_per_seq):

@@ -19,7 +19,7 @@ from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.model import RetroConfig
 from retro_ops.retrieval.retriever import Retriever
-from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, split_documents
+from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, split_documents, without_excluded
 from retro_ops.training.neighbours import (
     NeighbourConfig, Neighbours, cached_neighbours, compute_neighbours, neighbours_key,
 )
@@ -116,7 +116,7 @@ def prepare_training(ws: Workspace, spec: TrainingSpec) -> PreparedData:
     version = ws.catalog.latest_corpus_version(spec.corpus)
     train_ids, heldout_ids = split_documents(ws.catalog.corpus_doc_ids(version.id), spec.split)
     m = spec.model.chunk_size
-    train_table = load_chunk_table(ws.store, train_ids, m)
+    train_table = without_excluded(load_chunk_table(ws.store, train_ids, m), ws.catalog.active_exclusions())
     heldout_table = load_chunk_table(ws.store, heldout_ids, m)
     retriever = ws.retriever(spec.retrieval_set)
     return PreparedData(
@@ -132,4 +132,5 @@ def model_key(kind: str, data: PreparedData, parent_sha: str | None, tokenizer_i
         "train_docs": set_digest(data.train_doc_ids), "vocab": data.vocab.digest,
         "neighbours": data.train_neighbours.key if kind != "baseline" else None,
         "parent": parent_sha, "tokenizer": tokenizer_id,
+        **({"excluded_text": data.train_table.dropped} if data.train_table.dropped else {}),
     }, sort_keys=True))
