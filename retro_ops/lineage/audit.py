@@ -272,3 +272,39 @@ def _forward(db: AuditDB, head: dict, doc_id: str, chunk_id: int | None) -> Forw
                **{name: len(rows) for name, rows in lists.items() if name != "chunks"}}
     summary["sources"] = sorted({s for v in lists["corpus_versions"] for s in v["sources"].split(";") if s})
     return ForwardLineage(summary, lists)
+
+
+# -- generations (the generation log): which served answers read a chunk --------------------------
+def with_generations(db: AuditDB, found: ForwardLineage) -> ForwardLineage:
+    """`found` plus the logged generations that retrieved any of its chunks (`generations`)."""
+    from retro_ops.generations.search import retrieving
+
+    found.lists["generations"] = retrieving(db.store, [c["chunk_id"] for c in found.lists["chunks"]])
+    found.summary["generations"] = len(found.lists["generations"])
+    return found
+
+
+def excluded_chunk_ids(db: AuditDB, exclusion_id: int) -> list[int]:
+    """The chunks an exclusion covers: its chunk, every chunk with its text, or its document's."""
+    from retro_ops.catalog.exclusions import SCOPES
+    from retro_ops.lineage.views import lance_arrow
+
+    with db.catalog.session() as s:
+        row = s.get(m.Exclusion, exclusion_id)
+        if row is None:
+            raise LineageError(f"no exclusion {exclusion_id} (see `retro-ops exclude list`)")
+        scope, target = row.scope, row.target
+    if scope == "chunk":
+        return [int(target)]
+    column = {"content_hash": "content_hash", "document": "doc_id"}.get(scope)
+    if column is None:
+        raise LineageError(f"exclusion {exclusion_id} has scope {scope!r}, not one of {SCOPES}")
+    chunks = lance_arrow(db.store, CHUNKS, ["chunk_id"], (col(column) == lit(target)).to_sql())
+    return chunks.column("chunk_id").to_pylist()
+
+
+def generations_affected_by_exclusion(db: AuditDB, exclusion_id: int) -> list[dict]:
+    """The logged generations that retrieved a chunk this exclusion covers (oldest first)."""
+    from retro_ops.generations.search import retrieving
+
+    return retrieving(db.store, excluded_chunk_ids(db, exclusion_id))
