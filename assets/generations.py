@@ -28,3 +28,7 @@ def generation_log(feature_store: FeatureStoreResource):
                            metadata={"rows": summary["rows"],
                                      "lancedb_version": summary["lancedb_version"],
                                      "table": GENERATIONS})
+
+
+#: Observing the log is a run of its own (the UI's "Observe sources" does the same).
+observe_generation_log = dg.define_asset_job("observe_generation_log", selection=[GENERATION_LOG.key])
