@@ -233,6 +233,30 @@ def test_hashing_keeps_the_prompt_out_of_every_file_and_opt_out_logs_nothing(sit
     assert bad.exit_code == 2 and "$RETRO_OPS_GENERATION_LOG='maybe': use on or off" in bad.output
 
 
+def test_pyfunc_predictions_are_logged_under_their_model(site):
+    """The MLflow pyfunc logs each predicted row (source `pyfunc`) under the catalog's model
+    whose weights it loaded, committed by the end of `predict`."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    ws, info = site["ws"], site["info"]
+    previous = mlflow.get_registry_uri()
+    mlflow.set_registry_uri(ws.settings.mlflow_tracking_uri)  # process-global: restored below
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{info.mlflow_model_name}/{info.mlflow_model_version}")
+    finally:
+        mlflow.set_registry_uri(previous)
+    frame = pd.DataFrame({"prompt": [prompt_of(CHAPTERS[4]), prompt_of(CHAPTERS[5])]})
+    predicted = model.predict(frame, params={"retrieval_set": "small", "max_new_tokens": 3})
+    rows = {r["request_id"]: r for r in log_rows(ws.store)}
+    for _, out in predicted.iterrows():
+        row = rows[out["request_id"]]
+        assert (row["source"], row["model"], row["output"]) == ("pyfunc", info.ref, out["text"])
+        assert row["retrieval_set_version"] == out["retrieval_set_version"]
+        assert row["neighbour_chunk_ids"] == sorted({c for chunk in json.loads(out["neighbours"])
+                                                     for c in chunk["chunk_ids"]})
+
+
 def test_clean_shutdown_commits_the_last_partial_batch(ws, site):
     """Batches of 100 that never fill and never age: stopping the server commits them."""
     info = site["info"]
