@@ -3,6 +3,7 @@ the log's writer sustains (see bench/serve.py's docstring for the method)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -41,6 +42,11 @@ def compare_log(args, home: Path) -> None:
             a, b = percentile(off, q), percentile(on, q)
             entry.update({f"p{q}_off": a, f"p{q}_on": b, f"p{q}_ratio": b / a if a else None})
         entry["mean_ratio"] = statistics.mean(on) / statistics.mean(off)
+        for mode in ("off", "on"):  # server CPU seconds per request (all its threads, from /proc)
+            mine = [r for r in rows if r["log"] == mode and r["clients"] == clients and r["ok"]]
+            entry[f"cpu_ms_{mode}"] = 1e3 * sum(r["server_cores_busy"] * r["wall_s"] for r in mine) / \
+                sum(r["ok"] for r in mine)
+        entry["cpu_ratio"] = entry["cpu_ms_on"] / entry["cpu_ms_off"]
         table.append(entry)
     throughput = log_throughput(args.log_rows)
     meta.update(home=str(home), rounds=args.log_rounds, per_round=rows, health_end=health,
@@ -49,13 +55,16 @@ def compare_log(args, home: Path) -> None:
                Column("p50_off", "p50 off ms", "{:.0f}"), Column("p50_on", "p50 on ms", "{:.0f}"),
                Column("p50_ratio", "p50 on/off", "{:.3f}"),
                Column("p99_off", "p99 off ms", "{:.0f}"), Column("p99_on", "p99 on ms", "{:.0f}"),
-               Column("p99_ratio", "p99 on/off", "{:.3f}"), Column("mean_ratio", "mean on/off", "{:.3f}")]
+               Column("p99_ratio", "p99 on/off", "{:.3f}"), Column("mean_ratio", "mean on/off", "{:.3f}"),
+               Column("cpu_ms_off", "server CPU ms/request off", "{:.0f}"),
+               Column("cpu_ms_on", "on", "{:.0f}"), Column("cpu_ratio", "CPU on/off", "{:.3f}")]
     log_columns = [Column("what", "writer"), Column("rows", "rows"), Column("seconds", "s", "{:.2f}"),
                    Column("rows_per_s", "rows/s", "{:.0f}"), Column("record_us", "record() µs", "{:.1f}")]
     logged = sum(v["generation_log"]["written"] for k, v in health.items() if k.startswith("on"))
     notes = [f"/generate with {args.new_tokens} new tokens and {args.prompt_tokens}-token prompts; "
              f"{args.log_rounds} off/on server pairs alternated in one run, latencies pooled per mode; "
-             f"rows the 'on' servers logged: {logged}. Shared 2-core machine: compare the ratios."]
+             f"rows the 'on' servers logged: {logged}. Shared 2-core machine: compare the ratios. "
+             f"Load average at the end: {os.getloadavg()[0]:.1f}."]
     report_tables("serve_log", [("/generate latency, generation log off vs on", columns, table),
                                 ("Generation-log writer throughput (this process)", log_columns, throughput)],
                   meta, notes)

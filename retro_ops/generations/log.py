@@ -10,12 +10,15 @@ the rows not committed yet; committed versions are whole (LanceDB commits are at
 
 The writer embeds with its own copy of the embedder's tokenizer (the Rust tokenizer refuses
 concurrent use from two threads) and shares the model weights (read-only in inference mode).
+It runs niced (`GenerationLogConfig.nice`), so on a busy machine its embedding and trace work
+waits for the cores rather than slowing the requests it logs.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import queue
 import threading
 import time
@@ -98,6 +101,9 @@ class GenerationLog:
 
     # -- writer side --------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.config.nice and hasattr(os, "setpriority"):  # Linux: a thread is a task of its own
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.config.nice))
         batch: list[GenerationRecord] = []
         deadline = 0.0
         while True:

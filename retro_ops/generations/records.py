@@ -44,6 +44,9 @@ class GenerationLogConfig:
     traces: also write each generation as an MLflow trace (RETRIEVER span per completed chunk).
     retention_days: generations older than this are deleted (and their text purged from the
         table's files) when a writer starts and by `retro-ops generations purge`; None keeps all.
+    nice: the writer thread's niceness increment (Linux, per thread; threads it starts, such as
+        MLflow's trace exporters, inherit it): its embedding and trace work yields the cores to
+        the requests it logs. 0 leaves it at the server's priority.
     """
 
     enabled: bool = True
@@ -53,11 +56,12 @@ class GenerationLogConfig:
     max_queue: int = 10_000
     traces: bool = True
     retention_days: float | None = None
+    nice: int = 10
 
     def __post_init__(self) -> None:
-        if self.flush_every < 1 or self.flush_seconds <= 0 or self.max_queue < 1:
+        if self.flush_every < 1 or self.flush_seconds <= 0 or self.max_queue < 1 or not 0 <= self.nice <= 19:
             raise GenerationLogError(f"invalid generation-log settings {self}: flush_every >= 1, "
-                                     "flush_seconds > 0 and max_queue >= 1 are required")
+                                     "flush_seconds > 0, max_queue >= 1 and nice 0..19 are required")
         if self.retention_days is not None and self.retention_days <= 0:
             raise GenerationLogError(f"retention_days must be > 0, got {self.retention_days}")
 
