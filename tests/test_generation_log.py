@@ -123,7 +123,7 @@ def test_served_generations_are_logged_with_provenance_and_traced(site):
     assert found[0]["score"] > 0.999 and answers[1]["request_id"] in best
 
     # MLflow: one trace per request, linked to the model, a RETRIEVER span per completed chunk
-    mlflow.flush_trace_async_logging()
+    log.flush(traces=True)
     client = mlflow.MlflowClient(ws.settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     traces = {t.info.tags["retro_ops.request_id"]: t for t in client.search_traces(locations=[experiment])}

@@ -4,8 +4,8 @@
 full queue drops the record and counts it). One writer thread embeds the outputs of a batch
 (same embedding space as the chunks, so generations are searchable like chunks), appends the
 batch as one LanceDB commit under the table's inter-process lock, then hands the batch to the
-MLflow tracer. A batch is committed when it holds `flush_every` rows or its oldest row is
-`flush_seconds` old; `close()` (a clean shutdown) commits what is left. SIGKILL loses exactly
+MLflow tracer's own thread. A batch is committed when it holds `flush_every` rows or its oldest
+row is `flush_seconds` old; `close()` (a clean shutdown) commits what is left. SIGKILL loses exactly
 the rows not committed yet; committed versions are whole (LanceDB commits are atomic).
 
 The writer embeds with its own copy of the embedder's tokenizer (the Rust tokenizer refuses
@@ -82,12 +82,15 @@ class GenerationLog:
         self.stats.recorded += 1
         return True
 
-    def flush(self, timeout: float = 60.0) -> None:
-        """Commit everything recorded before this call (the caller waits; the writer works)."""
+    def flush(self, timeout: float = 60.0, *, traces: bool = False) -> None:
+        """Commit everything recorded before this call (the caller waits; the writer works);
+        with `traces`, also wait until their MLflow traces are written."""
         done = threading.Event()
         self._queue.put(done)
         if not done.wait(timeout):
             raise TimeoutError(f"the generation log did not flush within {timeout} s")
+        if traces and self.tracer is not None:
+            self.tracer.flush()
 
     def close(self, timeout: float = 60.0) -> None:
         """Clean shutdown: commit what is queued, then stop the writer and flush the traces."""
@@ -151,7 +154,8 @@ class GenerationLog:
         self.stats.written += len(batch)
         self.stats.flushes += 1
         if self.tracer is not None:
-            self.stats.trace_errors += self.tracer.record(batch, self.config.hash_text)
+            self.tracer.submit(batch, self.config.hash_text)
+            self.stats.trace_errors = self.tracer.failed + self.tracer.dropped
 
 
 def open_log(store: FeatureStore, embedder, config: GenerationLogConfig, settings=None

@@ -9,6 +9,11 @@ and the trace is linked to the model: a LoggedModel per served model (`mlflow.mo
 model's page lists its traces) whose tags name the registry version, and the model's training
 run (`mlflow.sourceRun`).
 
+Traces are written by a thread of their own, fed through a bounded queue: a slow MLflow store
+never delays the log's commits (the system of record, and its loss bound on SIGKILL); a full
+queue drops traces and counts them. The thread is started by the log's (niced) writer thread
+and inherits its priority.
+
 MLflow's tracer exports to the process's tracking URI (set once, globally, by MLflow's design):
 a process records the traces of one home, into the experiment `retro-ops-generations`.
 """
@@ -16,6 +21,8 @@ a process records the traces of one home, into the experiment `retro-ops-generat
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from datetime import datetime
 
 import mlflow
@@ -31,11 +38,36 @@ EXPERIMENT = "retro-ops-generations"
 
 
 class TraceRecorder:
-    def __init__(self, settings):
+    def __init__(self, settings, max_queue: int = 10_000):
         self.tracking = Tracking(settings)
         mlflow.set_tracking_uri(self.tracking.tracking_uri)
         self.experiment_id = self.tracking.experiment_id(EXPERIMENT)
         self._models: dict[str, str] = {}  # model ref -> LoggedModel id
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self.failed = self.dropped = 0
+
+    def submit(self, records, hash_text: bool) -> None:
+        """Queue traces for committed records (never blocks; a full queue drops and counts)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="generation-traces", daemon=True)
+            self._thread.start()
+        for record in records:
+            try:
+                self._queue.put_nowait((record, hash_text))
+            except queue.Full:
+                self.dropped += 1
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self.failed += self.record([item[0]], item[1])
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted trace is written and exported."""
+        self._queue.join()
+        mlflow.flush_trace_async_logging()
 
     def model_id(self, record) -> str:
         """The LoggedModel standing for a served model in the traces' experiment (one per ref)."""
@@ -96,7 +128,11 @@ class TraceRecorder:
         root.set_outputs({**output, "new_tokens": r.new_tokens})
         root.end(end_time_ns=start + max(total_ns, 1))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
+        """Write the queued traces, then flush MLflow's export queue."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
         mlflow.flush_trace_async_logging()
 
 
