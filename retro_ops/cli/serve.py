@@ -77,9 +77,9 @@ def serve_command(
 
     try:
         ws = Workspace.open(settings())
+        log = open_generation_log(ws) if generation_log else None  # a bad setting: before any record
         holder = DeploymentHolder.start(ws, model, retrieval_set, f"http://{host}:{port}", token,
                                         admission)
-        log = open_generation_log(ws) if generation_log else None
     except (RetroOpsError, ValueError) as exc:
         fail(str(exc))
     app = create_app(holder, admin_token=token, generation_log=log,

@@ -125,9 +125,11 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        holder.close()  # a stopped server closes its deployments row
-        if generation_log is not None:
-            generation_log.close()  # commits the last batch
+        try:
+            holder.close()  # a stopped server closes its deployments row
+        finally:
+            if generation_log is not None:
+                generation_log.close()  # commits the last batch
 
     app = FastAPI(title="retro-ops serving", version="1", lifespan=lifespan,
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")

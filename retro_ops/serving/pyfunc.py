@@ -20,6 +20,7 @@ batch; MLflow gives a pyfunc no shutdown hook). The output's `request_id` column
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from pathlib import Path
@@ -57,6 +58,8 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         if self.model_info is not None:  # weights the catalog does not know have no lineage to log
             self.generation_log = open_log(self.ws.store, self.ws.embedder,
                                            GenerationLogConfig.from_env(os.environ), self.ws.settings)
+            if self.generation_log is not None:  # the traces still queued at exit
+                atexit.register(self.generation_log.close)
 
     def _retriever(self, name: str):
         if name not in self._retrievers:  # verified on first use, then kept
