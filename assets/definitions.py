@@ -14,6 +14,7 @@ from assets.resources import (
 )
 from assets.retrieval import faiss_index, retrieval_set
 from assets.evaluation import evaluation, swap_evaluation
+from assets.generations import generation_log, observe_generation_log
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
 FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
@@ -21,6 +22,7 @@ RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
 MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
                 evaluation, swap_evaluation]
 ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS
+SOURCE_ASSETS = [generation_log]  # observed, never materialized by Dagster
 
 
 def default_resources(training: TrainingResource | None = None) -> dict:
@@ -36,4 +38,5 @@ def default_resources(training: TrainingResource | None = None) -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS + SOURCE_ASSETS, jobs=[observe_generation_log],
+                      resources=default_resources())

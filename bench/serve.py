@@ -47,6 +47,15 @@ request that ended before the first PUT was sent must name the start version, on
 between the two swaps the swapped-to version, one that started after the second PUT returned
 the start version (requests overlapping a swap may name either); violations are counted.
 Each swap is recorded in the home's catalog (deployments), like any real swap.
+
+Generation log (`--log-compare`): instead of the parts above, /generate cells at `--clients`
+with the generation log off (RETRO_OPS_GENERATION_LOG=off) and on (defaults: batches of 32 or
+2 s, MLflow traces on), each mode in its own server process, alternated off/on `--log-rounds`
+times in the same run so that drift of the shared machine hits both alike; p50/p99 are pooled
+per mode and client count, reported as on/off ratios. Then, in this process, the rows/s the
+log's writer sustains (records of real 64-token sotu passages with 2 retrievals of 2 neighbours:
+embedding + LanceDB commit per batch, with and without MLflow traces) and the cost of
+`record()` on the request path. `--build-home` builds a small home first (bench/overload.py's).
 """
 
 from __future__ import annotations
@@ -113,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=180.0,
                         help="seconds to wait for GET /health (180)")
     parser.add_argument("--seed", type=int, default=0, help="query/prompt shuffle (0)")
+    parser.add_argument("--log-compare", action="store_true",
+                        help="only /generate with the generation log off vs on, and the log's rows/s")
+    parser.add_argument("--log-rounds", type=int, default=2, help="off/on server pairs (2)")
+    parser.add_argument("--log-rows", type=int, default=256, help="rows fed to the log's writer (256)")
+    parser.add_argument("--build-home", action="store_true",
+                        help="build a small home if none (12 moby_dick chapters, RETRO trained 10 steps)")
     args = parser.parse_args(argv)
     for name in ("k", "new_tokens", "prompt_tokens", "retrieve_requests", "generate_requests",
                  "swap_clients"):
@@ -154,7 +169,7 @@ def process_cpu_seconds(pid: int) -> float | None:
 class Server:
     """`retro-ops serve` as a subprocess on loopback; a context manager that always stops it."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, env: dict[str, str] | None = None):
         self.home = args.home.expanduser().resolve()
         self.port = args.port or free_port()
         self.base = f"http://{HOST}:{self.port}"
@@ -169,7 +184,7 @@ class Server:
         if not Path(self.argv[0]).exists():  # not run with the venv's python
             self.argv[0] = str(REPO_ROOT / ".venv" / "bin" / "retro-ops")
         self.env = {**os.environ, "RETRO_OPS_HOME": str(self.home),
-                    "RETRO_OPS_ADMIN_TOKEN": self.token}
+                    "RETRO_OPS_ADMIN_TOKEN": self.token, **(env or {})}
         if args.server_threads:
             self.env.update(OMP_NUM_THREADS=str(args.server_threads),
                             MKL_NUM_THREADS=str(args.server_threads))
@@ -487,6 +502,7 @@ def bench_generate(server: Server, prompts: list[str], args,
                     max_requests=max(args.generate_requests, clients), timeout_s=600).run()
         row = {"endpoint": "/generate", "clients": clients, **latency_stats(cell)}
         ok = cell.ok
+        row["latencies_ms"] = [r.latency_ms for r in ok]
         if ok:
             retrieval = [r.fields["retrieval_ms"] for r in ok]
             model = [r.fields["model_ms"] for r in ok]
@@ -601,8 +617,16 @@ def joined(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     home = args.home.expanduser().resolve()
+    if not (home / "catalog.db").exists() and args.build_home:
+        from overload import build_home
+
+        build_home(home, 12, 10)
     if not (home / "catalog.db").exists():
         raise SystemExit(f"no retro-ops home at {home} (see --home)")
+    if args.log_compare:
+        from serve_log import compare_log
+
+        return compare_log(args, home)
     load_start = os.getloadavg()[0]
     raise_on_sigterm()
     log("loading query texts and prompts")

@@ -119,3 +119,7 @@ class ScorerError(RetroOpsError, ValueError):
 
 class PolicyError(RetroOpsError, ValueError):
     """A policy file that cannot be used (unreadable, unknown scorer, bad threshold or scope)."""
+
+
+class GenerationLogError(RetroOpsError, ValueError):
+    """A generation-log setting or query that cannot be used (bad config value, unknown request id)."""

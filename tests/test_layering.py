@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("model",),             # the RETRO network
     ("training",),          # chunks + neighbours -> checkpoints
     ("evaluation",),        # checkpoints -> bits per byte
+    ("generations",),       # served generations -> the generation log (LanceDB + MLflow traces)
     ("lineage",),           # audits over everything recorded below
     ("serving",),           # checkpoints + a retrieval set -> generated text
     ("default_corpora",),   # what the demo ships

@@ -181,12 +181,14 @@ def exclude_revoke(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
 def exclude_report(exclusion_id: Annotated[int, typer.Argument(help="An exclusion id (see `exclude list`).")],
                    json_out: JsonOpt = False) -> None:
     """What one exclusion covers: its chunks, the set versions, indices and deployments that held
-    them before, and the models that read them as text or as neighbours (may need retraining)."""
+    them before, the models that read them as text or as neighbours (may need retraining), and
+    the logged generations that retrieved them."""
     from retro_ops.cli.lineage import _db, _report
-    from retro_ops.lineage.audit import exclusion_report
+    from retro_ops.lineage.audit import exclusion_report, with_generations
 
+    db = _db()
     try:
-        found = exclusion_report(_db(), exclusion_id)
+        found = with_generations(db, exclusion_report(db, exclusion_id))
     except RetroOpsError as exc:
         fail(str(exc))
     _report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)

@@ -94,12 +94,13 @@ def lineage_model(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-I
 @lineage_app.command("doc")
 def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or a source path.")],
                 json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
-    """Forward: every corpus version, set version, index, model and deployment a document reached."""
-    from retro_ops.lineage.audit import forward_document, resolve_documents
+    """Forward: every corpus version, set version, index, model and deployment a document reached,
+    and the logged generations that retrieved one of its chunks."""
+    from retro_ops.lineage.audit import forward_document, resolve_documents, with_generations
 
     db = _db()
     try:
-        found = [forward_document(db, d) for d in resolve_documents(db, path_or_doc_id)]
+        found = [with_generations(db, forward_document(db, d)) for d in resolve_documents(db, path_or_doc_id)]
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -113,11 +114,13 @@ def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or
 @lineage_app.command("chunk")
 def lineage_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")],
                   json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
-    """Forward from one chunk: sets, indices, models that trained on or read it, deployments."""
-    from retro_ops.lineage.audit import forward_chunk
+    """Forward from one chunk: sets, indices, models that trained on or read it, deployments,
+    and the logged generations that retrieved it."""
+    from retro_ops.lineage.audit import forward_chunk, with_generations
 
+    db = _db()
     try:
-        found = forward_chunk(_db(), chunk_id)
+        found = with_generations(db, forward_chunk(db, chunk_id))
     except RetroOpsError as exc:
         fail(str(exc))
     _report(f"chunk {chunk_id}", found.summary, found.lists, json_out, csv_dir)

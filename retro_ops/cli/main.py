@@ -18,6 +18,7 @@ import typer
 from retro_ops.cli.common import JsonOpt, corpus_option, err, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.exclude import exclude_app
+from retro_ops.cli.generations import generations_app
 from retro_ops.cli.lineage import audit_app, lineage_app
 from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
@@ -45,6 +46,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(audit_app, name="audit")
 app.add_typer(exclude_app, name="exclude")
+app.add_typer(generations_app, name="generations")
 app.command()(retrieve)
 app.command("train")(train_command)
 app.command("eval")(eval_command)

@@ -96,18 +96,29 @@ def generate_command(
     from retro_ops.training.run import load_model
     from retro_ops.training.vocab import Vocabulary
 
+    from retro_ops.cli.generations import open_generation_log
+    from retro_ops.generations.records import record_of
+
     ws = _workspace()
     try:
         info = ws.catalog.resolve_model(model)
         retriever = ws.retriever(retrieval_set) if retrieval_set else None
         generator = Generator(load_model(info), Vocabulary.load(Path(info.checkpoint_dir)),
                               load_tokenizer(ws.embedder.space.model_path), retriever)
+        log = open_generation_log(ws)
         result = generator.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                     seed=seed)
     except (RetroOpsError, ValueError) as exc:
         fail(str(exc))
+    record = record_of(result, source="cli", model_info=info, retriever=retriever,
+                       params={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+    if log is not None:
+        log.record(record)
+        log.close()  # one row: committed before the command returns
+        err.print(f"logged as request {record.request_id}")
     if json_out:
-        emit_json({**asdict(result), "model": info.ref, "retrieval_set": retrieval_set})
+        emit_json({**asdict(result), "model": info.ref, "retrieval_set": retrieval_set,
+                   "request_id": record.request_id if log is not None else None})
         return
     out.print(f"[bold]{prompt}[/bold] {result.text}", highlight=False)
     err.print(f"{result.new_tokens} tokens by {info.ref}; model {result.model_seconds:.2f} s, "

@@ -53,6 +53,9 @@ def serve_command(
                                             "of it is at most this many of its own (measured) service "
                                             "times; keeps accepted latency flat under overload. 0 = "
                                             "only the queue bound.")] = 2.0,
+    generation_log: Annotated[bool, typer.Option(
+        help="Keep every generation in the LanceDB generation log (+ MLflow traces); "
+             "settings from $RETRO_OPS_GENERATION_LOG* (see `retro-ops generations --help`).")] = True,
 ) -> None:
     """Serve /generate, /retrieve, /health, /deployment and PUT /deployment/retrieval-set
     (OpenAPI schema at /docs). Every start and swap is recorded in the catalog."""
@@ -70,12 +73,16 @@ def serve_command(
         fail(str(exc))
     admission = AdmissionConfig(max_queue=max_queue, generate_timeout_s=generate_timeout,
                                 queue_timeout_s=queue_timeout, max_wait_services=max_wait or None)
+    from retro_ops.cli.generations import open_generation_log
+
     try:
-        holder = DeploymentHolder.start(Workspace.open(settings()), model, retrieval_set,
-                                        f"http://{host}:{port}", token, admission)
+        ws = Workspace.open(settings())
+        log = open_generation_log(ws) if generation_log else None  # a bad setting: before any record
+        holder = DeploymentHolder.start(ws, model, retrieval_set, f"http://{host}:{port}", token,
+                                        admission)
     except (RetroOpsError, ValueError) as exc:
         fail(str(exc))
-    app = create_app(holder, admin_token=token,
+    app = create_app(holder, admin_token=token, generation_log=log,
                      limits=Limits(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens))
     # The model, tokenizer, index and imports are never garbage: move them out of the collector's
     # view, or each full collection walks them all while holding the GIL (0.7 s stalls of /health

@@ -347,3 +347,20 @@ def exclusion_report(db: AuditDB, exclusion_id: int) -> ForwardLineage:
                **{name: len(rows) for name, rows in lists.items() if name not in ("chunks", "exclusions")},
                "may_need_retraining": _retraining(lists)}
     return ForwardLineage(summary, lists)
+
+
+# -- generations (the generation log): which served answers read a chunk --------------------------
+def with_generations(db: AuditDB, found: ForwardLineage) -> ForwardLineage:
+    """`found` plus the logged generations that retrieved any of its chunks (`generations`)."""
+    from retro_ops.generations.search import retrieving
+
+    chunk_ids = [c["chunk_id"] for c in found.lists.get("chunks", [])]
+    found.lists["generations"] = retrieving(db.store, chunk_ids)
+    found.summary["generations"] = len(found.lists["generations"])
+    return found
+
+
+def generations_affected_by_exclusion(db: AuditDB, exclusion_id: int) -> list[dict]:
+    """The logged generations that retrieved a chunk this exclusion covers (oldest first); the
+    chunks are those of `exclusion_report`, so a purged document's chunks still count."""
+    return with_generations(db, exclusion_report(db, exclusion_id)).lists["generations"]

@@ -15,6 +15,7 @@ import hmac
 from contextlib import asynccontextmanager
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from retro_ops.errors import (
     GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, ServerOverloadedError,
     UnknownRetrievalSetError,
 )
+from retro_ops.generations.records import new_request_id, record_of
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.serving.security import check_admin_token
 
@@ -115,12 +117,19 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits()) -> FastAPI:
+def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits(),
+               generation_log=None) -> FastAPI:
+    """`generation_log` (a `generations.log.GenerationLog`, or None when opted out) keeps every
+    generation; it is flushed and closed when the server stops cleanly."""
     admin_token = check_admin_token(admin_token, "admin token")
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        holder.close()  # a stopped server closes its deployments row
+        try:
+            holder.close()  # a stopped server closes its deployments row
+        finally:
+            if generation_log is not None:
+                generation_log.close()  # commits the last batch
 
     app = FastAPI(title="retro-ops serving", version="1", lifespan=lifespan,
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")
@@ -160,7 +169,9 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
 
     @app.get("/health")
     async def health() -> dict:  # on the event loop: never waits for a worker thread
-        return {"status": "ok", "admitted": gate.admitted, **holder.current.describe()}
+        logged = generation_log.stats.as_dict() if generation_log is not None else None
+        return {"status": "ok", "admitted": gate.admitted, **holder.current.describe(),
+                "generation_log": logged}
 
     @app.get("/deployment")
     async def deployment() -> dict:
@@ -190,7 +201,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
                                      f"{limits.max_new_tokens}")
         place = gate.admit("generate")
         try:
-            return await run_in_threadpool(_generate, holder, place, body, limits)
+            return await run_in_threadpool(_generate, holder, place, body, limits, generation_log)
         finally:
             place.release()
 
@@ -208,10 +219,12 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     return app
 
 
-def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Limits) -> dict:
+def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Limits,
+              generation_log=None) -> dict:
     """In a worker thread: wait for the turn, generate under the time limit, then (the compute
-    gate released) look up sources and build the response."""
-    gate, current = holder.gate, holder.current
+    gate released) look up sources, build the response and queue its log record."""
+    gate, current, deployment_id = holder.gate, holder.current, holder.deployment_id
+    started, request_id = datetime.now(timezone.utc), new_request_id()
     with gate.turn(place):
         prompt_tokens = len(current.tokenizer(body.prompt, add_special_tokens=False)["input_ids"])
         if prompt_tokens > limits.max_prompt_tokens:
@@ -221,7 +234,14 @@ def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Li
         result = current.generator().generate(body.prompt, max_new_tokens=body.max_new_tokens,
                                               temperature=body.temperature, seed=body.seed,
                                               deadline=deadline)
-    return {**_served_by(current), "text": result.text, "prompt_tokens": result.prompt_tokens,
+    if generation_log is not None:
+        generation_log.record(record_of(
+            result, source="http", model_info=current.model_info, retriever=current.retriever,
+            params={"max_new_tokens": body.max_new_tokens, "temperature": body.temperature,
+                    "seed": body.seed},
+            request_id=request_id, started=started, deployment_id=deployment_id))
+    return {**_served_by(current), "request_id": request_id, "text": result.text,
+            "prompt_tokens": result.prompt_tokens,
             "new_tokens": result.new_tokens,
             "retrieval_ms": round(result.retrieval_seconds * 1000, 2),
             "model_ms": round(result.model_seconds * 1000, 2),

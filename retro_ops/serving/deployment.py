@@ -84,6 +84,12 @@ class DeploymentHolder:
         self._row: int | None = None  # the catalog's deployments row of the current period
         self._lease: ServingLease | None = None  # taken with the first row this holder records
 
+    @property
+    def deployment_id(self) -> int | None:
+        """The catalog's deployments row of the serving period now current (logged generations
+        name it); during a swap it may still name the period before for an instant."""
+        return self._row
+
     @classmethod
     def start(cls, ws: Workspace, model_ref: str, retrieval_set: str, endpoint: str,
               token: str | None = None, admission: AdmissionConfig = AdmissionConfig()

@@ -11,10 +11,16 @@ default). The retro-ops home that holds the indices and LanceDB is, first found:
 (`logged_home`; models logged before it was named so recorded `home`). A copied home's model thus
 reads the copy, not the folder it was copied from; a home that no longer exists is an error,
 never silently re-created.
+
+Every predicted row is logged to the home's generation log (settings from the environment, as
+for the server: `RETRO_OPS_GENERATION_LOG=off` opts out) under the catalog's model whose weights
+these are, and the log is flushed at the end of each `predict` call (a call is the pyfunc's
+batch; MLflow gives a pyfunc no shutdown hook). The output's `request_id` column names the row.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from pathlib import Path
@@ -27,7 +33,9 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from retro_ops.features.chunking import load_tokenizer
         from retro_ops.settings import Settings
-        from retro_ops.training.checkpoint import load_checkpoint
+        from retro_ops.generations.log import open_log
+        from retro_ops.generations.records import GenerationLogConfig
+        from retro_ops.training.checkpoint import load_checkpoint, weights_digest
         from retro_ops.training.vocab import Vocabulary
         from retro_ops.workspace import Workspace
 
@@ -44,6 +52,14 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(self.ws.embedder.space.model_path)
         self.default_set = config.get("retrieval_set", "")
         self._retrievers: dict = {}
+        digest = weights_digest(folder)
+        self.model_info = next((m for m in self.ws.catalog.list_models() if m.weights_sha256 == digest), None)
+        self.generation_log = None
+        if self.model_info is not None:  # weights the catalog does not know have no lineage to log
+            self.generation_log = open_log(self.ws.store, self.ws.embedder,
+                                           GenerationLogConfig.from_env(os.environ), self.ws.settings)
+            if self.generation_log is not None:  # the traces still queued at exit
+                atexit.register(self.generation_log.close)
 
     def _retriever(self, name: str):
         if name not in self._retrievers:  # verified on first use, then kept
@@ -51,6 +67,7 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         return self._retrievers[name]
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from retro_ops.generations.records import record_of
         from retro_ops.serving.generation import Generator
 
         params = dict(params or {})
@@ -64,13 +81,21 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         generator = Generator(self.model, self.vocab, self.tokenizer, retriever)
         prompts = model_input["prompt"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
         rows = []
+        sampling = {"max_new_tokens": max_new_tokens, "temperature": float(params.get("temperature", 0.8)),
+                    "seed": int(params.get("seed", 0))}
         for prompt in prompts:
-            result = generator.generate(prompt, max_new_tokens=max_new_tokens,
-                                        temperature=float(params.get("temperature", 0.8)),
-                                        seed=int(params.get("seed", 0)))
-            rows.append({"text": result.text, "retrieval_set": name,
-                         "retrieval_set_version": retriever.version.id,
-                         "neighbours": json.dumps([{"chunk": r.chunk, "chunk_ids": [n.chunk_id for n in r.neighbours]}
-                                                   for r in result.retrievals])})
+            result = generator.generate(prompt, **sampling)
+            row = {"text": result.text, "retrieval_set": name,
+                   "retrieval_set_version": retriever.version.id,
+                   "neighbours": json.dumps([{"chunk": r.chunk, "chunk_ids": [n.chunk_id for n in r.neighbours]}
+                                             for r in result.retrievals])}
+            if self.generation_log is not None:
+                record = record_of(result, source="pyfunc", model_info=self.model_info,
+                                   retriever=retriever, params=sampling)
+                self.generation_log.record(record)
+                row["request_id"] = record.request_id
+            rows.append(row)
+        if self.generation_log is not None:
+            self.generation_log.flush()
         return pd.DataFrame(rows)
 

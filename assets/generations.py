@@ -1,0 +1,34 @@
+"""The generation log as an observable source asset: written by servers, observed by Dagster.
+
+Dagster does not produce the log (every `/generate`, `retro-ops generate` and pyfunc call
+appends to it), so it is a source asset whose observation reports the row count and the
+LanceDB version, the version being its data version: the UI shows when it last changed. It sits
+beside the retrieval sets its rows name (a dependency edge, for the graph's reading).
+"""
+
+import dagster as dg
+
+from assets.resources import FeatureStoreResource
+from assets.retrieval import retrieval_set
+from retro_ops.generations.records import GENERATIONS
+from retro_ops.generations.search import log_summary
+
+GENERATION_LOG = dg.AssetSpec(
+    "generation_log", deps=[retrieval_set], group_name="serving", kinds={"lancedb"},
+    description=f"Every served generation (LanceDB `{GENERATIONS}`): prompt and output (or their "
+                "hashes), model, retrieval-set version, deployment and the neighbour chunk ids.")
+
+
+@dg.multi_observable_source_asset(specs=[GENERATION_LOG])
+def generation_log(feature_store: FeatureStoreResource):
+    """Row count and last LanceDB version of the generation log."""
+    summary = log_summary(feature_store.open())
+    yield dg.ObserveResult(asset_key=GENERATION_LOG.key,
+                           data_version=dg.DataVersion(str(summary["lancedb_version"])),
+                           metadata={"rows": summary["rows"],
+                                     "lancedb_version": summary["lancedb_version"],
+                                     "table": GENERATIONS})
+
+
+#: Observing the log is a run of its own (the UI's "Observe sources" does the same).
+observe_generation_log = dg.define_asset_job("observe_generation_log", selection=[GENERATION_LOG.key])
