@@ -19,6 +19,7 @@ from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
+from retro_ops.retrieval.disk_refine import npy_sha256, sidecar_arrays
 from retro_ops.retrieval.index_build import IndexConfig, build_index
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
 from retro_ops.errors import IndexIntegrityError
@@ -87,7 +88,7 @@ def index_retrieval_set(
             return reused
     ids, vectors = retrieval_set_vectors(store, version, dim)
     built = build_index(vectors, ids, config)
-    data = serialize(built.index)
+    data, extra = serialize(built.index), sidecar_arrays(built.index)
     manifest = IndexManifest(
         factory=built.factory, metric="inner_product", dim=dim, ntotal=int(built.index.ntotal),
         embedding_space_id=version.embedding_space_id, retrieval_set=retrieval_set,
@@ -96,6 +97,7 @@ def index_retrieval_set(
         build_seconds=round(built.seconds, 3), search_params=built.search_params,
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
         notes=built.notes, build_key=key,
+        extra_files={name: npy_sha256(array) for name, array in extra.items()},
     )
     quality = evaluate_index(built.index, vectors, ids, queries=eval_queries)
     build_id = catalog.record_index_build(
@@ -104,7 +106,8 @@ def index_retrieval_set(
         manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
     if quality.recall_at_k < min_recall:
         return IndexBuildResult(version, manifest, quality, build_id, None)
-    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode)
+    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode,
+                              extra=extra)
     catalog.mark_index_published(build_id, str(published.path))
     return IndexBuildResult(version, manifest, quality, build_id, published)
 
