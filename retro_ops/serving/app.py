@@ -27,6 +27,7 @@ from retro_ops.errors import (
     GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, ServerOverloadedError,
     UnknownRetrievalSetError,
 )
+from retro_ops.serving.batching import BatchConfig, RetrieveBatcher
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.serving.security import check_admin_token
 
@@ -115,7 +116,9 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits()) -> FastAPI:
+def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits(),
+               batching: BatchConfig | None = None) -> FastAPI:
+    """batching: micro-batch concurrent /retrieve queries into one encoder call (None: one by one)."""
     admin_token = check_admin_token(admin_token, "admin token")
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -126,6 +129,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, drain_bytes=limits.drain_bytes)
     gate = holder.gate
+    batcher = RetrieveBatcher(gate, batching) if batching is not None else None
 
     @app.exception_handler(ServerOverloadedError)
     async def overloaded(request: Request, exc: ServerOverloadedError) -> JSONResponse:
@@ -170,6 +174,10 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     async def retrieve(body: RetrieveRequest) -> dict:
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
+        if batcher is not None:  # admitted per batch by the batcher
+            current = holder.current
+            neighbours = await run_in_threadpool(batcher.retrieve, current.retriever, body.text, body.k)
+            return {**_served_by(current), "neighbours": [n.as_dict() for n in neighbours]}
         place = gate.admit("retrieve")  # 503 now, before a worker thread is taken, when full
         current = holder.current  # this request is served by exactly this deployment
 
