@@ -11,6 +11,13 @@ Timed (best of `--runs` by wall time, each on the same documents):
   per-doc baseline tokenizer(text, add_special_tokens=False) one document at a time
   per-doc + offsets the same, also returning offsets (what the chunker needs): isolates the
                    cost of offsets from the cost of batching
+  chunk_documents, 1 process / all processes
+                   the same chunker call with workers=1 and workers=0 (documents sharded over one
+                   process per core, #17), in this process's thread settings
+  end to end, 1 process / all processes
+                   read the corpus files, normalise and deduplicate, chunk, and write the chunks
+                   to a LanceDB table in a temporary folder (a fresh table each run)
+"cores busy" counts this process only: the worker processes' CPU time is not in it.
 
 The rows run twice: in this process with the default thread settings (TOKENIZERS_PARALLELISM
 true, Rust/rayon uses every core), and in a subprocess with RAYON_NUM_THREADS=1 (one core).
@@ -66,9 +73,33 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
     texts = [text for _, text in docs]
     n_chars = sum(len(t) for t in texts)
 
-    def chunk():
-        chunks = list(chunker.chunk_documents(docs))
-        return sum(len(c.token_ids) for c in chunks), len(chunks)
+    def chunk(workers: int):
+        def run():
+            chunks = list(chunker.chunk_documents(docs, workers=workers))
+            return sum(len(c.token_ids) for c in chunks), len(chunks)
+        return run
+
+    def end_to_end(workers: int):
+        import tempfile
+
+        from retro_ops.features.store import FeatureStore
+
+        def run():
+            documents = [(f"{doc_id}/{r}", text) for r in range(args.repeat)
+                         for doc_id, text in load_documents(args.corpora)]
+            with tempfile.TemporaryDirectory() as tmp:
+                store, tokens, n = FeatureStore(tmp), 0, 0
+                batch: list = []
+                for c in chunker.chunk_documents(documents, workers=workers):
+                    batch.append(c)
+                    tokens, n = tokens + len(c.token_ids), n + 1
+                    if len(batch) >= 20_000:
+                        store.add_chunks(batch)
+                        batch = []
+                if batch:
+                    store.add_chunks(batch)
+            return tokens, n
+        return run
 
     def tokenize_only():
         return sum(len(ids) for ids, _ in chunker.tokenize(texts)), None
@@ -85,7 +116,10 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
     rows = []
     for method, fn in (("per-doc baseline", per_doc), ("per-doc + offsets", per_doc_offsets),
                        ("chunker.tokenize only", tokenize_only),
-                       ("chunker.chunk_documents", chunk)):
+                       ("chunk_documents, 1 process", chunk(1)),
+                       ("chunk_documents, all processes", chunk(0)),
+                       ("end to end, 1 process", end_to_end(1)),
+                       ("end to end, all processes", end_to_end(0))):
         timing, (tokens, n_chunks) = best_of(fn, args.runs, warmup=0)
         rate = tokens / timing.wall_s
         per_core = rate / cores_avail
