@@ -79,7 +79,7 @@ from typing import Any
 import requests
 
 from _common import (
-    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report_tables,
+    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report, report_tables,
 )
 
 HOST = "127.0.0.1"
