@@ -630,15 +630,22 @@ def compare_batching(args) -> None:
         if key not in best or row["req_per_s"] > best[key]["req_per_s"]:
             best[key] = row
     table = sorted(best.values(), key=lambda r: (r["clients"], r["mode"] != "one by one"))
+    for row in table:  # CPU per request: what a loaded machine's wall times hide
+        busy = row.get("server_cores_busy")
+        row["server_cpu_ms_per_req"] = 1e3 * busy / row["req_per_s"] if busy and row["req_per_s"] else None
     for row in table:
         base = best[("one by one", row["clients"])]
         row["rps_vs_one_by_one"] = row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else None
         row["p99_vs_one_by_one"] = (row["p99_ms"] / base["p99_ms"]) if base.get("p99_ms") else None
+        cpu, base_cpu = row["server_cpu_ms_per_req"], base["server_cpu_ms_per_req"]
+        row["cpu_vs_one_by_one"] = cpu / base_cpu if cpu and base_cpu else None
     columns = [Column("clients", "clients"), Column("mode", "mode"), Column("ok", "ok"),
                Column("errors", "errors"), Column("req_per_s", "req/s", "{:.1f}"),
                Column("rps_vs_one_by_one", "req/s vs one by one", "{:.2f}x"),
                Column("p50_ms", "p50 ms", "{:.0f}"), Column("p99_ms", "p99 ms", "{:.0f}"),
-               Column("p99_vs_one_by_one", "p99 vs one by one", "{:.2f}x")]
+               Column("p99_vs_one_by_one", "p99 vs one by one", "{:.2f}x"),
+               Column("server_cpu_ms_per_req", "server CPU ms/req", "{:.1f}"),
+               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x")]
     meta.update(load_avg_start=load_start, rounds=args.batching_rounds, all_rows=rows,
                 args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     notes = [f"Best of {args.batching_rounds} alternating round(s) per cell; k={args.k}; "
