@@ -159,10 +159,12 @@ class Chunker:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(self.tokenizer.name_or_path, self.config)) as pool:
             in_flight: deque[Future] = deque()
+            task = max(1, self.config.batch_segments // (4 * workers))  # documents per task
             for batch in batches:
-                in_flight.append(pool.submit(_chunk_in_worker, batch))
-                if len(in_flight) >= 2 * workers:  # bounded memory: a corpus is never read ahead
-                    yield from in_flight.popleft().result()
+                for start in range(0, len(batch), task):
+                    in_flight.append(pool.submit(_chunk_in_worker, batch[start:start + task]))
+                    if len(in_flight) >= 4 * workers:  # bounded: a corpus is never read ahead
+                        yield from in_flight.popleft().result()
             while in_flight:
                 yield from in_flight.popleft().result()
 
