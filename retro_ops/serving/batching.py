@@ -50,7 +50,9 @@ class RetrieveBatcher:
 
     def __init__(self, gate: ComputeGate, config: BatchConfig = BatchConfig()):
         self.gate, self.config = gate, config
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # waiting queries: answered, or no leader now
+        self._arrival = threading.Condition(lock)  # the leader gathering company (one waiter)
         self._pending: list[_Query] = []
         self._leading = False
         self.batches = 0  # encoder calls made, and the queries they answered (for /health, benches)
@@ -64,7 +66,7 @@ class RetrieveBatcher:
                     f"server busy: {len(self._pending)} retrieve queries queued (limit "
                     f"{self.config.max_pending}); retry after {self.gate.config.retry_after_s} s")
             self._pending.append(query)
-            self._cond.notify_all()  # a leader gathering company counts this one
+            self._arrival.notify()  # wakes only a leader gathering company, not every waiter
             while not query.done and self._leading:
                 self._cond.wait()
             lead = not query.done
@@ -84,12 +86,12 @@ class RetrieveBatcher:
 
     def _take_batch(self) -> list[_Query]:
         deadline = time.monotonic() + self.config.max_wait_s
-        with self._cond:
+        with self._arrival:
             while len(self._pending) < self.config.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._arrival.wait(left)
             batch = self._pending[:self.config.max_batch]
             del self._pending[:self.config.max_batch]
         return batch
