@@ -4,13 +4,21 @@ Text: the embedded corpora (corpora/sotu/*.jsonl and corpora/moby_dick/*.txt, ~2
 ~0.6M WordPiece tokens) read with `read_corpus` + `collect_documents`; `--repeat N` feeds the
 document list N times for more volume.
 
-Timed (best of `--runs` by wall time, each on the same documents):
+Timed (best of `--runs` by wall time, each on the same documents; the rows run interleaved, one
+pass of every row per round, so that a shared machine's load changes hit them alike):
   chunker          list(chunker.chunk_documents(docs)): batch tokenization + Chunk objects
   tokenize only    chunker.tokenize(texts): the batch (Rust) tokenizer call alone, for the
                    split between tokenizer time and Python chunk-building time
   per-doc baseline tokenizer(text, add_special_tokens=False) one document at a time
   per-doc + offsets the same, also returning offsets (what the chunker needs): isolates the
                    cost of offsets from the cost of batching
+  chunk_documents, 1 process / all processes
+                   the same chunker call with workers=1 and workers=0 (documents sharded over one
+                   process per core, #17), in this process's thread settings
+  end to end, 1 process / all processes
+                   read the corpus files, normalise and deduplicate, chunk, and write the chunks
+                   to a LanceDB table in a temporary folder (a fresh table each run)
+"cores busy" counts this process only: the worker processes' CPU time is not in it.
 
 The rows run twice: in this process with the default thread settings (TOKENIZERS_PARALLELISM
 true, Rust/rayon uses every core), and in a subprocess with RAYON_NUM_THREADS=1 (one core).
@@ -30,7 +38,7 @@ import subprocess
 import sys
 from typing import Any
 
-from _common import Column, best_of, environment, load_documents, report
+from _common import Column, environment, load_documents, report, time_call
 
 RETRO_TOKENS_PER_S_PER_CORE = 64e6 / (1.9 * 60)
 ROWS_MARKER = "ROWS_JSON:"
@@ -66,9 +74,33 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
     texts = [text for _, text in docs]
     n_chars = sum(len(t) for t in texts)
 
-    def chunk():
-        chunks = list(chunker.chunk_documents(docs))
-        return sum(len(c.token_ids) for c in chunks), len(chunks)
+    def chunk(workers: int):
+        def run():
+            chunks = list(chunker.chunk_documents(docs, workers=workers))
+            return sum(len(c.token_ids) for c in chunks), len(chunks)
+        return run
+
+    def end_to_end(workers: int):
+        import tempfile
+
+        from retro_ops.features.store import FeatureStore
+
+        def run():
+            documents = [(f"{doc_id}/{r}", text) for r in range(args.repeat)
+                         for doc_id, text in load_documents(args.corpora)]
+            with tempfile.TemporaryDirectory() as tmp:
+                store, tokens, n = FeatureStore(tmp), 0, 0
+                batch: list = []
+                for c in chunker.chunk_documents(documents, workers=workers):
+                    batch.append(c)
+                    tokens, n = tokens + len(c.token_ids), n + 1
+                    if len(batch) >= 20_000:
+                        store.add_chunks(batch)
+                        batch = []
+                if batch:
+                    store.add_chunks(batch)
+            return tokens, n
+        return run
 
     def tokenize_only():
         return sum(len(ids) for ids, _ in chunker.tokenize(texts)), None
@@ -83,10 +115,20 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
                                  verbose=False)["input_ids"]) for t in texts), None
 
     rows = []
-    for method, fn in (("per-doc baseline", per_doc), ("per-doc + offsets", per_doc_offsets),
+    methods = (("per-doc baseline", per_doc), ("per-doc + offsets", per_doc_offsets),
                        ("chunker.tokenize only", tokenize_only),
-                       ("chunker.chunk_documents", chunk)):
-        timing, (tokens, n_chunks) = best_of(fn, args.runs, warmup=0)
+                       ("chunk_documents, 1 process", chunk(1)),
+                       ("chunk_documents, all processes", chunk(0)),
+                       ("end to end, 1 process", end_to_end(1)),
+                       ("end to end, all processes", end_to_end(0)))
+    best: dict[str, Any] = {}
+    for _ in range(args.runs):  # interleaved: load changes hit every row alike
+        for method, fn in methods:
+            timing, result = time_call(fn)
+            if method not in best or timing.wall_s < best[method][0].wall_s:
+                best[method] = (timing, result)
+    for method, _ in methods:
+        timing, (tokens, n_chunks) = best[method]
         rate = tokens / timing.wall_s
         per_core = rate / cores_avail
         rows.append({

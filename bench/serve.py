@@ -56,6 +56,11 @@ per mode and client count, reported as on/off ratios. Then, in this process, the
 log's writer sustains (records of real 64-token sotu passages with 2 retrievals of 2 neighbours:
 embedding + LanceDB commit per batch, with and without MLflow traces) and the cost of
 `record()` on the request path. `--build-home` builds a small home first (bench/overload.py's).
+`--batching-compare` (#17) measures only the /retrieve cells, on two servers started in turn with
+the same arguments but `--batch-wait-ms -1` (one query per encoder call, the old behaviour) and
+`--batch-wait-ms` B (`--batch-wait`, 2: concurrent queries micro-batched), `--batching-rounds`
+times in alternation (ABAB), and prints req/s, p50 and p99 per mode with the batched/one-by-one
+ratios at each client count.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ from typing import Any
 import requests
 
 from _common import (
-    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report_tables,
+    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report, report_tables,
 )
 
 HOST = "127.0.0.1"
@@ -98,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--swap-set", default="moby_dick",
                         help="retrieval set swapped to and back from (moby_dick)")
     parser.add_argument("--port", type=int, default=0, help="server port (0 = a free one)")
+    parser.add_argument("--batching-compare", action="store_true",
+                        help="only /retrieve: one-by-one vs micro-batched servers, ABAB (#17)")
+    parser.add_argument("--batch-wait", type=float, default=2.0,
+                        help="--batch-wait-ms of the micro-batched server (2)")
+    parser.add_argument("--batching-rounds", type=int, default=1,
+                        help="ABAB rounds of the batching comparison (1)")
     parser.add_argument("--clients", type=parse_int_list, default=[1, 4, 16],
                         help="concurrent clients per cell, comma-separated (1,4,16)")
     parser.add_argument("--k", type=int, default=5, help="neighbours per /retrieve (5)")
@@ -181,6 +192,8 @@ class Server:
             self.argv += ["--max-queue", str(args.max_queue)]
         if getattr(args, "max_wait", None) is not None:
             self.argv += ["--max-wait", str(args.max_wait)]
+        if getattr(args, "batch_wait_ms", None) is not None:
+            self.argv += ["--batch-wait-ms", str(args.batch_wait_ms)]
         if not Path(self.argv[0]).exists():  # not run with the venv's python
             self.argv[0] = str(REPO_ROOT / ".venv" / "bin" / "retro-ops")
         self.env = {**os.environ, "RETRO_OPS_HOME": str(self.home),
@@ -614,6 +627,49 @@ def joined(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
 
 # --- main --------------------------------------------------------------------------------------
 
+def compare_batching(args) -> None:
+    """/retrieve cells on a one-by-one server and a micro-batched one, alternating."""
+    queries = query_texts(args.seed)
+    meta, load_start = environment(), os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    for round_ in range(args.batching_rounds):
+        for mode, wait in (("one by one", -1.0), (f"batched ({args.batch_wait:g} ms)", args.batch_wait)):
+            with Server(argparse.Namespace(**{**vars(args), "batch_wait_ms": wait})) as server:
+                start = requests.get(f"{server.base}/health", timeout=10).json()
+                warm_up(server, queries, [], argparse.Namespace(**{**vars(args), "skip_generate": True}))
+                for row in bench_retrieve(server, queries, args, start["retrieval_set_version"]):
+                    rows.append({**row, "mode": mode, "round": round_})
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:  # per mode and client count: the round with the most req/s
+        key = (row["mode"], row["clients"])
+        if key not in best or row["req_per_s"] > best[key]["req_per_s"]:
+            best[key] = row
+    table = sorted(best.values(), key=lambda r: (r["clients"], r["mode"] != "one by one"))
+    for row in table:  # CPU per request: what a loaded machine's wall times hide
+        busy = row.get("server_cores_busy")
+        row["server_cpu_ms_per_req"] = 1e3 * busy / row["req_per_s"] if busy and row["req_per_s"] else None
+    for row in table:
+        base = best[("one by one", row["clients"])]
+        row["rps_vs_one_by_one"] = row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else None
+        row["p99_vs_one_by_one"] = (row["p99_ms"] / base["p99_ms"]) if base.get("p99_ms") else None
+        cpu, base_cpu = row["server_cpu_ms_per_req"], base["server_cpu_ms_per_req"]
+        row["cpu_vs_one_by_one"] = cpu / base_cpu if cpu and base_cpu else None
+    columns = [Column("clients", "clients"), Column("mode", "mode"), Column("ok", "ok"),
+               Column("errors", "errors"), Column("req_per_s", "req/s", "{:.1f}"),
+               Column("rps_vs_one_by_one", "req/s vs one by one", "{:.2f}x"),
+               Column("p50_ms", "p50 ms", "{:.0f}"), Column("p99_ms", "p99 ms", "{:.0f}"),
+               Column("p99_vs_one_by_one", "p99 vs one by one", "{:.2f}x"),
+               Column("server_cpu_ms_per_req", "server CPU ms/req", "{:.1f}"),
+               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x")]
+    meta.update(load_avg_start=load_start, rounds=args.batching_rounds, all_rows=rows,
+                args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+    notes = [f"Best of {args.batching_rounds} alternating round(s) per cell; k={args.k}; "
+             f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. Machine: "
+             f"{meta['processor']}, os.cpu_count()={meta['cpu_count']}, load avg {load_start:.2f} "
+             f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only)."]
+    report("serve_batching", columns, table, meta, notes)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     home = args.home.expanduser().resolve()
@@ -627,6 +683,8 @@ def main(argv: list[str] | None = None) -> None:
         from serve_log import compare_log
 
         return compare_log(args, home)
+    if args.batching_compare:
+        return compare_batching(args)
     load_start = os.getloadavg()[0]
     raise_on_sigterm()
     log("loading query texts and prompts")

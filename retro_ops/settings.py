@@ -18,6 +18,7 @@ HOME_ENV = "RETRO_OPS_HOME"
 CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
 LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
 EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
+EMBEDDER_PRECISION_ENV = "RETRO_OPS_EMBEDDER_PRECISION"
 MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
 DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
 DEFAULT_HOME = ".retro_ops"
@@ -59,6 +60,7 @@ class Settings:
     catalog_url: str = ""
     lancedb_uri: str = ""
     embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
+    embedder_precision: str = "fp32"  # fp32 | bf16 | int8: each its own embedding space
     mlflow_uri: str = ""  # MLflow tracking + registry store; "" = SQLite under the home
     dagster_storage_url: str = ""  # postgresql://... for Dagster's runs/events/schedules; "" = SQLite
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -79,6 +81,7 @@ class Settings:
             catalog_url=env.get(CATALOG_URL_ENV, ""),
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
+            embedder_precision=env.get(EMBEDDER_PRECISION_ENV) or "fp32",
             mlflow_uri=env.get(MLFLOW_URI_ENV, ""),
             dagster_storage_url=env.get(DAGSTER_STORAGE_ENV, ""),
         )

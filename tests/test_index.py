@@ -166,7 +166,7 @@ def test_too_few_training_points_lower_nlist_or_fall_back(indexed_home, built):
 def test_factory_chosen_by_size():
     assert choose_factory(1_000, 384) == "IDMap,Flat"
     assert choose_factory(50_000, 384) == "IVF894,Flat"
-    assert choose_factory(5_800_000, 384) == "IDMap,IVF9633_HNSW32,PQ48x4fs,RFlat"
+    assert choose_factory(5_800_000, 384) == "IVF9633_HNSW32,PQ48x4fs,DiskRefine"
 
 
 def test_the_at_scale_factory_builds_with_chunk_ids(indexed_home, built):
@@ -174,7 +174,7 @@ def test_the_at_scale_factory_builds_with_chunk_ids(indexed_home, built):
     _, _, store = indexed_home
     ids, vectors = retrieval_set_vectors(store, built[0], 384)
     result = build_index(vectors, ids, IndexConfig(factory=choose_factory(1_000_000, 384)))
-    assert result.factory.startswith("IDMap,IVF") and result.factory.endswith("_HNSW32,PQ48x4fs,RFlat")
+    assert result.factory.startswith("IVF") and result.factory.endswith("_HNSW32,PQ48x4fs,DiskRefine")
     assert result.search_params["k_factor_rf"] == 64 and result.index.ntotal == len(ids)
     _, found = result.index.search(vectors[:5], 1)
     assert list(found[:, 0]) == list(ids[:5])

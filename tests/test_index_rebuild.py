@@ -38,6 +38,7 @@ EXACT = IndexConfig(factory="IDMap,Flat")
 IVF = IndexConfig(factory="IVF2,Flat", nprobe=2)  # every list probed: exact answers
 # the structure chosen at >= 200k vectors; both lists probed and 64x re-ranking cover all vectors
 REFINED = IndexConfig(factory="IDMap,IVF2_HNSW32,PQ16x4fs,RFlat", nprobe=2)
+DISK = IndexConfig(factory="IVF2_HNSW32,PQ48x4fs,DiskRefine", nprobe=2)  # the at-scale default's shape
 TOKEN = "rebuild-test-admin-token"
 _names = itertools.count()
 
@@ -82,7 +83,7 @@ def index_ids(index: faiss.Index, vectors: np.ndarray, k: int) -> list[set[int]]
     return [set(row[row >= 0].tolist()) for row in index.search(vectors, k)[1]]
 
 
-@pytest.mark.parametrize("config", [IVF, REFINED], ids=["ivf", "ivf_hnsw_pq_refine"])
+@pytest.mark.parametrize("config", [IVF, REFINED, DISK], ids=["ivf", "ivf_hnsw_pq_refine", "disk_refine"])
 def test_few_exclusions_remove_ids_and_answer_like_a_full_rebuild(indexed_home, embedder, config):
     settings, catalog, store = indexed_home
     name, first = new_set(indexed_home, embedder, config)

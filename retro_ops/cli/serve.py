@@ -56,6 +56,9 @@ def serve_command(
     generation_log: Annotated[bool, typer.Option(
         help="Keep every generation in the LanceDB generation log (+ MLflow traces); "
              "settings from $RETRO_OPS_GENERATION_LOG* (see `retro-ops generations --help`).")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(min=-1.0, help="Micro-batch concurrent /retrieve "
+                                                 "queries into one encoder call, the first waiting "
+                                                 "at most this long for more; -1 = one by one.")] = 2.0,
 ) -> None:
     """Serve /generate, /retrieve, /health, /deployment and PUT /deployment/retrieval-set
     (OpenAPI schema at /docs). Every start and swap is recorded in the catalog."""
@@ -63,6 +66,7 @@ def serve_command(
 
     from retro_ops.serving.admission import AdmissionConfig
     from retro_ops.serving.app import Limits, create_app
+    from retro_ops.serving.batching import BatchConfig
     from retro_ops.serving.deployment import DeploymentHolder
     from retro_ops.workspace import Workspace
 
@@ -82,7 +86,8 @@ def serve_command(
                                         admission)
     except (RetroOpsError, ValueError) as exc:
         fail(str(exc))
-    app = create_app(holder, admin_token=token, generation_log=log,
+    batching = BatchConfig(max_wait_s=batch_wait_ms / 1000) if batch_wait_ms >= 0 else None
+    app = create_app(holder, admin_token=token, generation_log=log, batching=batching,
                      limits=Limits(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens))
     # The model, tokenizer, index and imports are never garbage: move them out of the collector's
     # view, or each full collection walks them all while holding the GIL (0.7 s stalls of /health

@@ -4,12 +4,21 @@ Every chunk knows its document, its position and its continuation (the next chun
 document), because a RETRO neighbour is chunk + continuation. Tokenization uses the tokenizer's
 batch (Rust) path; long documents are cut into whitespace-aligned segments first, which is
 lossless for WordPiece (it splits on whitespace anyway) and bounds memory for any length.
+
+`workers > 1` shards batches of documents across processes (each tokenizer on one core: the
+Rust path alone kept 1.5 of 2 cores busy, and the Python chunk building one), with a bounded
+number of batches in flight, and yields the chunks in the same order as one process would.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -22,11 +31,14 @@ class ChunkerConfig:
     """chunk_tokens: m in the RETRO paper (64).
     segment_chars: documents longer than this are tokenized in whitespace-aligned pieces.
     batch_segments: how many segments go to the Rust tokenizer in one call.
+    workers: processes that chunk batches of documents in parallel (0 = one per core); used only
+        when there is more than one batch, so a small corpus never pays for starting them.
     """
 
     chunk_tokens: int = 64
     segment_chars: int = 50_000
     batch_segments: int = 512
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,16 +126,47 @@ class Chunker:
             results.append((ids, offsets))
         return results
 
-    def chunk_documents(self, documents: Iterable[tuple[str, str]]) -> Iterator[Chunk]:
-        """Chunks of (doc_id, text) pairs; a document shorter than m tokens gives one short chunk."""
+    def _batches(self, documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
         batch: list[tuple[str, str]] = []
         for doc in documents:
             batch.append(doc)
             if len(batch) >= self.config.batch_segments:
-                yield from self._chunk_batch(batch)
+                yield batch
                 batch = []
         if batch:
-            yield from self._chunk_batch(batch)
+            yield batch
+
+    def chunk_documents(self, documents: Iterable[tuple[str, str]], *,
+                        workers: int | None = None) -> Iterator[Chunk]:
+        """Chunks of (doc_id, text) pairs; a document shorter than m tokens gives one short chunk.
+        workers: processes to shard batches over (None: the config's; 0: every core); the
+        chunks and their order are the same for any number."""
+        workers = (self.config.workers if workers is None else workers) or os.cpu_count() or 1
+        batches = self._batches(documents)
+        first = next(batches, None)
+        second = next(batches, None) if workers > 1 else None
+        if second is None:  # one batch (or one worker): no processes to start
+            for batch in ([first] if first else []):
+                yield from self._chunk_batch(batch)
+            for batch in batches:
+                yield from self._chunk_batch(batch)
+            return
+        yield from self._chunk_parallel(chain([first, second], batches), workers)
+
+    def _chunk_parallel(self, batches: Iterable[list[tuple[str, str]]], workers: int) -> Iterator[Chunk]:
+        context = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
+        context.set_forkserver_preload([__name__])  # workers start with transformers imported
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(self.tokenizer.name_or_path, self.config)) as pool:
+            in_flight: deque[Future] = deque()
+            task = max(1, self.config.batch_segments // (4 * workers))  # documents per task
+            for batch in batches:
+                for start in range(0, len(batch), task):
+                    in_flight.append(pool.submit(_chunk_in_worker, batch[start:start + task]))
+                    if len(in_flight) >= 4 * workers:  # bounded: a corpus is never read ahead
+                        yield from in_flight.popleft().result()
+            while in_flight:
+                yield from in_flight.popleft().result()
 
     def _chunk_batch(self, batch: list[tuple[str, str]]) -> Iterator[Chunk]:
         m = self.config.chunk_tokens
@@ -142,3 +185,17 @@ class Chunker:
                     char_end=end,
                     next_chunk_id=chunk_id(doc_id, position + 1) if position + 1 < n_chunks else None,
                 )
+
+
+_worker_chunker: Chunker | None = None  # one per worker process (set by its initializer)
+
+
+def _start_worker(model_dir: str, config: ChunkerConfig) -> None:
+    global _worker_chunker
+    os.environ["RAYON_NUM_THREADS"] = "1"  # one core per process: the processes are the parallelism
+    _worker_chunker = Chunker.from_model_dir(model_dir, config)
+
+
+def _chunk_in_worker(batch: list[tuple[str, str]]) -> list[Chunk]:
+    assert _worker_chunker is not None, "initializer did not run"
+    return list(_worker_chunker._chunk_batch(batch))

@@ -4,12 +4,19 @@ Pooling follows how the model was trained (read from its sentence-transformers c
 present: mean over tokens then L2-normalise for all-MiniLM-L6-v2). The embedding space id is a
 digest of everything that changes a vector (weights, pooling, normalisation, max length), so
 features from two embedders never mix and an unchanged embedder never re-embeds a chunk.
+
+A faster, lower-precision encoder gives other vectors, so it is another space side by side with
+fp32: `precision="bf16"` (torch bf16 autocast) or `"int8"` (ONNX Runtime, `onnx_int8`). Its id is
+the digest (which then also covers the method and its recipe) plus a readable suffix naming the
+method (`..._bf16amp`, `..._int8ort`); the fp32 id is unchanged from before spaces had a precision.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +31,8 @@ from retro_ops.features.chunking import load_tokenizer
 from retro_ops.errors import EmbedderError
 
 Pooling = Literal["mean", "cls"]
+Precision = Literal["fp32", "bf16", "int8"]
+METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16amp", "int8": "int8ort"}  # space-id suffixes
 
 
 def default_model_dir() -> Path:
@@ -48,6 +57,16 @@ class EmbeddingSpace:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def precision(self) -> Precision:
+        return precision_of(self.space_id)
+
+
+def precision_of(space_id: str) -> Precision:
+    """Read back from the id's suffix, so the catalog needs no new column for it."""
+    suffix = space_id.rpartition("_")[2] if "_" in space_id else ""
+    return next((p for p, m in METHODS.items() if m and m == suffix), "fp32")  # type: ignore[return-value]
 
 
 def _weights_digest(folder: Path) -> str:
@@ -79,27 +98,74 @@ def _read_pooling(folder: Path) -> tuple[Pooling, bool, int | None]:
 
 
 class Embedder:
-    """Turns texts into float32 vectors with the model's own tokenization and pooling."""
+    """Turns texts into float32 vectors with the model's own tokenization and pooling.
+
+    precision: "fp32" (torch), "bf16" (torch autocast) or "int8" (ONNX Runtime); each is its own
+    embedding space. cache_dir: where the int8 export is kept between processes (keyed by space
+    id); None exports it into a temporary folder for this embedder only (~10 s).
+    """
 
     def __init__(self, model_path: str | Path | None = None, *, batch_size: int = 64,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, precision: Precision = "fp32",
+                 cache_dir: str | Path | None = None):
+        if precision not in METHODS:
+            raise EmbedderError(f"precision {precision!r}: expected one of {', '.join(METHODS)}")
         folder = Path(model_path) if model_path else default_model_dir()
         if not (folder / "config.json").exists():
             raise EmbedderError(f"{folder}: not a Hugging Face model folder (no config.json)")
-        self.tokenizer = load_tokenizer(folder)
+        self._tokenizer = load_tokenizer(folder)
+        self._local = threading.local()  # one tokenizer per thread: the Rust one is not reentrant
         hf_logging.disable_progress_bar()  # the library never prints; callers report progress
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self.batch_size = batch_size
         pooling, normalize, trained_max = _read_pooling(folder)
         max_tokens = max_tokens or trained_max or 256
         weights = _weights_digest(folder)
-        identity = json.dumps([weights, pooling, normalize, max_tokens]).encode()
+        identity: list = [weights, pooling, normalize, max_tokens]
+        if precision != "fp32":
+            identity += [METHODS[precision], self._recipe(precision)]
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.space = EmbeddingSpace(
-            space_id=hashlib.sha256(identity).hexdigest()[:16],
+            space_id=f"{digest}_{METHODS[precision]}" if METHODS[precision] else digest,
             model_name=folder.parent.name if folder.name == "model" else folder.name,
             model_path=str(folder), weights_digest=weights, pooling=pooling,
             normalize=normalize, dim=int(self.model.config.hidden_size), max_tokens=max_tokens,
         )
+        self.precision: Precision = precision
+        self._encoder = self._load_int8(cache_dir) if precision == "int8" else None
+
+    @staticmethod
+    def _recipe(precision: Precision) -> dict:
+        if precision == "int8":
+            from retro_ops.features.onnx_int8 import recipe
+
+            return recipe()
+        return {"torch": torch.__version__.split("+")[0], "autocast": "bfloat16"}
+
+    def _load_int8(self, cache_dir: str | Path | None):
+        from retro_ops.features.onnx_int8 import OrtEncoder, export_int8
+
+        example = self._tokenizer(["a chunk of text", "another"], padding=True, return_tensors="pt")
+        threads = torch.get_num_threads()
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{self.space.space_id}.onnx"
+            if not path.exists():
+                export_int8(self.model, example, path)
+            return OrtEncoder(path, threads)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "int8.onnx"
+            export_int8(self.model, example, path)
+            return OrtEncoder(path, threads)  # the session holds the model: the file may go
+
+    @property
+    def tokenizer(self):
+        """This thread's copy of the tokenizer (concurrent callers never share one)."""
+        own = getattr(self._local, "tokenizer", None)
+        if own is None:
+            own = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        return own
 
     @property
     def dim(self) -> int:
@@ -118,7 +184,13 @@ class Embedder:
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         encoded = self.tokenizer(texts, padding=True, truncation=True,
                                  max_length=self.space.max_tokens, return_tensors="pt")
-        hidden = self.model(**encoded).last_hidden_state  # (B, T, dim)
+        if self._encoder is not None:
+            hidden = self._encoder(encoded)  # (B, T, dim), int8 ONNX Runtime
+        elif self.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                hidden = self.model(**encoded).last_hidden_state.float()
+        else:
+            hidden = self.model(**encoded).last_hidden_state  # (B, T, dim)
         if self.space.pooling == "cls":
             pooled = hidden[:, 0]
         else:

@@ -1,8 +1,9 @@
 """Build a FAISS index whose ids are chunk ids, choosing its structure by size like autofaiss.
 
 Inner product on L2-normalised vectors (= cosine). Small sets get exact search; larger ones an
-inverted file; at scale IVF-HNSW with OPQ + 4-bit fast-scan PQ and a refine stage, the family of
-the RETRO build of the Pile (`OPQ16_64,IVF1048576_HNSW32,PQ16x4fs`). Odd inputs never break
+inverted file; at scale IVF-HNSW with 4-bit fast-scan PQ and an exact refine that reads the full
+vectors from disk (`disk_refine`), the family of the RETRO build of the Pile
+(`OPQ16_64,IVF1048576_HNSW32,PQ16x4fs`): RAM holds codes and ids only. Odd inputs never break
 the build: too few training points lower nlist (or fall back to flat), and NaN/Inf or
 wrong-dimension vectors are refused with a count before anything is added.
 """
@@ -18,6 +19,7 @@ import faiss
 import numpy as np
 
 from retro_ops.errors import IndexBuildError
+from retro_ops.retrieval.disk_refine import MARKER, DiskRefinedIndex, coarse_factory, is_disk_refined
 
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this; k-means is poorly fitted
 
@@ -42,7 +44,7 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class BuiltIndex:
-    index: faiss.Index
+    index: faiss.Index | DiskRefinedIndex
     factory: str
     train_size: int
     seconds: float
@@ -56,8 +58,9 @@ def _nlist_for(n: int) -> int:
 
 def choose_factory(n: int, dim: int, config: IndexConfig = IndexConfig()) -> str:
     """Exact below `flat_below`; IVF-Flat up to 200k; then IVF-HNSW + 4-bit fast-scan PQ with an
-    exact refine, wrapped in an id map (the refine stage cannot take ids itself). OPQ is left out:
-    at 1M it tripled build time (359 s vs 101 s) for under 0.01 recall (bench/index.py)."""
+    exact refine from the vectors on disk (`DiskRefine`: 24 B of codes + 8 B of row id resident
+    per vector at d=384, where `RFlat` kept 1,585 B). OPQ is left out: at 1M it tripled build
+    time (359 s vs 101 s) for under 0.01 recall (bench/index.py)."""
     if config.factory:
         return config.factory
     if n < config.flat_below or _nlist_for(n) < 8:
@@ -66,7 +69,7 @@ def choose_factory(n: int, dim: int, config: IndexConfig = IndexConfig()) -> str
     if n < 200_000:
         return f"IVF{nlist},Flat"
     m = 48 if dim % 48 == 0 else 16  # 4-bit fast-scan PQ sub-quantizers
-    return f"IDMap,IVF{nlist}_HNSW32,PQ{m}x4fs,RFlat"
+    return f"IVF{nlist}_HNSW32,PQ{m}x4fs{MARKER}"
 
 
 def _fit_nlist(factory: str, n_train: int, notes: list[str]) -> str:
@@ -117,7 +120,11 @@ def default_search_params(factory: str, config: IndexConfig) -> dict[str, int]:
     return params
 
 
-def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+def apply_search_params(index: faiss.Index | DiskRefinedIndex, params: dict[str, int]) -> None:
+    if isinstance(index, DiskRefinedIndex):  # its refine depth is ours; the rest is FAISS's
+        index.k_factor = int(params.get("k_factor_rf", index.k_factor))
+        params = {name: value for name, value in params.items() if name != "k_factor_rf"}
+        index = index.coarse
     space = faiss.ParameterSpace()
     for name, value in params.items():
         space.set_index_parameter(index, name, value)
@@ -134,7 +141,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, config: IndexConfig = Inde
     n_train = min(len(vectors), config.train_sample)
     factory = _fit_nlist(choose_factory(len(vectors), dim, config), n_train, notes)
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, coarse_factory(factory), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise IndexBuildError(f"bad faiss factory string {factory!r}: {str(exc).splitlines()[-1]}") from exc
     if not index.is_trained:
@@ -143,7 +150,11 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, config: IndexConfig = Inde
     else:
         n_train = 0
     for start in range(0, len(vectors), config.add_batch):
-        index.add_with_ids(vectors[start:start + config.add_batch], ids[start:start + config.add_batch])
+        if is_disk_refined(factory):  # ids are row numbers of the vectors file
+            index.add(vectors[start:start + config.add_batch])
+        else:
+            index.add_with_ids(vectors[start:start + config.add_batch], ids[start:start + config.add_batch])
+    built = DiskRefinedIndex(index, vectors, ids) if is_disk_refined(factory) else index
     params = default_search_params(factory, config)
-    apply_search_params(index, params)
-    return BuiltIndex(index, factory, n_train, time.perf_counter() - started, params, notes)
+    apply_search_params(built, params)
+    return BuiltIndex(built, factory, n_train, time.perf_counter() - started, params, notes)

@@ -22,6 +22,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from retro_ops.retrieval.disk_refine import DiskRefinedIndex
 from retro_ops.retrieval.index_build import BuiltIndex, apply_search_params
 from retro_ops.retrieval.index_publish import IndexManifest
 
@@ -56,6 +57,8 @@ class Route:
 
 def removal_blocker(index: faiss.Index) -> str | None:
     """Why ids cannot be removed correctly from this structure, or None when they can."""
+    if isinstance(index, DiskRefinedIndex):  # codes numbered by row, like an id map's inner index
+        return _position_blocker(index.coarse)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         return _position_blocker(index.index)
@@ -97,6 +100,8 @@ def _list_ids(ivf: faiss.IndexIVF) -> list[np.ndarray]:
 
 def held_ids(index: faiss.Index) -> np.ndarray:
     """Every id the index holds, sorted (a structure `removal_blocker` accepts)."""
+    if isinstance(index, DiskRefinedIndex):
+        return np.sort(np.asarray(index.ids))
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         return np.sort(faiss.vector_to_array(index.id_map))
@@ -113,6 +118,15 @@ def _positions_aligned(index: faiss.Index) -> bool:
     if isinstance(index, faiss.IndexIVF):
         return bool(np.array_equal(np.sort(np.concatenate(_list_ids(index))), np.arange(index.ntotal)))
     return True
+
+
+def _aligned(index: faiss.Index | DiskRefinedIndex) -> bool:
+    """Whether every id still maps to its own vector after a removal (see `_positions_aligned`)."""
+    if isinstance(index, DiskRefinedIndex):
+        return (len(index.vectors) == len(index.ids) == index.coarse.ntotal
+                and _positions_aligned(index.coarse))
+    inner = faiss.downcast_index(index)
+    return _positions_aligned(inner.index) if isinstance(inner, faiss.IndexIDMap) else True
 
 
 def _remove_positions(index: faiss.Index, positions: np.ndarray) -> None:
@@ -135,9 +149,15 @@ def _remove_positions(index: faiss.Index, positions: np.ndarray) -> None:
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
     """Remove `ids` from `index` in place (pass a copy); returns how many were removed. The
     structure must pass `removal_blocker`."""
-    index = faiss.downcast_index(index)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     before = index.ntotal
+    if isinstance(index, DiskRefinedIndex):  # rows of codes, vectors and ids drop together
+        gone = np.flatnonzero(np.isin(index.ids, ids)).astype(np.int64)
+        _remove_positions(index.coarse, gone)
+        index.vectors = np.delete(np.asarray(index.vectors), gone, axis=0)
+        index.ids = np.delete(np.asarray(index.ids), gone)
+        return before - index.ntotal
+    index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
         id_map = faiss.vector_to_array(index.id_map)
         gone = np.isin(id_map, ids)
@@ -184,8 +204,7 @@ def incremental_build(index: faiss.Index, manifest: IndexManifest, new_ids: np.n
         return None, full_route(f"{len(added)} chunks were added since the published version", len(new_ids))
     removed = np.setdiff1d(old_ids, new_ids, assume_unique=True)
     remove_ids(index, removed)
-    inner = faiss.downcast_index(index)
-    aligned = _positions_aligned(inner.index) if isinstance(inner, faiss.IndexIDMap) else True
+    aligned = _aligned(index)
     if not (aligned and np.array_equal(held_ids(index), new_ids)):  # never publish a mismatch
         return None, full_route("the index after removal did not hold exactly the new chunk ids", len(new_ids))
     apply_search_params(index, manifest.search_params)

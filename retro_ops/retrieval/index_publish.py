@@ -13,7 +13,10 @@ never named it (a `.pending-<build>` marker says so). A reader follows CURRENT o
 folder name inside the root, requires the manifest to name the set whose folder it is in, checks
 the index's sha256 against CURRENT and the manifest, and the (set, version, index sha256,
 manifest sha256) against the catalog's record of builds, checks ntotal against the
-retrieval-set version, and deserializes FAISS bytes (never pickle).
+retrieval-set version, and deserializes FAISS bytes (never pickle). A disk-refined index has two
+more files in its build folder (`disk_refine`: its vectors and ids as .npy); the manifest carries
+their sha256 (`extra_files`), so the catalog's manifest digest binds them too; they are checked
+before being memory-mapped, and written and fsynced before the folder is renamed into place.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -35,6 +38,9 @@ import numpy as np
 from retro_ops.durable import file_lock, fsync_path, write_fsynced
 from retro_ops.errors import CrashMode, IndexIntegrityError, SimulatedCrash
 from retro_ops.ids import sha256_hex
+from retro_ops.retrieval.disk_refine import (
+    IDS_FILE, VECTORS_FILE, DiskRefinedIndex, file_sha256, is_disk_refined, open_disk_refined, write_npy,
+)
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
@@ -69,6 +75,7 @@ class IndexManifest:
     build_key: str = ""  # hash of the set version and build config: an equal key is reused
     route: str = "full"  # "incremental": the previous build minus removed ids (notes say why)
     full_build_ntotal: int = 0  # size of the last full build this descends from (0: this one)
+    extra_files: dict = field(default_factory=dict)  # file name -> sha256 (disk-refine sidecars)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -85,8 +92,23 @@ class PublishedIndex:
     manifest: IndexManifest
 
 
-def serialize(index: faiss.Index) -> bytes:
-    return faiss.serialize_index(index).tobytes()
+def serialize(index: faiss.Index | DiskRefinedIndex) -> bytes:
+    """The FAISS bytes (of a disk-refined index: its resident codes; the vectors go beside)."""
+    coarse = index.coarse if isinstance(index, DiskRefinedIndex) else index
+    return faiss.serialize_index(coarse).tobytes()
+
+
+_SIDECARS = {VECTORS_FILE, IDS_FILE}
+
+
+def _write_extra(folder: Path, extra: Mapping, manifest: IndexManifest) -> None:
+    if set(extra) != set(manifest.extra_files) or not set(extra) <= _SIDECARS:
+        raise IndexIntegrityError(f"extra files {sorted(extra)} do not match the manifest's "
+                                  f"{sorted(manifest.extra_files)}")
+    for name, array in extra.items():
+        if write_npy(folder / name, array) != manifest.extra_files[name]:
+            raise IndexIntegrityError(f"{name}: sha256 does not match the manifest")
+        fsync_path(folder / name)
 
 
 def _publish_lock(root: Path):
@@ -133,8 +155,10 @@ def recover_publish(root: Path) -> list[str]:
 
 
 def publish_index(root: Path, data: bytes, manifest: IndexManifest, *,
-                  crash_at: CrashPoint | None = None, crash_mode: CrashMode = "raise") -> PublishedIndex:
-    """Write a new build folder, then flip CURRENT to it. `crash_at` lets tests crash midway."""
+                  crash_at: CrashPoint | None = None, crash_mode: CrashMode = "raise",
+                  extra: Mapping | None = None) -> PublishedIndex:
+    """Write a new build folder, then flip CURRENT to it. `crash_at` lets tests crash midway.
+    extra: file name -> array written beside the index (`sidecar_arrays`)."""
     if sha256_hex(data) != manifest.sha256:
         raise IndexIntegrityError("manifest sha256 does not match the index bytes")
     root.mkdir(parents=True, exist_ok=True)
@@ -148,6 +172,7 @@ def publish_index(root: Path, data: bytes, manifest: IndexManifest, *,
             (temp / INDEX_FILE).write_bytes(data[: len(data) // 2])
             SimulatedCrash.at("while writing the index", crash_mode)
         write_fsynced(temp / INDEX_FILE, data)
+        _write_extra(temp, extra or {}, manifest)
         if crash_at == "after_index_write":
             SimulatedCrash.at("after writing the index", crash_mode)
         write_fsynced(temp / MANIFEST_FILE, manifest.to_json().encode())  # sha256 = digest()
@@ -237,4 +262,18 @@ def load_current(root: Path, *, retrieval_set: str, is_trusted: TrustCheck,
     if index.ntotal != manifest.ntotal:
         raise IndexIntegrityError(f"{root / build}: index holds {index.ntotal} vectors, "
                                   f"manifest says {manifest.ntotal}")
-    return index, manifest
+    if not is_disk_refined(manifest.factory):
+        return index, manifest
+    if set(manifest.extra_files) != _SIDECARS:
+        raise IndexIntegrityError(f"{root / build}: a disk-refined index needs "
+                                  f"{sorted(_SIDECARS)}; its manifest names {sorted(manifest.extra_files)}")
+    for name, expected in sorted(manifest.extra_files.items()):
+        path = root / build / name
+        actual = file_sha256(path) if path.is_file() else "missing"
+        if actual != expected:
+            raise IndexIntegrityError(f"{path}: sha256 {actual[:12]}... does not match the "
+                                      f"manifest ({expected[:12]}...); refusing to load")
+    try:
+        return open_disk_refined(index, root / build), manifest
+    except ValueError as error:
+        raise IndexIntegrityError(f"{root / build}: {error}") from error

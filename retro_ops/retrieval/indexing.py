@@ -23,6 +23,7 @@ from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
+from retro_ops.retrieval.disk_refine import npy_sha256, sidecar_arrays
 from retro_ops.retrieval.index_build import BuiltIndex, IndexConfig, apply_search_params, build_index
 from retro_ops.retrieval.index_incremental import (
     IncrementalConfig, Route, count_blocker, full_route, incremental_build,
@@ -133,7 +134,7 @@ def index_retrieval_set(
     ids, vectors = retrieval_set_vectors(store, version, dim)
     built, quality, route = _build(catalog, root, version, config, incremental, ids, vectors,
                                    eval_queries, min_recall)
-    data = serialize(built.index)
+    data, extra = serialize(built.index), sidecar_arrays(built.index)
     manifest = IndexManifest(
         factory=built.factory, metric="inner_product", dim=dim, ntotal=int(built.index.ntotal),
         embedding_space_id=version.embedding_space_id, retrieval_set=retrieval_set,
@@ -143,6 +144,7 @@ def index_retrieval_set(
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
         notes=[*built.notes, route.note()], build_key=key, route=route.name,
         full_build_ntotal=route.full_build_ntotal,
+        extra_files={name: npy_sha256(array) for name, array in extra.items()},
     )
     build_id = catalog.record_index_build(
         version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
@@ -150,7 +152,8 @@ def index_retrieval_set(
         manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
     if quality.recall_at_k < min_recall:
         return IndexBuildResult(version, manifest, quality, build_id, None)
-    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode)
+    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode,
+                              extra=extra)
     catalog.mark_index_published(build_id, str(published.path))
     return IndexBuildResult(version, manifest, quality, build_id, published)
 

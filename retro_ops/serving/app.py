@@ -29,6 +29,7 @@ from retro_ops.errors import (
     UnknownRetrievalSetError,
 )
 from retro_ops.generations.records import new_request_id, record_of
+from retro_ops.serving.batching import BatchConfig, RetrieveBatcher
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.serving.security import check_admin_token
 
@@ -118,9 +119,10 @@ class BodyLimit:
 
 
 def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Limits = Limits(),
-               generation_log=None) -> FastAPI:
+               generation_log=None, batching: BatchConfig | None = None) -> FastAPI:
     """`generation_log` (a `generations.log.GenerationLog`, or None when opted out) keeps every
-    generation; it is flushed and closed when the server stops cleanly."""
+    generation; it is flushed and closed when the server stops cleanly. `batching`: micro-batch
+    concurrent /retrieve queries into one encoder call (None: one by one)."""
     admin_token = check_admin_token(admin_token, "admin token")
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -135,6 +137,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
                   description="RETRO generation and retrieval with a hot-swappable retrieval set.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, drain_bytes=limits.drain_bytes)
     gate = holder.gate
+    batcher = RetrieveBatcher(gate, batching) if batching is not None else None
 
     @app.exception_handler(ServerOverloadedError)
     async def overloaded(request: Request, exc: ServerOverloadedError) -> JSONResponse:
@@ -181,6 +184,10 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     async def retrieve(body: RetrieveRequest) -> dict:
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
+        if batcher is not None:  # admitted per batch by the batcher
+            current = holder.current
+            neighbours = await run_in_threadpool(batcher.retrieve, current.retriever, body.text, body.k)
+            return {**_served_by(current), "neighbours": [n.as_dict() for n in neighbours]}
         place = gate.admit("retrieve")  # 503 now, before a worker thread is taken, when full
         current = holder.current  # this request is served by exactly this deployment
 

@@ -1,0 +1,82 @@
+"""Micro-batched retrieval (#17): concurrent queries share encoder calls and each gets exactly
+the neighbours it would have got alone, through the library and through the real server."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from helpers import free_port, serve_in_thread, tiny_spec
+
+from retro_ops.errors import ServerOverloadedError
+from retro_ops.serving.admission import AdmissionConfig, ComputeGate
+from retro_ops.serving.app import create_app
+from retro_ops.serving.batching import BatchConfig, RetrieveBatcher
+from retro_ops.serving.deployment import DeploymentHolder
+from retro_ops.training.prepare import prepare_training
+from retro_ops.training.run import train_model
+
+
+def _queries(ws, n: int) -> list[str]:
+    rows = ws.store.members(ws.retriever("small").version.digest, ["text"]).to_pylist()
+    return [r["text"][:120] for r in rows[:n]] + ["the whale", "harpoon and boat", "Ishmael"]
+
+
+def _ids(neighbours) -> list[int]:
+    return [n.chunk_id for n in neighbours]
+
+
+def test_concurrent_queries_are_batched_and_get_their_own_neighbours(ws):
+    retriever = ws.retriever("small")
+    texts = _queries(ws, 21)
+    alone = {t: _ids(retriever.retrieve([t], k=4)[0]) for t in texts}
+    batcher = RetrieveBatcher(ComputeGate(AdmissionConfig(max_queue=64)), BatchConfig(max_wait_s=0.05))
+    start = threading.Barrier(len(texts))
+
+    def ask(text: str) -> list[int]:
+        start.wait()
+        return _ids(batcher.retrieve(retriever, text, 4))
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        together = dict(zip(texts, pool.map(ask, texts)))
+    assert together == alone
+    assert batcher.queries == len(texts) and batcher.batches < len(texts) / 2
+
+
+def test_mixed_k_in_one_batch_are_answered_separately(ws):
+    retriever = ws.retriever("small")
+    batcher = RetrieveBatcher(ComputeGate(AdmissionConfig()), BatchConfig(max_wait_s=0.05))
+    with ThreadPoolExecutor(2) as pool:
+        one, three = pool.map(lambda k: batcher.retrieve(retriever, "the whale", k), (1, 3))
+    assert len(one) == 1 and len(three) == 3 and one[0].chunk_id == three[0].chunk_id
+
+
+def test_a_full_queue_is_refused_at_once(ws):
+    batcher = RetrieveBatcher(ComputeGate(AdmissionConfig()), BatchConfig(max_pending=1))
+    batcher._pending.append(object())  # one query already waiting: the queue is full
+    with pytest.raises(ServerOverloadedError, match="1 retrieve queries queued"):
+        batcher.retrieve(ws.retriever("small"), "the whale", 1)
+
+
+def test_bad_batch_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        BatchConfig(max_batch=0)
+
+
+def test_batched_server_answers_like_one_at_a_time(ws):
+    info = train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro").info
+    port = free_port()
+    holder = DeploymentHolder.start(ws, info.ref, "small", f"http://127.0.0.1:{port}", None,
+                                    AdmissionConfig(max_queue=32))
+    texts = _queries(ws, 13)
+    alone = {t: _ids(holder.current.retriever.retrieve([t], k=3)[0]) for t in texts}
+    app = create_app(holder, admin_token=None, batching=BatchConfig(max_wait_s=0.02))
+    with serve_in_thread(app, port) as base, ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(lambda t: requests.post(f"{base}/retrieve", json={"text": t, "k": 3},
+                                                        timeout=60), texts))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    served = {t: [n["chunk_id"] for n in a.json()["neighbours"]] for t, a in zip(texts, answers)}
+    assert served == alone
+    assert all(a.json()["retrieval_set"] == "small" for a in answers)

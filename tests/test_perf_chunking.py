@@ -1,0 +1,31 @@
+"""Chunking on every core (#17): documents sharded over processes give the very chunks, in the
+very order, that one process gives."""
+
+from __future__ import annotations
+
+from retro_ops.corpus import collect_documents, read_corpus
+from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.features.chunking import Chunker, ChunkerConfig
+from retro_ops.features.embedder import default_model_dir
+
+
+def _documents() -> list[tuple[str, str]]:
+    raw = list(read_corpus(CORPORA_DIR / "moby_dick" / "*.txt"))[:30]
+    return [(d.doc_id, d.text) for d in collect_documents(raw).documents]
+
+
+def test_processes_give_the_same_chunks_in_the_same_order():
+    # 4 documents a batch and a 20k-character segment: many batches, long documents segmented
+    config = ChunkerConfig(batch_segments=4, segment_chars=20_000)
+    chunker = Chunker.from_model_dir(default_model_dir(), config)
+    documents = _documents()
+    alone = list(chunker.chunk_documents(documents, workers=1))
+    sharded = list(chunker.chunk_documents(documents, workers=2))
+    assert len(alone) > 500 and sharded == alone
+    assert len({c.doc_id for c in sharded}) == len(documents)
+
+
+def test_default_all_cores_config_chunks_like_one_process():
+    chunker = Chunker.from_model_dir(default_model_dir(), ChunkerConfig(workers=0))
+    documents = _documents()[:3]
+    assert list(chunker.chunk_documents(documents)) == list(chunker.chunk_documents(documents, workers=1))
