@@ -191,7 +191,8 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
         ("retrofit", "no retrieval"), ("retrofit", "set small_set")]
     assert rows[0]["bits_per_byte"] == rows[3]["bits_per_byte"]  # RETROfit without retrieval = baseline
     swapped = trained["swap_evaluation"].metadata["rows"]
-    assert [r["setting"] for r in swapped] == ["no retrieval", "set small_set"]
+    assert [(r["kind"], r["setting"]) for r in swapped] == [
+        ("retro", "no retrieval"), ("retro", "set small_set"), ("baseline", "no retrieval")]
     assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
     again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
     assert again["retro_checkpoint"].metadata["reused"] is True
