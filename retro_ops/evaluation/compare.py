@@ -128,6 +128,7 @@ class EvaluationReport:
     comparisons: list[Comparison] = field(default_factory=list)
     leakage_filter: bool = False
     scores: dict = field(default_factory=dict, repr=False, compare=False)  # (model, setting) -> EvalResult
+    buckets: dict = field(default_factory=dict, repr=False, compare=False)  # set name -> Buckets
 
     def table(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
@@ -227,7 +228,7 @@ def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets
             retrieval_set_version_id=chosen.set_version_id if chosen else None,
             eval_corpus_version_id=text.corpus_version.id, bits_per_byte=row.bits_per_byte,
             loss_per_token=row.loss_per_token, tokens=row.tokens, n_bytes=row.bytes, mlflow_run_id=run_id)
-    return EvaluationReport(text.name, rows, run_id, comparisons, leakage_filter, scored)
+    return EvaluationReport(text.name, rows, run_id, comparisons, leakage_filter, scored, buckets)
 
 
 def _slug(text: str) -> str:
