@@ -13,6 +13,7 @@ from assets.resources import (
     WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
+from assets.dedup import DEDUP_ASSETS, DEDUP_CHECKS
 from assets.evaluation import evaluation, swap_evaluation
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
@@ -20,7 +21,7 @@ FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
 RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
 MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
                 evaluation, swap_evaluation]
-ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS
+ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS + DEDUP_ASSETS
 
 
 def default_resources(training: TrainingResource | None = None) -> dict:
@@ -36,4 +37,4 @@ def default_resources(training: TrainingResource | None = None) -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=DEDUP_CHECKS, resources=default_resources())

@@ -46,11 +46,12 @@ def test_asset_graph_snapshot():
                     "retro_checkpoint": ["training_neighbours"],
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
-                    "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
+                    "swap_evaluation": ["faiss_index", "retro_checkpoint"],
+                    "near_duplicates": ["documents"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
                       "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
-                      "embeddings_unique_keys", "faiss_index_ntotal", "faiss_index_recall",
+                      "embeddings_unique_keys", "evaluation_leaky_share", "faiss_index_ntotal", "faiss_index_recall",
                       "retrieval_set_chunks_unique_keys"]
 
 

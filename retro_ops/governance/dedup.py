@@ -19,6 +19,7 @@ from datasketch import MinHash, MinHashLSH
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import NewExclusion
+from retro_ops.features.store import FeatureStore
 
 REASON = "near-duplicate"
 _WORD = re.compile(r"\w+")
@@ -35,6 +36,12 @@ class DedupConfig:
     threshold: float = 0.7
     num_perm: int = 128
     seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 0.95:  # above ~0.95 LSH has too few bands to work
+            raise ValueError(f"dedup threshold is a Jaccard similarity in (0, 0.95], got {self.threshold!r}")
+        if self.ngram < 1 or self.num_perm < 16:
+            raise ValueError(f"dedup needs ngram >= 1 and num_perm >= 16, got {self.ngram}, {self.num_perm}")
 
     @property
     def policy(self) -> str:
@@ -142,6 +149,13 @@ def near_duplicates_of(queries: Mapping[str, str], candidates: Mapping[str, str]
         for other, _ in _similar(sig, lsh.query(sig), cand_sigs, config):
             found.setdefault(other, query)
     return found
+
+
+def corpus_texts(catalog: Catalog, store: FeatureStore, corpora: list[str]) -> dict[str, str]:
+    """doc id -> text of every document in the latest version of each named corpus."""
+    doc_ids = sorted({d for name in corpora
+                      for d in catalog.corpus_doc_ids(catalog.latest_corpus_version(name).id)})
+    return store.document_texts(doc_ids)
 
 
 def record_near_duplicates(catalog: Catalog, report: DedupReport, *, actor: str) -> list[int]:
