@@ -26,6 +26,13 @@ from pathlib import Path
 from _common import Column, base_parser, environment, log, parse_int_list, report_tables
 
 
+def parse_seeds(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"expected comma-separated seeds >= 0, got {text!r}")
+    return values
+
+
 def parse_shares(text: str) -> list[float]:
     values = [float(v) for v in text.split(",") if v.strip()]
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
@@ -40,7 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=parse_int_list, default=[300])
     parser.add_argument("--self-neighbours", type=parse_shares, default=[0.25],
                         help="comma-separated shares of training chunks given a self-neighbour")
-    parser.add_argument("--seeds", type=parse_int_list, default=[0, 1, 2])
+    parser.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2])
     parser.add_argument("--swap-on", default="", help="also evaluate this corpus's held-out text")
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
                                                         "(default: the training set)")
