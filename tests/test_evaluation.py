@@ -172,3 +172,18 @@ def test_leakage_filter_moves_all_chunks_but_not_the_low_alpha_bucket(ws, leaky)
     assert b.bits_per_byte(low) == pytest.approx(a.bits_per_byte(low), abs=1e-9)  # unchanged
     # no retrieval is the same text, so it does not move at all
     assert plain.rows[0].bits_per_byte == filtered.rows[0].bits_per_byte
+
+
+def test_eval_fails_when_too_many_chunks_copy_unless_allowed(ws, leaky, monkeypatch):
+    from retro_ops.cli.main import app
+
+    monkeypatch.setenv("RETRO_OPS_HOME", str(ws.settings.home))
+    args = ["eval", "--model", leaky.ref, "--on", "probe:all", "--set", "leaky", "--max-leaky-share", "0.05"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2  # a refused input, as every `fail` of the CLI
+    assert "of evaluated chunks have overlap alpha > 50%" in " ".join(refused.output.split())
+    allowed = CliRunner().invoke(app, [*args, "--allow-leakage", "--json"])
+    assert allowed.exit_code == 0, allowed.output
+    report = json.loads(allowed.stdout)
+    assert report["leaky_share_ok"] is False and report["leaky_share"] > 0.05
+    assert {c["what"] for c in report["comparisons"]} == {"retrieval vs none"}
