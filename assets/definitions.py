@@ -13,6 +13,7 @@ from assets.resources import (
     WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
+from assets.dedup import DEDUP_ASSETS, DEDUP_CHECKS
 from assets.evaluation import evaluation, swap_evaluation
 from assets.generations import generation_log, observe_generation_log
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
@@ -21,7 +22,7 @@ FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
 RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
 MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
                 evaluation, swap_evaluation]
-ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS
+ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS + DEDUP_ASSETS
 SOURCE_ASSETS = [generation_log]  # observed, never materialized by Dagster
 
 
@@ -38,5 +39,5 @@ def default_resources(training: TrainingResource | None = None) -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS + SOURCE_ASSETS, jobs=[observe_generation_log],
-                      resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS + SOURCE_ASSETS, asset_checks=DEDUP_CHECKS,
+                      jobs=[observe_generation_log], resources=default_resources())

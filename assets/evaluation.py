@@ -15,10 +15,19 @@ from retro_ops.training.run import find_model
 
 
 def _bpb_markdown(rows) -> str:
-    lines = ["| model | setting | bits/byte | loss/token | 8-gram overlap |", "|---|---|---|---|---|"]
-    lines += [f"| {r.model} | {r.setting} | {r.bits_per_byte:.4f} | {r.loss_per_token:.4f} | "
-              f"{'' if r.neighbour_8gram_overlap is None else f'{r.neighbour_8gram_overlap:.4f}'} |"
-              for r in rows]
+    def num(v):
+        return "" if v is None or v != v else f"{v:.4f}"
+    lines = ["| model | setting | bits/byte | non-[UNK] bpb | bpb alpha<=12.5% | bpb alpha<=50% | alpha>50% share |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.model} | {r.setting} | {num(r.bits_per_byte)} | {num(r.bits_per_byte_known)} | "
+              f"{num(r.bpb_alpha_le_12_5)} | {num(r.bpb_alpha_le_50)} | {num(r.leaky_share)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _intervals_markdown(comparisons) -> str:
+    lines = ["| a | b | bucket | bpb a - b | 95% interval |", "|---|---|---|---|---|"]
+    lines += [f"| {c.a} | {c.b} | {c.bucket} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] |"
+              for c in comparisons]
     return "\n".join(lines)
 
 
@@ -45,6 +54,8 @@ def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
         "bpb_baseline": round(best["no retrievalbaseline"], 4),
         "bpb_retro_with_retrieval": round(best[f"set {spec.retrieval_set}retro"], 4),
         "rows": dg.MetadataValue.json(report.table()),
+        "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
+        "leaky_share": round(report.leaky_share, 4),
     })
 
 
@@ -65,16 +76,20 @@ def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationCon
     training set, and each swapped-in set; one MLflow run whose inputs are the sets used."""
     ws = workspace.open()
     spec = training.spec()
-    info = (ws.catalog.resolve_model(config.model) if config.model
-            else find_model(ws, prepare_training(ws, spec), "retro"))
+    data = prepare_training(ws, spec)
+    info = ws.catalog.resolve_model(config.model) if config.model else find_model(ws, data, "retro")
     if info is None:
         raise dg.Failure("no RETRO model trained from this spec yet: materialize retro_checkpoint")
+    baseline = find_model(ws, data, "baseline")  # the paired row: same text, no retrieval (#14)
     text = heldout_text(ws, config.on, spec.split, spec.model.chunk_size)
-    report = evaluate_models(ws, [info], text, list(config.sets), k=info.config["n_neighbours"],
-                             dagster_run_id=context.run.run_id)
+    report = evaluate_models(ws, [info] + ([baseline] if baseline else []), text, list(config.sets),
+                             k=info.config["n_neighbours"], dagster_run_id=context.run.run_id)
     return dg.MaterializeResult(metadata={
         "text": report.text, "documents": len(text.doc_ids), "model": info.ref,
         "mlflow_run_id": report.mlflow_run_id, "bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
         "rows": dg.MetadataValue.json(report.table()),
-        **{f"bpb_{r.setting.replace(' ', '_')}": round(r.bits_per_byte, 4) for r in report.rows},
+        "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
+        "leaky_share": round(report.leaky_share, 4),
+        **{f"bpb_{'baseline_' if r.kind == 'baseline' else ''}{r.setting.replace(' ', '_')}":
+           round(r.bits_per_byte, 4) for r in report.rows},
     })

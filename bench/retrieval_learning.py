@@ -1,25 +1,20 @@
-"""Does RETRO learn to read its neighbours, and does that carry over to a swapped-in set?
-Held-out bits per byte with and without retrieval after N training steps, for each share of
-self-neighbours in training and for chunked cross-attention with and without relative positions.
+"""Does RETRO beat its paired baseline, and where does the gain come from? Held-out bits per
+byte of RETRO (no retrieval and with real neighbours) against the baseline trained from the same
+seed (identical decoder initialisation, identical batches), over several seeds, with 95% paired
+bootstrap intervals over held-out chunks and buckets by the paper's overlap alpha.
 
-Data: the home's training corpus and retrieval set (`TrainingSpec(corpus, retrieval_set)` through
-`prepare_training`, the seeded train/held-out split, neighbours from the set's verified index
-with same-document hits dropped), model `demo_model_config()` with the trimmed vocabulary, k = 2.
+Data: the home's training corpus and retrieval set through `prepare_training` (the seeded split,
+training neighbours that never come from a held-out document or a near-duplicate of one, held-out
+neighbours from the set minus the chunk's own document), model `demo_model_config()`, k = 2.
+Bytes are counted exactly from token offsets (`evaluation.token_bytes`).
 
-A self-neighbour replaces a chunk's last neighbour by the chunk itself followed by its own
-continuation, the very text the model must predict next (`with_self_neighbours`). Share 0 is
-plain RETRO training; share 1 gives every chunk one ("oracle" neighbours): a model that can copy
-from a neighbour at all gets far lower loss with them, so "bpb, self-neighbours" on held-out text
-measures the ability to read neighbours apart from whether the corpus offers anything to read.
-Shares in between are the training recipe retro-ops uses (`TrainConfig.self_neighbours`).
-
-Each variant (share x CCA positions x steps) is trained from the same seed by the library's
-trainer (separate runs: the learning-rate schedule depends on the length), then evaluated on the
-held-out documents with no retrieval, with the real neighbours and with self-neighbours only,
-and, with `--swap-on CORPUS`, on that corpus's held-out documents with no retrieval and with each
-of `--swap-sets` (the transfer `retro-ops eval` measures). Gain = bpb without retrieval - bpb with.
-Runs on `--device` (cuda when available): on 2 CPU cores 300 steps take about 3.5 minutes per
-variant, on an H100 seconds.
+Per seed and variant (self-neighbour share x steps): a baseline and a RETRO are trained by the
+library's trainer; differences (negative: the first is better) are RETRO with retrieval minus the
+baseline, and RETRO with retrieval minus RETRO without, each with its interval, over all held-out
+chunks and over the chunks with alpha <= 12.5% (those that can copy little). With `--swap-on
+CORPUS` the models are also evaluated on that corpus's held-out text with each of `--swap-sets`
+(the zero-shot swap), with the baseline's row and the interval of each set against the first.
+The summary gives mean and sample standard deviation across seeds. Runs on `--device`.
 """
 
 from __future__ import annotations
@@ -28,7 +23,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from _common import Column, base_parser, environment, log, parse_int_list, report
+from _common import Column, base_parser, environment, log, parse_int_list, report_tables
+
+
+def parse_seeds(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"expected comma-separated seeds >= 0, got {text!r}")
+    return values
 
 
 def parse_shares(text: str) -> list[float]:
@@ -42,88 +44,166 @@ def main() -> None:
     parser = base_parser(__doc__, "retro-ops home holding the trained corpus and its retrieval set")
     parser.add_argument("--corpus", default="sotu")
     parser.add_argument("--retrieval-set", default="sotu")
-    parser.add_argument("--steps", type=parse_int_list, default=[150, 300])
-    parser.add_argument("--self-neighbours", type=parse_shares, default=[0.0, 0.5, 1.0],
+    parser.add_argument("--steps", type=parse_int_list, default=[300])
+    parser.add_argument("--self-neighbours", type=parse_shares, default=[0.25],
                         help="comma-separated shares of training chunks given a self-neighbour")
-    parser.add_argument("--positions", default="on", help="CCA positions: on, off or on,off")
+    parser.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2])
     parser.add_argument("--swap-on", default="", help="also evaluate this corpus's held-out text")
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
                                                         "(default: the training set)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
-    positions_modes = [p.strip() for p in args.positions.split(",") if p.strip()]
-    if not positions_modes or set(positions_modes) - {"on", "off"}:
-        parser.error(f"--positions takes on, off or on,off; got {args.positions!r}")
+    if len(args.seeds) < 3:
+        log("fewer than 3 seeds: the spread across seeds means little")
 
+    import numpy as np
     import torch
 
-    from retro_ops.settings import Settings
-    from retro_ops.training.data import make_sequences
     from retro_ops.evaluation.bits_per_byte import evaluate
     from retro_ops.evaluation.compare import heldout_text
-    from retro_ops.training.neighbours import NeighbourConfig, with_self_neighbours
+    from retro_ops.evaluation.intervals import mean_and_spread, paired_bootstrap
+    from retro_ops.evaluation.overlap import Buckets, overlap_alpha
+    from retro_ops.evaluation.token_bytes import token_bytes
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.settings import Settings
+    from retro_ops.training.data import make_sequences
+    from retro_ops.training.neighbours import NeighbourConfig
     from retro_ops.training.prepare import (
         TrainingSpec, encode_neighbours, encode_table, neighbours_for, prepare_training,
     )
     from retro_ops.training.run import model_config, training_data
     from retro_ops.training.trainer import TrainConfig, TrainingData, seeded_model, train
+    from retro_ops.training.vocab import UNK
     from retro_ops.workspace import Workspace
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ws = Workspace.open(Settings(home=args.home))
     data = prepare_training(ws, TrainingSpec(corpus=args.corpus, retrieval_set=args.retrieval_set))
     config, vocab, m = model_config("retro", data), data.vocab, data.spec.model.chunk_size
-    heldout = training_data(data, True, heldout=True)
-    evaluated = {"none": TrainingData(heldout.sequences, None), "real": heldout,
-                 "self": TrainingData(heldout.sequences, encode_neighbours(with_self_neighbours(
-                     data.heldout_neighbours.neighbours, data.heldout_table, 1.0, args.seed), vocab))}
-    swap = {}
+    base_config = model_config("baseline", data)
+    unk_id = int(vocab.encode(np.array([UNK]))[0])
+    chunker = Chunker(ws.embedder.tokenizer)
+
+    def setting(table, found):
+        """(sequences, bytes, buckets, data with neighbours | None) of one text and set."""
+        sequences = make_sequences(encode_table(table, vocab), config.n_chunks)
+        sizes = token_bytes(ws.store, chunker, table)
+        if found is None:
+            return sequences, sizes, None, None
+        buckets = Buckets.of(overlap_alpha(table, sequences, found), sizes.sum(axis=1) > 0)
+        return sequences, sizes, buckets, TrainingData(sequences, encode_neighbours(found, vocab))
+
+    seqs, sizes, buckets, heldout = setting(data.heldout_table, data.heldout_neighbours.neighbours)
+    swaps = {}
     if args.swap_on:
         text = heldout_text(ws, args.swap_on, data.spec.split, m)
-        sequences = make_sequences(encode_table(text.table, vocab), config.n_chunks)
-        swap["none"] = TrainingData(sequences, None)
         for name in (args.swap_sets or args.retrieval_set).split(","):
             found = neighbours_for(ws, text.table, ws.retriever(name), NeighbourConfig(k=config.n_neighbours), m)
-            swap[name] = TrainingData(sequences, encode_neighbours(found.neighbours, vocab))
-    log(f"{len(data.train_table)} train and {len(data.heldout_table)} held-out chunks of "
-        f"{args.corpus}, neighbours from {args.retrieval_set}; device {device}")
+            swaps[name] = setting(text.table, found.neighbours)
+    log(f"{len(data.train_table)} train / {len(data.heldout_table)} held-out chunks of {args.corpus}, "
+        f"neighbours from {args.retrieval_set}; alpha>50% share {buckets.leaky_share:.3f}; device {device}")
 
-    rows = []
-    for share in args.self_neighbours:
-        for positions in (mode == "on" for mode in positions_modes):
-            for steps in args.steps:
-                train_config = TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed,
-                                           checkpoint_every=steps, self_neighbours=share,
-                                           warmup_steps=max(1, steps // 10))  # as the demo
-                train_data = training_data(replace(data, spec=replace(data.spec, train=train_config)), True)
-                model = seeded_model(replace(config, cca_positions=positions), args.seed).to(device)
-                with tempfile.TemporaryDirectory() as tmp:  # the trainer checkpoints once, at the end
-                    seconds = train(model, train_data, Path(tmp) / "model", train_config).seconds
-                bpb = {name: evaluate(model, d, name).bits_per_byte for name, d in evaluated.items()}
-                row = {"self_neighbours": share, "cca_positions": positions, "steps": steps,
-                       "train_s": seconds, "bpb_none": bpb["none"], "bpb_real": bpb["real"],
-                       "gain_real": bpb["none"] - bpb["real"], "bpb_self": bpb["self"],
-                       "gain_self": bpb["none"] - bpb["self"]}
-                for name, d in swap.items():
-                    row[f"swap_{name}"] = evaluate(model, d, name).bits_per_byte
+    def fit(cfg, share, steps, seed, with_neighbours):
+        tc = TrainConfig(steps=steps, batch_size=args.batch_size, seed=seed, checkpoint_every=steps,
+                         self_neighbours=share, warmup_steps=max(1, steps // 10))  # as the demo
+        inputs = training_data(replace(data, spec=replace(data.spec, train=tc)), with_neighbours)
+        model = seeded_model(cfg, seed).to(device)
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = train(model, inputs, Path(tmp) / "model", tc).seconds
+        return model, seconds
+
+    def score(model, seq, n_bytes, with_data):
+        return evaluate(model, with_data or TrainingData(seq, None), "", n_bytes, unk_id,
+                        batch_size=args.batch_size).chunks
+
+    def diff(a, b, rows, seed):
+        rows = rows[a.bytes[rows] > 0]
+        return paired_bootstrap(a.nll[rows], b.nll[rows], a.bytes[rows], resamples=args.resamples, seed=seed)
+
+    rows, swap_rows = [], []
+    for seed in args.seeds:
+        for steps in args.steps:
+            baseline, base_s = fit(base_config, 0.0, steps, seed, False)
+            b_none = score(baseline, seqs, sizes, None)
+            for share in args.self_neighbours:
+                retro, retro_s = fit(config, share, steps, seed, True)
+                r_none, r_real = score(retro, seqs, sizes, None), score(retro, seqs, sizes, heldout)
+                row = {"share": share, "steps": steps, "seed": seed, "train_s": base_s + retro_s,
+                       "bpb_baseline": b_none.bits_per_byte(), "bpb_retro_none": r_none.bits_per_byte(),
+                       "bpb_retro_real": r_real.bits_per_byte(),
+                       "bpb_known_baseline": b_none.bits_per_byte(known_only=True),
+                       "bpb_known_retro_real": r_real.bits_per_byte(known_only=True)}
+                for label, key in (("all", "all"), ("alpha<=12.5%", "low")):
+                    chosen = buckets.rows[label]
+                    vs_base, vs_none = diff(r_real, b_none, chosen, seed), diff(r_real, r_none, chosen, seed)
+                    row[f"vs_baseline_{key}"] = vs_base.difference
+                    row[f"vs_baseline_{key}_ci"] = f"[{vs_base.low:+.4f}, {vs_base.high:+.4f}]"
+                    row[f"vs_none_{key}"] = vs_none.difference
+                    row[f"vs_none_{key}_ci"] = f"[{vs_none.low:+.4f}, {vs_none.high:+.4f}]"
                 rows.append(row)
-                log(f"share={share} positions={positions} steps={steps}: "
-                    + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("bpb", "swap"))))
-    columns = [Column("self_neighbours", "self-neighbour share", "{:.2f}"),
-               Column("cca_positions", "CCA positions"), Column("steps", "steps"),
-               Column("train_s", "train s", "{:.1f}"),
-               Column("bpb_none", "bpb, no retrieval", "{:.4f}"),
-               Column("bpb_real", "bpb, real neighbours", "{:.4f}"),
-               Column("gain_real", "gain, real", "{:.4f}"),
-               Column("bpb_self", "bpb, self-neighbours", "{:.4f}"),
-               Column("gain_self", "gain, self", "{:.4f}")]
-    columns += [Column(f"swap_{name}", f"{args.swap_on}: {'no retrieval' if name == 'none' else 'set ' + name}",
-                       "{:.4f}") for name in swap]
-    report("retrieval_learning", columns, rows,
-           {"device": device, "corpus": args.corpus, "retrieval_set": args.retrieval_set,
-            "swap_on": args.swap_on, "batch_size": args.batch_size, "seed": args.seed, **environment()})
+                log(f"seed={seed} steps={steps} share={share}: " + ", ".join(
+                    f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                first = None
+                for name, (s_seq, s_sizes, s_buckets, s_data) in swaps.items():
+                    s_real = score(retro, s_seq, s_sizes, s_data)
+                    s_base = score(baseline, s_seq, s_sizes, None)
+                    all_rows = s_buckets.rows["all"]
+                    vs_base = diff(s_real, s_base, all_rows, seed)
+                    s_none = score(retro, s_seq, s_sizes, None)
+                    out = {"share": share, "steps": steps, "seed": seed, "set": name,
+                           "bpb_baseline": s_base.bits_per_byte(), "bpb_retro_none": s_none.bits_per_byte(),
+                           "bpb_retro_set": s_real.bits_per_byte(),
+                           "unk_share": int(s_real.unk_tokens.sum()) / max(int(s_real.tokens.sum()), 1),
+                           "bpb_known_retro_set": s_real.bits_per_byte(known_only=True),
+                           "vs_baseline": vs_base.difference,
+                           "vs_baseline_ci": f"[{vs_base.low:+.4f}, {vs_base.high:+.4f}]"}
+                    if first is None:
+                        first = s_real
+                    else:
+                        vs_first = diff(s_real, first, all_rows, seed)
+                        out["vs_first_set"] = vs_first.difference
+                        out["vs_first_set_ci"] = f"[{vs_first.low:+.4f}, {vs_first.high:+.4f}]"
+                    swap_rows.append(out)
+
+    summary = []
+    for share in args.self_neighbours:
+        for steps in args.steps:
+            group = [r for r in rows if r["share"] == share and r["steps"] == steps]
+            entry = {"share": share, "steps": steps, "seeds": len(group)}
+            for key in ("bpb_baseline", "bpb_retro_real", "vs_baseline_all", "vs_baseline_low", "vs_none_all"):
+                mean, spread = mean_and_spread([r[key] for r in group])
+                entry[key] = f"{mean:+.4f} ± {spread:.4f}" if key.startswith("vs") else f"{mean:.4f} ± {spread:.4f}"
+            summary.append(entry)
+    f4, d4 = "{:.4f}", "{:+.4f}"
+    per_seed = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
+                Column("seed", "seed"), Column("bpb_baseline", "baseline bpb", f4),
+                Column("bpb_retro_none", "RETRO, no retrieval", f4), Column("bpb_retro_real", "RETRO, retrieval", f4),
+                Column("bpb_known_retro_real", "RETRO non-[UNK] bpb", f4),
+                Column("vs_baseline_all", "RETRO - baseline", d4), Column("vs_baseline_all_ci", "95% CI"),
+                Column("vs_baseline_low", "RETRO - baseline, alpha<=12.5%", d4),
+                Column("vs_baseline_low_ci", "95% CI"),
+                Column("vs_none_all", "retrieval - none", d4), Column("vs_none_all_ci", "95% CI")]
+    summary_cols = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
+                    Column("seeds", "seeds"), Column("bpb_baseline", "baseline bpb"),
+                    Column("bpb_retro_real", "RETRO bpb, retrieval"), Column("vs_baseline_all", "RETRO - baseline"),
+                    Column("vs_baseline_low", "RETRO - baseline, alpha<=12.5%"),
+                    Column("vs_none_all", "retrieval - none")]
+    tables = [("per seed (held-out " + args.corpus + ")", per_seed, rows),
+              ("mean ± sd across seeds", summary_cols, summary)]
+    if swap_rows:
+        tables.append((f"swap: held-out {args.swap_on}", [
+            Column("share", "share", "{:.2f}"), Column("seed", "seed"), Column("set", "set"),
+            Column("bpb_baseline", "baseline bpb", f4), Column("bpb_retro_none", "RETRO, no retrieval", f4),
+            Column("bpb_retro_set", "RETRO, set", f4), Column("unk_share", "[UNK] share", "{:.3f}"),
+            Column("bpb_known_retro_set", "RETRO non-[UNK] bpb", f4),
+            Column("vs_baseline", "RETRO - baseline", d4), Column("vs_baseline_ci", "95% CI"),
+            Column("vs_first_set", "set - first set", d4), Column("vs_first_set_ci", "95% CI")], swap_rows))
+    report_tables("retrieval_learning", tables,
+                  {"device": device, "corpus": args.corpus, "retrieval_set": args.retrieval_set,
+                   "swap_on": args.swap_on, "batch_size": args.batch_size, "seeds": args.seeds,
+                   "alpha_over_half_share": buckets.leaky_share, **environment()})
 
 
 if __name__ == "__main__":

@@ -47,11 +47,12 @@ def test_asset_graph_snapshot():
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"],
-                    "generation_log": ["retrieval_set"]}
+                    "generation_log": ["retrieval_set"],
+                    "near_duplicates": ["documents"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
                       "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
-                      "embeddings_unique_keys", "faiss_index_ntotal", "faiss_index_recall",
+                      "embeddings_unique_keys", "evaluation_leaky_share", "faiss_index_ntotal", "faiss_index_recall",
                       "retrieval_set_chunks_unique_keys"]
 
 
@@ -192,7 +193,8 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
         ("retrofit", "no retrieval"), ("retrofit", "set small_set")]
     assert rows[0]["bits_per_byte"] == rows[3]["bits_per_byte"]  # RETROfit without retrieval = baseline
     swapped = trained["swap_evaluation"].metadata["rows"]
-    assert [r["setting"] for r in swapped] == ["no retrieval", "set small_set"]
+    assert [(r["kind"], r["setting"]) for r in swapped] == [
+        ("retro", "no retrieval"), ("retro", "set small_set"), ("baseline", "no retrieval")]
     assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
     again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
     assert again["retro_checkpoint"].metadata["reused"] is True

@@ -45,6 +45,10 @@ class ModelInfo:
     reads_digest: str | None = None
     n_training_chunks: int | None = None
     n_neighbour_chunks: int | None = None
+    # split (0009); None on rows recorded before it
+    split_seed: int | None = None
+    split_heldout_fraction: float | None = None
+    split_min_heldout: int | None = None
 
     @property
     def ref(self) -> str:
@@ -63,7 +67,8 @@ def _info(row: m.ModelRecord, resolve: Callable[[str], str]) -> ModelInfo:
 
 _LINEAGE_FIELDS = ("embedding_space_id", "tokenizer_id", "code_version", "dagster_run_id",
                    "neighbours_key", "vocabulary_digest", "reads_table", "reads_lance_version",
-                   "reads_digest", "n_training_chunks", "n_neighbour_chunks")
+                   "reads_digest", "n_training_chunks", "n_neighbour_chunks",
+                   "split_seed", "split_heldout_fraction", "split_min_heldout")
 
 
 class ModelCatalogMixin:

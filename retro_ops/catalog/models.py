@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -236,6 +237,11 @@ class ModelRecord(Base):
     reads_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     n_training_chunks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_neighbour_chunks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # its train / held-out split (0009): evaluation re-derives the held-out documents from it;
+    # NULL for older models (their training documents are still refused)
+    split_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    split_heldout_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    split_min_heldout: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

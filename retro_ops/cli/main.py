@@ -150,6 +150,8 @@ def demo(json_out: JsonOpt = False) -> None:
             "  .venv/bin/retro-ops generate 'The state of our union' --model retro --set sotu\n"
             "  .venv/bin/retro-ops eval --model retro --set sotu --set moby_dick --on moby_dick"
             "  (the swap table)\n"
+            "  .venv/bin/retro-ops eval --model retro --set sotu --leakage-filter"
+            "  (held-out text, intervals, alpha buckets)\n"
             f"  MLflow runs, inputs and registered models: .venv/bin/mlflow ui --backend-store-uri "
             f"{resolved.mlflow_tracking_uri}"
         )

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, out, set_option, settings
-from retro_ops.cli.tables import print_eval_rows
+from retro_ops.cli.tables import print_comparisons, print_eval_rows
 from retro_ops.errors import RetroOpsError
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
@@ -57,27 +57,44 @@ def _workspace():
 def eval_command(
     model: ModelOpt,
     retrieval_set: SetsOpt = None,
-    on: Annotated[str, typer.Option(help="`heldout` (the training corpus's held-out documents), "
-                                         "a corpus name (its held-out documents) or CORPUS:all.")] = "heldout",
+    on: Annotated[str, typer.Option(help="`heldout` (the held-out documents of the model's own "
+                                         "split of its training corpus), a corpus name (its held-out "
+                                         "documents under that split) or CORPUS:all.")] = "heldout",
+    leakage_filter: Annotated[bool, typer.Option(
+        "--leakage-filter", help="Drop retrieval-set documents that near-duplicate an evaluated "
+                                 "document (MinHash LSH) from the neighbours, for this evaluation.")] = False,
+    max_leaky_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Fail when more than this share of evaluated chunks copy over half "
+                               "their tokens from their neighbours (alpha > 50%).")] = 0.1,
+    allow_leakage: Annotated[bool, typer.Option(
+        "--allow-leakage", help="Report the leaky share but do not fail on it.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Bits per byte of a model with no retrieval and with each retrieval set, no retraining."""
-    from retro_ops.training.data import SplitConfig
-    from retro_ops.evaluation.compare import evaluate_models, heldout_text
+    """Bits per byte of a model with no retrieval and with each retrieval set, no retraining,
+    on documents it never trained on (any training document is refused), with 95% paired
+    bootstrap intervals and buckets by overlap alpha (the paper's leakage analysis)."""
+    from retro_ops.evaluation.compare import evaluate_models, model_heldout_text
 
     ws = _workspace()
     try:
         info = ws.catalog.resolve_model(model)
-        corpus_name = ws.catalog.corpus_name_of_version(info.corpus_version_id) if on == "heldout" else on
-        corpus_name, _, whole = corpus_name.partition(":")
-        text = heldout_text(ws, corpus_name, SplitConfig(), info.config["chunk_size"], whole == "all")
-        report = evaluate_models(ws, [info], text, list(retrieval_set or []), k=info.config["n_neighbours"])
+        corpus_name, _, whole = ("" if on == "heldout" else on).partition(":")
+        text = model_heldout_text(ws, info, corpus_name or None, whole == "all")
+        report = evaluate_models(ws, [info], text, list(retrieval_set or []), k=info.config["n_neighbours"],
+                                 leakage_filter=leakage_filter)
     except RetroOpsError as exc:
         fail(str(exc))
+    leaky = report.leaky_share > max_leaky_share
     if json_out:
-        emit_json({"text": report.text, "mlflow_run_id": report.mlflow_run_id, "rows": report.table()})
+        emit_json({"text": report.text, "mlflow_run_id": report.mlflow_run_id, "rows": report.table(),
+                   "comparisons": report.comparison_table(), "leakage_filter": leakage_filter,
+                   "leaky_share": report.leaky_share, "leaky_share_ok": not leaky})
     else:
         print_eval_rows(report.table(), f"{report.text} ({len(text.doc_ids)} documents)")
+        print_comparisons(report.comparison_table())
+    if leaky and not allow_leakage:
+        fail(f"{report.leaky_share:.1%} of evaluated chunks have overlap alpha > 50% with their "
+             f"neighbours (limit {max_leaky_share:.1%}): use --leakage-filter, or --allow-leakage")
 
 
 def generate_command(

@@ -7,10 +7,27 @@ from rich.table import Table
 from retro_ops.cli.common import out
 
 
+def _num(value: float | None) -> str:
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
 def print_eval_rows(rows: list[dict], title: str) -> None:
-    table = Table("model", "setting", "bits/byte", "loss/token", "8-gram overlap", title=title)
+    table = Table("model", "setting", "bits/byte", "non-[UNK] bpb", "[UNK] share", "bpb alpha<=12.5%",
+                  "bpb alpha<=50%", "alpha>50% share", title=title)
     for r in rows:
-        overlap = r["neighbour_8gram_overlap"]
-        table.add_row(r["model"], r["setting"], f"{r['bits_per_byte']:.4f}", f"{r['loss_per_token']:.4f}",
-                      "" if overlap is None else f"{overlap:.4f}")
+        table.add_row(r["model"], r["setting"], _num(r["bits_per_byte"]), _num(r["bits_per_byte_known"]),
+                      f"{r['unknown_share']:.1%}", _num(r["bpb_alpha_le_12_5"]), _num(r["bpb_alpha_le_50"]),
+                      "" if r["leaky_share"] is None else f"{r['leaky_share']:.1%}")
+    out.print(table)
+
+
+def print_comparisons(rows: list[dict]) -> None:
+    """Differences in bpb (a - b; negative: a is better) with their 95% paired bootstrap interval."""
+    if not rows:
+        return
+    table = Table("a", "b", "bucket", "bpb a - b", "95% interval", "chunks",
+                  title="paired differences (negative: a is better)")
+    for c in rows:
+        table.add_row(c["a"], c["b"], c["bucket"], f"{c['difference']:+.4f}",
+                      f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["chunks"]))
     out.print(table)

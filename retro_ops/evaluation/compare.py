@@ -1,29 +1,46 @@
-"""Evaluate models on held-out text with and without retrieval, in bits per byte.
+"""Evaluate models on held-out text with and without retrieval, in bits per byte, with paired
+intervals for the differences that matter and buckets by overlap alpha.
 
-Settings per model: no retrieval, and each named retrieval set (the training set, or any other
-set swapped in without retraining). Neighbours of evaluated chunks never come from the
-evaluated document itself. Each evaluation is one MLflow run whose dataset inputs are the
-evaluated text and the sets used; rows are also recorded in the catalog.
+Leak-free by construction: a model is only ever scored on documents it was not trained on (its
+catalog record says which it was; `TrainingDocumentError` otherwise), and held-out documents
+follow the split the model recorded. Neighbours of evaluated chunks never come from the
+evaluated document itself; with `leakage_filter` they also never come from any evaluated
+document or a near-duplicate of one. Each evaluation is one MLflow run whose dataset inputs are
+the evaluated text and the sets used; rows are also recorded in the catalog.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from retro_ops.catalog import CorpusVersionInfo, ModelInfo
-from retro_ops.ids import set_digest
 from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking, code_version
+from retro_ops.errors import RetroOpsError
+from retro_ops.evaluation.bits_per_byte import EvalResult, evaluate
+from retro_ops.evaluation.intervals import paired_bootstrap
+from retro_ops.evaluation.overlap import BUCKETS, Buckets, overlap_alpha
+from retro_ops.evaluation.token_bytes import token_bytes
+from retro_ops.features.chunking import Chunker
+from retro_ops.governance.dedup import DedupConfig
+from retro_ops.ids import set_digest
 from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, make_sequences, split_documents
-from retro_ops.evaluation.bits_per_byte import evaluate, ngram_overlap
 from retro_ops.training.neighbours import NeighbourConfig
-from retro_ops.training.prepare import encode_neighbours, encode_table, neighbours_for
+from retro_ops.training.prepare import (
+    NeighbourSet, encode_neighbours, encode_table, forbidden_neighbour_docs, neighbours_for,
+)
 from retro_ops.training.run import load_model
 from retro_ops.training.trainer import TrainingData
-from retro_ops.training.vocab import Vocabulary
+from retro_ops.training.vocab import UNK, Vocabulary
 from retro_ops.workspace import Workspace
+
+
+class TrainingDocumentError(RetroOpsError, ValueError):
+    """An evaluation would score a document the model was trained on."""
 
 
 @dataclass(frozen=True)
@@ -37,13 +54,39 @@ class EvalText:
 
 
 def heldout_text(ws: Workspace, corpus: str, split: SplitConfig, m: int, whole: bool = False) -> EvalText:
-    """The held-out documents of a corpus (the same seeded split training used), or all of it."""
+    """The held-out documents of a corpus (under `split`), or all of it."""
     version = ws.catalog.latest_corpus_version(corpus)
     doc_ids = ws.catalog.corpus_doc_ids(version.id)
     if not whole:
         doc_ids = split_documents(doc_ids, split)[1]
     return EvalText(f"{corpus} {'all' if whole else 'held-out'}", version, doc_ids,
                     load_chunk_table(ws.store, doc_ids, m))
+
+
+def model_split(info: ModelInfo) -> SplitConfig:
+    """The split the model was trained with (recorded since 0009; the old default before)."""
+    if info.split_seed is None:
+        return SplitConfig()
+    return SplitConfig(heldout_fraction=info.split_heldout_fraction, min_heldout=info.split_min_heldout,
+                       seed=info.split_seed)
+
+
+def model_heldout_text(ws: Workspace, info: ModelInfo, corpus: str | None = None,
+                       whole: bool = False) -> EvalText:
+    """Held-out text of `corpus` (default: the model's training corpus) under the model's split."""
+    name = corpus or ws.catalog.corpus_name_of_version(info.corpus_version_id)
+    return heldout_text(ws, name, model_split(info), info.config["chunk_size"], whole)
+
+
+def refuse_training_documents(ws: Workspace, models: list[ModelInfo], text: EvalText) -> None:
+    """Evaluated and training documents are disjoint for every model, or nothing is scored."""
+    evaluated = set(text.doc_ids)
+    for info in models:
+        seen = sorted(evaluated & set(ws.catalog.model_training_doc_ids(info.id)))
+        if seen:
+            raise TrainingDocumentError(
+                f"{info.ref} was trained on {len(seen)} of the {len(evaluated)} documents of "
+                f"{text.name!r} (e.g. {seen[0]}): evaluate it on its own held-out documents")
 
 
 @dataclass(frozen=True)
@@ -55,8 +98,26 @@ class EvalRow:
     loss_per_token: float
     tokens: int
     bytes: int
-    neighbour_8gram_overlap: float | None = None
-    unknown_token_rate: float = 0.0
+    bits_per_byte_known: float  # over targets that are not [UNK]
+    unknown_share: float  # of scored targets
+    alpha_set: str | None  # whose neighbours define the alpha buckets of this row
+    bpb_alpha_le_12_5: float | None = None
+    bpb_alpha_le_50: float | None = None
+    leaky_share: float | None = None  # chunks with alpha > 50%
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """bpb(a) - bpb(b) on the same chunks of one alpha bucket, with a paired 95% interval."""
+
+    a: str  # "model | setting"
+    b: str
+    what: str  # "retrieval vs none", "vs baseline", "set vs set"
+    bucket: str
+    difference: float
+    low: float
+    high: float
+    chunks: int
 
 
 @dataclass(frozen=True)
@@ -64,40 +125,102 @@ class EvaluationReport:
     text: str
     rows: list[EvalRow]
     mlflow_run_id: str
+    comparisons: list[Comparison] = field(default_factory=list)
+    leakage_filter: bool = False
+    scores: dict = field(default_factory=dict, repr=False, compare=False)  # (model, setting) -> EvalResult
+    buckets: dict = field(default_factory=dict, repr=False, compare=False)  # set name -> Buckets
 
     def table(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
+
+    def comparison_table(self) -> list[dict]:
+        return [asdict(c) for c in self.comparisons]
+
+    @property
+    def leaky_share(self) -> float:
+        """The largest share of chunks with alpha > 50% under any set evaluated."""
+        return max((r.leaky_share for r in self.rows if r.leaky_share is not None), default=0.0)
 
 
 def _vocab(info: ModelInfo) -> Vocabulary:
     return Vocabulary.load(Path(info.checkpoint_dir))
 
 
+def _row(info: ModelInfo, setting: str, result: EvalResult, alpha_set: str | None,
+         buckets: Buckets | None) -> EvalRow:
+    bucketed = {label: result.chunks.bits_per_byte(rows) for label, rows in buckets.rows.items()} \
+        if buckets else {}
+    return EvalRow(info.ref, info.kind, setting, result.bits_per_byte, result.loss_per_token,
+                   result.tokens, result.bytes, result.bits_per_byte_known, result.unknown_share,
+                   alpha_set, bucketed.get(BUCKETS[0][0]), bucketed.get(BUCKETS[1][0]),
+                   buckets.leaky_share if buckets else None)
+
+
+def _comparisons(scored: dict[tuple[str, str], EvalResult], rows: list[EvalRow],
+                 buckets: dict[str, Buckets], seed: int) -> list[Comparison]:
+    """RETRO vs baseline, retrieval vs none, and each set vs the first, in every alpha bucket."""
+    by_key = {(r.model, r.setting): r for r in rows}
+    baseline = next((r for r in rows if r.kind == "baseline"), None)
+    first_set = next((r.setting for r in rows if r.setting.startswith("set ")), None)
+    pairs = []
+    for r in rows:
+        if r.setting.startswith("set "):
+            pairs.append((r, by_key[(r.model, "no retrieval")], "retrieval vs none"))
+            if first_set and r.setting != first_set:
+                pairs.append((r, by_key[(r.model, first_set)], "set vs set"))
+        if baseline is not None and r.kind != "baseline":
+            pairs.append((r, baseline, "vs baseline"))
+    out = []
+    for a, b, what in pairs:
+        sa, sb = scored[(a.model, a.setting)].chunks, scored[(b.model, b.setting)].chunks
+        groups = buckets.get(a.alpha_set or "")
+        for label, rows_in in (groups.rows.items() if groups else [("all", np.flatnonzero(sa.tokens > 0))]):
+            if len(rows_in) == 0:
+                continue
+            iv = paired_bootstrap(sa.nll[rows_in], sb.nll[rows_in], sa.bytes[rows_in], seed=seed)
+            out.append(Comparison(f"{a.model} | {a.setting}", f"{b.model} | {b.setting}", what, label,
+                                  iv.difference, iv.low, iv.high, iv.chunks))
+    return out
+
+
 def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets: list[str], *,
-                    k: int, dagster_run_id: str | None = None, batch_size: int = 8) -> EvaluationReport:
-    """Every model with no retrieval; every retrieval-capable model with each set in `sets`."""
+                    k: int, dagster_run_id: str | None = None, batch_size: int = 8,
+                    leakage_filter: bool = False, dedup: DedupConfig = DedupConfig(),
+                    seed: int = 0) -> EvaluationReport:
+    """Every model with no retrieval; every retrieval-capable model with each set in `sets`.
+    No-retrieval rows are bucketed by the first set's alpha, so they pair with its rows."""
+    refuse_training_documents(ws, models, text)
     m = models[0].config["chunk_size"]
-    neighbour_sets = {name: neighbours_for(ws, text.table, ws.retriever(name), NeighbourConfig(k=k), m)
-                      for name in sets}
-    rows = []
+    neighbour_sets: dict[str, NeighbourSet] = {}
+    for name in sets:
+        retriever = ws.retriever(name)
+        forbidden = (forbidden_neighbour_docs(ws, retriever, text.doc_ids, dedup) if leakage_filter
+                     else frozenset())
+        neighbour_sets[name] = neighbours_for(ws, text.table, retriever, NeighbourConfig(k=k), m, forbidden)
+    sizes = token_bytes(ws.store, Chunker(ws.embedder.tokenizer), text.table)
+    rows, scored = [], {}
+    buckets: dict[str, Buckets] = {}
     for info in models:
         model, vocab = load_model(info), _vocab(info)
         sequences = make_sequences(encode_table(text.table, vocab), model.config.n_chunks)
-        unknown = vocab.unknown_rate(text.table.tokens)
-        label = info.ref
-        plain = evaluate(model, TrainingData(sequences, None), label, batch_size=batch_size)
-        rows.append(EvalRow(label, info.kind, "no retrieval", plain.bits_per_byte, plain.loss_per_token,
-                            plain.tokens, plain.bytes, None, unknown))
+        unk_id = int(vocab.encode(np.array([UNK]))[0])
+        for name, found in neighbour_sets.items():
+            if name not in buckets:
+                alpha = overlap_alpha(text.table, sequences, found.neighbours)
+                buckets[name] = Buckets.of(alpha, sizes.sum(axis=1) > 0)
+        first = next(iter(neighbour_sets), None)
+        plain = evaluate(model, TrainingData(sequences, None), info.ref, sizes, unk_id, batch_size=batch_size)
+        scored[(info.ref, "no retrieval")] = plain
+        rows.append(_row(info, "no retrieval", plain, first, buckets.get(first)))
         if not model.config.retrieval:
             continue
         for name, found in neighbour_sets.items():
             result = evaluate(model, TrainingData(sequences, encode_neighbours(found.neighbours, vocab)),
-                              label, batch_size=batch_size)
-            overlap = ngram_overlap(text.table.tokens, text.table.n_tokens, found.neighbours.tokens,
-                                    found.neighbours.mask)["shared_ngram_fraction"]
-            rows.append(EvalRow(label, info.kind, f"set {name}", result.bits_per_byte,
-                                result.loss_per_token, result.tokens, result.bytes, overlap, unknown))
-    run_id = _log(ws, text, rows, neighbour_sets, models, dagster_run_id)
+                              info.ref, sizes, unk_id, batch_size=batch_size)
+            scored[(info.ref, f"set {name}")] = result
+            rows.append(_row(info, f"set {name}", result, name, buckets[name]))
+    comparisons = _comparisons(scored, rows, buckets, seed)
+    run_id = _log(ws, text, rows, comparisons, neighbour_sets, models, dagster_run_id, leakage_filter)
     for row, info in ((r, next(i for i in models if i.ref == r.model)) for r in rows):
         chosen = neighbour_sets.get(row.setting.removeprefix("set "))
         ws.catalog.record_evaluation(
@@ -105,15 +228,21 @@ def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets
             retrieval_set_version_id=chosen.set_version_id if chosen else None,
             eval_corpus_version_id=text.corpus_version.id, bits_per_byte=row.bits_per_byte,
             loss_per_token=row.loss_per_token, tokens=row.tokens, n_bytes=row.bytes, mlflow_run_id=run_id)
-    return EvaluationReport(text.name, rows, run_id)
+    return EvaluationReport(text.name, rows, run_id, comparisons, leakage_filter, scored, buckets)
 
 
-def _log(ws: Workspace, text: EvalText, rows: list[EvalRow], neighbour_sets: dict, models: list[ModelInfo],
-         dagster_run_id: str | None) -> str:
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def _log(ws: Workspace, text: EvalText, rows: list[EvalRow], comparisons: list[Comparison],
+         neighbour_sets: dict, models: list[ModelInfo], dagster_run_id: str | None,
+         leakage_filter: bool) -> str:
     tracking = Tracking(ws.settings)
     run_id = tracking.start_run(f"evaluation-{text.name.replace(' ', '-')}", {
         "retro_ops.kind": "evaluation", "retro_ops.code_version": code_version(),
-        "dagster.run_id": dagster_run_id or "", "retro_ops.models": ",".join(i.ref for i in models)})
+        "dagster.run_id": dagster_run_id or "", "retro_ops.models": ",".join(i.ref for i in models),
+        "retro_ops.leakage_filter": str(leakage_filter).lower()})
     v = text.corpus_version
     inputs = [DatasetRef(f"eval-text:{text.name}", set_digest(text.doc_ids),
                          f"catalog:corpus_version={v.id}",
@@ -126,9 +255,20 @@ def _log(ws: Workspace, text: EvalText, rows: list[EvalRow], neighbour_sets: dic
     tracking.log_inputs(run_id, inputs, "evaluation")
     for i, row in enumerate(rows):
         slug = f"{row.kind}.{row.setting.replace(' ', '_')}"
-        tracking.log_metrics(run_id, {f"bpb.{slug}": row.bits_per_byte, f"loss.{slug}": row.loss_per_token}, i)
+        metrics = {f"bpb.{slug}": row.bits_per_byte, f"loss.{slug}": row.loss_per_token,
+                   f"bpb_known.{slug}": row.bits_per_byte_known, f"unk_share.{slug}": row.unknown_share}
+        for name, value in (("bpb_alpha_le_12_5", row.bpb_alpha_le_12_5), ("bpb_alpha_le_50", row.bpb_alpha_le_50),
+                            ("leaky_share", row.leaky_share)):
+            if value is not None and value == value:  # nan: an empty bucket
+                metrics[f"{name}.{slug}"] = value
+        tracking.log_metrics(run_id, metrics, i)
+    for c in comparisons:
+        slug = _slug(f"{c.what}.{c.a.split(' | ')[1]}-{c.b}.{c.bucket}")[:200]
+        tracking.log_metrics(run_id, {f"diff.{slug}": c.difference, f"diff_low.{slug}": c.low,
+                                      f"diff_high.{slug}": c.high}, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "evaluation.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        Path(tmp, "evaluation.json").write_text(json.dumps(
+            {"rows": [asdict(r) for r in rows], "comparisons": [asdict(c) for c in comparisons]}, indent=2))
         tracking.log_artifacts(run_id, Path(tmp), "evaluation")
     tracking.finish(run_id)
     return run_id

@@ -3,7 +3,10 @@
 `prepare_training` pins the training corpus version, splits its documents into train and
 held-out by a seeded hash, loads their chunks, fixes the output vocabulary, and computes (or
 loads from the content-addressed cache) the neighbours of every train and held-out chunk from
-the named retrieval set's verified index, excluding chunks of the same document.
+the named retrieval set's verified index, excluding chunks of the same document. Training
+neighbours also exclude every held-out document and every document of the set that
+near-duplicates one (MinHash LSH, `governance.dedup`): otherwise RETRO reads evaluation text in
+training that its baseline never sees (issue #14).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pyarrow as pa
 
 from retro_ops.catalog import CorpusVersionInfo
 from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA
+from retro_ops.governance.dedup import DedupConfig, near_duplicates_of
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.model import RetroConfig
 from retro_ops.retrieval.retriever import Retriever
@@ -45,11 +49,13 @@ class TrainingSpec:
     train: TrainConfig = TrainConfig()
     neighbours: NeighbourConfig = NeighbourConfig()
     split: SplitConfig = SplitConfig()
+    dedup: DedupConfig = DedupConfig()  # which set documents count as copies of held-out ones
 
     def as_dict(self) -> dict:
         return {"corpus": self.corpus, "retrieval_set": self.retrieval_set,
                 "model": self.model.to_dict(), "train": asdict(self.train),
-                "neighbours": asdict(self.neighbours), "split": asdict(self.split)}
+                "neighbours": asdict(self.neighbours), "split": asdict(self.split),
+                "dedup": asdict(self.dedup)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class PreparedData:
     train_neighbours: NeighbourSet
     heldout_neighbours: NeighbourSet
     retriever: Retriever
+    forbidden_doc_ids: frozenset[str] = frozenset()  # never a training neighbour
 
 
 def store_vocabulary(ws: Workspace) -> Vocabulary:
@@ -92,10 +99,13 @@ def encode_neighbours(neighbours: Neighbours, vocab: Vocabulary) -> Neighbours:
 
 
 def neighbours_for(ws: Workspace, table: ChunkTable, retriever: Retriever, config: NeighbourConfig,
-                   m: int) -> NeighbourSet:
-    """Neighbours of every chunk of `table` in the retriever's set (cached by content key)."""
+                   m: int, forbidden_docs: frozenset[str] = frozenset()) -> NeighbourSet:
+    """Neighbours of every chunk of `table` in the retriever's set (cached by content key),
+    never from a document in `forbidden_docs` (nor, as always, from the chunk's own)."""
     version, sha = retriever.version, retriever.manifest.sha256
     excluded = retriever.exclusions()  # in force now; unreadable -> ExclusionListError
+    if forbidden_docs:  # part of the exclusions, so part of the cache key
+        excluded = replace(excluded, doc_ids=excluded.doc_ids | frozenset(forbidden_docs))
     key = neighbours_key(table, version, sha, config, m, excluded)
 
     def compute():
@@ -112,6 +122,22 @@ def neighbours_for(ws: Workspace, table: ChunkTable, retriever: Retriever, confi
                         version.digest, sha)
 
 
+def set_doc_ids(ws: Workspace, retriever: Retriever) -> list[str]:
+    """The documents whose chunks are members of the retriever's set version."""
+    rows = ws.store.members(retriever.version.digest, ["doc_id"])
+    return sorted(set(rows.column("doc_id").to_pylist()))
+
+
+def forbidden_neighbour_docs(ws: Workspace, retriever: Retriever, heldout_ids: list[str],
+                             dedup: DedupConfig) -> frozenset[str]:
+    """Held-out documents and the set's documents that near-duplicate one of them."""
+    candidates = set_doc_ids(ws, retriever)
+    texts = ws.store.document_texts(sorted(set(candidates) | set(heldout_ids)))
+    near = near_duplicates_of({d: texts[d] for d in heldout_ids if d in texts},
+                              {d: texts[d] for d in candidates if d in texts}, dedup)
+    return frozenset(heldout_ids) | frozenset(near)
+
+
 def prepare_training(ws: Workspace, spec: TrainingSpec) -> PreparedData:
     version = ws.catalog.latest_corpus_version(spec.corpus)
     train_ids, heldout_ids = split_documents(ws.catalog.corpus_doc_ids(version.id), spec.split)
@@ -119,10 +145,11 @@ def prepare_training(ws: Workspace, spec: TrainingSpec) -> PreparedData:
     train_table = without_excluded(load_chunk_table(ws.store, train_ids, m), ws.catalog.active_exclusions())
     heldout_table = load_chunk_table(ws.store, heldout_ids, m)
     retriever = ws.retriever(spec.retrieval_set)
+    forbidden = forbidden_neighbour_docs(ws, retriever, heldout_ids, spec.dedup)
     return PreparedData(
         spec, version, train_ids, heldout_ids, store_vocabulary(ws), train_table, heldout_table,
-        neighbours_for(ws, train_table, retriever, spec.neighbours, m),
-        neighbours_for(ws, heldout_table, retriever, spec.neighbours, m), retriever)
+        neighbours_for(ws, train_table, retriever, spec.neighbours, m, forbidden),
+        neighbours_for(ws, heldout_table, retriever, spec.neighbours, m), retriever, forbidden)
 
 
 def model_key(kind: str, data: PreparedData, parent_sha: str | None, tokenizer_id: str) -> str:
@@ -133,4 +160,5 @@ def model_key(kind: str, data: PreparedData, parent_sha: str | None, tokenizer_i
         "neighbours": data.train_neighbours.key if kind != "baseline" else None,
         "parent": parent_sha, "tokenizer": tokenizer_id,
         **({"excluded_text": data.train_table.dropped} if data.train_table.dropped else {}),
+        "init": "shared-decoder",  # RETRO's decoder starts as its baseline's (trainer.seeded_model)
     }, sort_keys=True))

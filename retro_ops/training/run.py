@@ -156,6 +156,7 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                      **_flat("train", data.spec.train.as_dict()),
                                      "neighbours.k": data.spec.neighbours.k,
                                      "split.heldout_fraction": data.spec.split.heldout_fraction,
+                                     "split.seed": data.spec.split.seed,
                                      "retrieval_set": data.spec.retrieval_set if kind != "baseline" else "",
                                      "parent_model": parent.ref if parent else ""})
         tracking.log_inputs(run_id, lineage_inputs(ws, data, kind), "training")
@@ -180,7 +181,9 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
             tokenizer_id=tokenizer_id, code_version=tags["retro_ops.code_version"],
             dagster_run_id=dagster_run_id, training_doc_ids=data.train_doc_ids,
             neighbours_key=data.train_neighbours.key if kind != "baseline" else None,
-            vocabulary_digest=data.vocab.digest)
+            vocabulary_digest=data.vocab.digest, split_seed=data.spec.split.seed,
+            split_heldout_fraction=data.spec.split.heldout_fraction,
+            split_min_heldout=data.spec.split.min_heldout)
         info = _record_reads(ws, info, data, inputs)
         name = REGISTERED_NAMES[kind]
         version = tracking.register(name, source, run_id, "candidate",

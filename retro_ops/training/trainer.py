@@ -154,9 +154,20 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
 
 
 def seeded_model(config: RetroConfig, seed: int) -> Retro:
-    """The same seed gives the same initial weights (baseline and RETRO share decoder init)."""
+    """The same seed gives the same initial weights, and RETRO's decoder starts exactly where
+    its baseline's does: the CCA layers sit inside the decoder blocks, so building RETRO draws
+    them between decoder weights; the decoder is therefore drawn alone (as the baseline) under
+    the seed and copied in, and only the retrieval parts keep RETRO's own draws. Without this
+    a RETRO-vs-baseline gap includes initialisation noise (issue #14)."""
     torch.manual_seed(seed)
-    return Retro(config)
+    model = Retro(config)
+    if config.retrieval:
+        torch.manual_seed(seed)
+        decoder = Retro(RetroConfig.from_dict({**config.to_dict(), "retrieval": False}))
+        missing, unexpected = model.load_state_dict(decoder.state_dict(), strict=False)
+        if unexpected or set(missing) - (set(model.state_dict()) - set(model.decoder_parameter_names())):
+            raise ValueError("the baseline decoder does not match RETRO's decoder")
+    return model
 
 
 def retrofit_model(baseline_folder: Path, retro_config: RetroConfig, seed: int) -> Retro:
