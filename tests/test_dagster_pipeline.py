@@ -39,14 +39,36 @@ def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     deps = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
             for key in graph.get_all_asset_keys()}
-    assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
-                    "retrieval_set": ["chunk_embeddings"], "faiss_index": ["retrieval_set"],
+    assert deps == {"corpus_files": [], "exclusions": [],
+                    "documents": ["corpus_files"], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
+                    "chunk_scores": ["chunks"],
+                    "retrieval_set": ["chunk_embeddings", "exclusions"], "faiss_index": ["retrieval_set"],
                     "training_neighbours": ["chunk_embeddings", "faiss_index"],
                     "baseline_checkpoint": ["training_neighbours"],
                     "retro_checkpoint": ["training_neighbours"],
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"corpus_files": "corpora", "documents": "corpora", "chunks": "features",
+                      "chunk_embeddings": "features", "chunk_scores": "governance", "exclusions": "governance",
+                      "retrieval_set": "retrieval", "faiss_index": "retrieval",
+                      "training_neighbours": "models", "baseline_checkpoint": "models",
+                      "retro_checkpoint": "models", "retrofit_checkpoint": "models",
+                      "evaluation": "evaluation", "swap_evaluation": "evaluation"}
+    partitions = {key.to_user_string(): graph.get(key).partitions_def.name
+                  for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
+    assert set(partitions) == set(deps) - {"exclusions"}
+    assert {partitions[k] for k in ("training_neighbours", "retro_checkpoint", "evaluation")} == {"training_spec"}
+    # every materializable asset says what it is, who owns it and what it runs on
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and node.owners, key
+        assert node.is_observable or node.kinds, key
+    automated = sorted(k.to_user_string() for k in graph.get_all_asset_keys()
+                       if graph.get(k).automation_condition is not None)
+    assert automated == ["chunk_embeddings", "chunk_scores", "chunks", "documents", "faiss_index",
+                         "retrieval_set"]
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
                       "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
@@ -130,7 +152,7 @@ def test_selection_and_unknown_asset(home: Settings, small_corpus: Path):
         materialize_corpus(instance, "small", selection=["embeddings"])
     except ValueError as exc:
         assert str(exc) == ("unknown asset(s) embeddings; choose from documents, chunks, "
-                            "chunk_embeddings")
+                            "chunk_embeddings, chunk_scores")
     else:
         raise AssertionError("an unknown asset must be refused")
 
