@@ -200,9 +200,16 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     trained = by_asset(models)
     assert trained["training_neighbours"].metadata["retrieval_set_version_id"] == \
         assets["retrieval_set"].metadata["retrieval_set_version_id"]
+    # a failed blocking recall check never lets a model train on that index: the one trained on
+    # is the index still published, not the rejected build
+    assert trained["training_neighbours"].metadata["index_sha256"] == served[1]
     assert trained["retro_checkpoint"].metadata["mlflow_run_id"]
     retro = trained["retro_checkpoint"].metadata  # lineage where users look (#12)
     assert retro["mlflow_run"].endswith(f"/runs/{retro['mlflow_run_id']}")
+    assert retro["mlflow_model_version"].startswith("http://127.0.0.1:5000/#/models/")
+    assert retro["loss_curve"].startswith("![retro training loss](data:image/png;base64,iVBOR")
+    assert trained["evaluation"].metadata["mlflow_run"].endswith(trained["evaluation"].metadata["mlflow_run_id"])
+    assert "| factory | recall@10 |" in index_md["quality"] and index_md["dagster/row_count"] == n_chunks
     lineage = {r.data["field"]: r.data["value"] for r in retro["lineage"].records}
     assert lineage["model"] == retro["model"] and lineage["retrieval_set.retrieval_set"] == "small_set"
     assert trained["retrofit_checkpoint"].metadata["trainable_parameters"] < \
@@ -215,8 +222,21 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     swapped = trained["swap_evaluation"].metadata["rows"]
     assert [r["setting"] for r in swapped] == ["no retrieval", "set small_set"]
     assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
-    again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
-    assert again["retro_checkpoint"].metadata["reused"] is True
+    again = materialize_models(instance, training, selection=["retro_checkpoint"])
+    assert by_asset(again)["retro_checkpoint"].metadata["reused"] is True
+    assert again.partition == models.partition  # the same spec: the same partition
+
+    # another spec is another partition: both models stand side by side on the instance
+    other = materialize_models(instance, TrainingResource(corpus="small", retrieval_set="small_set", steps=2,
+                                                          batch_size=2, seed=1),
+                               selection=["training_neighbours", "retro_checkpoint"])
+    assert other.success, other.error
+    assert other.partition != models.partition
+    assert sorted(instance.get_dynamic_partitions("training_spec")) == sorted([models.partition, other.partition])
+    for spec in (models.partition, other.partition):
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("retro_checkpoint"), asset_partitions=[spec]), limit=1).records
+        assert [r.partition_key for r in records] == [spec]
 
 
 @pytest.mark.postgres
