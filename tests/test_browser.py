@@ -86,8 +86,8 @@ def test_materialize_a_corpus_by_clicking(home: Settings, tmp_path: Path, capsys
             for group in GROUPS:
                 page.get_by_text(group, exact=True).first.wait_for()
             page.screenshot(path=shots / "1-asset-graph.png")
-            for group in GROUPS:
-                page.get_by_text(group, exact=True).first.click()
+            for group in GROUPS:  # expand each group of the graph's sidebar tree
+                page.get_by_text(group, exact=True).first.dblclick()
             for asset in ("corpus_files", "documents", "chunks", "chunk_embeddings", "chunk_scores",
                           "exclusions", "retrieval_set", "faiss_index", "retro_checkpoint", "evaluation"):
                 page.get_by_text(asset, exact=True).first.wait_for()
