@@ -268,3 +268,21 @@ def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, pg_data
     # back to SQLite: the file written by retro-ops follows the settings
     assert "postgres" not in dagster_yaml(home)
     assert type(dagster_instance(home).run_storage).__name__ != "PostgresRunStorage"
+
+
+def test_training_specs_are_named_by_their_content(home: Settings):
+    """A spec's partition name is derived from its settings, recorded once, never rewritten."""
+    from assets.specs import load_spec, register_spec, save_spec, spec_name
+
+    instance = dagster_instance(home)
+    first = TrainingResource(corpus="small", retrieval_set="small_set", steps=3)
+    name = register_spec(instance, first)
+    assert name == spec_name(first) and name.startswith("small-") and len(name) == len("small-") + 8
+    assert register_spec(instance, TrainingResource(corpus="small", retrieval_set="small_set", steps=3)) == name
+    assert spec_name(TrainingResource(corpus="small", retrieval_set="small_set", steps=4)) != name
+    assert load_spec(home, name) == first
+    assert instance.get_dynamic_partitions("training_spec") == [name]
+    with pytest.raises(ValueError, match=f"training spec '{name}' already exists with other settings"):
+        save_spec(home, TrainingResource(corpus="small", steps=4), name)
+    with pytest.raises(dg.Failure, match="no training spec 'nope'"):
+        load_spec(home, "nope")
