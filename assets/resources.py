@@ -103,8 +103,9 @@ class WorkspaceResource(dg.ConfigurableResource):
 
 
 class TrainingResource(dg.ConfigurableResource):
-    """What the model assets train on and how; one place, so every asset of a run agrees.
-    Defaults train each demo model in about two minutes on 2 CPU cores."""
+    """A training spec: what the model assets train on and how. Each spec is saved under its
+    name and is one partition of the model assets (`assets/specs.py`), so every asset of a run
+    agrees. Defaults train each demo model in about two minutes on 2 CPU cores."""
 
     corpus: str = "sotu"
     retrieval_set: str = "sotu"
