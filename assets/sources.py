@@ -8,6 +8,7 @@ re-materializes what depends on it. The UI's "Observe sources" button runs the s
 """
 
 import json
+import warnings
 
 import dagster as dg
 
@@ -44,29 +45,34 @@ def exclusions_version(catalog: Catalog) -> tuple[str, int]:
     return sha256_hex("\n".join(sorted(lines)))[:16], len(active)
 
 
-@dg.multi_observable_source_asset(
-    specs=[dg.AssetSpec(
-        CORPUS_FILES, group_name=CORPORA, owners=owners(CORPORA), kinds={"file"},
-        description="The raw files of each corpus (a folder, glob or file); data version = digest "
-                    "of their bytes, so an edited, added or removed file marks the corpus stale.")],
-    partitions_def=corpus_partitions, required_resource_keys={"catalog"})
-def corpus_files(context) -> dg.ObserveResult:
-    corpus = context.resources.catalog.open().get_corpus(context.partition_key)
-    found = files_fingerprint(corpus.source_uri)
-    return dg.ObserveResult(data_version=dg.DataVersion(found.digest[:16]),
-                            metadata={"files": found.files, "bytes": found.bytes, "location": corpus.source_uri})
+# Observable sources are "beta" in dagster 1.13 (the API is the documented one); say so once here
+# rather than warn on every CLI command that loads the code location.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+
+    @dg.multi_observable_source_asset(
+        specs=[dg.AssetSpec(
+            CORPUS_FILES, group_name=CORPORA, owners=owners(CORPORA), kinds={"file"},
+            description="The raw files of each corpus (a folder, glob or file); data version = digest "
+                        "of their bytes, so an edited, added or removed file marks the corpus stale.")],
+        partitions_def=corpus_partitions, required_resource_keys={"catalog"})
+    def corpus_files(context) -> dg.ObserveResult:
+        corpus = context.resources.catalog.open().get_corpus(context.partition_key)
+        found = files_fingerprint(corpus.source_uri)
+        return dg.ObserveResult(data_version=dg.DataVersion(found.digest[:16]),
+                                metadata={"files": found.files, "bytes": found.bytes, "location": corpus.source_uri})
 
 
-@dg.multi_observable_source_asset(
-    specs=[dg.AssetSpec(
-        EXCLUSIONS, group_name=GOVERNANCE, owners=owners(GOVERNANCE), kinds={"sql"},
-        description="The active exclusions (chunks, content hashes, documents) in the catalog; data "
-                    "version = their digest, so a new exclusion or a revoke marks every retrieval "
-                    "set, its index and their checks stale. Queries drop excluded chunks at once anyway.")],
-    required_resource_keys={"catalog"})
-def exclusions(context) -> dg.ObserveResult:
-    digest, count = exclusions_version(context.resources.catalog.open())
-    return dg.ObserveResult(data_version=dg.DataVersion(digest), metadata={"active_exclusions": count})
+    @dg.multi_observable_source_asset(
+        specs=[dg.AssetSpec(
+            EXCLUSIONS, group_name=GOVERNANCE, owners=owners(GOVERNANCE), kinds={"sql"},
+            description="The active exclusions (chunks, content hashes, documents) in the catalog; data "
+                        "version = their digest, so a new exclusion or a revoke marks every retrieval "
+                        "set, its index and their checks stale. Queries drop excluded chunks at once anyway.")],
+        required_resource_keys={"catalog"})
+    def exclusions(context) -> dg.ObserveResult:
+        digest, count = exclusions_version(context.resources.catalog.open())
+        return dg.ObserveResult(data_version=dg.DataVersion(digest), metadata={"active_exclusions": count})
 
 
 def source_observations(catalog: Catalog, known_corpora: set[str],

@@ -9,9 +9,19 @@ import time
 from pathlib import Path
 
 import requests
-from helpers import free_port, start_ui, wait_for_asset_graph
+from helpers import free_port, graphql, start_ui, wait_for_asset_graph
 
 from retro_ops.settings import Settings
+
+
+SENSORS = """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+  ... on RepositoryLocation { repositories { sensors { name sensorState { status } } } } } } } } }"""
+
+
+def _sensors(port: int) -> dict[str, str]:
+    entries = graphql(port, SENSORS)["data"]["workspaceOrError"]["locationEntries"]
+    return {s["name"]: s["sensorState"]["status"] for e in entries
+            for r in e["locationOrLoadError"]["repositories"] for s in r["sensors"]}
 
 
 def _process_tree(root: int) -> set[int]:
@@ -40,8 +50,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, tmp_path: Path):
+    """With --automation: the source observer and the automation sensor run from the start."""
     port, log, tree = free_port(), tmp_path / "ui.log", set()
-    process = start_ui(port, log)
+    process = start_ui(port, log, "--automation")
     try:
         nodes = wait_for_asset_graph(process, port, log)
         info = requests.get(f"http://127.0.0.1:{port}/server_info", timeout=10).json()
@@ -53,6 +64,7 @@ def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, 
         assert nodes["chunks"]["partitionDefinition"]["name"] == "corpus"
         assert nodes["retro_checkpoint"]["partitionDefinition"]["name"] == "training_spec"
         assert nodes["faiss_index"]["groupName"] == "retrieval"
+        assert _sensors(port) == {"source_observer": "RUNNING", "retro_ops_automation": "RUNNING"}
         assert "telemetry:\n  enabled: false" in (home.dagster_home / "dagster.yaml").read_text()
         tree = _process_tree(process.pid)
         assert len(tree) >= 2, "dagster dev should run a webserver and a daemon"
@@ -60,7 +72,7 @@ def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, 
         process.send_signal(signal.SIGTERM)  # to retro-ops alone, as a service manager would
         code = process.wait(timeout=60)
     printed = log.read_text(errors="replace")
-    assert f"Dagster UI on http://127.0.0.1:{port}" in printed
+    assert f"Dagster UI on http://127.0.0.1:{port} (automation on" in printed
     assert code == 0, printed[-2000:]
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
