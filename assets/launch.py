@@ -110,7 +110,11 @@ def materialize_partition(
     else:
         ensure_partition(instance, partitions, key)
     settings = Settings.from_env()
-    observe_sources(instance, Catalog.open(settings.catalog_url, home=settings.home))
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    try:
+        observe_sources(instance, catalog)
+    finally:
+        catalog.close()
     resources = default_resources()
     if progress is not None:
         resources["progress"] = progress
