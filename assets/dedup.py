@@ -3,6 +3,8 @@ leakage check on the evaluation: too many evaluated chunks copied from their nei
 
 import dagster as dg
 
+from assets.groups import GOVERNANCE, owners
+
 from assets.evaluation import evaluation
 from assets.features import documents
 from assets.resources import CatalogResource, FeatureStoreResource
@@ -18,7 +20,7 @@ class NearDuplicatesConfig(dg.Config):
     record: bool = True
 
 
-@dg.asset(group_name="governance", kinds={"python"}, code_version="1",
+@dg.asset(group_name=GOVERNANCE, owners=owners(GOVERNANCE), kinds={"python"}, code_version="1",
           deps=[dg.AssetDep(documents, partition_mapping=dg.AllPartitionMapping())])
 def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig,
                     catalog: CatalogResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:

@@ -1,43 +1,45 @@
-"""The code location: wires assets, checks and resources together, nothing else."""
+"""The code location: wires assets, checks, resources, sensors and automation together."""
 
 import dagster as dg
 
+from assets.automation import automation_sensor
+from assets.evaluation import evaluation, swap_evaluation
 from assets.features import chunk_embeddings, chunks, documents
+from assets.governance import chunk_scores
 from assets.resources import (
     CatalogResource,
     EmbedderResource,
     FeatureStoreResource,
     IndexStoreResource,
     ProgressResource,
-    TrainingResource,
     WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
 from assets.dedup import DEDUP_ASSETS, DEDUP_CHECKS
-from assets.evaluation import evaluation, swap_evaluation
 from assets.generations import generation_log, observe_generation_log
+from assets.sources import corpus_files, exclusions, source_observer
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
-FEATURE_ASSETS = [documents, chunks, chunk_embeddings]
-RETRIEVAL_ASSETS = [retrieval_set, faiss_index]
+SOURCE_ASSETS = [corpus_files, exclusions]
+FEATURE_ASSETS = [documents, chunks, chunk_embeddings, chunk_scores]  # one partition per corpus
+RETRIEVAL_ASSETS = [retrieval_set, faiss_index]  # one partition per retrieval set
 MODEL_ASSETS = [training_neighbours, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint,
-                evaluation, swap_evaluation]
-ALL_ASSETS = FEATURE_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS + DEDUP_ASSETS
-SOURCE_ASSETS = [generation_log]  # observed, never materialized by Dagster
+                evaluation, swap_evaluation]  # one partition per training spec
+SERVING_ASSETS = [generation_log]  # observed: servers write it, Dagster never materializes it
+ALL_ASSETS = SOURCE_ASSETS + FEATURE_ASSETS + DEDUP_ASSETS + RETRIEVAL_ASSETS + MODEL_ASSETS + SERVING_ASSETS
 
 
-def default_resources(training: TrainingResource | None = None) -> dict:
+def default_resources() -> dict:
     catalog, feature_store, embedder = CatalogResource(), FeatureStoreResource(), EmbedderResource()
     return {
         "catalog": catalog,
         "feature_store": feature_store,
         "embedder": embedder,
         "workspace": WorkspaceResource(catalog=catalog, feature_store=feature_store, embedder=embedder),
-        "training": training or TrainingResource(),
         "index_store": IndexStoreResource(),
         "progress": ProgressResource(),
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS + SOURCE_ASSETS, asset_checks=DEDUP_CHECKS,
-                      jobs=[observe_generation_log], resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=DEDUP_CHECKS, jobs=[observe_generation_log],
+                      sensors=[source_observer, automation_sensor()], resources=default_resources())

@@ -1,14 +1,19 @@
 """Evaluation assets: held-out bits per byte of the trained models, and the zero-shot swap.
 
-Both read the models trained from the one `TrainingResource` spec (see `assets/training.py`)
-and record one MLflow run each; the asset group stays `model` so the graph reads as before.
+Both are partitioned like the models (one partition per training spec, `assets/specs.py`), read
+the models trained from that spec and record one MLflow run each, linked from the metadata.
 """
 
 import dagster as dg
 
-from assets.resources import TrainingResource, WorkspaceResource
+from assets.groups import EVALUATION, owners
+from assets.partitions import training_spec_partitions
+from assets.resources import WorkspaceResource
 from assets.retrieval import faiss_index
-from assets.training import GROUP, baseline_checkpoint, retro_checkpoint, retrofit_checkpoint
+from assets.specs import spec_of
+from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint
+from retro_ops.catalog.mlflow_runs import Tracking
+from retro_ops.lineage.publish import mlflow_run_url
 from retro_ops.evaluation.compare import evaluate_models, heldout_text
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import find_model
@@ -31,14 +36,20 @@ def _intervals_markdown(comparisons) -> str:
     return "\n".join(lines)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"},
-          deps=[baseline_checkpoint, retro_checkpoint, retrofit_checkpoint], code_version="1")
-def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-               training: TrainingResource) -> dg.MaterializeResult:
+EVALUATION_ASSET = dict(partitions_def=training_spec_partitions, group_name=EVALUATION,
+                        owners=owners(EVALUATION), kinds={"pytorch", "mlflow"}, code_version="1")
+
+
+def _run_link(ws, run_id: str | None) -> dict:
+    return {"mlflow_run": dg.MetadataValue.url(mlflow_run_url(Tracking(ws.settings), run_id))} if run_id else {}
+
+
+@dg.asset(**EVALUATION_ASSET, deps=[baseline_checkpoint, retro_checkpoint, retrofit_checkpoint])
+def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Held-out bits per byte: baseline; RETRO (and RETROfit, when trained) without retrieval
     and with the training retrieval set. Models are the ones trained from exactly this spec."""
     ws = workspace.open()
-    spec = training.spec()
+    spec = spec_of(context).spec()
     data = prepare_training(ws, spec)
     found = {kind: find_model(ws, data, kind) for kind in ("baseline", "retro", "retrofit")}
     if found["baseline"] is None or found["retro"] is None:
@@ -53,7 +64,7 @@ def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
         "bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
         "bpb_baseline": round(best["no retrievalbaseline"], 4),
         "bpb_retro_with_retrieval": round(best[f"set {spec.retrieval_set}retro"], 4),
-        "rows": dg.MetadataValue.json(report.table()),
+        "rows": dg.MetadataValue.json(report.table()), **_run_link(ws, report.mlflow_run_id),
         "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
         "leaky_share": round(report.leaky_share, 4),
     })
@@ -68,14 +79,14 @@ class SwapEvaluationConfig(dg.Config):
     model: str = ""
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, code_version="1",
+@dg.asset(**EVALUATION_ASSET,
           deps=[retro_checkpoint, dg.AssetDep(faiss_index, partition_mapping=dg.AllPartitionMapping())])
 def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationConfig,
-                    workspace: WorkspaceResource, training: TrainingResource) -> dg.MaterializeResult:
+                    workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Zero-shot transfer: one model on another domain's held-out text with no retrieval, the
     training set, and each swapped-in set; one MLflow run whose inputs are the sets used."""
     ws = workspace.open()
-    spec = training.spec()
+    spec = spec_of(context).spec()
     data = prepare_training(ws, spec)
     info = ws.catalog.resolve_model(config.model) if config.model else find_model(ws, data, "retro")
     if info is None:
@@ -88,6 +99,7 @@ def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationCon
         "text": report.text, "documents": len(text.doc_ids), "model": info.ref,
         "mlflow_run_id": report.mlflow_run_id, "bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
         "rows": dg.MetadataValue.json(report.table()),
+        **_run_link(ws, report.mlflow_run_id),
         "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
         "leaky_share": round(report.leaky_share, 4),
         **{f"bpb_{'baseline_' if r.kind == 'baseline' else ''}{r.setting.replace(' ', '_')}":

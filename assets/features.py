@@ -19,6 +19,8 @@ from assets.checks import (
     embedding_check_results,
     unique_keys_result,
 )
+from assets.automation import ON_UPSTREAM_CHANGE
+from assets.groups import CORPORA, FEATURES, owners
 from assets.partitions import corpus_partitions
 from assets.resources import (
     CatalogResource,
@@ -30,7 +32,6 @@ from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.store import DOCUMENTS
 
-GROUP = "features"
 MAX_ISSUES_SHOWN = 50
 
 
@@ -41,8 +42,9 @@ def _issues_markdown(issues) -> str:
     return "\n".join(lines) or "none"
 
 
-@dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "lancedb"},
-          check_specs=DOCUMENT_CHECKS, pool=WRITE_POOL, code_version="1")
+@dg.asset(partitions_def=corpus_partitions, group_name=CORPORA, owners=owners(CORPORA),
+          kinds={"python", "lancedb"}, deps=["corpus_files"], check_specs=DOCUMENT_CHECKS,
+          pool=WRITE_POOL, code_version="1", automation_condition=ON_UPSTREAM_CHANGE)
 def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
               feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     """Unique documents of the corpus (doc_id = hash of normalised text), with their sources."""
@@ -55,6 +57,7 @@ def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
         data_version=dg.DataVersion(result.corpus_version.digest[:16]),
         check_results=[unique_keys_result("documents_unique_keys", store, DOCUMENTS)],
         metadata={
+            "dagster/row_count": result.documents,
             "files": result.files, "documents": result.documents,
             "new_documents": result.new_documents,
             "duplicates_collapsed": result.duplicates_collapsed,
@@ -67,8 +70,9 @@ def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
     )
 
 
-@dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "lancedb"},
-          deps=[documents], check_specs=CHUNK_CHECKS, pool=WRITE_POOL, code_version="1")
+@dg.asset(partitions_def=corpus_partitions, group_name=FEATURES, owners=owners(FEATURES),
+          kinds={"python", "lancedb"}, deps=[documents], check_specs=CHUNK_CHECKS, pool=WRITE_POOL,
+          code_version="1", automation_condition=ON_UPSTREAM_CHANGE)
 def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
            feature_store: FeatureStoreResource, embedder: EmbedderResource,
            progress: ProgressResource) -> dg.MaterializeResult:
@@ -82,6 +86,7 @@ def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
         check_results=chunk_check_results(store, chunker,
                                           cat.corpus_doc_ids(result.corpus_version.id)),
         metadata={
+            "dagster/row_count": result.chunks,
             "chunks": result.chunks, "new_chunks": result.new_chunks,
             "documents_chunked": result.new_documents_chunked, "new_tokens": result.new_tokens,
             "documents_resumed": result.resumed_documents,
@@ -94,8 +99,9 @@ def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
     )
 
 
-@dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "lancedb"},
-          deps=[chunks], check_specs=EMBEDDING_CHECKS, pool=WRITE_POOL, code_version="1")
+@dg.asset(partitions_def=corpus_partitions, group_name=FEATURES, owners=owners(FEATURES),
+          kinds={"pytorch", "lancedb"}, deps=[chunks], check_specs=EMBEDDING_CHECKS, pool=WRITE_POOL,
+          code_version="1", automation_condition=ON_UPSTREAM_CHANGE)
 def chunk_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource,
                      feature_store: FeatureStoreResource, embedder: EmbedderResource,
                      progress: ProgressResource) -> dg.MaterializeResult:
@@ -111,6 +117,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
         check_results=embedding_check_results(
             store, space, cat.corpus_doc_ids(result.corpus_version.id)),
         metadata={
+            "dagster/row_count": result.chunks,
             "chunks": result.chunks, "distinct_chunk_texts": result.distinct_texts,
             "newly_embedded": result.newly_embedded,
             "chunks_per_second": round(result.chunks_per_second, 2),

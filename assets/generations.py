@@ -8,13 +8,15 @@ beside the retrieval sets its rows name (a dependency edge, for the graph's read
 
 import dagster as dg
 
+from assets.groups import SERVING, owners
 from assets.resources import FeatureStoreResource
 from assets.retrieval import retrieval_set
 from retro_ops.generations.records import GENERATIONS
 from retro_ops.generations.search import log_summary
 
 GENERATION_LOG = dg.AssetSpec(
-    "generation_log", deps=[retrieval_set], group_name="serving", kinds={"lancedb"},
+    "generation_log", deps=[retrieval_set], group_name=SERVING, owners=owners(SERVING),
+    kinds={"lancedb"},
     description=f"Every served generation (LanceDB `{GENERATIONS}`): prompt and output (or their "
                 "hashes), model, retrieval-set version, deployment and the neighbour chunk ids.")
 

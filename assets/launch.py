@@ -15,12 +15,15 @@ from pydantic import PrivateAttr
 from assets.definitions import (
     ALL_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
 )
-from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
+from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS, TRAINING_SPEC_PARTITIONS
 from assets.resources import ProgressResource, TrainingResource
+from assets.specs import register_spec
+from assets.sources import observe_sources
+from retro_ops.catalog import Catalog
 from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
-MODELS = "model"  # the unpartitioned model assets
-#: partitions definition name (or MODELS) -> its assets, in graph order
+MODELS = TRAINING_SPEC_PARTITIONS  # the model assets: one partition per training spec
+#: partitions definition name -> its assets, in graph order
 ASSETS_BY_PARTITION = {
     CORPUS_PARTITIONS: [a.key.to_user_string() for a in FEATURE_ASSETS],
     RETRIEVAL_SET_PARTITIONS: [a.key.to_user_string() for a in RETRIEVAL_ASSETS],
@@ -94,22 +97,32 @@ def materialize_partition(
     progress: ProgressResource | None = None, log_level: str = "ERROR",
     asset_config: dict[str, dict] | None = None, training: TrainingResource | None = None,
 ) -> RunOutcome:
-    """Materialize the selected assets (default: all) of one partition (a corpus or a set), or
-    of the unpartitioned model group (partitions=MODELS, key ignored)."""
+    """Materialize the selected assets (default: all) of one partition: a corpus, a retrieval
+    set, or (partitions=MODELS) the training spec `training`, recorded under its name (`key`
+    names it; "models" or "" = its content-derived name). The sources are observed first, so
+    the graph shows the data versions the run read."""
     names = ASSETS_BY_PARTITION[partitions]
     unknown = sorted(set(selection or []) - set(names))
     if unknown:
         raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    if partitions != MODELS:
+    if partitions == MODELS:
+        key = register_spec(instance, training or TrainingResource(), None if key in ("", "models") else key)
+    else:
         ensure_partition(instance, partitions, key)
-    resources = default_resources(training)
+    settings = Settings.from_env()
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    try:
+        observe_sources(instance, catalog)
+    finally:
+        catalog.close()
+    resources = default_resources()
     if progress is not None:
         resources["progress"] = progress
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if asset_config:
         run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
     result = dg.materialize(
-        ALL_ASSETS, instance=instance, partition_key=None if partitions == MODELS else key,
+        ALL_ASSETS, instance=instance, partition_key=key,
         resources=resources,
         selection=selection or names, raise_on_error=False,
         tags={"retro_ops/launched_by": "cli"}, run_config=run_config,
@@ -139,8 +152,10 @@ def materialize_retrieval_set(instance: dg.DagsterInstance, name: str, **kwargs)
     return materialize_partition(instance, RETRIEVAL_SET_PARTITIONS, name, **kwargs)
 
 
-def materialize_models(instance: dg.DagsterInstance, training: TrainingResource, **kwargs) -> RunOutcome:
-    return materialize_partition(instance, MODELS, "models", training=training, **kwargs)
+def materialize_models(instance: dg.DagsterInstance, training: TrainingResource, name: str = "",
+                       **kwargs) -> RunOutcome:
+    """Train (or reuse) the models of one training spec, in its own partition."""
+    return materialize_partition(instance, MODELS, name, training=training, **kwargs)
 
 
 class TerminalProgress(ProgressResource):

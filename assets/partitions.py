@@ -8,3 +8,7 @@ corpus_partitions = dg.DynamicPartitionsDefinition(name=CORPUS_PARTITIONS)
 
 RETRIEVAL_SET_PARTITIONS = "retrieval_set"
 retrieval_set_partitions = dg.DynamicPartitionsDefinition(name=RETRIEVAL_SET_PARTITIONS)
+
+TRAINING_SPEC_PARTITIONS = "training_spec"
+#: one partition per training spec (`assets/specs.py`): models of two specs stand side by side
+training_spec_partitions = dg.DynamicPartitionsDefinition(name=TRAINING_SPEC_PARTITIONS)

@@ -50,7 +50,10 @@ class EmbedderResource(dg.ConfigurableResource):
         return self.model_path or Settings.from_env().embedder_path or None
 
     def load(self) -> Embedder:
-        return Embedder(self._path(), batch_size=self.batch_size)
+        """At the settings' precision (`RETRO_OPS_EMBEDDER_PRECISION`): each is its own space."""
+        settings = Settings.from_env()
+        return Embedder(self._path(), batch_size=self.batch_size, precision=settings.embedder_precision,
+                        cache_dir=settings.home / "embedders")
 
     def chunker(self) -> Chunker:
         from retro_ops.features.embedder import default_model_dir
@@ -103,8 +106,9 @@ class WorkspaceResource(dg.ConfigurableResource):
 
 
 class TrainingResource(dg.ConfigurableResource):
-    """What the model assets train on and how; one place, so every asset of a run agrees.
-    Defaults train each demo model in about two minutes on 2 CPU cores."""
+    """A training spec: what the model assets train on and how. Each spec is saved under its
+    name and is one partition of the model assets (`assets/specs.py`), so every asset of a run
+    agrees. Defaults train each demo model in about two minutes on 2 CPU cores."""
 
     corpus: str = "sotu"
     retrieval_set: str = "sotu"

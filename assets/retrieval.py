@@ -13,8 +13,12 @@ from assets.checks import (
     index_check_results,
     unique_keys_result,
 )
+from assets.automation import ON_UPSTREAM_CHANGE, ON_UPSTREAM_DATA_CHANGE
 from assets.features import chunk_embeddings
+from assets.figures import markdown_table
+from assets.groups import RETRIEVAL, owners
 from assets.partitions import retrieval_set_partitions
+from assets.sources import EXCLUSIONS
 from assets.resources import (
     CatalogResource,
     EmbedderResource,
@@ -27,12 +31,11 @@ from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.store import MEMBERS
 from retro_ops.retrieval.sets import build_retrieval_set_version
 
-GROUP = "retrieval"
 
-
-@dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, kinds={"python", "lancedb"},
-          deps=[dg.AssetDep(chunk_embeddings, partition_mapping=dg.AllPartitionMapping())],
-          check_specs=RETRIEVAL_SET_CHECKS, pool=WRITE_POOL, code_version="1")
+@dg.asset(partitions_def=retrieval_set_partitions, group_name=RETRIEVAL, owners=owners(RETRIEVAL),
+          kinds={"python", "lancedb"}, check_specs=RETRIEVAL_SET_CHECKS, pool=WRITE_POOL,
+          deps=[dg.AssetDep(chunk_embeddings, partition_mapping=dg.AllPartitionMapping()), EXCLUSIONS],
+          code_version="1", automation_condition=ON_UPSTREAM_CHANGE)
 def retrieval_set(context: dg.AssetExecutionContext, catalog: CatalogResource,
                   feature_store: FeatureStoreResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     """The chunks of the set's corpora (latest versions) minus exclusions, with neighbour values."""
@@ -44,6 +47,7 @@ def retrieval_set(context: dg.AssetExecutionContext, catalog: CatalogResource,
         data_version=dg.DataVersion(v.digest[:16]),
         check_results=[unique_keys_result("retrieval_set_chunks_unique_keys", store, MEMBERS)],
         metadata={
+            "dagster/row_count": v.n_chunks,
             "chunks": v.n_chunks, "excluded_chunks": v.n_excluded, "new_version": build.created,
             "retrieval_set_version_id": v.id, "digest": v.digest,
             "corpora": ", ".join(cat.get_retrieval_set(context.partition_key).corpora),
@@ -65,8 +69,9 @@ class IndexBuildConfig(dg.Config):
     eval_queries: int = 500
 
 
-@dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, kinds={"faiss"},
-          deps=[retrieval_set], check_specs=INDEX_CHECKS, code_version="1")
+@dg.asset(partitions_def=retrieval_set_partitions, group_name=RETRIEVAL, owners=owners(RETRIEVAL),
+          kinds={"faiss"}, deps=[retrieval_set], check_specs=INDEX_CHECKS, code_version="1",
+          automation_condition=ON_UPSTREAM_DATA_CHANGE)
 def faiss_index(context: dg.AssetExecutionContext, config: IndexBuildConfig,
                 catalog: CatalogResource, feature_store: FeatureStoreResource,
                 index_store: IndexStoreResource) -> dg.MaterializeResult:
@@ -80,7 +85,7 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexBuildConfig,
         config=IndexConfig(factory=config.factory, flat_below=config.flat_below, nprobe=config.nprobe),
         run_id=context.run.run_id, eval_queries=config.eval_queries,
         min_recall=config.recall_threshold)
-    m = result.manifest
+    m, q = result.manifest, result.quality
     if result.published is None:
         context.log.error(f"recall@10 {result.quality.recall_at_k:.3f} < {config.recall_threshold}: "
                           "index not published; the previous index stays current")
@@ -88,6 +93,11 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexBuildConfig,
         data_version=dg.DataVersion(m.sha256[:16]),
         check_results=index_check_results(result, config.recall_threshold),
         metadata={
+            "dagster/row_count": m.ntotal,
+            "quality": dg.MetadataValue.md(markdown_table(
+                ["factory", f"recall@{q.k}", "threshold", "queries", "p50 ms", "p99 ms", "batch q/s"],
+                [[m.factory, f"{q.recall_at_k:.4f}", config.recall_threshold, q.queries,
+                  f"{q.p50_ms:.3f}", f"{q.p99_ms:.3f}", f"{q.batch_qps:,.0f}"]])),
             "factory": m.factory, "ntotal": m.ntotal, "dim": m.dim, "train_size": m.train_size,
             "index_bytes": m.index_bytes, "bytes_per_vector": round(m.index_bytes / max(m.ntotal, 1), 1),
             "build_seconds": m.build_seconds, "sha256": m.sha256,

@@ -1,35 +1,42 @@
 """Model assets: training_neighbours -> baseline / retro / retrofit checkpoints.
 
-One `TrainingResource` holds what to train on and how (set it once in the launchpad's resource
-config, or the CLI does), so every asset of a run reads the same spec. Checkpoints and
-neighbours are keyed by the hash of that spec and of the exact input versions: re-materializing
-with nothing changed reuses them.
+Each partition is one training spec (`assets/specs.py`: what to train on and how, recorded when
+the CLI first launches it), so every asset of a run reads the same spec and two specs' models
+stand side by side. Checkpoints and neighbours are keyed by the hash of that spec and of the
+exact input versions: re-materializing with nothing changed reuses them. No automation here:
+training is deliberate; the UI shows these stale when their inputs change.
 """
 
 import dagster as dg
 
 from assets.features import chunk_embeddings
-from assets.resources import ProgressResource, TrainingResource, WorkspaceResource
+from assets.figures import loss_curve_markdown
+from assets.groups import MODELS, owners
+from assets.partitions import training_spec_partitions
+from assets.resources import ProgressResource, WorkspaceResource
 from assets.retrieval import faiss_index
-from retro_ops.lineage.publish import publish_lineage, summary_rows
+from assets.specs import spec_of
+from retro_ops.lineage.publish import mlflow_model_version_url, publish_lineage, summary_rows
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import TrainedModel, find_model, train_model
 
-GROUP = "model"
+MODEL_ASSET = dict(partitions_def=training_spec_partitions, group_name=MODELS, owners=owners(MODELS),
+                   code_version="1")
 
 
-@dg.asset(group_name=GROUP, kinds={"faiss", "numpy"}, code_version="1",
+@dg.asset(**MODEL_ASSET, kinds={"faiss", "numpy"},
           deps=[dg.AssetDep(faiss_index, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(chunk_embeddings, partition_mapping=dg.AllPartitionMapping())])
-def training_neighbours(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-                        training: TrainingResource) -> dg.MaterializeResult:
+def training_neighbours(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Top-k neighbours of every training and held-out chunk, same-document hits excluded;
     computed once per (chunks, retrieval-set version, index, k) and reused by every epoch."""
+    training = spec_of(context)
     data = prepare_training(workspace.open(), training.spec())
     train, held = data.train_neighbours, data.heldout_neighbours
     return dg.MaterializeResult(
         data_version=dg.DataVersion(train.key[:16]),
         metadata={
+            "dagster/row_count": len(data.train_table), "training_spec": dg.MetadataValue.json(training.model_dump()),
             "key": train.key, "heldout_key": held.key, "computed_now": train.computed_now,
             "train_chunks": len(data.train_table), "heldout_chunks": len(data.heldout_table),
             "train_documents": len(data.train_doc_ids), "heldout_documents": len(data.heldout_doc_ids),
@@ -55,6 +62,9 @@ def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
     metadata = {"model": info.ref, "kind": info.kind, "reused": trained.reused,
                 "checkpoint": info.checkpoint_dir, "weights_sha256": info.weights_sha256,
                 "mlflow_run_id": info.mlflow_run_id or "", "model_key": info.key}
+    if info.mlflow_model_name and info.mlflow_model_version:
+        metadata["mlflow_model_version"] = dg.MetadataValue.url(
+            mlflow_model_version_url(info.mlflow_model_name, info.mlflow_model_version))
     metadata.update(_lineage_metadata(ws, info))
     if result is not None:
         metadata.update({
@@ -62,15 +72,17 @@ def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
             "train_seconds": round(result.seconds, 1), "resumed_from_step": result.resumed_from,
             "trainable_parameters": result.trainable_parameters,
             "total_parameters": result.total_parameters,
-            "loss_curve": dg.MetadataValue.json({"step": [s for s, _ in result.losses],
-                                                 "loss": [round(v, 4) for _, v in result.losses]}),
+            "loss_curve": loss_curve_markdown([s for s, _ in result.losses], [v for _, v in result.losses],
+                                              f"{info.kind} training loss"),
+            "losses": dg.MetadataValue.json({"step": [s for s, _ in result.losses],
+                                             "loss": [round(v, 4) for _, v in result.losses]}),
         })
     return dg.MaterializeResult(data_version=dg.DataVersion(info.weights_sha256[:16]), metadata=metadata)
 
 
-def _train(context, workspace, training, progress, kind) -> dg.MaterializeResult:
+def _train(context, workspace, progress, kind) -> dg.MaterializeResult:
     ws = workspace.open()
-    data = prepare_training(ws, training.spec())
+    data = prepare_training(ws, spec_of(context).spec())
     parent = None
     if kind == "retrofit":
         parent = find_model(ws, data, "baseline")
@@ -81,23 +93,22 @@ def _train(context, workspace, training, progress, kind) -> dg.MaterializeResult
     return _checkpoint_result(trained, ws)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[training_neighbours], code_version="1")
+@dg.asset(**MODEL_ASSET, kinds={"pytorch", "mlflow"}, deps=[training_neighbours])
 def baseline_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-                        training: TrainingResource, progress: ProgressResource) -> dg.MaterializeResult:
+                        progress: ProgressResource) -> dg.MaterializeResult:
     """The same decoder without retrieval, trained on the same tokens, steps and seed."""
-    return _train(context, workspace, training, progress, "baseline")
+    return _train(context, workspace, progress, "baseline")
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[training_neighbours], code_version="1")
+@dg.asset(**MODEL_ASSET, kinds={"pytorch", "mlflow"}, deps=[training_neighbours])
 def retro_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-                     training: TrainingResource, progress: ProgressResource) -> dg.MaterializeResult:
+                     progress: ProgressResource) -> dg.MaterializeResult:
     """RETRO trained on precomputed neighbours; registered in MLflow with its data lineage."""
-    return _train(context, workspace, training, progress, "retro")
+    return _train(context, workspace, progress, "retro")
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[baseline_checkpoint, training_neighbours],
-          code_version="1")
+@dg.asset(**MODEL_ASSET, kinds={"pytorch", "mlflow"}, deps=[baseline_checkpoint, training_neighbours])
 def retrofit_checkpoint(context: dg.AssetExecutionContext, workspace: WorkspaceResource,
-                        training: TrainingResource, progress: ProgressResource) -> dg.MaterializeResult:
+                        progress: ProgressResource) -> dg.MaterializeResult:
     """The trained baseline, frozen, with only an encoder and CCA layers trained (RETROfitting)."""
-    return _train(context, workspace, training, progress, "retrofit")
+    return _train(context, workspace, progress, "retrofit")

@@ -62,3 +62,59 @@ def serve_in_thread(app, port: int, *, stop_timeout: float = 10.0):
             thread.join(timeout=stop_timeout)
 
     return running()
+
+
+def _restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start_ui(port: int, log, *args: str):
+    """`retro-ops ui --port PORT ARGS` as a real child process (its own session, so a test can
+    signal it alone), its output in the file `log` (a pipe could fill and stall it); the home
+    comes from the environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with open(log, "wb") as sink:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "retro-ops"), "ui", "--port", str(port), *args],
+            cwd=Path(__file__).resolve().parents[1], env={**os.environ}, stdout=sink,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_restore_signals)
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    import requests
+
+    answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables or {}},
+                           timeout=20)
+    answer.raise_for_status()
+    return answer.json()
+
+
+ASSET_NODES = "{ assetNodes { assetKey { path } groupName dependencyKeys { path } partitionDefinition { name } } }"
+
+
+def wait_for_asset_graph(process, port: int, log, timeout: float = 150.0) -> dict:
+    """The UI's asset nodes by key, once the webserver answers and the code location loaded."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"retro-ops ui exited with {process.returncode}: "
+                               f"{open(log, errors='replace').read()[-2000:]}")
+        try:
+            nodes = graphql(port, ASSET_NODES).get("data", {}).get("assetNodes")
+            if nodes:
+                return {"/".join(n["assetKey"]["path"]): n for n in nodes}
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the Dagster UI did not serve the asset graph within {timeout:.0f} s")

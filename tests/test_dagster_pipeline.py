@@ -39,16 +39,38 @@ def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     deps = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
             for key in graph.get_all_asset_keys()}
-    assert deps == {"documents": [], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
-                    "retrieval_set": ["chunk_embeddings"], "faiss_index": ["retrieval_set"],
+    assert deps == {"corpus_files": [], "exclusions": [],
+                    "documents": ["corpus_files"], "chunks": ["documents"], "chunk_embeddings": ["chunks"],
+                    "chunk_scores": ["chunks"],
+                    "retrieval_set": ["chunk_embeddings", "exclusions"], "faiss_index": ["retrieval_set"],
                     "training_neighbours": ["chunk_embeddings", "faiss_index"],
                     "baseline_checkpoint": ["training_neighbours"],
                     "retro_checkpoint": ["training_neighbours"],
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"],
-                    "generation_log": ["retrieval_set"],
-                    "near_duplicates": ["documents"]}
+                    "generation_log": ["retrieval_set"], "near_duplicates": ["documents"]}
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"corpus_files": "corpora", "documents": "corpora", "chunks": "features",
+                      "chunk_embeddings": "features", "chunk_scores": "governance", "exclusions": "governance",
+                      "retrieval_set": "retrieval", "faiss_index": "retrieval",
+                      "training_neighbours": "models", "baseline_checkpoint": "models",
+                      "retro_checkpoint": "models", "retrofit_checkpoint": "models",
+                      "evaluation": "evaluation", "swap_evaluation": "evaluation",
+                      "near_duplicates": "governance", "generation_log": "serving"}
+    partitions = {key.to_user_string(): graph.get(key).partitions_def.name
+                  for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
+    assert set(partitions) == set(deps) - {"exclusions", "near_duplicates", "generation_log"}
+    assert {partitions[k] for k in ("training_neighbours", "retro_checkpoint", "evaluation")} == {"training_spec"}
+    # every materializable asset says what it is, who owns it and what it runs on
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and node.owners, key
+        assert node.is_observable or node.kinds, key
+    automated = sorted(k.to_user_string() for k in graph.get_all_asset_keys()
+                       if graph.get(k).automation_condition is not None)
+    assert automated == ["chunk_embeddings", "chunk_scores", "chunks", "documents", "faiss_index",
+                         "retrieval_set"]
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
                       "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",
@@ -132,7 +154,7 @@ def test_selection_and_unknown_asset(home: Settings, small_corpus: Path):
         materialize_corpus(instance, "small", selection=["embeddings"])
     except ValueError as exc:
         assert str(exc) == ("unknown asset(s) embeddings; choose from documents, chunks, "
-                            "chunk_embeddings")
+                            "chunk_embeddings, chunk_scores")
     else:
         raise AssertionError("an unknown asset must be refused")
 
@@ -180,9 +202,16 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     trained = by_asset(models)
     assert trained["training_neighbours"].metadata["retrieval_set_version_id"] == \
         assets["retrieval_set"].metadata["retrieval_set_version_id"]
+    # a failed blocking recall check never lets a model train on that index: the one trained on
+    # is the index still published, not the rejected build
+    assert trained["training_neighbours"].metadata["index_sha256"] == served[1]
     assert trained["retro_checkpoint"].metadata["mlflow_run_id"]
     retro = trained["retro_checkpoint"].metadata  # lineage where users look (#12)
     assert retro["mlflow_run"].endswith(f"/runs/{retro['mlflow_run_id']}")
+    assert retro["mlflow_model_version"].startswith("http://127.0.0.1:5000/#/models/")
+    assert retro["loss_curve"].startswith("![retro training loss](data:image/png;base64,iVBOR")
+    assert trained["evaluation"].metadata["mlflow_run"].endswith(trained["evaluation"].metadata["mlflow_run_id"])
+    assert "| factory | recall@10 |" in index_md["quality"] and index_md["dagster/row_count"] == n_chunks
     lineage = {r.data["field"]: r.data["value"] for r in retro["lineage"].records}
     assert lineage["model"] == retro["model"] and lineage["retrieval_set.retrieval_set"] == "small_set"
     assert trained["retrofit_checkpoint"].metadata["trainable_parameters"] < \
@@ -196,8 +225,21 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert [(r["kind"], r["setting"]) for r in swapped] == [
         ("retro", "no retrieval"), ("retro", "set small_set"), ("baseline", "no retrieval")]
     assert swapped[1]["bits_per_byte"] == rows[2]["bits_per_byte"]  # same model, text and set
-    again = by_asset(materialize_models(instance, training, selection=["retro_checkpoint"]))
-    assert again["retro_checkpoint"].metadata["reused"] is True
+    again = materialize_models(instance, training, selection=["retro_checkpoint"])
+    assert by_asset(again)["retro_checkpoint"].metadata["reused"] is True
+    assert again.partition == models.partition  # the same spec: the same partition
+
+    # another spec is another partition: both models stand side by side on the instance
+    other = materialize_models(instance, TrainingResource(corpus="small", retrieval_set="small_set", steps=2,
+                                                          batch_size=2, seed=1),
+                               selection=["training_neighbours", "retro_checkpoint"])
+    assert other.success, other.error
+    assert other.partition != models.partition
+    assert sorted(instance.get_dynamic_partitions("training_spec")) == sorted([models.partition, other.partition])
+    for spec in (models.partition, other.partition):
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("retro_checkpoint"), asset_partitions=[spec]), limit=1).records
+        assert [r.partition_key for r in records] == [spec]
 
 
 @pytest.mark.postgres
@@ -229,3 +271,21 @@ def test_dagster_storage_on_postgres(home: Settings, small_corpus: Path, pg_data
     # back to SQLite: the file written by retro-ops follows the settings
     assert "postgres" not in dagster_yaml(home)
     assert type(dagster_instance(home).run_storage).__name__ != "PostgresRunStorage"
+
+
+def test_training_specs_are_named_by_their_content(home: Settings):
+    """A spec's partition name is derived from its settings, recorded once, never rewritten."""
+    from assets.specs import load_spec, register_spec, save_spec, spec_name
+
+    instance = dagster_instance(home)
+    first = TrainingResource(corpus="small", retrieval_set="small_set", steps=3)
+    name = register_spec(instance, first)
+    assert name == spec_name(first) and name.startswith("small-") and len(name) == len("small-") + 8
+    assert register_spec(instance, TrainingResource(corpus="small", retrieval_set="small_set", steps=3)) == name
+    assert spec_name(TrainingResource(corpus="small", retrieval_set="small_set", steps=4)) != name
+    assert load_spec(home, name) == first
+    assert instance.get_dynamic_partitions("training_spec") == [name]
+    with pytest.raises(ValueError, match=f"training spec '{name}' already exists with other settings"):
+        save_spec(home, TrainingResource(corpus="small", steps=4), name)
+    with pytest.raises(dg.Failure, match="no training spec 'nope'"):
+        load_spec(home, "nope")

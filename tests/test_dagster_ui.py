@@ -1,71 +1,80 @@
-"""`retro-ops ui` (dagster dev -w workspace.yaml) serves the asset graph: started for real,
-asked over its GraphQL API, stopped with SIGINT to its process group."""
+"""`retro-ops ui` (webserver + daemon via `dagster dev`) serves the asset graph of the home's
+instance, and stops with every process it started on SIGTERM (and on Ctrl-C): started for
+real, asked over its HTTP API, signalled, its process tree checked in /proc."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
+
+import requests
+from helpers import free_port, graphql, start_ui, wait_for_asset_graph
 
 from retro_ops.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
-QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } partitionDefinition { name } } }"
+
+SENSORS = """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+  ... on RepositoryLocation { repositories { sensors { name sensorState { status } } } } } } } } }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _sensors(port: int) -> dict[str, str]:
+    entries = graphql(port, SENSORS)["data"]["workspaceOrError"]["locationEntries"]
+    return {s["name"]: s["sensorState"]["status"] for e in entries
+            for r in e["locationOrLoadError"]["repositories"] for s in r["sensors"]}
 
 
-def _restore_signals() -> None:  # a non-interactive parent may have left SIGINT ignored
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _process_tree(root: int) -> set[int]:
+    """Every live descendant of `root` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(after_name[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
 
 
-def _graphql(port: int) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": QUERY}).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
-def test_ui_serves_the_asset_graph(home: Settings):
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "retro-ops"), "ui", "--port", str(port)],
-        cwd=REPO, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, preexec_fn=_restore_signals)
+def _alive(pid: int) -> bool:
     try:
-        deadline, answer = time.monotonic() + 120, None
-        while time.monotonic() < deadline and answer is None:
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            try:
-                answer = _graphql(port)
-                if not answer.get("data", {}).get("assetNodes"):
-                    answer = None  # the code location is still loading
-            except OSError:
-                pass
-            if answer is None:
-                time.sleep(1)
-        assert answer is not None, "the Dagster UI did not serve the asset graph within 120 s"
-        nodes = {"/".join(n["assetKey"]["path"]): n for n in answer["data"]["assetNodes"]}
-        assert set(nodes) >= {"documents", "chunks", "chunk_embeddings", "retrieval_set",
-                              "faiss_index", "training_neighbours", "retro_checkpoint", "evaluation"}
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, tmp_path: Path):
+    """With --automation: the source observer and the automation sensor run from the start."""
+    port, log, tree = free_port(), tmp_path / "ui.log", set()
+    process = start_ui(port, log, "--automation")
+    try:
+        nodes = wait_for_asset_graph(process, port, log)
+        info = requests.get(f"http://127.0.0.1:{port}/server_info", timeout=10).json()
+        assert "dagster_webserver_version" in info
+        assert set(nodes) >= {"corpus_files", "documents", "chunks", "chunk_embeddings", "chunk_scores",
+                              "exclusions", "retrieval_set", "faiss_index", "training_neighbours",
+                              "retro_checkpoint", "evaluation"}
         assert [d["path"] for d in nodes["chunk_embeddings"]["dependencyKeys"]] == [["chunks"]]
         assert nodes["chunks"]["partitionDefinition"]["name"] == "corpus"
-        assert (home.dagster_home / "dagster.yaml").exists()
+        assert nodes["retro_checkpoint"]["partitionDefinition"]["name"] == "training_spec"
+        assert nodes["faiss_index"]["groupName"] == "retrieval"
+        assert _sensors(port) == {"source_observer": "RUNNING", "retro_ops_automation": "RUNNING"}
+        assert "telemetry:\n  enabled: false" in (home.dagster_home / "dagster.yaml").read_text()
+        tree = _process_tree(process.pid)
+        assert len(tree) >= 2, "dagster dev should run a webserver and a daemon"
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        process.send_signal(signal.SIGTERM)  # to retro-ops alone, as a service manager would
+        code = process.wait(timeout=60)
+    printed = log.read_text(errors="replace")
+    assert f"Dagster UI on http://127.0.0.1:{port} (automation on" in printed
+    assert code == 0, printed[-2000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in tree if _alive(p)], "processes outlived retro-ops ui"

@@ -1,7 +1,7 @@
 """model split: the train / held-out split each model was trained with
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01 18:10:00.000000
 """
 from typing import Sequence, Union

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from retro_ops.cli.common import JsonOpt, corpus_option, err, fail, open_catalog, out, set_option, settings
+from retro_ops.cli.common import JsonOpt, corpus_option, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.exclude import exclude_app
 from retro_ops.cli.generations import generations_app
@@ -24,6 +21,7 @@ from retro_ops.cli.models import eval_command, generate_command, models_app, tra
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
 from retro_ops.cli.runs import print_outcomes, run_materializations
 from retro_ops.cli.serve import serve_command
+from retro_ops.cli.ui import ui
 
 app = typer.Typer(
     name="retro-ops", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -52,11 +50,12 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
+app.command("ui")(ui)
 
 
 DEMO_STEPS = 300  # per model: RETRO learns to read neighbours between 150 and 300 (README)
-DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "evaluation",
-                     "swap_evaluation"]
+DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint",
+                     "retrofit_checkpoint", "evaluation", "swap_evaluation"]
 
 
 def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str] | None):
@@ -93,8 +92,8 @@ def materialize(
     retrieval_set: Annotated[list[str] | None, set_option(
         "Its current chunks are pinned as a version and its index is built.", repeatable=True)] = None,
     select: Annotated[str | None, typer.Option(
-        help="Comma-separated assets: documents, chunks, chunk_embeddings, retrieval_set, "
-             "faiss_index (default: all of the partitions named).")] = None,
+        help="Comma-separated assets: documents, chunks, chunk_embeddings, chunk_scores, "
+             "retrieval_set, faiss_index (default: all of the partitions named).")] = None,
     factory: Annotated[str, typer.Option(help="FAISS factory string for faiss_index "
                                               "(default: chosen by size).")] = "",
     json_out: JsonOpt = False,
@@ -142,7 +141,7 @@ def demo(json_out: JsonOpt = False) -> None:
             f"  indices:   {resolved.indices_dir}\n"
             f"  Dagster:   {resolved.dagster_home}\n"
             "Look around:\n"
-            "  .venv/bin/retro-ops ui                 Dagster UI on http://127.0.0.1:3000\n"
+            "  .venv/bin/retro-ops ui [--automation]  Dagster UI on http://127.0.0.1:3000\n"
             "  .venv/bin/retro-ops corpus list\n"
             "  .venv/bin/retro-ops retrieval-set list\n"
             "  .venv/bin/retro-ops retrieve 'the budget deficit' --set sotu -k 3\n"
@@ -157,25 +156,6 @@ def demo(json_out: JsonOpt = False) -> None:
         )
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
-
-
-@app.command()
-def ui(
-    port: Annotated[int, typer.Option(help="Port of the Dagster webserver.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
-) -> None:
-    """Start the Dagster UI (`dagster dev`) on this home's instance."""
-    from assets.launch import dagster_instance
-
-    resolved = settings()
-    dagster_instance(resolved)  # writes dagster.yaml on first use
-    env = {**os.environ, "DAGSTER_HOME": str(resolved.dagster_home),
-           "RETRO_OPS_HOME": str(resolved.home)}
-    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", host,
-               "-p", str(port)]
-    err.print(f"Dagster UI on http://{host}:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(command, env=env, cwd=workspace.parent))
 
 
 if __name__ == "__main__":

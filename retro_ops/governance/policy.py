@@ -25,6 +25,7 @@ from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import SCOPES, NewExclusion
 from retro_ops.errors import PolicyError, ScorerError
 from retro_ops.features.store import FeatureStore
+from retro_ops.governance.corpus_scores import ensure_scores
 from retro_ops.governance.scorers import Scorer, make_scorer, scorer_key
 
 _RULE_KEYS = {"scorer", "threshold", "scope", "reason"}
@@ -106,13 +107,9 @@ def apply_policy(catalog: Catalog, store: FeatureStore, policy: Policy, retrieva
     planned: dict[tuple[str, str], NewExclusion] = {}
     for rule in policy.rules:
         key = scorer_key(rule.scorer)
-        known = store.scores_of(key, hashes)
-        todo = [h for h in hashes if h not in known]
-        fresh = rule.scorer.score([by_hash[h][0]["text"] for h in todo])
-        if todo and not dry_run:
-            store.add_scores(key, todo, [s for s, _ in fresh], [d for _, d in fresh])
-        known.update(zip(todo, fresh))
-        report.newly_scored[key] = report.newly_scored.get(key, 0) + len(todo)
+        known, scored_now = ensure_scores(store, rule.scorer, {h: by_hash[h][0]["text"] for h in hashes},
+                                          write=not dry_run)
+        report.newly_scored[key] = report.newly_scored.get(key, 0) + scored_now
         hits = [h for h in hashes if known[h][0] >= rule.threshold]
         report.matches[key] = sum(len(by_hash[h]) for h in hits)
         for h in hits:

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from retro_ops.catalog import ModelInfo
 from retro_ops.catalog.mlflow_runs import Tracking
@@ -32,10 +33,18 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _mlflow_ui() -> str:
+    return os.environ.get(MLFLOW_UI_ENV, DEFAULT_MLFLOW_UI).rstrip("/")
+
+
 def mlflow_run_url(tracking: Tracking, run_id: str) -> str:
     run = tracking.client.get_run(run_id)
-    base = os.environ.get(MLFLOW_UI_ENV, DEFAULT_MLFLOW_UI).rstrip("/")
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"{_mlflow_ui()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def mlflow_model_version_url(name: str, version: str) -> str:
+    """The registered model version's page in the MLflow UI."""
+    return f"{_mlflow_ui()}/#/models/{quote(name, safe='')}/versions/{version}"
 
 
 def publish_lineage(ws: Workspace, info: ModelInfo) -> tuple[ModelLineage, str | None]:

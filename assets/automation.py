@@ -1,0 +1,47 @@
+"""Declarative automation: when a source or an upstream asset changes, exactly its dependents
+re-materialize, and nothing runs past a failed blocking check.
+
+- Feature and retrieval-set assets run when a dependency was updated (a corpus's files got a new
+  digest, its documents were re-read, ...), when a partition is new, or when their code version
+  changed, once nothing upstream is missing or running and every upstream blocking check passed.
+- `faiss_index` runs only when its retrieval set's *data version* changed: a set re-pinned with
+  the same chunks (its digest unchanged) keeps its index.
+- Model and evaluation assets carry no condition: training is a deliberate, costly act; they
+  show as stale in the UI (and `retro-ops train` / the Materialize button run them).
+
+The sensors that act on these are stopped unless RETRO_OPS_AUTOMATION=1 when the code location
+loads (`retro-ops ui --automation` sets it); they can also be switched on in the UI (Automation).
+"""
+
+import os
+
+import dagster as dg
+
+AUTOMATION_ENV = "RETRO_OPS_AUTOMATION"
+
+AC = dg.AutomationCondition
+
+
+def automation_status() -> dg.DefaultSensorStatus:
+    """RUNNING when automation was asked for where the code location loads (a switch, not a secret)."""
+    on = os.environ.get(AUTOMATION_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+
+
+def _when(trigger: dg.AutomationCondition, label: str) -> dg.AutomationCondition:
+    started = (AC.newly_missing() | trigger | AC.code_version_changed()).since_last_handled()
+    return (started & ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+            & AC.all_deps_blocking_checks_passed()).with_label(label)
+
+
+#: documents, chunks, embeddings, scores, retrieval sets: any dependency updated
+ON_UPSTREAM_CHANGE = _when(AC.any_deps_updated(), "on upstream change")
+#: faiss_index: only when the retrieval set's content (data version) changed
+ON_UPSTREAM_DATA_CHANGE = _when(AC.any_deps_match(AC.data_version_changed()), "on upstream data change")
+
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "retro_ops_automation", target=dg.AssetSelection.all(), default_status=automation_status(),
+        minimum_interval_seconds=30,
+        description="Evaluates the assets' automation conditions and launches what they ask for.")
