@@ -13,6 +13,7 @@ from assets.resources import (
     WorkspaceResource,
 )
 from assets.retrieval import faiss_index, retrieval_set
+from assets.sharded import SHARDED_ASSETS
 from assets.evaluation import evaluation, swap_evaluation
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
@@ -36,4 +37,4 @@ def default_resources(training: TrainingResource | None = None) -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS + SHARDED_ASSETS, resources=default_resources())
