@@ -189,6 +189,7 @@ class ShardRun:
     partition: str
     run_id: str
     success: bool
+    wall_s: float  # its process, start to exit (what Dagster adds shows against library seconds)
     output: str  # the tail of the run's console output, for a failure message
 
 
@@ -205,23 +206,24 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
     if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
         env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
 
-    def run(shard: ShardSpec) -> tuple[str, subprocess.CompletedProcess]:
+    def run(shard: ShardSpec) -> tuple[str, float, subprocess.CompletedProcess]:
         partition = str(dg.MultiPartitionKey({dimension: key, SHARD: shard.key}))
+        started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "assets.definitions",
              "-d", str(REPO), "--select", SHARD_SELECTIONS[job], "--partition", partition],
             cwd=REPO, env=env, capture_output=True, text=True)
-        return partition, done
+        return partition, time.perf_counter() - started, done
 
     with ThreadPoolExecutor(max_workers=parallel or n_shards) as pool:  # threads only wait here
         finished = list(pool.map(run, all_shards(n_shards)))
     with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         runs = []
-        for partition, done in finished:
+        for partition, wall_s, done in finished:
             found = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}), limit=1)
             run_id = found[0].run_id if found else ""
             success = done.returncode == 0 and bool(found) and found[0].is_success
-            runs.append(ShardRun(partition, run_id, success, (done.stdout + done.stderr)[-2000:]))
+            runs.append(ShardRun(partition, run_id, success, wall_s, (done.stdout + done.stderr)[-2000:]))
         return runs
 
 

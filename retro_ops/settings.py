@@ -32,7 +32,7 @@ ARTIFACTS_DIR_ENV = "RETRO_OPS_ARTIFACTS_DIR"
 DEFAULT_HOME = ".retro_ops"
 PROFILES = ("local", "prod")
 DEFAULT_PG_PREFIX = "retro_ops"
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+DB_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
 
 
 def profile_urls(pg_url: str) -> dict[str, str]:
@@ -51,7 +51,7 @@ def profile_urls(pg_url: str) -> dict[str, str]:
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise SettingsError(f"{PG_URL_ENV} must name a Postgres server, not {url.get_backend_name()!r}")
     prefix = url.database or DEFAULT_PG_PREFIX
-    if not _DB_NAME.match(prefix):
+    if not DB_NAME_PATTERN.match(prefix):
         raise SettingsError(f"{PG_URL_ENV}: database prefix {prefix!r} must be letters, digits and _")
 
     def database(suffix: str, driver: str) -> str:

@@ -46,7 +46,11 @@ def test_asset_graph_snapshot():
                     "retro_checkpoint": ["training_neighbours"],
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
-                    "swap_evaluation": ["faiss_index", "retro_checkpoint"]}
+                    "swap_evaluation": ["faiss_index", "retro_checkpoint"],
+                    # scale-out (assets/sharded.py): corpus x shard, retrieval set x shard
+                    "chunk_shard": ["documents"], "embedding_shard": ["chunk_shard"],
+                    "index_training": ["retrieval_set"], "index_shard": ["index_training"],
+                    "sharded_faiss_index": ["index_shard"]}
     checks = sorted(k.name for k in graph.asset_check_keys)
     assert checks == ["chunk_embeddings_complete", "chunk_embeddings_finite", "chunks_complete",
                       "chunks_not_empty", "chunks_unique_keys", "documents_unique_keys",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from retro_ops.errors import SettingsError
-from retro_ops.settings import _DB_NAME, Settings
+from retro_ops.settings import DB_NAME_PATTERN, Settings
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def create_databases(settings: Settings) -> list[Database]:
     created. A second run (or a concurrent one that loses the race) creates nothing."""
     created = []
     for database in postgres_databases(settings):
-        if not _DB_NAME.match(database.name):
+        if not DB_NAME_PATTERN.match(database.name):
             raise SettingsError(f"{database.store} database name {database.name!r} must be letters, "
                                 "digits and _")
         engine = _server(database.url)
