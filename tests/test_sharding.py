@@ -32,7 +32,7 @@ from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_
 from retro_ops.settings import Settings
 
 N_SHARDS = 2
-FACTORY = {"factory": "IVF4,Flat", "nprobe": 1}  # one list of four searched: a different quantizer shows
+FACTORY = {"factory": "IVF3,Flat", "nprobe": 1}  # one list of three searched: a different quantizer shows
 
 
 def test_shards_split_documents_stably():
@@ -114,14 +114,14 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
     version = catalog.latest_retrieval_set_version("small")
     index, manifest = load_current(index_root(home.indices_dir, "small"), retrieval_set="small",
                                    expected_ntotal=version.n_chunks, is_trusted=catalog.is_trusted_index)
-    assert manifest.factory == "IVF4,Flat" and "filled in 2 shards" in manifest.notes[-1]
+    assert manifest.factory == "IVF3,Flat" and "filled in 2 shards" in manifest.notes[-1]
 
     ref_store, ref_ids, ref_vectors, ref_index = _single_path(tmp_path / "single", small_corpus, chunker,
                                                               embedder)
     columns = [f.name for f in CHUNKS_SCHEMA]
     sharded_chunks = store.table("chunks", CHUNKS_SCHEMA).to_arrow().sort_by("chunk_id").select(columns)
     single_chunks = ref_store.table("chunks", CHUNKS_SCHEMA).to_arrow().sort_by("chunk_id").select(columns)
-    assert sharded_chunks.num_rows > 156 and sharded_chunks.equals(single_chunks)  # ids, tokens, spans
+    assert sharded_chunks.num_rows >= 3 * 39 and sharded_chunks.equals(single_chunks)  # ids, tokens, spans
     ids, vectors = retrieval_set_vectors(store, version, 384)
     assert np.array_equal(ids, ref_ids)
     assert np.allclose(vectors, ref_vectors, atol=1e-5)
