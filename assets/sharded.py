@@ -2,7 +2,7 @@
 
 A corpus splits into shards by document (`retro_ops.features.shards`): `chunk_shard` and
 `embedding_shard` are partitioned by corpus x shard, so each shard is its own run and Dagster
-runs shards at once (a backfill from the UI, `launch_shards` from code or the CLI), every step in its own
+runs shards at once (a backfill from the UI, `launch_shards` from code), every step in its own
 process under the multiprocess executor; in a cluster the Celery or Kubernetes executor and run
 launcher do the same (deploy/). Shards write the shared LanceDB tables through FeatureStore's
 per-table writer lock (`features/locks.py`), so concurrent shards never store a key twice.
@@ -215,9 +215,11 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
             cwd=REPO, env=env, capture_output=True, text=True)
         return partition, time.perf_counter() - started, done
 
+    from assets.launch import dagster_instance  # (it imports the definitions, which import us)
+
     with ThreadPoolExecutor(max_workers=parallel or n_shards) as pool:  # threads only wait here
         finished = list(pool.map(run, all_shards(n_shards)))
-    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+    with dagster_instance(settings) as instance:
         runs = []
         for partition, wall_s, done in finished:
             found = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}), limit=1)
