@@ -13,6 +13,7 @@ may be shared: the ratio measured in one run is the number to read, with `load_a
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -102,8 +103,10 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
     from assets.launch import dagster_instance, ensure_partition, materialize_corpus
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
     from assets.sharded import FEATURES_JOB, INDEX_JOB, launch_shards, sharded_assets
+    from retro_ops.settings import HOME_ENV
 
     settings, _ = _home(root, f"shards{n_shards}", corpus)
+    os.environ[HOME_ENV] = str(settings.home)  # what the resources (and shard processes) resolve
     instance = dagster_instance(settings)
     ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, "bench")
     assert materialize_corpus(instance, "bench", selection=["documents"]).success
@@ -145,6 +148,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2, help="the sharded configuration (default 2)")
     parser.add_argument("--factory", default="IVF16,Flat", help="index factory (mergeable; default IVF16,Flat)")
     args = parser.parse_args()
+    for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_PROFILE"):
+        os.environ.pop(var, None)  # every store under the fresh homes
     root = Path(tempfile.mkdtemp(prefix="retro-ops-scale-"))
     try:
         corpus = _corpus(root, args.chapters)
