@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from postgres import PG_URL, admin_engine
+from retro_ops.catalog.databases import postgres_databases
 from retro_ops.cli.main import app
 from retro_ops.settings import (
     ARTIFACTS_DIR_ENV, CATALOG_URL_ENV, DAGSTER_STORAGE_ENV, HOME_ENV, LANCEDB_URI_ENV, MLFLOW_URI_ENV,
@@ -71,6 +72,11 @@ def test_profile_urls_and_bad_settings():
     settings = Settings.from_env(env)
     assert settings.catalog_url.endswith("/acme_catalog") and settings.profile == "prod"
     assert settings.mlflow_uri == env[MLFLOW_URI_ENV]  # an explicit URL wins over the profile
+    shown = [d.shown for d in postgres_databases(Settings.from_env({**env, MLFLOW_URI_ENV: ""}))]
+    assert shown == ["postgresql+psycopg://ops@db/acme_catalog", "postgresql+psycopg2://ops@db/acme_dagster",
+                     "postgresql+psycopg2://ops@db/acme_mlflow"]
+    secret = Settings.from_env({**env, PG_URL_ENV: "postgresql://ops:s3cret@db/acme"})
+    assert "s3cret" not in " ".join(d.shown for d in postgres_databases(secret))
     with pytest.raises(ValueError, match="the prod profile needs RETRO_OPS_PG_URL"):
         Settings.from_env({PROFILE_ENV: "prod"})
     with pytest.raises(ValueError, match="RETRO_OPS_PROFILE='staging': choose one of local, prod"):
@@ -88,8 +94,7 @@ def test_demo_pipeline_on_postgres(prod_env: dict[str, str], small_corpus: Path,
     init = json.loads(cli("db", "init", "--json"))
     assert [(d["store"], d["created"]) for d in init["databases"]] == [
         ("catalog", True), ("dagster", True), ("mlflow", True)]
-    assert all("***" in d["database"] or "@" not in d["database"].split("//")[1].split("@")[0]
-               for d in init["databases"])
+    assert [d["database"].rsplit("_", 1)[1] for d in init["databases"]] == ["catalog", "dagster", "mlflow"]
     again = json.loads(cli("db", "init", "--json"))
     assert not any(d["created"] for d in again["databases"])
 
