@@ -62,7 +62,7 @@ def prod_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     admin.dispose()
 
 
-def test_profile_urls_and_bad_settings():
+def test_profile_urls_and_bad_settings(monkeypatch: pytest.MonkeyPatch):
     urls = profile_urls("postgresql://ops:pw@db.internal:6543/acme")
     assert urls == {"catalog": "postgresql+psycopg://ops:pw@db.internal:6543/acme_catalog",
                     "dagster": "postgresql+psycopg2://ops:pw@db.internal:6543/acme_dagster",
@@ -85,6 +85,7 @@ def test_profile_urls_and_bad_settings():
         Settings.from_env({PROFILE_ENV: "prod", PG_URL_ENV: "sqlite:///x.db"})
     with pytest.raises(ValueError, match="database prefix 'a-b' must be letters"):
         profile_urls("postgresql://h/a-b")
+    monkeypatch.delenv(PROFILE_ENV, raising=False)  # restored after: the CLI exports the profile
     bad = runner.invoke(app, ["--profile", "prod", "corpus", "list"], env={PG_URL_ENV: ""})
     assert bad.exit_code == 2 and "the prod profile needs RETRO_OPS_PG_URL" in bad.output
 
