@@ -50,7 +50,7 @@ def prod_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         hide_password=False)
     for var in (CATALOG_URL_ENV, MLFLOW_URI_ENV, DAGSTER_STORAGE_ENV, LANCEDB_URI_ENV, PROFILE_ENV,
                 ARTIFACTS_DIR_ENV):
-        monkeypatch.delenv(var, raising=False)  # and restored after: the CLI exports some
+        monkeypatch.setenv(var, "")  # "" = unset; setenv (not delenv) so pytest restores what the CLI exports
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     monkeypatch.setenv(PG_URL_ENV, pg_url)
     monkeypatch.setenv(ARTIFACTS_DIR_ENV, str(tmp_path / "artifacts"))
@@ -85,7 +85,7 @@ def test_profile_urls_and_bad_settings(monkeypatch: pytest.MonkeyPatch):
         Settings.from_env({PROFILE_ENV: "prod", PG_URL_ENV: "sqlite:///x.db"})
     with pytest.raises(ValueError, match="database prefix 'a-b' must be letters"):
         profile_urls("postgresql://h/a-b")
-    monkeypatch.delenv(PROFILE_ENV, raising=False)  # restored after: the CLI exports the profile
+    monkeypatch.setenv(PROFILE_ENV, "")  # so pytest restores it after the CLI exports the profile
     bad = runner.invoke(app, ["--profile", "prod", "corpus", "list"], env={PG_URL_ENV: ""})
     assert bad.exit_code == 2 and "the prod profile needs RETRO_OPS_PG_URL" in bad.output
 
