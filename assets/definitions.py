@@ -17,6 +17,7 @@ from assets.resources import (
 from assets.retrieval import faiss_index, retrieval_set
 from assets.dedup import DEDUP_ASSETS, DEDUP_CHECKS
 from assets.generations import generation_log, observe_generation_log
+from assets.sharded import SHARDED_ASSETS
 from assets.sources import corpus_files, exclusions, source_observer
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
 
@@ -41,5 +42,6 @@ def default_resources() -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=DEDUP_CHECKS, jobs=[observe_generation_log],
-                      sensors=[source_observer, automation_sensor()], resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS + SHARDED_ASSETS, asset_checks=DEDUP_CHECKS,
+                      jobs=[observe_generation_log], sensors=[source_observer, automation_sensor()],
+                      resources=default_resources())

@@ -9,10 +9,11 @@ MODELS = "models"
 EVALUATION = "evaluation"
 GOVERNANCE = "governance"
 SERVING = "serving"  # what deployed models wrote (the generation log)
+SCALE_OUT = "scale_out"  # the sharded path of features and indices (assets/sharded.py)
 
 _OWNER = {CORPORA: "team:data", FEATURES: "team:data", RETRIEVAL: "team:retrieval",
           MODELS: "team:modelling", EVALUATION: "team:modelling", GOVERNANCE: "team:governance",
-          SERVING: "team:serving"}
+          SERVING: "team:serving", SCALE_OUT: "team:data"}
 
 
 def owners(group: str) -> list[str]:

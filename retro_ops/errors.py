@@ -9,6 +9,10 @@ class RetroOpsError(Exception):
     """Base of every retro-ops error."""
 
 
+class SettingsError(RetroOpsError, ValueError):
+    """A setting (profile, database URL) that names nothing usable."""
+
+
 class CorpusError(RetroOpsError, ValueError):
     """A corpus as a whole cannot be read (missing path, nothing readable in it)."""
 

@@ -2,6 +2,9 @@
 
 All paths hang off `RETRO_OPS_HOME` (default `./.retro_ops`) so a demo never writes outside it;
 each backend URL can be pointed elsewhere (e.g. the catalog at Postgres) by environment.
+One setting puts a whole deployment on Postgres: `RETRO_OPS_PROFILE=prod` (or `retro-ops
+--profile prod`) with `RETRO_OPS_PG_URL` naming a server (and a database-name prefix) derives the
+catalog, Dagster storage and MLflow databases from it, so the three can never drift apart.
 Nothing absolute is derived once and kept: the URLs below are computed from the home each time a
 process starts, and the catalog records paths relative to the home (`stored_path`), so a home
 copied to another folder or machine reads its own files, never the original's.
@@ -10,9 +13,12 @@ copied to another folder or machine reads its own files, never the original's.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from retro_ops.errors import SettingsError
 
 HOME_ENV = "RETRO_OPS_HOME"
 CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
@@ -21,7 +27,40 @@ EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
 EMBEDDER_PRECISION_ENV = "RETRO_OPS_EMBEDDER_PRECISION"
 MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
 DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
+PROFILE_ENV = "RETRO_OPS_PROFILE"
+PG_URL_ENV = "RETRO_OPS_PG_URL"
+ARTIFACTS_DIR_ENV = "RETRO_OPS_ARTIFACTS_DIR"
 DEFAULT_HOME = ".retro_ops"
+PROFILES = ("local", "prod")
+DEFAULT_PG_PREFIX = "retro_ops"
+DB_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+
+
+def profile_urls(pg_url: str) -> dict[str, str]:
+    """The prod profile's databases on the server `pg_url` names: `<db>_catalog` (psycopg 3, the
+    catalog's driver), `<db>_dagster` and `<db>_mlflow` (psycopg2, what dagster-postgres and
+    MLflow use); `<db>` is the URL's database (default `retro_ops`). Three databases, not one:
+    Dagster and MLflow would both create a table called `runs`."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(pg_url)
+    except ArgumentError:
+        raise SettingsError(f"{PG_URL_ENV}={pg_url!r} is not a database URL "
+                            "(e.g. postgresql://user@127.0.0.1:5432/retro_ops)") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise SettingsError(f"{PG_URL_ENV} must name a Postgres server, not {url.get_backend_name()!r}")
+    prefix = url.database or DEFAULT_PG_PREFIX
+    if not DB_NAME_PATTERN.match(prefix):
+        raise SettingsError(f"{PG_URL_ENV}: database prefix {prefix!r} must be letters, digits and _")
+
+    def database(suffix: str, driver: str) -> str:
+        return url.set(drivername=f"postgresql+{driver}", database=f"{prefix}_{suffix}").render_as_string(
+            hide_password=False)
+
+    return {"catalog": database("catalog", "psycopg"), "dagster": database("dagster", "psycopg2"),
+            "mlflow": database("mlflow", "psycopg2")}
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -63,6 +102,8 @@ class Settings:
     embedder_precision: str = "fp32"  # fp32 | bf16 | int8: each its own embedding space
     mlflow_uri: str = ""  # MLflow tracking + registry store; "" = SQLite under the home
     dagster_storage_url: str = ""  # postgresql://... for Dagster's runs/events/schedules; "" = SQLite
+    artifacts_dir: str = ""  # MLflow artifacts (checkpoints); "" = `<home>/mlflow/artifacts`
+    profile: str = "local"  # "prod": the databases above derive from RETRO_OPS_PG_URL
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,15 +116,27 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Explicit URLs win; under the prod profile the rest come from RETRO_OPS_PG_URL."""
         env = os.environ if env is None else env
+        profile = env.get(PROFILE_ENV) or "local"
+        if profile not in PROFILES:
+            raise SettingsError(f"{PROFILE_ENV}={profile!r}: choose one of {', '.join(PROFILES)}")
+        derived: dict[str, str] = {}
+        if profile == "prod":
+            if not env.get(PG_URL_ENV):
+                raise SettingsError(f"the prod profile needs {PG_URL_ENV} "
+                                    "(e.g. postgresql://user@127.0.0.1:5432/retro_ops)")
+            derived = profile_urls(env[PG_URL_ENV])
         return cls(
             home=Path(env.get(HOME_ENV) or DEFAULT_HOME),
-            catalog_url=env.get(CATALOG_URL_ENV, ""),
+            catalog_url=env.get(CATALOG_URL_ENV) or derived.get("catalog", ""),
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
             embedder_precision=env.get(EMBEDDER_PRECISION_ENV) or "fp32",
-            mlflow_uri=env.get(MLFLOW_URI_ENV, ""),
-            dagster_storage_url=env.get(DAGSTER_STORAGE_ENV, ""),
+            mlflow_uri=env.get(MLFLOW_URI_ENV) or derived.get("mlflow", ""),
+            dagster_storage_url=env.get(DAGSTER_STORAGE_ENV) or derived.get("dagster", ""),
+            artifacts_dir=env.get(ARTIFACTS_DIR_ENV, ""),
+            profile=profile,
         )
 
     def with_home(self, home: Path) -> Settings:
@@ -101,6 +154,12 @@ class Settings:
     @property
     def mlflow_tracking_uri(self) -> str:
         return self.mlflow_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Where MLflow puts run artifacts: a folder (a shared mount in a cluster)."""
+        return Path(self.artifacts_dir).expanduser().resolve() if self.artifacts_dir else \
+            self.mlflow_dir / "artifacts"
 
     @property
     def checkpoints_dir(self) -> Path:

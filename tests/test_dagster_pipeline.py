@@ -29,6 +29,8 @@ from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
+SHARDED = ("chunk_shard", "embedding_shard", "index_training", "index_shard", "sharded_faiss_index")
+
 
 def by_asset(outcome) -> dict:
     return {a.asset: a for a in outcome.assets}
@@ -49,7 +51,11 @@ def test_asset_graph_snapshot():
                     "retrofit_checkpoint": ["baseline_checkpoint", "training_neighbours"],
                     "evaluation": ["baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint"],
                     "swap_evaluation": ["faiss_index", "retro_checkpoint"],
-                    "generation_log": ["retrieval_set"], "near_duplicates": ["documents"]}
+                    "generation_log": ["retrieval_set"], "near_duplicates": ["documents"],
+                    # scale-out (assets/sharded.py): corpus x shard, retrieval set x shard
+                    "chunk_shard": ["documents"], "embedding_shard": ["chunk_shard"],
+                    "index_training": ["retrieval_set"], "index_shard": ["index_training"],
+                    "sharded_faiss_index": ["index_shard"]}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"corpus_files": "corpora", "documents": "corpora", "chunks": "features",
                       "chunk_embeddings": "features", "chunk_scores": "governance", "exclusions": "governance",
@@ -57,7 +63,8 @@ def test_asset_graph_snapshot():
                       "training_neighbours": "models", "baseline_checkpoint": "models",
                       "retro_checkpoint": "models", "retrofit_checkpoint": "models",
                       "evaluation": "evaluation", "swap_evaluation": "evaluation",
-                      "near_duplicates": "governance", "generation_log": "serving"}
+                      "near_duplicates": "governance", "generation_log": "serving",
+                      **{name: "scale_out" for name in SHARDED}}
     partitions = {key.to_user_string(): graph.get(key).partitions_def.name
                   for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
     assert set(partitions) == set(deps) - {"exclusions", "near_duplicates", "generation_log"}

@@ -109,7 +109,7 @@ class Tracking:
 
     def __init__(self, settings: Settings):
         self.tracking_uri = settings.mlflow_tracking_uri
-        self.artifact_root = settings.mlflow_dir / "artifacts"
+        self.artifact_root = settings.mlflow_artifacts_dir
         with store_lock(sqlite_path(self.tracking_uri)):  # opens (creates, migrates) both stores
             self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
             self.client.search_registered_models(max_results=1)  # the registry store opens lazily

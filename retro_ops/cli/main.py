@@ -17,6 +17,7 @@ from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.exclude import exclude_app
 from retro_ops.cli.generations import generations_app
 from retro_ops.cli.lineage import audit_app, lineage_app
+from retro_ops.cli.profile import ProfileOpt, db_app, use_profile
 from retro_ops.cli.models import eval_command, generate_command, models_app, train_command
 from retro_ops.cli.retrieval import retrieval_set_app, retrieve
 from retro_ops.cli.runs import print_outcomes, run_materializations
@@ -31,7 +32,8 @@ app = typer.Typer(
 
 
 @app.callback()
-def _quiet_libraries() -> None:
+def _setup(profile: ProfileOpt = None) -> None:
+    use_profile(profile)
     # MLflow's per-download progress bars and INFO schema logs drown our own progress on stderr.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
@@ -45,6 +47,7 @@ app.add_typer(lineage_app, name="lineage")
 app.add_typer(audit_app, name="audit")
 app.add_typer(exclude_app, name="exclude")
 app.add_typer(generations_app, name="generations")
+app.add_typer(db_app, name="db")
 app.command()(retrieve)
 app.command("train")(train_command)
 app.command("eval")(eval_command)

@@ -27,6 +27,7 @@ from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
 from retro_ops.corpus.documents import CorpusSnapshot
 from retro_ops.features.embedder import Embedder, EmbeddingSpace
+from retro_ops.features.shards import ShardSpec
 from retro_ops.features.store import (
     CHUNKS,
     DOCUMENTS,
@@ -113,13 +114,14 @@ def ingest_documents(
 def chunk_corpus(
     catalog: Catalog, store: FeatureStore, chunker: Chunker, corpus: str, *,
     run_id: str | None = None, progress: Progress = _no_progress, write_every: int = 20_000,
+    shard: ShardSpec | None = None,
 ) -> ChunksResult:
-    """Chunk the documents of the corpus's latest version whose chunks are not all stored yet.
-    Chunk ids depend on (document, position) only, so re-chunking a partly stored document
-    inserts exactly its missing positions."""
+    """Chunk the documents of the corpus's latest version whose chunks are not all stored yet
+    (only those of `shard`, when given). Chunk ids depend on (document, position) only, so
+    re-chunking a partly stored document inserts exactly its missing positions."""
     started = time.perf_counter()
     version = catalog.latest_corpus_version(corpus)
-    doc_ids = catalog.corpus_doc_ids(version.id)
+    doc_ids = _of_shard(catalog.corpus_doc_ids(version.id), shard)
     complete, partial = store.chunked_documents()
     todo = sorted(set(doc_ids) - complete - catalog.purged_documents().keys())
     texts = store.document_texts(todo)
@@ -143,8 +145,8 @@ def chunk_corpus(
     progress(len(todo), len(todo))
     n_chunks = store.chunks_of_documents(doc_ids, ["chunk_id"]).num_rows
     seconds = time.perf_counter() - started
-    data_version = sha256_hex(f"{version.digest}:{chunker.identity}")[:16]
-    catalog.record_feature_version("chunks", version.id, CHUNKS, lance_version,
+    data_version = sha256_hex(f"{version.digest}:{chunker.identity}{_suffix(shard)}")[:16]
+    catalog.record_feature_version(f"chunks{_suffix(shard)}", version.id, CHUNKS, lance_version,
                                    rows_written=inserted, run_id=run_id,
                                    stats={"chunks": n_chunks, "new_tokens": new_tokens})
     return ChunksResult(version, n_chunks, inserted, len(todo), new_tokens, int(short_docs),
@@ -155,15 +157,18 @@ def chunk_corpus(
 def embed_corpus(
     catalog: Catalog, store: FeatureStore, embedder: Embedder, corpus: str, *,
     run_id: str | None = None, progress: Progress = _no_progress, block: int = 512,
+    shard: ShardSpec | None = None,
 ) -> EmbeddingsResult:
-    """Embed the corpus's chunk texts that have no vector in this embedding space yet."""
+    """Embed the corpus's chunk texts (of `shard`'s documents, when given) that have no vector
+    in this embedding space yet."""
     started = time.perf_counter()
     space = embedder.space
     table = embeddings_table_name(space.space_id)
     with store.lock(table):  # check-then-insert in the catalog: one registrar at a time
         catalog.register_embedding_space(space)
     version = catalog.latest_corpus_version(corpus)
-    chunks = store.chunks_of_documents(catalog.corpus_doc_ids(version.id), ["content_hash", "text"])
+    chunks = store.chunks_of_documents(_of_shard(catalog.corpus_doc_ids(version.id), shard),
+                                       ["content_hash", "text"])
     missing = store.missing_embeddings(space.space_id, space.dim, chunks.column("content_hash"))
     todo = _first_text_per_hash(chunks, missing)
     writes: list[TableWrite] = []
@@ -175,10 +180,10 @@ def embed_corpus(
     inserted = sum(w.inserted for w in writes)
     lance_version = writes[-1].version if writes else store.version(table)
     seconds = time.perf_counter() - started
-    digest = sha256_hex(f"{version.digest}:{space.space_id}")[:16]
+    digest = sha256_hex(f"{version.digest}:{space.space_id}{_suffix(shard)}")[:16]
     distinct = len(pc.unique(chunks.column("content_hash")))
     catalog.record_feature_version(
-        "chunk_embeddings", version.id, table, lance_version, rows_written=inserted,
+        f"chunk_embeddings{_suffix(shard)}", version.id, table, lance_version, rows_written=inserted,
         run_id=run_id, embedding_space_id=space.space_id,
         stats={"chunks": chunks.num_rows, "distinct_texts": distinct})
     return EmbeddingsResult(version, space, chunks.num_rows, distinct, inserted,
@@ -207,6 +212,15 @@ def _without_purged(catalog: Catalog, snapshot: CorpusSnapshot, report: ReadRepo
                                f"{p.created_at:%Y-%m-%d}, by {p.created_by}: {p.reason}); not stored again")
     kept = [d for d in snapshot.documents if d.doc_id not in purged]
     return CorpusSnapshot(kept, set_digest(d.doc_id for d in kept), snapshot.duplicates_collapsed)
+
+
+def _of_shard(doc_ids: list[str], shard: ShardSpec | None) -> list[str]:
+    return doc_ids if shard is None else shard.select(doc_ids)
+
+
+def _suffix(shard: ShardSpec | None) -> str:
+    """What tells a shard's records and data versions from the whole corpus's."""
+    return "" if shard is None else f"[shard {shard.key}]"
 
 
 def _first_text_per_hash(chunks: pa.Table, wanted: pa.Array) -> list[tuple[str, str]]:

@@ -1,0 +1,184 @@
+"""Scale-out: chunk + embed + index wall time of one corpus at 1 shard vs N shards, through
+Dagster (each shard its own run, steps under the multiprocess executor), and Dagster's overhead
+per materialization (seconds beyond the library call it wraps).
+
+Each configuration gets a fresh home and the same documents; the library path (no Dagster, one
+process) runs in the same process as the baseline. Overhead per asset = a run's wall time (its
+`dagster asset materialize` process, start to exit) minus the library seconds its assets report,
+divided by its assets; and, inside the run, step time minus library time per asset. The machine
+may be shared: the ratio measured in one run is the number to read, with `load_avg_1min` beside it.
+
+    python bench/scale.py --chapters 24 --shards 2
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import CORPORA, Column, base_parser, environment, log, report_tables
+
+STAGES = ("chunk_embed_s", "index_s", "total_s")
+
+
+def _corpus(root: Path, chapters: int) -> Path:
+    folder = root / "corpus"
+    folder.mkdir()
+    source = Path(str(CORPORA["moby_dick"])).parent
+    for n in range(1, chapters + 1):
+        shutil.copy(source / f"chapter_{n}.txt", folder / f"chapter_{n}.txt")
+    return folder
+
+
+def _home(root: Path, name: str, corpus: Path):
+    from retro_ops.catalog import Catalog
+    from retro_ops.settings import Settings
+
+    settings = Settings(home=root / name)
+    settings.ensure_dirs()
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    catalog.add_corpus("bench", str(corpus))
+    catalog.create_retrieval_set("bench", ["bench"])
+    return settings, catalog
+
+
+def library_path(root: Path, corpus: Path, factory: str) -> dict:
+    """The baseline: the library calls the assets wrap, one process, no Dagster."""
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.embedder import Embedder
+    from retro_ops.features.pipeline import chunk_corpus, embed_corpus, ingest_documents
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.retrieval.index_build import IndexConfig
+    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.sets import build_retrieval_set_version
+
+    settings, catalog = _home(root, "library", corpus)
+    store, embedder = FeatureStore(settings.lancedb_uri), Embedder()
+    chunker = Chunker(embedder.tokenizer)
+    ingest_documents(catalog, store, "bench")
+    started = time.perf_counter()
+    chunks = chunk_corpus(catalog, store, chunker, "bench")
+    embed_corpus(catalog, store, embedder, "bench")
+    middle = time.perf_counter()
+    build_retrieval_set_version(catalog, store, "bench", embedder.space)
+    index_retrieval_set(catalog, store, settings.indices_dir, "bench", embedder.space.dim,
+                        config=IndexConfig(factory=factory))
+    done = time.perf_counter()
+    return {"path": "library, 1 process", "shards": 1, "chunks": chunks.chunks,
+            "chunk_embed_s": middle - started, "index_s": done - middle, "total_s": done - started}
+
+
+def _steps(instance, run_id: str) -> dict[str, float]:
+    """Seconds from STEP_START to STEP_SUCCESS per step of a run (Dagster's own timestamps)."""
+    started, took = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[entry.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            took[entry.step_key] = entry.timestamp - started[entry.step_key]
+    return took
+
+
+def _library_seconds(instance, run_id: str) -> dict[str, float]:
+    """The `seconds` each asset's library call reported in its materialization metadata."""
+    found = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            found[materialization.asset_key.to_user_string()] = materialization.metadata["seconds"].value
+    return found
+
+
+def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple[dict, list[dict]]:
+    import dagster as dg
+
+    from assets.definitions import ALL_ASSETS, default_resources
+    from assets.launch import dagster_instance, ensure_partition, materialize_corpus
+    from assets.partitions import RETRIEVAL_SET_PARTITIONS
+    from assets.sharded import FEATURES_JOB, INDEX_JOB, launch_shards, sharded_assets
+    from retro_ops.settings import HOME_ENV
+
+    settings, _ = _home(root, f"shards{n_shards}", corpus)
+    os.environ[HOME_ENV] = str(settings.home)  # what the resources (and shard processes) resolve
+    instance = dagster_instance(settings)
+    ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, "bench")
+    assert materialize_corpus(instance, "bench", selection=["documents"]).success
+    assets = [*ALL_ASSETS, *sharded_assets(n_shards)]
+
+    def materialize(name: str, config: dict | None = None) -> None:
+        run_config = {"ops": {name: {"config": config}}} if config else None
+        result = dg.materialize(assets, instance=instance, partition_key="bench", selection=[name],
+                                resources=default_resources(), run_config=run_config)
+        assert result.success
+
+    started = time.perf_counter()
+    feature_runs = launch_shards(settings, FEATURES_JOB, "bench", n_shards)
+    middle = time.perf_counter()
+    assert all(r.success for r in feature_runs), [r.output for r in feature_runs if not r.success]
+    materialize("retrieval_set")
+    materialize("index_training", {"factory": factory})
+    index_runs = launch_shards(settings, INDEX_JOB, "bench", n_shards)
+    assert all(r.success for r in index_runs), [r.output for r in index_runs if not r.success]
+    materialize("sharded_faiss_index", {"factory": factory})
+    done = time.perf_counter()
+
+    overhead = []
+    for run in feature_runs:
+        steps, library = _steps(instance, run.run_id), _library_seconds(instance, run.run_id)
+        for asset, seconds in library.items():
+            overhead.append({"shards": n_shards, "partition": run.partition, "asset": asset,
+                             "library_s": seconds, "step_s": steps[asset],
+                             "in_step_overhead_s": steps[asset] - seconds,
+                             "run_overhead_per_asset_s": (run.wall_s - sum(library.values())) / len(library)})
+    row = {"path": f"Dagster, {n_shards} shard run(s) at once", "shards": n_shards,
+           "chunk_embed_s": middle - started, "index_s": done - middle, "total_s": done - started}
+    return row, overhead
+
+
+def main() -> None:
+    parser = base_parser(__doc__, "unused: each configuration gets a fresh temporary home")
+    parser.add_argument("--chapters", type=int, default=24, help="Moby-Dick chapters 1..N (default 24)")
+    parser.add_argument("--shards", type=int, default=2, help="the sharded configuration (default 2)")
+    parser.add_argument("--factory", default="IVF16,Flat", help="index factory (mergeable; default IVF16,Flat)")
+    args = parser.parse_args()
+    for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_PROFILE"):
+        os.environ.pop(var, None)  # every store under the fresh homes
+    root = Path(tempfile.mkdtemp(prefix="retro-ops-scale-"))
+    try:
+        corpus = _corpus(root, args.chapters)
+        log("library baseline")
+        rows = [library_path(root, corpus, args.factory)]
+        overhead: list[dict] = []
+        for n in (1, args.shards):
+            log(f"Dagster, {n} shard(s)")
+            row, per_asset = dagster_path(root, corpus, n, args.factory)
+            rows.append(row)
+            overhead += per_asset
+        one, many = rows[1], rows[2]
+        for stage in STAGES:
+            many[f"speedup_{stage}"] = one[stage] / many[stage]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    seconds = [Column(s, s.removesuffix("_s") + " (s)", "{:.1f}") for s in STAGES]
+    report_tables("scale", [
+        ("wall time, one corpus", [Column("path", "path"), *seconds,
+                                   Column("speedup_chunk_embed_s", "chunk+embed speed-up vs 1 shard", "{:.2f}x"),
+                                   Column("speedup_total_s", "total speed-up vs 1 shard", "{:.2f}x")], rows),
+        ("Dagster overhead per materialization (feature shards)", [
+            Column("shards", "shards"), Column("partition", "partition"), Column("asset", "asset"),
+            Column("library_s", "library call (s)", "{:.2f}"), Column("step_s", "Dagster step (s)", "{:.2f}"),
+            Column("in_step_overhead_s", "in-step overhead (s)", "{:.2f}"),
+            Column("run_overhead_per_asset_s", "run overhead per asset (s)", "{:.2f}")], overhead),
+    ], {"chapters": args.chapters, "factory": args.factory, **environment()},
+        notes=["Shared machine: compare ratios from one run; see load_avg_1min in the JSON."])
+
+
+if __name__ == "__main__":
+    main()

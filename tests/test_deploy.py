@@ -1,0 +1,55 @@
+"""The documented cluster path (deploy/): the Kubernetes and Celery code locations pass
+`dagster definitions validate` with their executors, and each example dagster.yaml passes
+Dagster's own instance-config validation, its run launcher's config schema included."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTERS = {"k8s": "k8s", "celery": "celery"}  # folder -> the executor name Dagster reports
+
+
+def test_cluster_code_locations_validate():
+    command = [sys.executable, "-m", "dagster", "definitions", "validate", "-d", "."]
+    for folder in CLUSTERS:
+        command += ["-f", f"deploy/{folder}/definitions.py"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("folder", sorted(CLUSTERS))
+def test_cluster_executor_and_instance_config(folder: str, monkeypatch: pytest.MonkeyPatch):
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._serdes.config_class import class_from_code_pointer  # as the instance loads them
+
+    monkeypatch.syspath_prepend(str(REPO / "deploy" / folder))
+    module = importlib.import_module("definitions")
+    try:
+        executor = module.defs.resolve_job_def("__ASSET_JOB").executor_def
+        assert executor.name == CLUSTERS[folder]
+    finally:
+        sys.modules.pop("definitions", None)
+
+    monkeypatch.setenv("RETRO_OPS_DAGSTER_STORAGE_URL", "postgresql://dagster@db.internal:5432/retro_ops_dagster")
+    monkeypatch.setenv("RETRO_OPS_IMAGE", "registry.internal/retro-ops:1")
+    config, _ = dagster_instance_config(str(REPO / "deploy" / folder))  # raises on a bad file
+    assert config["telemetry"] == {"enabled": False} and "postgres" in config["storage"]
+    for section in ("run_coordinator", "run_launcher"):  # the classes load, their config fits
+        spec = config[section]
+        cls = class_from_code_pointer(spec["module"], spec["class"])
+        checked = process_config(cls.config_type(), spec.get("config", {}))
+        assert checked.success, (section, [e.message for e in checked.errors])
+    raw = yaml.safe_load((REPO / "deploy" / folder / "dagster.yaml").read_text())
+    launcher = raw["run_launcher"]
+    bad = {**launcher.get("config", {}), "no_such_field": 1}
+    assert not process_config(class_from_code_pointer(launcher["module"], launcher["class"]).config_type(),
+                              bad).success  # the check bites
