@@ -127,7 +127,8 @@ def test_concurrent_publishes_never_share_a_temp_pointer(tmp_path, published):
     fields = {name: 0 for name in IndexManifest.__dataclass_fields__}
     fields.update(factory="IVF3,Flat", metric="inner_product", embedding_space_id="space",
                   retrieval_set="set", retrieval_set_digest="digest", sha256=sha256_hex(data),
-                  search_params={}, faiss_version="", created_at="", notes=[], build_key="")
+                  search_params={}, faiss_version="", created_at="", notes=[], build_key="",
+                  route="full", extra_files={})
     manifest = IndexManifest(**fields)
 
     def publish_many() -> None:

@@ -65,7 +65,7 @@ def test_asset_graph_snapshot():
                       "evaluation": "evaluation", "swap_evaluation": "evaluation",
                       "near_duplicates": "governance", "generation_log": "serving",
                       **{name: "scale_out" for name in SHARDED}}
-    partitions = {key.to_user_string(): graph.get(key).partitions_def.name
+    partitions = {key.to_user_string(): getattr(graph.get(key).partitions_def, "name", "multi")
                   for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
     assert set(partitions) == set(deps) - {"exclusions", "near_duplicates", "generation_log"}
     assert {partitions[k] for k in ("training_neighbours", "retro_checkpoint", "evaluation")} == {"training_spec"}

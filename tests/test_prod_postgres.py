@@ -113,7 +113,7 @@ def test_demo_pipeline_on_postgres(prod_env: dict[str, str], small_corpus: Path,
     materializations = {key for (key,) in rows(
         dagster, "SELECT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")}
     assert {json.loads(k)[0] for k in materializations} == {
-        "documents", "chunks", "chunk_embeddings", "retrieval_set", "faiss_index",
+        "documents", "chunks", "chunk_embeddings", "chunk_scores", "retrieval_set", "faiss_index",
         "training_neighbours", "baseline_checkpoint", "retro_checkpoint"}
     assert rows(dagster, "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'corpus'") \
         == [("small",)]

@@ -16,7 +16,6 @@ waits for the cores rather than slowing the requests it logs.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import queue
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retro_ops.features.chunking import load_tokenizer
 from retro_ops.features.store import FeatureStore
 from retro_ops.generations.records import (
     GENERATIONS, GenerationLogConfig, GenerationRecord, generations_schema, to_arrow,
@@ -58,8 +56,7 @@ class GenerationLog:
                  tracer=None):
         self.store, self.config, self.tracer = store, config, tracer
         self.space_id, self.dim = embedder.space.space_id, embedder.dim
-        self._embedder = copy.copy(embedder)  # shares the weights, not the tokenizer
-        self._embedder.tokenizer = load_tokenizer(embedder.space.model_path)
+        self._embedder = embedder  # its tokenizer is per thread: the writer never shares one
         self.stats = LogStats()
         self._queue: queue.Queue = queue.Queue(maxsize=config.max_queue)
         self._thread = threading.Thread(target=self._run, name="generation-log", daemon=True)
