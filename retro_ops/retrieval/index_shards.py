@@ -37,10 +37,10 @@ from retro_ops.retrieval.index_build import (
 )
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index_publish import (
-    IndexManifest, PublishedIndex, publish_index, recover_publish, serialize,
+    IndexManifest, PublishedIndex, recover_publish, serialize,
 )
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.indexing import build_key
+from retro_ops.retrieval.indexing import build_key, record_and_publish
 from retro_ops.retrieval.retriever import index_root
 from retro_ops.retrieval.sets import retrieval_set_vectors
 
@@ -202,14 +202,8 @@ def publish_merged(catalog: Catalog, store: FeatureStore, indices_dir: Path,
         build_key=f"sharded-{shards}-{build_key(version, config)}")
     ids, vectors = retrieval_set_vectors(store, version, merged.d)
     quality = evaluate_index(merged, vectors, ids, queries=eval_queries)
-    build_id = catalog.record_index_build(
-        version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
-        sha256=manifest.sha256, manifest_sha256=manifest.digest(),
-        manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
-    if quality.recall_at_k < min_recall:
-        return MergedBuild(manifest, quality, build_id, None)
     root = index_root(indices_dir, version.retrieval_set)
     recover_publish(root)
-    published = publish_index(root, data, manifest)
-    catalog.mark_index_published(build_id, str(published.path))
+    build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
+                                             run_id=run_id, min_recall=min_recall)
     return MergedBuild(manifest, quality, build_id, published)

@@ -146,16 +146,30 @@ def index_retrieval_set(
         full_build_ntotal=route.full_build_ntotal,
         extra_files={name: npy_sha256(array) for name, array in extra.items()},
     )
+    build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
+                                             run_id=run_id, min_recall=min_recall, extra=extra,
+                                             crash_at=crash_at, crash_mode=crash_mode)
+    return IndexBuildResult(version, manifest, quality, build_id, published)
+
+
+def record_and_publish(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, data: bytes,
+                       manifest: IndexManifest, quality: IndexQuality, *, run_id: str | None,
+                       min_recall: float, extra: dict | None = None,
+                       crash_at: CrashPoint | None = None,
+                       crash_mode: CrashMode = "raise") -> tuple[int, PublishedIndex | None]:
+    """Record a build in the catalog (its trust record), then publish it atomically only when
+    recall@10 >= min_recall; (build id, None) leaves the previous index serving. Every route to
+    an index (single process, incremental, sharded and merged) ends here."""
     build_id = catalog.record_index_build(
         version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
         sha256=manifest.sha256, manifest_sha256=manifest.digest(),
         manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
     if quality.recall_at_k < min_recall:
-        return IndexBuildResult(version, manifest, quality, build_id, None)
+        return build_id, None
     published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode,
                               extra=extra)
     catalog.mark_index_published(build_id, str(published.path))
-    return IndexBuildResult(version, manifest, quality, build_id, published)
+    return build_id, published
 
 
 def publish_retrieval_set(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
