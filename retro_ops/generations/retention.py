@@ -12,7 +12,6 @@ table's writer lock throughout, so no writer of this home is mid-commit when fil
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -59,7 +58,5 @@ def purge_older_than(store: FeatureStore, cutoff: datetime, *, settings=None) ->
         keep = (col("created_at") >= lit(cutoff.astimezone(timezone.utc).replace(tzinfo=None))).to_sql()
         kept = table.search().where(keep).limit(None).to_arrow().cast(table.schema)
         table.add(kept, mode="overwrite")  # one commit: the kept rows in fresh files
-        with warnings.catch_warnings():  # "removes every version but the latest": we hold the lock
-            warnings.simplefilter("ignore", UserWarning)
-            table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-        return PurgeReport(cutoff, doomed, kept.num_rows, table.version, traces)
+    store.erase_old_versions(GENERATIONS)  # the older versions' files held the deleted text
+    return PurgeReport(cutoff, doomed, kept.num_rows, store.db.open_table(GENERATIONS).version, traces)
