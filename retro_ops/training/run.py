@@ -81,7 +81,7 @@ def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[Datase
                    details={"vocabulary_digest": data.vocab.digest, "vocabulary_size": data.vocab.size}),
     ]
     if kind != "baseline":
-        r = data.retriever.version
+        r, space = data.retriever.version, data.retriever.embedder.space  # the set's own space
         inputs += [
             DatasetRef(f"retrieval-set:{r.retrieval_set}", r.digest,
                        f"{uri}/retrieval_set_chunks.lance#version={r.members_lance_version}",
@@ -93,8 +93,8 @@ def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[Datase
                        str(ws.settings.indices_dir / r.retrieval_set),
                        details={"factory": data.retriever.manifest.factory,
                                 "ntotal": data.retriever.manifest.ntotal}),
-            DatasetRef(f"embedding-space:{r.embedding_space_id}", ws.embedder.space.weights_digest,
-                       ws.embedder.space.model_path, details=ws.embedder.space.as_dict()),
+            DatasetRef(f"embedding-space:{r.embedding_space_id}", space.weights_digest,
+                       space.model_path, details=space.as_dict()),
             DatasetRef("training-neighbours", data.train_neighbours.key,
                        str(ws.settings.neighbours_dir / f"{data.train_neighbours.key}.npz"),
                        details={"k": data.spec.neighbours.k}),
@@ -177,7 +177,7 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
             retrieval_set_version_id=data.retriever.version.id if kind != "baseline" else None,
             index_build_id=_index_build_id(ws, data) if kind != "baseline" else None,
             parent_model_id=parent.id if parent else None,
-            embedding_space_id=ws.embedder.space.space_id if kind != "baseline" else None,
+            embedding_space_id=data.retriever.embedder.space.space_id if kind != "baseline" else None,
             tokenizer_id=tokenizer_id, code_version=tags["retro_ops.code_version"],
             dagster_run_id=dagster_run_id, training_doc_ids=data.train_doc_ids,
             neighbours_key=data.train_neighbours.key if kind != "baseline" else None,
