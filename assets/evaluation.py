@@ -12,6 +12,7 @@ from assets.resources import WorkspaceResource
 from assets.retrieval import faiss_index
 from assets.specs import spec_of
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint
+from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.catalog.mlflow_runs import Tracking
 from retro_ops.lineage.publish import mlflow_run_url
 from retro_ops.evaluation.compare import evaluate_models, heldout_text
@@ -74,8 +75,8 @@ class SwapEvaluationConfig(dg.Config):
     """on: the corpus whose held-out documents are evaluated; sets: the retrieval sets to swap
     in (no retraining); model: a model reference, "" = the RETRO trained from the training spec."""
 
-    on: str = "moby_dick"
-    sets: list[str] = ["sotu", "moby_dick"]
+    on: str = DEMO_CORPUS
+    sets: list[str] = [DEMO_RETRIEVAL_SET, DEMO_CORPUS]
     model: str = ""
 
 

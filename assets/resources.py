@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from retro_ops.catalog import Catalog
+from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.features.chunking import Chunker, ChunkerConfig
 from retro_ops.features.embedder import Embedder
 from retro_ops.features.store import FeatureStore
@@ -110,8 +111,8 @@ class TrainingResource(dg.ConfigurableResource):
     name and is one partition of the model assets (`assets/specs.py`), so every asset of a run
     agrees. Defaults train each demo model in about two minutes on 2 CPU cores."""
 
-    corpus: str = "sotu"
-    retrieval_set: str = "sotu"
+    corpus: str = DEMO_CORPUS
+    retrieval_set: str = DEMO_RETRIEVAL_SET
     steps: int = TrainConfig.steps
     batch_size: int = TrainConfig.batch_size
     lr: float = TrainConfig.lr

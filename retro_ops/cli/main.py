@@ -118,7 +118,7 @@ def demo(json_out: JsonOpt = False) -> None:
     from assets.launch import MODELS, dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
     from assets.resources import TrainingResource
-    from retro_ops.default_corpora import DEFAULT_CORPORA
+    from retro_ops.default_corpora import DEFAULT_CORPORA, DEMO_CORPUS, DEMO_RETRIEVAL_SET
 
     resolved = settings()
     catalog = open_catalog(resolved)
@@ -131,10 +131,11 @@ def demo(json_out: JsonOpt = False) -> None:
     jobs = [(CORPUS_PARTITIONS, n) for n in DEFAULT_CORPORA]
     jobs += [(RETRIEVAL_SET_PARTITIONS, n) for n in DEFAULT_CORPORA]
     outcomes = run_materializations(jobs, None, json_out)
-    if all(o.success for o in outcomes):  # then RETRO and its baseline on `sotu`, evaluated
+    if all(o.success for o in outcomes):  # then RETRO and its baseline, evaluated
         outcomes += run_materializations(
             [(MODELS, "models")], DEMO_MODEL_ASSETS, json_out,
-            training=TrainingResource(corpus="sotu", retrieval_set="sotu", steps=DEMO_STEPS))
+            training=TrainingResource(corpus=DEMO_CORPUS, retrieval_set=DEMO_RETRIEVAL_SET,
+                                      steps=DEMO_STEPS))
     print_outcomes(outcomes, json_out)
     if not json_out:
         out.print(
@@ -147,13 +148,11 @@ def demo(json_out: JsonOpt = False) -> None:
             "  .venv/bin/retro-ops ui [--automation]  Dagster UI on http://127.0.0.1:3000\n"
             "  .venv/bin/retro-ops corpus list\n"
             "  .venv/bin/retro-ops retrieval-set list\n"
-            "  .venv/bin/retro-ops retrieve 'the budget deficit' --set sotu -k 3\n"
+            "  .venv/bin/retro-ops retrieve 'Blessed are the meek' --set web_nt -k 3\n"
             "  .venv/bin/retro-ops models list\n"
-            "  .venv/bin/retro-ops generate 'The state of our union' --model retro --set sotu\n"
-            "  .venv/bin/retro-ops eval --model retro --set sotu --set moby_dick --on moby_dick"
-            "  (the swap table)\n"
-            "  .venv/bin/retro-ops eval --model retro --set sotu --leakage-filter"
-            "  (held-out text, intervals, alpha buckets)\n"
+            "  .venv/bin/retro-ops generate 'And Jesus said unto them' --model retro --set web_nt\n"
+            "  .venv/bin/retro-ops eval --model retro --set web_nt --set kjv_nt"
+            "  (held-out KJV chapters: intervals, alpha buckets, the swap)\n"
             f"  MLflow runs, inputs and registered models: .venv/bin/mlflow ui --backend-store-uri "
             f"{resolved.mlflow_tracking_uri}"
         )

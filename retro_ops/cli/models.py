@@ -11,6 +11,7 @@ from rich.table import Table
 
 from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, out, set_option, settings
 from retro_ops.cli.tables import print_comparisons, print_eval_rows
+from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.errors import RetroOpsError
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
@@ -19,8 +20,8 @@ SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with
 
 
 def train_command(
-    corpus: Annotated[str, corpus_option("The models are trained on its documents.")] = "sotu",
-    retrieval_set: Annotated[str, set_option("Training neighbours are retrieved from it.")] = "sotu",
+    corpus: Annotated[str, corpus_option("The models are trained on its documents.")] = DEMO_CORPUS,
+    retrieval_set: Annotated[str, set_option("Training neighbours are retrieved from it.")] = DEMO_RETRIEVAL_SET,
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = 300,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
     k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = 2,

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from retro_ops.cli.common import ModelOpt, err, fail, set_option, settings
+from retro_ops.default_corpora import DEMO_RETRIEVAL_SET
 from retro_ops.errors import AdminTokenError, RetroOpsError
 from retro_ops.serving.security import check_admin_token, check_bind
 
@@ -35,7 +36,7 @@ def admin_token(token_file: Path | None) -> str | None:
 def serve_command(
     model: ModelOpt = "retro",
     retrieval_set: Annotated[str, set_option("Served first; swap it at run time with PUT "
-                                             "/deployment/retrieval-set.")] = "sotu",
+                                             "/deployment/retrieval-set.")] = DEMO_RETRIEVAL_SET,
     host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     token_file: Annotated[Optional[Path], typer.Option(

@@ -43,8 +43,8 @@ def demo_model_config() -> RetroConfig:
 class TrainingSpec:
     """What to train on and how; its hash (with the input versions) keys every artefact."""
 
-    corpus: str = "sotu"
-    retrieval_set: str = "sotu"
+    corpus: str
+    retrieval_set: str
     model: RetroConfig = field(default_factory=demo_model_config)
     train: TrainConfig = TrainConfig()
     neighbours: NeighbourConfig = NeighbourConfig()
