@@ -80,3 +80,42 @@ def test_batched_server_answers_like_one_at_a_time(ws):
     served = {t: [n["chunk_id"] for n in a.json()["neighbours"]] for t, a in zip(texts, answers)}
     assert served == alone
     assert all(a.json()["retrieval_set"] == "small" for a in answers)
+
+
+def _chunks(generation) -> list[list[int]]:
+    return [[n.chunk_id for n in r.neighbours] for r in generation.retrievals]
+
+
+def test_batched_generations_answer_like_one_at_a_time(ws):
+    """Concurrent /generate requests step out of their turn at each completed chunk and meet in
+    the batcher: fewer encoder calls than chunk queries, and every generation's text and
+    neighbours equal the same generation run alone (fixed seeds, temperature > 0)."""
+    info = train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro").info
+    port = free_port()
+    holder = DeploymentHolder.start(ws, info.ref, "small", f"http://127.0.0.1:{port}", None,
+                                    AdmissionConfig(max_queue=32, max_wait_services=None))
+    prompts = [(text, seed) for seed, text in enumerate(_queries(ws, 6))]
+    alone = {}
+    for text, seed in prompts:
+        result = holder.current.generator().generate(text, max_new_tokens=70, temperature=0.8, seed=seed)
+        alone[text] = (result.text, _chunks(result))
+        assert result.retrievals  # every prompt completes at least one chunk
+    app = create_app(holder, admin_token=None, batching=BatchConfig(max_wait_s=0.02))
+    start = threading.Barrier(len(prompts))
+
+    def ask(prompt: tuple[str, int]) -> requests.Response:
+        start.wait()
+        return requests.post(f"{base}/generate", json={"prompt": prompt[0], "seed": prompt[1],
+                                                      "max_new_tokens": 70, "temperature": 0.8},
+                             timeout=120)
+
+    with serve_in_thread(app, port) as base, ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    served = {text: (a.json()["text"], [[n["chunk_id"] for n in c["neighbours"]] for c in a.json()["chunks"]])
+              for (text, _), a in zip(prompts, answers)}
+    assert served == alone
+    batcher = app.state.batcher
+    assert batcher.queries == sum(len(chunks) for _, chunks in alone.values())
+    assert batcher.batches < batcher.queries  # some generations' queries shared an encoder call
+    assert holder.gate.admitted == 0

@@ -122,7 +122,8 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
                generation_log=None, batching: BatchConfig | None = None) -> FastAPI:
     """`generation_log` (a `generations.log.GenerationLog`, or None when opted out) keeps every
     generation; it is flushed and closed when the server stops cleanly. `batching`: micro-batch
-    concurrent /retrieve queries into one encoder call (None: one by one)."""
+    concurrent /retrieve queries, and the chunk queries of concurrent generations, into one
+    encoder call (None: one by one)."""
     admin_token = check_admin_token(admin_token, "admin token")
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -138,6 +139,7 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, drain_bytes=limits.drain_bytes)
     gate = holder.gate
     batcher = RetrieveBatcher(gate, batching) if batching is not None else None
+    app.state.batcher = batcher  # its counters: encoder calls and the queries they answered
 
     @app.exception_handler(ServerOverloadedError)
     async def overloaded(request: Request, exc: ServerOverloadedError) -> JSONResponse:
@@ -208,7 +210,8 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
                                      f"{limits.max_new_tokens}")
         place = gate.admit("generate")
         try:
-            return await run_in_threadpool(_generate, holder, place, body, limits, generation_log)
+            return await run_in_threadpool(_generate, holder, place, body, limits, generation_log,
+                                           batcher)
         finally:
             place.release()
 
@@ -227,20 +230,28 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
 
 
 def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Limits,
-              generation_log=None) -> dict:
+              generation_log=None, batcher: RetrieveBatcher | None = None) -> dict:
     """In a worker thread: wait for the turn, generate under the time limit, then (the compute
-    gate released) look up sources, build the response and queue its log record."""
+    gate released) look up sources, build the response and queue its log record. With a
+    `batcher`, each completed chunk's query steps out of the turn into the micro-batcher (with
+    the other generations' and /retrieve's queries) and queues for the turn again; the time
+    limit counts from the first turn, waits included."""
     gate, current, deployment_id = holder.gate, holder.current, holder.deployment_id
     started, request_id = datetime.now(timezone.utc), new_request_id()
-    with gate.turn(place):
+    with gate.turn(place) as turn:
         prompt_tokens = len(current.tokenizer(body.prompt, add_special_tokens=False)["input_ids"])
         if prompt_tokens > limits.max_prompt_tokens:
             raise HTTPException(413, f"prompt has {prompt_tokens} tokens; the limit is "
                                      f"{limits.max_prompt_tokens}")
         deadline = time.monotonic() + gate.config.generate_timeout_s
-        result = current.generator().generate(body.prompt, max_new_tokens=body.max_new_tokens,
-                                              temperature=body.temperature, seed=body.seed,
-                                              deadline=deadline)
+        fetch = None
+        if batcher is not None:
+            def fetch(text: str, k: int) -> list:
+                with turn.stepped_out():
+                    return batcher.retrieve(current.retriever, text, k, admitted=True)
+        result = current.generator(fetch).generate(body.prompt, max_new_tokens=body.max_new_tokens,
+                                                   temperature=body.temperature, seed=body.seed,
+                                                   deadline=deadline)
     if generation_log is not None:
         generation_log.record(record_of(
             result, source="http", model_info=current.model_info, retriever=current.retriever,

@@ -1,12 +1,19 @@
-"""Micro-batching: concurrent `/retrieve` queries share one encoder call and one FAISS search.
+"""Micro-batching: concurrent retrieval queries share one encoder call and one FAISS search.
 
 One request at a time computes (`admission.ComputeGate`), so at 16 clients each query paid a
 whole encoder call alone (28 req/s at 1 client, no gain at 16). Here the first waiting query
-leads: it waits at most `max_wait_s` for company (the only latency added at one client), takes
-up to `max_batch` queued queries, and runs them as one batch under a single gate turn, which the
-gate then accounts as one request. Queries that arrive meanwhile queue for the next batch, whose
-leader is the first of them, so batches form by themselves under load. A batch is split by
-(deployment, k): a query is answered by the deployment it was admitted under, with its own k.
+leads: it waits at most `max_wait_s` for company (the only latency added at one client), queues
+for a gate turn, and once it has the turn takes up to `max_batch` queued queries (those that
+arrived while it waited for the gate too) and runs them as one batch, which the gate accounts as
+one request. Queries that arrive meanwhile queue for the next batch, whose leader is the first of
+them, so batches form by themselves under load. A batch is split by (deployment, k): a query is
+answered by the deployment it was admitted under, with its own k.
+
+`/retrieve` queries come in unadmitted: their batch is admitted as one unit, and when the gate
+refuses it they get its 503. A generation's query for a completed chunk comes from a request
+that holds its place already and has stepped out of its turn (`Turn.stepped_out`) to wait here:
+it is never refused for admission, and while it waits the other admitted generations compute up
+to their own next chunk, so concurrent generations' queries meet in one batch.
 """
 
 from __future__ import annotations
@@ -38,10 +45,10 @@ class BatchConfig:
 
 
 class _Query:
-    __slots__ = ("retriever", "text", "k", "done", "result", "error")
+    __slots__ = ("retriever", "text", "k", "admitted", "done", "result", "error")
 
-    def __init__(self, retriever, text: str, k: int):
-        self.retriever, self.text, self.k = retriever, text, k
+    def __init__(self, retriever, text: str, k: int, admitted: bool):
+        self.retriever, self.text, self.k, self.admitted = retriever, text, k, admitted
         self.done, self.result, self.error = False, None, None
 
 
@@ -58,8 +65,10 @@ class RetrieveBatcher:
         self.batches = 0  # encoder calls made, and the queries they answered (for /health, benches)
         self.queries = 0
 
-    def retrieve(self, retriever, text: str, k: int) -> list:
-        query = _Query(retriever, text, k)
+    def retrieve(self, retriever, text: str, k: int, *, admitted: bool = False) -> list:
+        """The k neighbours of `text` from `retriever`. `admitted`: the caller's request holds a
+        gate place already (and no turn: never call this holding the gate's lock)."""
+        query = _Query(retriever, text, k, admitted)
         with self._cond:
             if len(self._pending) >= self.config.max_pending:
                 raise ServerOverloadedError(
@@ -84,7 +93,8 @@ class RetrieveBatcher:
             raise query.error
         return query.result
 
-    def _take_batch(self) -> list[_Query]:
+    def _gather(self) -> None:
+        """Wait at most max_wait_s for a full batch."""
         deadline = time.monotonic() + self.config.max_wait_s
         with self._arrival:
             while len(self._pending) < self.config.max_batch:
@@ -92,31 +102,54 @@ class RetrieveBatcher:
                 if left <= 0:
                     break
                 self._arrival.wait(left)
+
+    def _take(self) -> list[_Query]:
+        with self._cond:
             batch = self._pending[:self.config.max_batch]
             del self._pending[:self.config.max_batch]
         return batch
 
-    def _run_batch(self) -> None:
-        batch = self._take_batch()
-        if not batch:
-            return
-        groups: dict[tuple[int, int], list[_Query]] = defaultdict(list)
-        for query in batch:
-            groups[(id(query.retriever), query.k)].append(query)
+    def _finish(self, queries: list[_Query], error: Exception | None = None) -> None:
+        with self._cond:
+            for query in queries:
+                query.error = query.error or error
+                query.done = True
+            self._cond.notify_all()
+
+    def _place(self):
+        """The batch's gate place; None when the gate refused it and no query in line carries
+        an admitted request's place (the unadmitted ones next in line get the refusal)."""
         try:
-            place = self.gate.admit("retrieve")  # the batch is one unit of work for the gate
+            return self.gate.admit("retrieve")  # the batch is one unit of work for the gate
+        except ServerOverloadedError as error:
+            with self._cond:
+                ahead = self._pending[:self.config.max_batch]
+                refused = [q for q in ahead if not q.admitted]
+                self._pending = [q for q in ahead if q.admitted] + self._pending[self.config.max_batch:]
+                carried = any(q.admitted for q in self._pending)
+            self._finish(refused, error)
+        return self.gate.admit("retrieve", force=True) if carried else None
+
+    def _run_batch(self) -> None:
+        self._gather()
+        place = self._place()
+        if place is None:
+            return
+        batch: list[_Query] = []
+        try:
             with self.gate.turn(place):
+                batch = self._take()  # after the wait for the gate: whoever queued meanwhile
+                groups: dict[tuple[int, int], list[_Query]] = defaultdict(list)
+                for query in batch:
+                    groups[(id(query.retriever), query.k)].append(query)
                 for queries in groups.values():
                     self._answer(queries)
                 self.batches, self.queries = self.batches + len(groups), self.queries + len(batch)
-        except ServerOverloadedError as error:
-            for query in batch:
-                query.error = query.error or error
+        except ServerOverloadedError as error:  # no turn within the queue timeout
+            batch = batch or self._take()
+            self._finish(batch, error)
         finally:
-            with self._cond:
-                for query in batch:
-                    query.done = True
-                self._cond.notify_all()
+            self._finish(batch)
 
     @staticmethod
     def _answer(queries: list[_Query]) -> None:
