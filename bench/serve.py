@@ -11,7 +11,8 @@ shown if it fails; tracebacks in it are counted in the notes. Before timing: 3 u
 and 1 untimed /generate (cold costs in the JSON meta).
 
 Load generator (this process, loopback only): C threads (`--clients`, 1,4,16), each with its own
-`requests.Session` (keep-alive), started together; a thread takes the next request ticket while
+keep-alive connection (`http.client`; `--load-client requests` for a `requests.Session`, about
+5x the client CPU per request), started together; a thread takes the next request ticket while
 fewer than N tickets were taken and the cell's time is not up, so a cell ends after S seconds or
 N requests, whichever first, plus the requests still in flight (each client gets at least one).
   /retrieve  {"text": q, "k": --k (5)}: q cycles through a seeded shuffle of real sentences
@@ -67,6 +68,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import random
 import re
@@ -109,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--batch-wait-ms of the micro-batched server (2)")
     parser.add_argument("--batching-rounds", type=int, default=1,
                         help="ABAB rounds of the batching comparison (1)")
+    parser.add_argument("--load-client", choices=["http.client", "requests"], default="http.client",
+                        help="the load generator's HTTP client: one keep-alive http.client "
+                             "connection per thread (default), or a requests.Session (the "
+                             "tables before #17's re-measure)")
     parser.add_argument("--clients", type=parse_int_list, default=[1, 4, 16],
                         help="concurrent clients per cell, comma-separated (1,4,16)")
     parser.add_argument("--k", type=int, default=5, help="neighbours per /retrieve (5)")
@@ -140,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build-home", action="store_true",
                         help="build a small home if none (12 moby_dick chapters, RETRO trained 10 steps)")
     args = parser.parse_args(argv)
+    Load.client = args.load_client
     for name in ("k", "new_tokens", "prompt_tokens", "retrieve_requests", "generate_requests",
                  "swap_clients"):
         if getattr(args, name) < 1:
@@ -313,9 +321,55 @@ RequestMaker = Callable[[int], tuple[str, dict]]  # ticket -> (path, JSON body)
 Extractor = Callable[[dict], dict]  # response JSON -> the fields kept
 
 
+class _RawPoster:
+    """POST JSON over one keep-alive `http.client` connection: about a fifth of `requests`'
+    client CPU per call, which matters when the load generator shares the server's 2 cores."""
+
+    def __init__(self, base: str, timeout_s: float):
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port, self.timeout_s, self.conn = host, int(port), timeout_s, None
+
+    def __call__(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        self.conn.request("POST", path, json.dumps(body).encode(),
+                          {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        payload = response.read()
+        if response.will_close:
+            self.reset()
+        return response.status, payload
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    close = reset
+
+
+class _RequestsPoster:
+    """The same through a `requests.Session` (`--load-client requests`: the earlier tables)."""
+
+    def __init__(self, base: str, timeout_s: float):
+        self.base, self.timeout_s, self.session = base, timeout_s, requests.Session()
+
+    def __call__(self, path: str, body: dict) -> tuple[int, bytes]:
+        response = self.session.post(f"{self.base}{path}", json=body, timeout=self.timeout_s)
+        return response.status_code, response.content
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.session.close()
+
+
 class Load:
     """C client threads sending requests until `seconds` pass or `max_requests` were started,
     or until `stop` is set; every started request ends as a Result."""
+
+    client = "http.client"  # or "requests" (`--load-client`)
 
     def __init__(self, server: Server, clients: int, make: RequestMaker, extract: Extractor, *,
                  seconds: float, max_requests: int, timeout_s: float):
@@ -337,24 +391,26 @@ class Load:
             return self._tickets - 1
 
     def _client(self, start: threading.Barrier) -> None:
-        with requests.Session() as session:
+        post = (_RequestsPoster if self.client == "requests" else _RawPoster)(self.server.base, self.timeout_s)
+        try:
             start.wait()
             while (ticket := self._take()) is not None:
                 path, body = self.make(ticket)
                 t0 = time.perf_counter()
                 try:
-                    response = session.post(f"{self.server.base}{path}", json=body,
-                                            timeout=self.timeout_s)
+                    status, payload = post(path, body)
                     end = time.perf_counter()
-                    if response.status_code == 200:
-                        result = Result(t0, end, 200, self.extract(response.json()))
+                    if status == 200:
+                        result = Result(t0, end, 200, self.extract(json.loads(payload)))
                     else:
-                        result = Result(t0, end, response.status_code,
-                                        error=response.text[:200])
-                except (requests.RequestException, ValueError) as exc:
+                        result = Result(t0, end, status, error=payload[:200].decode(errors="replace"))
+                except (OSError, http.client.HTTPException, requests.RequestException, ValueError) as exc:
+                    post.reset()
                     result = Result(t0, time.perf_counter(), None, error=repr(exc)[:200])
                 with self._lock:
                     self.results.append(result)
+        finally:
+            post.close()
 
     def start(self) -> "Load":
         barrier = threading.Barrier(self.clients + 1)
@@ -493,9 +549,14 @@ def bench_retrieve(server: Server, queries: list[str], args,
     make = cycle_maker(queries, lambda q, i: ("/retrieve", {"text": q, "k": args.k}))
     rows = []
     for clients in args.clients:
+        before = requests.get(f"{server.base}/health", timeout=10).json().get("batching")
         cell = Load(server, clients, make, retrieve_fields, seconds=args.retrieve_seconds,
                     max_requests=args.retrieve_requests, timeout_s=60).run()
         row = {"endpoint": "/retrieve", "clients": clients, **latency_stats(cell)}
+        after = requests.get(f"{server.base}/health", timeout=10).json().get("batching")
+        if before and after and after["encoder_calls"] > before["encoder_calls"]:
+            row["queries_per_encoder_call"] = ((after["queries"] - before["queries"])
+                                               / (after["encoder_calls"] - before["encoder_calls"]))
         ok = cell.ok
         row["short_answers"] = sum(r.fields["neighbours"] < args.k for r in ok)
         row["wrong_version"] = sum(r.fields["version"] != start_version for r in ok)
@@ -660,13 +721,16 @@ def compare_batching(args) -> None:
                Column("p50_ms", "p50 ms", "{:.0f}"), Column("p99_ms", "p99 ms", "{:.0f}"),
                Column("p99_vs_one_by_one", "p99 vs one by one", "{:.2f}x"),
                Column("server_cpu_ms_per_req", "server CPU ms/req", "{:.1f}"),
-               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x")]
+               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x"),
+               Column("queries_per_encoder_call", "queries/encoder call", "{:.1f}"),
+               Column("client_cores_busy", "client cores busy", "{:.2f}")]
     meta.update(load_avg_start=load_start, rounds=args.batching_rounds, all_rows=rows,
                 args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     notes = [f"Best of {args.batching_rounds} alternating round(s) per cell; k={args.k}; "
              f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. Machine: "
              f"{meta['processor']}, os.cpu_count()={meta['cpu_count']}, load avg {load_start:.2f} "
-             f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only)."]
+             f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only); "
+             f"load generator: {args.load_client}."]
     report("serve_batching", columns, table, meta, notes)
 
 

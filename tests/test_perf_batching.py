@@ -119,3 +119,37 @@ def test_batched_generations_answer_like_one_at_a_time(ws):
     assert batcher.queries == sum(len(chunks) for _, chunks in alone.values())
     assert batcher.batches < batcher.queries  # some generations' queries shared an encoder call
     assert holder.gate.admitted == 0
+
+
+def test_generations_and_retrieves_mixed_in_batches_answer_like_alone(ws):
+    """/retrieve queries (unadmitted, batched as one unit) and generations' chunk queries (of
+    admitted requests) in the same batches: each request still gets exactly its own answer."""
+    info = train_model(ws, prepare_training(ws, tiny_spec(steps=2)), "retro").info
+    port = free_port()
+    holder = DeploymentHolder.start(ws, info.ref, "small", f"http://127.0.0.1:{port}", None,
+                                    AdmissionConfig(max_queue=32, max_wait_services=None))
+    prompts = [(text, seed) for seed, text in enumerate(_queries(ws, 3))]
+    lookups = [text[:60] for text, _ in prompts]
+    alone = {text: holder.current.generator().generate(text, max_new_tokens=70, temperature=0.8,
+                                                       seed=seed) for text, seed in prompts}
+    looked_up = {t: _ids(holder.current.retriever.retrieve([t], k=3)[0]) for t in lookups}
+    app = create_app(holder, admin_token=None, batching=BatchConfig(max_wait_s=0.02))
+    start = threading.Barrier(len(prompts) + len(lookups))
+
+    def ask(request: tuple[str, int] | str) -> requests.Response:
+        start.wait()
+        if isinstance(request, str):
+            return requests.post(f"{base}/retrieve", json={"text": request, "k": 3}, timeout=120)
+        return requests.post(f"{base}/generate", json={"prompt": request[0], "seed": request[1],
+                                                      "max_new_tokens": 70, "temperature": 0.8},
+                             timeout=120)
+
+    with serve_in_thread(app, port) as base, ThreadPoolExecutor(len(prompts) + len(lookups)) as pool:
+        answers = list(pool.map(ask, [r for pair in zip(prompts, lookups) for r in pair]))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    assert {t: a.json()["text"] for (t, _), a in zip(prompts, answers[0::2])} == {
+        t: g.text for t, g in alone.items()}
+    assert {t: [n["chunk_id"] for n in a.json()["neighbours"]]
+            for t, a in zip(lookups, answers[1::2])} == looked_up
+    assert app.state.batcher.queries == len(lookups) + sum(len(g.retrievals) for g in alone.values())
+    assert holder.gate.admitted == 0

@@ -57,8 +57,9 @@ def serve_command(
         help="Keep every generation in the LanceDB generation log (+ MLflow traces); "
              "settings from $RETRO_OPS_GENERATION_LOG* (see `retro-ops generations --help`).")] = True,
     batch_wait_ms: Annotated[float, typer.Option(min=-1.0, help="Micro-batch concurrent /retrieve "
-                                                 "queries into one encoder call, the first waiting "
-                                                 "at most this long for more; -1 = one by one.")] = 2.0,
+                                                 "and generation queries into one encoder call, the "
+                                                 "first waiting for more until none came for this "
+                                                 "long (20 ms at most); -1 = one by one.")] = 2.0,
 ) -> None:
     """Serve /generate, /retrieve, /health, /deployment and PUT /deployment/retrieval-set
     (OpenAPI schema at /docs). Every start and swap is recorded in the catalog."""
