@@ -4,6 +4,7 @@ the neighbours it would have got alone, through the library and through the real
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -43,6 +44,32 @@ def test_concurrent_queries_are_batched_and_get_their_own_neighbours(ws):
         together = dict(zip(texts, pool.map(ask, texts)))
     assert together == alone
     assert batcher.queries == len(texts) and batcher.batches < len(texts) / 2
+
+
+def test_a_batch_waits_for_the_clients_it_expects_back_but_at_most_max_gather(ws):
+    """After a batch of 8, the next leader waits for 8 queries (the clients just answered come
+    back together over HTTP) but no longer than max_gather_s; after a lone query, it waits only
+    max_wait_s of quiet."""
+    retriever = ws.retriever("small")
+    texts = _queries(ws, 5)
+    batcher = RetrieveBatcher(ComputeGate(AdmissionConfig(max_queue=64)),
+                              BatchConfig(max_wait_s=0.2, max_gather_s=1.0))
+    start = threading.Barrier(len(texts))
+
+    def ask(text: str) -> list[int]:
+        start.wait()
+        return _ids(batcher.retrieve(retriever, text, 2))
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        list(pool.map(ask, texts))
+    assert batcher.batches == 1 and batcher.queries == len(texts)
+    waited = []
+    for text in ("the whale", "the sea"):
+        began = time.monotonic()
+        batcher.retrieve(retriever, text, 2)
+        waited.append(time.monotonic() - began)
+    assert waited[0] >= 1.0  # waited for the 8 clients until the cap
+    assert 0.2 <= waited[1] < waited[0]  # then expected only itself: max_wait_s of quiet
 
 
 def test_mixed_k_in_one_batch_are_answered_separately(ws):
