@@ -117,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-gathers", type=lambda t: [int(v) for v in t.split(",")], default=[0],
                         metavar="G,G,...", help="batched servers of the batching comparison, one "
                              "per --batch-gather-ms value (0: wait only --batch-wait)")
+    parser.add_argument("--batching-endpoint", choices=["retrieve", "generate"], default="retrieve",
+                        help="what the batching comparison sends (retrieve; generate: --prompt-tokens "
+                             "prompts, --new-tokens each, --generate-seconds per cell)")
     parser.add_argument("--load-client", choices=["http.client", "requests"], default="http.client",
                         help="the load generator's HTTP client: one keep-alive http.client "
                              "connection per thread (default), or a requests.Session (the "
@@ -551,19 +554,27 @@ def warm_up(server: Server, queries: list[str], prompts: list[str], args) -> dic
     return cold
 
 
+def batching_counters(server: Server) -> dict | None:
+    return requests.get(f"{server.base}/health", timeout=10).json().get("batching")
+
+
+def per_encoder_call(before: dict | None, after: dict | None) -> float | None:
+    """Queries answered per encoder call between two /health readings (None: not batching)."""
+    if before and after and after["encoder_calls"] > before["encoder_calls"]:
+        return (after["queries"] - before["queries"]) / (after["encoder_calls"] - before["encoder_calls"])
+    return None
+
+
 def bench_retrieve(server: Server, queries: list[str], args, start_version: int,
                    keep_latencies: bool = False) -> list[dict[str, Any]]:
     make = cycle_maker(queries, lambda q, i: ("/retrieve", {"text": q, "k": args.k}))
     rows = []
     for clients in args.clients:
-        before = requests.get(f"{server.base}/health", timeout=10).json().get("batching")
+        before = batching_counters(server)
         cell = Load(server, clients, make, retrieve_fields, seconds=args.retrieve_seconds,
                     max_requests=args.retrieve_requests, timeout_s=60).run()
-        row = {"endpoint": "/retrieve", "clients": clients, **latency_stats(cell)}
-        after = requests.get(f"{server.base}/health", timeout=10).json().get("batching")
-        if before and after and after["encoder_calls"] > before["encoder_calls"]:
-            row["queries_per_encoder_call"] = ((after["queries"] - before["queries"])
-                                               / (after["encoder_calls"] - before["encoder_calls"]))
+        row = {"endpoint": "/retrieve", "clients": clients, **latency_stats(cell),
+               "queries_per_encoder_call": per_encoder_call(before, batching_counters(server))}
         ok = cell.ok
         row["short_answers"] = sum(r.fields["neighbours"] < args.k for r in ok)
         row["wrong_version"] = sum(r.fields["version"] != start_version for r in ok)
@@ -581,9 +592,11 @@ def bench_generate(server: Server, prompts: list[str], args,
                                                           "max_new_tokens": args.new_tokens}))
     rows = []
     for clients in args.clients:
+        before = batching_counters(server)
         cell = Load(server, clients, make, generate_fields, seconds=args.generate_seconds,
                     max_requests=max(args.generate_requests, clients), timeout_s=600).run()
-        row = {"endpoint": "/generate", "clients": clients, **latency_stats(cell)}
+        row = {"endpoint": "/generate", "clients": clients, **latency_stats(cell),
+               "queries_per_encoder_call": per_encoder_call(before, batching_counters(server))}
         ok = cell.ok
         row["latencies_ms"] = [r.latency_ms for r in ok]
         if ok:
@@ -701,6 +714,8 @@ def compare_batching(args) -> None:
     """/retrieve cells on a one-by-one server and a micro-batched one, both running, cells
     alternating between them (A B per client count per round)."""
     queries = query_texts(args.seed)
+    generate = args.batching_endpoint == "generate"
+    prompts = generation_prompts(args.home.expanduser().resolve(), args.prompt_tokens) if generate else []
     meta, load_start = environment(), os.getloadavg()[0]
     modes = (("one by one", -1.0, None),
              *((f"batched ({args.batch_wait:g} ms, gather {g} ms)", args.batch_wait, g) for g in args.batch_gathers))
@@ -710,14 +725,16 @@ def compare_batching(args) -> None:
         for mode, wait, gather in modes:
             server = stack.enter_context(Server(argparse.Namespace(
                 **{**vars(args), "batch_wait_ms": wait, "batch_gather_ms": gather})))
-            warm_up(server, queries, [], argparse.Namespace(**{**vars(args), "skip_generate": True}))
+            warm_up(server, queries, prompts, argparse.Namespace(**{**vars(args), "skip_generate": not generate}))
             servers[mode] = (server, requests.get(f"{server.base}/health", timeout=10).json())
         for round_ in range(args.batching_rounds):
             for clients in args.clients:
                 for mode, *_ in modes if round_ % 2 == 0 else modes[::-1]:
                     server, start = servers[mode]
-                    [row] = bench_retrieve(server, queries, argparse.Namespace(**{**vars(args), "clients": [clients]}),
-                                           start["retrieval_set_version"], keep_latencies=True)
+                    one = argparse.Namespace(**{**vars(args), "clients": [clients]})
+                    [row] = (bench_generate(server, prompts, one, start["retrieval_set_version"]) if generate
+                             else bench_retrieve(server, queries, one, start["retrieval_set_version"],
+                                                 keep_latencies=True))
                     cells.setdefault((mode, clients), []).append({**row, "round": round_})
     table = []
     for clients in args.clients:
@@ -759,14 +776,17 @@ def compare_batching(args) -> None:
                 cells={f"{m}|{c}": v for (m, c), v in cells.items()},
                 args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     notes = [f"{args.batching_rounds} round(s); in each, per client count, one cell on each server "
-             f"(both running; order alternating by round). req/s = all ok responses / all cell "
-             f"seconds of that mode; p50/p99 over all its latencies; paired ratio = batched / "
-             f"one-by-one req/s of the two cells of one round. k={args.k}; "
-             f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. Machine: "
+             f"(both running; order alternating by round); endpoint /{args.batching_endpoint}. "
+             f"req/s = all ok responses / all cell seconds of that mode; p50/p99 over all its "
+             f"latencies; paired ratio = batched / one-by-one req/s of the two cells of one round. k={args.k}; "
+             + (f"{args.generate_seconds:g} s or {max(args.generate_requests, 1)} requests per cell "
+                f"(at least one per client), {args.new_tokens} new tokens. " if generate else
+                f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. ")
+             + f"Machine: "
              f"{meta['processor']}, os.cpu_count()={meta['cpu_count']}, load avg {load_start:.2f} "
              f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only); "
              f"load generator: {args.load_client}."]
-    report("serve_batching", columns, table, meta, notes)
+    report(f"serve_batching_{args.batching_endpoint}", columns, table, meta, notes)
 
 
 def main(argv: list[str] | None = None) -> None:
