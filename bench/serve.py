@@ -11,7 +11,8 @@ shown if it fails; tracebacks in it are counted in the notes. Before timing: 3 u
 and 1 untimed /generate (cold costs in the JSON meta).
 
 Load generator (this process, loopback only): C threads (`--clients`, 1,4,16), each with its own
-`requests.Session` (keep-alive), started together; a thread takes the next request ticket while
+keep-alive connection (`http.client`; `--load-client requests` for a `requests.Session`, about
+5x the client CPU per request), started together; a thread takes the next request ticket while
 fewer than N tickets were taken and the cell's time is not up, so a cell ends after S seconds or
 N requests, whichever first, plus the requests still in flight (each client gets at least one).
   /retrieve  {"text": q, "k": --k (5)}: q cycles through a seeded shuffle of real sentences
@@ -56,17 +57,21 @@ per mode and client count, reported as on/off ratios. Then, in this process, the
 log's writer sustains (records of real 64-token sotu passages with 2 retrievals of 2 neighbours:
 embedding + LanceDB commit per batch, with and without MLflow traces) and the cost of
 `record()` on the request path. `--build-home` builds a small home first (bench/overload.py's).
-`--batching-compare` (#17) measures only the /retrieve cells, on two servers started in turn with
-the same arguments but `--batch-wait-ms -1` (one query per encoder call, the old behaviour) and
-`--batch-wait-ms` B (`--batch-wait`, 2: concurrent queries micro-batched), `--batching-rounds`
-times in alternation (ABAB), and prints req/s, p50 and p99 per mode with the batched/one-by-one
-ratios at each client count.
+`--batching-compare` (#17) measures only the /retrieve cells, on two servers running side by side
+with the same arguments but `--batch-wait-ms -1` (one query per encoder call, the old behaviour)
+and `--batch-wait-ms` B (`--batch-wait`, 2: concurrent queries micro-batched): in each of
+`--batching-rounds` rounds, per client count, one cell on each (order alternating by round, so
+drift of a shared machine hits both alike), and prints pooled req/s, p50 and p99 per mode with
+the batched/one-by-one ratios, the median and worst paired (same round) ratio, server CPU per
+request and the mean queries per encoder call (from /health).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import random
 import re
@@ -109,6 +114,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--batch-wait-ms of the micro-batched server (2)")
     parser.add_argument("--batching-rounds", type=int, default=1,
                         help="ABAB rounds of the batching comparison (1)")
+    parser.add_argument("--batch-gathers", type=lambda t: [int(v) for v in t.split(",")], default=[0],
+                        metavar="G,G,...", help="batched servers of the batching comparison, one "
+                             "per --batch-gather-ms value (0: wait only --batch-wait)")
+    parser.add_argument("--batching-endpoint", choices=["retrieve", "generate"], default="retrieve",
+                        help="what the batching comparison sends (retrieve; generate: --prompt-tokens "
+                             "prompts, --new-tokens each, --generate-seconds per cell)")
+    parser.add_argument("--load-client", choices=["http.client", "requests"], default="http.client",
+                        help="the load generator's HTTP client: one keep-alive http.client "
+                             "connection per thread (default), or a requests.Session (the "
+                             "tables before #17's re-measure)")
     parser.add_argument("--clients", type=parse_int_list, default=[1, 4, 16],
                         help="concurrent clients per cell, comma-separated (1,4,16)")
     parser.add_argument("--k", type=int, default=5, help="neighbours per /retrieve (5)")
@@ -140,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build-home", action="store_true",
                         help="build a small home if none (12 moby_dick chapters, RETRO trained 10 steps)")
     args = parser.parse_args(argv)
+    Load.client = args.load_client
     for name in ("k", "new_tokens", "prompt_tokens", "retrieve_requests", "generate_requests",
                  "swap_clients"):
         if getattr(args, name) < 1:
@@ -194,6 +210,8 @@ class Server:
             self.argv += ["--max-wait", str(args.max_wait)]
         if getattr(args, "batch_wait_ms", None) is not None:
             self.argv += ["--batch-wait-ms", str(args.batch_wait_ms)]
+        if getattr(args, "batch_gather_ms", None) is not None:
+            self.argv += ["--batch-gather-ms", str(args.batch_gather_ms)]
         if not Path(self.argv[0]).exists():  # not run with the venv's python
             self.argv[0] = str(REPO_ROOT / ".venv" / "bin" / "retro-ops")
         self.env = {**os.environ, "RETRO_OPS_HOME": str(self.home),
@@ -313,9 +331,55 @@ RequestMaker = Callable[[int], tuple[str, dict]]  # ticket -> (path, JSON body)
 Extractor = Callable[[dict], dict]  # response JSON -> the fields kept
 
 
+class _RawPoster:
+    """POST JSON over one keep-alive `http.client` connection: about a fifth of `requests`'
+    client CPU per call, which matters when the load generator shares the server's 2 cores."""
+
+    def __init__(self, base: str, timeout_s: float):
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port, self.timeout_s, self.conn = host, int(port), timeout_s, None
+
+    def __call__(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        self.conn.request("POST", path, json.dumps(body).encode(),
+                          {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        payload = response.read()
+        if response.will_close:
+            self.reset()
+        return response.status, payload
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    close = reset
+
+
+class _RequestsPoster:
+    """The same through a `requests.Session` (`--load-client requests`: the earlier tables)."""
+
+    def __init__(self, base: str, timeout_s: float):
+        self.base, self.timeout_s, self.session = base, timeout_s, requests.Session()
+
+    def __call__(self, path: str, body: dict) -> tuple[int, bytes]:
+        response = self.session.post(f"{self.base}{path}", json=body, timeout=self.timeout_s)
+        return response.status_code, response.content
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.session.close()
+
+
 class Load:
     """C client threads sending requests until `seconds` pass or `max_requests` were started,
     or until `stop` is set; every started request ends as a Result."""
+
+    client = "http.client"  # or "requests" (`--load-client`)
 
     def __init__(self, server: Server, clients: int, make: RequestMaker, extract: Extractor, *,
                  seconds: float, max_requests: int, timeout_s: float):
@@ -337,24 +401,26 @@ class Load:
             return self._tickets - 1
 
     def _client(self, start: threading.Barrier) -> None:
-        with requests.Session() as session:
+        post = (_RequestsPoster if self.client == "requests" else _RawPoster)(self.server.base, self.timeout_s)
+        try:
             start.wait()
             while (ticket := self._take()) is not None:
                 path, body = self.make(ticket)
                 t0 = time.perf_counter()
                 try:
-                    response = session.post(f"{self.server.base}{path}", json=body,
-                                            timeout=self.timeout_s)
+                    status, payload = post(path, body)
                     end = time.perf_counter()
-                    if response.status_code == 200:
-                        result = Result(t0, end, 200, self.extract(response.json()))
+                    if status == 200:
+                        result = Result(t0, end, 200, self.extract(json.loads(payload)))
                     else:
-                        result = Result(t0, end, response.status_code,
-                                        error=response.text[:200])
-                except (requests.RequestException, ValueError) as exc:
+                        result = Result(t0, end, status, error=payload[:200].decode(errors="replace"))
+                except (OSError, http.client.HTTPException, requests.RequestException, ValueError) as exc:
+                    post.reset()
                     result = Result(t0, time.perf_counter(), None, error=repr(exc)[:200])
                 with self._lock:
                     self.results.append(result)
+        finally:
+            post.close()
 
     def start(self) -> "Load":
         barrier = threading.Barrier(self.clients + 1)
@@ -488,17 +554,32 @@ def warm_up(server: Server, queries: list[str], prompts: list[str], args) -> dic
     return cold
 
 
-def bench_retrieve(server: Server, queries: list[str], args,
-                   start_version: int) -> list[dict[str, Any]]:
+def batching_counters(server: Server) -> dict | None:
+    return requests.get(f"{server.base}/health", timeout=10).json().get("batching")
+
+
+def per_encoder_call(before: dict | None, after: dict | None) -> float | None:
+    """Queries answered per encoder call between two /health readings (None: not batching)."""
+    if before and after and after["encoder_calls"] > before["encoder_calls"]:
+        return (after["queries"] - before["queries"]) / (after["encoder_calls"] - before["encoder_calls"])
+    return None
+
+
+def bench_retrieve(server: Server, queries: list[str], args, start_version: int,
+                   keep_latencies: bool = False) -> list[dict[str, Any]]:
     make = cycle_maker(queries, lambda q, i: ("/retrieve", {"text": q, "k": args.k}))
     rows = []
     for clients in args.clients:
+        before = batching_counters(server)
         cell = Load(server, clients, make, retrieve_fields, seconds=args.retrieve_seconds,
                     max_requests=args.retrieve_requests, timeout_s=60).run()
-        row = {"endpoint": "/retrieve", "clients": clients, **latency_stats(cell)}
+        row = {"endpoint": "/retrieve", "clients": clients, **latency_stats(cell),
+               "queries_per_encoder_call": per_encoder_call(before, batching_counters(server))}
         ok = cell.ok
         row["short_answers"] = sum(r.fields["neighbours"] < args.k for r in ok)
         row["wrong_version"] = sum(r.fields["version"] != start_version for r in ok)
+        if keep_latencies:
+            row["latencies_ms"] = [r.latency_ms for r in ok]
         rows.append(row)
         log(f"/retrieve x{clients}: {row['ok']} ok, {row['errors']} errors, "
             f"{row['req_per_s']:.1f} req/s, p50 {row['p50_ms'] or float('nan'):.0f} ms")
@@ -511,9 +592,11 @@ def bench_generate(server: Server, prompts: list[str], args,
                                                           "max_new_tokens": args.new_tokens}))
     rows = []
     for clients in args.clients:
+        before = batching_counters(server)
         cell = Load(server, clients, make, generate_fields, seconds=args.generate_seconds,
                     max_requests=max(args.generate_requests, clients), timeout_s=600).run()
-        row = {"endpoint": "/generate", "clients": clients, **latency_stats(cell)}
+        row = {"endpoint": "/generate", "clients": clients, **latency_stats(cell),
+               "queries_per_encoder_call": per_encoder_call(before, batching_counters(server))}
         ok = cell.ok
         row["latencies_ms"] = [r.latency_ms for r in ok]
         if ok:
@@ -628,28 +711,52 @@ def joined(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
 # --- main --------------------------------------------------------------------------------------
 
 def compare_batching(args) -> None:
-    """/retrieve cells on a one-by-one server and a micro-batched one, alternating."""
+    """/retrieve cells on a one-by-one server and a micro-batched one, both running, cells
+    alternating between them (A B per client count per round)."""
     queries = query_texts(args.seed)
+    generate = args.batching_endpoint == "generate"
+    prompts = generation_prompts(args.home.expanduser().resolve(), args.prompt_tokens) if generate else []
     meta, load_start = environment(), os.getloadavg()[0]
-    rows: list[dict[str, Any]] = []
-    for round_ in range(args.batching_rounds):
-        for mode, wait in (("one by one", -1.0), (f"batched ({args.batch_wait:g} ms)", args.batch_wait)):
-            with Server(argparse.Namespace(**{**vars(args), "batch_wait_ms": wait})) as server:
-                start = requests.get(f"{server.base}/health", timeout=10).json()
-                warm_up(server, queries, [], argparse.Namespace(**{**vars(args), "skip_generate": True}))
-                for row in bench_retrieve(server, queries, args, start["retrieval_set_version"]):
-                    rows.append({**row, "mode": mode, "round": round_})
-    best: dict[tuple[str, int], dict[str, Any]] = {}
-    for row in rows:  # per mode and client count: the round with the most req/s
-        key = (row["mode"], row["clients"])
-        if key not in best or row["req_per_s"] > best[key]["req_per_s"]:
-            best[key] = row
-    table = sorted(best.values(), key=lambda r: (r["clients"], r["mode"] != "one by one"))
-    for row in table:  # CPU per request: what a loaded machine's wall times hide
-        busy = row.get("server_cores_busy")
-        row["server_cpu_ms_per_req"] = 1e3 * busy / row["req_per_s"] if busy and row["req_per_s"] else None
+    modes = (("one by one", -1.0, None),
+             *((f"batched ({args.batch_wait:g} ms, gather {g} ms)", args.batch_wait, g) for g in args.batch_gathers))
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for mode, wait, gather in modes:
+            server = stack.enter_context(Server(argparse.Namespace(
+                **{**vars(args), "batch_wait_ms": wait, "batch_gather_ms": gather})))
+            warm_up(server, queries, prompts, argparse.Namespace(**{**vars(args), "skip_generate": not generate}))
+            servers[mode] = (server, requests.get(f"{server.base}/health", timeout=10).json())
+        for round_ in range(args.batching_rounds):
+            for clients in args.clients:
+                for mode, *_ in modes if round_ % 2 == 0 else modes[::-1]:
+                    server, start = servers[mode]
+                    one = argparse.Namespace(**{**vars(args), "clients": [clients]})
+                    [row] = (bench_generate(server, prompts, one, start["retrieval_set_version"]) if generate
+                             else bench_retrieve(server, queries, one, start["retrieval_set_version"],
+                                                 keep_latencies=True))
+                    cells.setdefault((mode, clients), []).append({**row, "round": round_})
+    table = []
+    for clients in args.clients:
+        base_cells = cells[(modes[0][0], clients)]
+        for mode, *_ in modes:
+            runs = cells[(mode, clients)]
+            latencies = [x for run in runs for x in run.pop("latencies_ms")]
+            wall, ok = sum(r["wall_s"] for r in runs), sum(r["ok"] for r in runs)
+            busy = [r["server_cores_busy"] * r["wall_s"] for r in runs if r.get("server_cores_busy") is not None]
+            calls = [r["queries_per_encoder_call"] for r in runs if r.get("queries_per_encoder_call")]
+            paired = [r["req_per_s"] / b["req_per_s"] for r, b in zip(runs, base_cells) if b["req_per_s"]]
+            table.append({"clients": clients, "mode": mode, "ok": ok,
+                          "errors": sum(r["errors"] for r in runs), "req_per_s": ok / wall if wall else 0.0,
+                          "paired_ratio_median": statistics.median(paired) if paired else None,
+                          "paired_ratio_min": min(paired) if paired else None,
+                          "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+                          "server_cpu_ms_per_req": 1e3 * sum(busy) / ok if busy and ok else None,
+                          "queries_per_encoder_call": statistics.mean(calls) if calls else None,
+                          "client_cores_busy": statistics.mean(r["client_cores_busy"] or 0 for r in runs)})
+    by_key = {(r["mode"], r["clients"]): r for r in table}
     for row in table:
-        base = best[("one by one", row["clients"])]
+        base = by_key[(modes[0][0], row["clients"])]
         row["rps_vs_one_by_one"] = row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else None
         row["p99_vs_one_by_one"] = (row["p99_ms"] / base["p99_ms"]) if base.get("p99_ms") else None
         cpu, base_cpu = row["server_cpu_ms_per_req"], base["server_cpu_ms_per_req"]
@@ -657,17 +764,29 @@ def compare_batching(args) -> None:
     columns = [Column("clients", "clients"), Column("mode", "mode"), Column("ok", "ok"),
                Column("errors", "errors"), Column("req_per_s", "req/s", "{:.1f}"),
                Column("rps_vs_one_by_one", "req/s vs one by one", "{:.2f}x"),
+               Column("paired_ratio_median", "median paired ratio", "{:.2f}x"),
+               Column("paired_ratio_min", "worst paired ratio", "{:.2f}x"),
                Column("p50_ms", "p50 ms", "{:.0f}"), Column("p99_ms", "p99 ms", "{:.0f}"),
                Column("p99_vs_one_by_one", "p99 vs one by one", "{:.2f}x"),
                Column("server_cpu_ms_per_req", "server CPU ms/req", "{:.1f}"),
-               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x")]
-    meta.update(load_avg_start=load_start, rounds=args.batching_rounds, all_rows=rows,
+               Column("cpu_vs_one_by_one", "CPU/req vs one by one", "{:.2f}x"),
+               Column("queries_per_encoder_call", "queries/encoder call", "{:.1f}"),
+               Column("client_cores_busy", "client cores busy", "{:.2f}")]
+    meta.update(load_avg_start=load_start, load_avg_end=os.getloadavg()[0], rounds=args.batching_rounds,
+                cells={f"{m}|{c}": v for (m, c), v in cells.items()},
                 args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
-    notes = [f"Best of {args.batching_rounds} alternating round(s) per cell; k={args.k}; "
-             f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. Machine: "
+    notes = [f"{args.batching_rounds} round(s); in each, per client count, one cell on each server "
+             f"(both running; order alternating by round); endpoint /{args.batching_endpoint}. "
+             f"req/s = all ok responses / all cell seconds of that mode; p50/p99 over all its "
+             f"latencies; paired ratio = batched / one-by-one req/s of the two cells of one round. k={args.k}; "
+             + (f"{args.generate_seconds:g} s or {max(args.generate_requests, 1)} requests per cell "
+                f"(at least one per client), {args.new_tokens} new tokens. " if generate else
+                f"{args.retrieve_seconds:g} s or {args.retrieve_requests} requests per cell. ")
+             + f"Machine: "
              f"{meta['processor']}, os.cpu_count()={meta['cpu_count']}, load avg {load_start:.2f} "
-             f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only)."]
-    report("serve_batching", columns, table, meta, notes)
+             f"at start, {os.getloadavg()[0]:.2f} at end (shared: compare rows of this run only); "
+             f"load generator: {args.load_client}."]
+    report(f"serve_batching_{args.batching_endpoint}", columns, table, meta, notes)
 
 
 def main(argv: list[str] | None = None) -> None:

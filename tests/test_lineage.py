@@ -479,3 +479,42 @@ def _index_dir(site, info) -> str:
 
     with site["ws"].catalog.session() as s:
         return s.scalar(select(m.IndexBuild.build_dir).where(m.IndexBuild.id == info.index_build_id))
+
+
+def test_verify_checks_the_disk_refine_sidecars(site, db):
+    """A model served from a disk-refined index (the at-scale structure forced onto a small set
+    of `a` and `b`): a flipped byte in the vectors or ids mapped beside index.faiss is drift."""
+    from retro_ops.retrieval.disk_refine import IDS_FILE, VECTORS_FILE
+    from retro_ops.retrieval.index_build import IndexConfig
+    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.sets import build_retrieval_set_version
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import train_model
+
+    ws = site["ws"]
+    ws.catalog.create_retrieval_set("lib_disk", ["a", "b"])
+    build_retrieval_set_version(ws.catalog, ws.store, "lib_disk", ws.embedder.space)
+    built = index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "lib_disk",
+                                ws.embedder.space.dim,
+                                config=IndexConfig(factory="IVF2_HNSW32,PQ48x4fs,DiskRefine"))
+    assert set(built.manifest.extra_files) == {VECTORS_FILE, IDS_FILE}, built.manifest.notes
+    spec = tiny_spec(steps=2, retrieval_set="lib_disk")
+    info = train_model(ws, prepare_training(ws, type(spec)(**{**spec.__dict__, "corpus": "a"})),
+                       "retro").info
+    ref = f"model-{info.id}"
+    report = verify(db, ref)
+    assert report.drift == []
+    assert {c.what for c in report.checks} >= {f"index sidecar {VECTORS_FILE}", f"index sidecar {IDS_FILE}"}
+    folder = Path(ws.catalog.resolved_path(_index_dir(site, _refresh(site, info))))
+    for name in (VECTORS_FILE, IDS_FILE):
+        path = folder / name
+        original = path.read_bytes()
+        middle = len(original) // 2
+        path.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1:])
+        try:
+            drift = verify(db, ref).drift
+            assert [c.what for c in drift] == [f"index sidecar {name}"]
+            assert "differs from the recorded" in drift[0].detail
+        finally:
+            path.write_bytes(original)
+    assert verify(db, ref).drift == []

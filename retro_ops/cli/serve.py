@@ -58,8 +58,12 @@ def serve_command(
         help="Keep every generation in the LanceDB generation log (+ MLflow traces); "
              "settings from $RETRO_OPS_GENERATION_LOG* (see `retro-ops generations --help`).")] = True,
     batch_wait_ms: Annotated[float, typer.Option(min=-1.0, help="Micro-batch concurrent /retrieve "
-                                                 "queries into one encoder call, the first waiting "
-                                                 "at most this long for more; -1 = one by one.")] = 2.0,
+                                                 "and generation queries into one encoder call, the "
+                                                 "first waiting for more until none came for this "
+                                                 "long; -1 = one by one.")] = 2.0,
+    batch_gather_ms: Annotated[float, typer.Option(min=0.0, help="A batch also waits for as many "
+                                                   "/retrieve queries as the last one answered, "
+                                                   "at most this long; 0 = no such wait.")] = 0.0,
 ) -> None:
     """Serve /generate, /retrieve, /health, /deployment and PUT /deployment/retrieval-set
     (OpenAPI schema at /docs). Every start and swap is recorded in the catalog."""
@@ -87,7 +91,8 @@ def serve_command(
                                         admission)
     except (RetroOpsError, ValueError) as exc:
         fail(str(exc))
-    batching = BatchConfig(max_wait_s=batch_wait_ms / 1000) if batch_wait_ms >= 0 else None
+    batching = BatchConfig(max_wait_s=batch_wait_ms / 1000, max_gather_s=batch_gather_ms / 1000) \
+        if batch_wait_ms >= 0 else None
     app = create_app(holder, admin_token=token, generation_log=log, batching=batching,
                      limits=Limits(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens))
     # The model, tokenizer, index and imports are never garbage: move them out of the collector's

@@ -14,6 +14,7 @@ model none of whose inputs it erased.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from retro_ops.catalog.exclusions import PurgeRecord
 from retro_ops.corpus.readers import read_corpus
 from retro_ops.erasure.purge import models_affected
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS
-from retro_ops.ids import document_id, sha256_hex
+from retro_ops.ids import document_id
 from retro_ops.lineage.views import AuditDB
+from retro_ops.retrieval.disk_refine import file_sha256
 from retro_ops.retrieval.index_publish import INDEX_FILE, MANIFEST_FILE
 from retro_ops.training.checkpoint import MODEL_FILE
 from retro_ops.training.reads import read_model_reads, reads_digest
@@ -53,8 +55,8 @@ class VerifyReport:
 
 
 def _file_sha(path: Path) -> str | None:
-    try:
-        return sha256_hex(path.read_bytes())
+    try:  # in blocks: a disk-refine vectors file is n x 1.5 kB
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -154,6 +156,14 @@ def _corpus_checks(db: AuditDB, corpus_version_id: int, purges: _Purges | None =
                   + (f" ({'; '.join(sorted(set(notes)))}: not checked)" if notes else ""))]
 
 
+def _sidecar_checks(build_dir: Path) -> list[Check]:
+    """The files a disk-refined index maps beside index.faiss (vectors.npy, ids.npy) against the
+    sha256 its manifest records; the manifest itself was just checked against the catalog."""
+    recorded = json.loads((build_dir / MANIFEST_FILE).read_text()).get("extra_files") or {}
+    return [_digest_check(f"index sidecar {name}", build_dir / name, sha)
+            for name, sha in sorted(recorded.items())]
+
+
 def verify(db: AuditDB, ref: str) -> VerifyReport:
     info = db.catalog.resolve_model(ref)
     purges = _purges(db, info.id)
@@ -179,6 +189,7 @@ def verify(db: AuditDB, ref: str) -> VerifyReport:
         checks.append(_digest_check(f"index file {INDEX_FILE}", build_dir / INDEX_FILE, build_sha))
         checks.append(_digest_check(f"index manifest {MANIFEST_FILE}", build_dir / MANIFEST_FILE,
                                     manifest_sha))
+        checks += _sidecar_checks(build_dir) if checks[-1].ok else []
     elif info.retrieval_set_version_id:
         checks.append(Check("index build", False, "no index build recorded for this model"))
     if info.reads_table:

@@ -75,8 +75,13 @@ class ComputeGate:
         with self._lock:  # held only for O(endpoints) work: /health never waits behind compute
             return self._in_system.total()
 
-    def admit(self, endpoint: str = "default") -> "Place":
+    def admit(self, endpoint: str = "default", *, force: bool = False) -> "Place":
+        """`force`: never refused, for work carried for requests admitted already (a batch of
+        their retrieval queries); it still counts as in the system while it waits and runs."""
         with self._lock:
+            if force:
+                self._in_system[endpoint] += 1
+                return Place(self, endpoint)
             admitted = self._in_system.total()
             if admitted >= 1 + self.config.max_queue:
                 raise ServerOverloadedError(
@@ -126,20 +131,26 @@ class ComputeGate:
             else:
                 self._busy = False
 
+    def _wait_turn(self) -> None:
+        if not self._acquire(self._waiting, self.config.queue_timeout_s):
+            raise ServerOverloadedError(
+                f"server busy: waited {self.config.queue_timeout_s:g} s for a turn; "
+                f"retry after {self.config.retry_after_s} s")
+
     @contextmanager
-    def turn(self, place: "Place") -> Iterator[None]:
-        """Hold the lock for an admitted request; gives the place back when done or refused."""
+    def turn(self, place: "Place") -> Iterator["Turn"]:
+        """Hold the lock for an admitted request; gives the place back when done or refused.
+        The `Turn` it yields can step out of the lock and queue again (`Turn.stepped_out`); the
+        service time observed is the time the lock was held."""
         try:
-            if not self._acquire(self._waiting, self.config.queue_timeout_s):
-                raise ServerOverloadedError(
-                    f"server busy: waited {self.config.queue_timeout_s:g} s for a turn; "
-                    f"retry after {self.config.retry_after_s} s")
-            started = time.monotonic()
+            self._wait_turn()
+            turn = Turn(self)
             try:
-                yield
+                yield turn
             finally:
-                self._observe(place.endpoint, time.monotonic() - started)
-                self._release()
+                self._observe(place.endpoint, turn.held_s())
+                if turn.holding:
+                    self._release()
         finally:
             place.release()
 
@@ -151,6 +162,30 @@ class ComputeGate:
             yield
         finally:
             self._release()
+
+
+class Turn:
+    """A request's hold on the gate, which it may leave for a while and queue for again."""
+
+    def __init__(self, gate: ComputeGate):
+        self._gate, self.holding = gate, True
+        self._since, self._held = time.monotonic(), 0.0
+
+    def held_s(self) -> float:
+        return self._held + (time.monotonic() - self._since if self.holding else 0.0)
+
+    @contextmanager
+    def stepped_out(self) -> Iterator[None]:
+        """Release the lock (to the next waiter) for the body, then queue for it again, last in
+        line like a new request (a generation waiting for its batched retrieval lets the other
+        admitted requests compute meanwhile). Raises ServerOverloadedError if the new turn does
+        not come within the queue timeout; the place stays taken throughout."""
+        self._held += time.monotonic() - self._since
+        self.holding = False
+        self._gate._release()
+        yield  # a body that raises leaves the turn without the lock: nothing to give back
+        self._gate._wait_turn()
+        self.holding, self._since = True, time.monotonic()
 
 
 class Place:

@@ -30,7 +30,7 @@ from retro_ops.features.chunking import load_tokenizer
 from retro_ops.model import Retro
 from retro_ops.retrieval.retriever import Retriever
 from retro_ops.serving.admission import AdmissionConfig, ComputeGate
-from retro_ops.serving.generation import Generator
+from retro_ops.serving.generation import Fetch, Generator
 from retro_ops.serving.security import token_id, token_key
 from retro_ops.training.checkpoint import weights_digest
 from retro_ops.training.run import load_model
@@ -60,8 +60,8 @@ class Deployment:
     def set_version(self) -> int:
         return self.retriever.version.id
 
-    def generator(self) -> Generator:
-        return Generator(self.model, self.vocab, self.tokenizer, self.retriever)
+    def generator(self, fetch: Fetch | None = None) -> Generator:
+        return Generator(self.model, self.vocab, self.tokenizer, self.retriever, fetch)
 
     def describe(self) -> dict:
         return {"model": self.model_info.ref, "model_id": self.model_info.id,

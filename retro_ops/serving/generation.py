@@ -11,6 +11,7 @@ which neighbours each chunk used, so every generation is explainable.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,15 +42,28 @@ class Generation:
     model_seconds: float = 0.0
 
 
+Fetch = Callable[[str, int], list[Neighbour]]  # (chunk text, k) -> its neighbours, best first
+
+
 class Generator:
-    def __init__(self, model: Retro, vocab: Vocabulary, tokenizer, retriever: Retriever | None):
+    """`fetch` replaces the retriever's own one-query call for each completed chunk (a server
+    passes its micro-batcher's); it must answer exactly as `retriever.retrieve([text], k)[0]`."""
+
+    def __init__(self, model: Retro, vocab: Vocabulary, tokenizer, retriever: Retriever | None,
+                 fetch: Fetch | None = None):
         self.model, self.vocab, self.tokenizer, self.retriever = model.eval(), vocab, tokenizer, retriever
         self.m = model.config.chunk_size
         self.k = model.config.n_neighbours
+        self._fetch = fetch
 
     def _retrieve(self, chunk_ids: list[int], index: int) -> tuple[ChunkRetrieval, np.ndarray]:
         text = self.tokenizer.decode(self.vocab.decode(np.asarray(chunk_ids)).tolist())
-        hits = self.retriever.retrieve([text], k=self.k)[0] if self.retriever else []
+        if self.retriever is None:
+            hits = []
+        elif self._fetch is not None:
+            hits = self._fetch(text, self.k)
+        else:
+            hits = self.retriever.retrieve([text], k=self.k)[0]
         tokens = np.zeros((self.k, 2 * self.m), dtype=np.int64)  # [PAD] = masked
         for slot, hit in enumerate(hits[:self.k]):
             value = self.vocab.encode(np.asarray(hit.token_ids[:2 * self.m]))
