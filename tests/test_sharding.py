@@ -22,7 +22,7 @@ from assets.sharded import FEATURES_JOB, launch_shards, shard_count, sharded_ass
 from retro_ops.catalog import Catalog
 from retro_ops.errors import IndexBuildError
 from retro_ops.features import pipeline
-from retro_ops.features.shards import ShardSpec, all_shards, shard_of
+from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_per_shard
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
 from retro_ops.retrieval import index_shards
 from retro_ops.retrieval.index_build import IndexConfig, build_index
@@ -49,6 +49,19 @@ def test_shards_split_documents_stably():
         ShardSpec(4, 4)
     with pytest.raises(ValueError, match="RETRO_OPS_SHARDS='0': a whole number from 1 to 4096"):
         shard_count({"RETRO_OPS_SHARDS": "0"})
+
+
+def test_shards_at_once_share_the_cores(monkeypatch: pytest.MonkeyPatch):
+    from assets.sharded import PARALLEL_ENV, EmbeddingShardConfig
+
+    assert [threads_per_shard(n, cores=16) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert threads_per_shard(2, cores=2) == 1 and threads_per_shard(0, cores=2) == 2
+    monkeypatch.delenv(PARALLEL_ENV, raising=False)
+    cores = threads_per_shard(1)
+    assert EmbeddingShardConfig().threads(2) == max(1, cores // 2)  # every shard at once by default
+    monkeypatch.setenv(PARALLEL_ENV, "1")
+    assert EmbeddingShardConfig().threads(4) == cores  # one at a time: all the cores
+    assert EmbeddingShardConfig(torch_threads=3).threads(4) == 3
 
 
 def test_refine_stage_is_refused(ws):
@@ -96,6 +109,10 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
         assert sorted(e.step_key for e in starts) == ["chunk_shard", "embedding_shard"]
         pids = {e.dagster_event.pid for e in starts}
         assert len(pids) == 2 and os.getpid() not in pids
+        [embedded] = [e.dagster_event.event_specific_data.materialization for e in instance.all_logs(run.run_id)
+                      if e.is_dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
+                      and e.dagster_event.asset_key.to_user_string() == "embedding_shard"]
+        assert embedded.metadata["torch_threads"].value == threads_per_shard(N_SHARDS)  # its share of the cores
     store = FeatureStore(home.lancedb_uri)
     assert store.duplicate_keys("chunks").num_rows == 0
 
