@@ -9,6 +9,10 @@ re-materialize, and nothing runs past a failed blocking check.
 - Model and evaluation assets carry no condition: training is a deliberate, costly act; they
   show as stale in the UI (and `retro-ops train` / the Materialize button run them).
 
+- The scale-out assets (`assets/sharded.py`) carry the same conditions only where
+  RETRO_OPS_SHARDED_AUTOMATION=1 when the code location loads: shards are the alternative route to
+  the same rows and index, and automating both routes would do every corpus's work twice.
+
 The sensors that act on these are stopped unless RETRO_OPS_AUTOMATION=1 when the code location
 loads (`retro-ops ui --automation` sets it); they can also be switched on in the UI (Automation).
 They tick every 30 s, or every RETRO_OPS_AUTOMATION_INTERVAL seconds (`retro-ops ui --interval`).
@@ -20,6 +24,7 @@ import dagster as dg
 
 AUTOMATION_ENV = "RETRO_OPS_AUTOMATION"
 INTERVAL_ENV = "RETRO_OPS_AUTOMATION_INTERVAL"
+SHARDED_ENV = "RETRO_OPS_SHARDED_AUTOMATION"
 DEFAULT_INTERVAL_SECONDS = 30
 
 AC = dg.AutomationCondition
@@ -27,8 +32,16 @@ AC = dg.AutomationCondition
 
 def automation_status() -> dg.DefaultSensorStatus:
     """RUNNING when automation was asked for where the code location loads (a switch, not a secret)."""
-    on = os.environ.get(AUTOMATION_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+    return dg.DefaultSensorStatus.RUNNING if _switch(AUTOMATION_ENV) else dg.DefaultSensorStatus.STOPPED
+
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sharded_automation() -> bool:
+    """Whether the scale-out assets carry automation conditions (RETRO_OPS_SHARDED_AUTOMATION)."""
+    return _switch(SHARDED_ENV)
 
 
 def automation_interval() -> int:

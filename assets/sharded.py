@@ -10,7 +10,10 @@ per-table writer lock (`features/locks.py`), so concurrent shards never store a 
 A retrieval set's index is trained once (`index_training`), filled per shard in parallel
 (`index_shard`, retrieval set x shard) and merged and published (`sharded_faiss_index`) like a
 single-process build. The shard count of this code location is RETRO_OPS_SHARDS (default 2):
-it changes which documents a shard holds, never the chunks, vectors or neighbours.
+it changes which documents a shard holds, never the chunks, vectors or neighbours. With
+RETRO_OPS_SHARDED_AUTOMATION=1 they carry the unsharded assets' automation conditions: a corpus's
+new documents re-chunk and re-embed its shards, a set whose content changed re-trains, re-fills
+and re-merges its index (`assets/automation.py`).
 """
 
 import os
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.automation import ON_UPSTREAM_CHANGE, ON_UPSTREAM_DATA_CHANGE, sharded_automation
 from assets.features import documents
 from assets.groups import SCALE_OUT, owners
 from assets.partitions import (
@@ -89,8 +93,11 @@ def _shard(context: dg.AssetExecutionContext) -> tuple[str, ShardSpec]:
     return key[first], ShardSpec.parse(key[SHARD])
 
 
-def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
-    """The scale-out assets for `n_shards` shards (the partitions are fixed per code location)."""
+def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefinition]:
+    """The scale-out assets for `n_shards` shards (the partitions are fixed per code location),
+    with the automation conditions of their unsharded counterparts where `automated`."""
+    on_change = ON_UPSTREAM_CHANGE if automated else None
+    on_data_change = ON_UPSTREAM_DATA_CHANGE if automated else None
     shards = dg.StaticPartitionsDefinition([s.key for s in all_shards(n_shards)])
     by_corpus = dg.MultiPartitionsDefinition({CORPUS_PARTITIONS: corpus_partitions, SHARD: shards})
     by_set = dg.MultiPartitionsDefinition({RETRIEVAL_SET_PARTITIONS: retrieval_set_partitions, SHARD: shards})
@@ -101,7 +108,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
 
     @dg.asset(partitions_def=by_corpus, group_name=GROUP, owners=owners(GROUP), kinds={"python", "lancedb"},
               pool=WRITE_POOL,
-              deps=[dg.AssetDep(documents, partition_mapping=of_corpus)], code_version="1")
+              deps=[dg.AssetDep(documents, partition_mapping=of_corpus)], code_version="1",
+              automation_condition=on_change)
     def chunk_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
                     feature_store: FeatureStoreResource, embedder: EmbedderResource,
                     progress: ProgressResource) -> dg.MaterializeResult:
@@ -118,7 +126,7 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
 
     @dg.asset(partitions_def=by_corpus, group_name=GROUP, owners=owners(GROUP), kinds={"pytorch", "lancedb"},
               pool=WRITE_POOL,
-              deps=[chunk_shard], code_version="1")
+              deps=[chunk_shard], code_version="1", automation_condition=on_change)
     def embedding_shard(context: dg.AssetExecutionContext, config: EmbeddingShardConfig, catalog: CatalogResource,
                         feature_store: FeatureStoreResource, embedder: EmbedderResource,
                         progress: ProgressResource) -> dg.MaterializeResult:
@@ -136,7 +144,7 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "torch_threads": threads, "seconds": round(result.seconds, 3)})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[retrieval_set], code_version="1")
+              deps=[retrieval_set], code_version="1", automation_condition=on_data_change)
     def index_training(context: dg.AssetExecutionContext, config: ShardedIndexConfig,
                        catalog: CatalogResource, feature_store: FeatureStoreResource,
                        index_store: IndexStoreResource) -> dg.MaterializeResult:
@@ -153,7 +161,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "retrieval_set_version_id": version.id})
 
     @dg.asset(partitions_def=by_set, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[dg.AssetDep(index_training, partition_mapping=of_set)], code_version="1")
+              deps=[dg.AssetDep(index_training, partition_mapping=of_set)], code_version="1",
+              automation_condition=on_change)
     def index_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
                     feature_store: FeatureStoreResource, index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The trained index filled with one shard's vectors (a file beside the trained index)."""
@@ -171,7 +180,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "retrieval_set_version_id": version.id})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[dg.AssetDep(index_shard, partition_mapping=of_set)], code_version="1")
+              deps=[dg.AssetDep(index_shard, partition_mapping=of_set)], code_version="1",
+              automation_condition=on_change)
     def sharded_faiss_index(context: dg.AssetExecutionContext, config: ShardedIndexConfig,
                             catalog: CatalogResource, feature_store: FeatureStoreResource,
                             index_store: IndexStoreResource) -> dg.MaterializeResult:
@@ -249,4 +259,4 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
         return runs
 
 
-SHARDED_ASSETS = sharded_assets(shard_count())
+SHARDED_ASSETS = sharded_assets(shard_count(), automated=sharded_automation())

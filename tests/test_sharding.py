@@ -33,6 +33,7 @@ from retro_ops.settings import Settings
 
 N_SHARDS = 2
 FACTORY = {"factory": "IVF3,Flat", "nprobe": 1}  # one list of three searched: a different quantizer shows
+SHARD_STEPS = {"chunk_shard", "embedding_shard", "index_training", "index_shard", "sharded_faiss_index"}
 
 
 def test_shards_split_documents_stably():
@@ -148,3 +149,55 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
     got, want = index.search(queries, 10)[1], ref_index.search(queries, 10)[1]
     assert np.array_equal(got, want)
     assert len(pc.unique(sharded_chunks.column("doc_id"))) == 6
+
+
+def test_sharded_assets_follow_the_automation_of_the_unsharded_ones(home: Settings, tmp_path: Path):
+    """With RETRO_OPS_SHARDED_AUTOMATION on, Dagster's evaluator requests each shard step once its
+    upstream changed, shard by shard, like the unsharded chain; off (the default), none of them."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Call me Ishmael. " * 60)
+    (folder / "b.txt").write_text("The whale surfaced near the ship at dawn. " * 40)
+    catalog = Catalog.open(home.catalog_url, home=home.home)
+    catalog.add_corpus("tiny", str(folder))
+    catalog.create_retrieval_set("tiny", ["tiny"])
+    instance = dagster_instance(home)
+    ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, "tiny")
+    automated = sharded_assets(N_SHARDS, automated=True)
+    on = dg.Definitions(assets=[*ALL_ASSETS, *automated], resources=default_resources())
+    off = dg.Definitions(assets=[*ALL_ASSETS, *sharded_assets(N_SHARDS)], resources=default_resources())
+    cursors: dict[int, object] = {}
+
+    def requested(defs: dg.Definitions) -> dict[str, list[str]]:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursors.get(id(defs)))
+        cursors[id(defs)] = result.cursor
+        return {key.to_user_string(): sorted(result.get_requested_partitions(key))
+                for key in defs.resolve_asset_graph().get_all_asset_keys()
+                if result.get_num_requested(key) and key.to_user_string() in SHARD_STEPS}
+
+    def run(name: str, keys: list[str]) -> None:
+        for key in keys:
+            result = dg.materialize([*ALL_ASSETS, *automated], instance=instance, partition_key=key,
+                                    selection=[name], resources=default_resources())
+            assert result.success
+
+    shards = [f"tiny|{s.key}" for s in all_shards(N_SHARDS)]
+    requested(on), requested(off)  # the first ticks: nothing was updated since
+    assert materialize_corpus(instance, "tiny", selection=["documents"]).success
+    assert requested(off) == {}
+    # one tick requests both steps of every shard, as for the unsharded chain (a dependency
+    # requested in the same tick counts as updated); the index steps follow one tick after another
+    assert requested(on) == {"chunk_shard": shards, "embedding_shard": shards}
+    assert requested(on) == {}  # once, not on every tick
+    run("chunk_shard", shards)
+    run("embedding_shard", shards)
+    assert requested(on) == {}
+    run("retrieval_set", ["tiny"])
+    assert requested(on) == {"index_training": ["tiny"]}  # the set's content changed
+    run("index_training", ["tiny"])
+    assert requested(on) == {"index_shard": shards}
+    run("index_shard", shards)
+    assert requested(on) == {"sharded_faiss_index": ["tiny"]}
+    run("sharded_faiss_index", ["tiny"])
+    assert requested(on) == {}
+    assert requested(off) == {}
