@@ -8,7 +8,7 @@ changed; the re-pin finds the same chunks, keeps the same data version and build
 The sensors tick as often as the daemon loops here (`--interval 5`; Dagster's sensor and asset
 daemons loop every 5 s at most), not every 30 s. Still slow: four runs one after the other
 (the corpus chain, the two re-pins, the index), each a fresh process that imports torch and
-Dagster; 3.5-6 min on the shared 2-core machine at load 7-9, hence `slow`."""
+Dagster; 6.5-7 min on the shared 2-core machine at load 8-9, hence `slow`."""
 
 from __future__ import annotations
 
