@@ -113,26 +113,16 @@ def _steps(instance, run_id: str) -> dict[str, float]:
     return took
 
 
-def _library_seconds(instance, run_id: str) -> dict[str, float]:
-    """The `seconds` each asset's library call reported in its materialization metadata."""
+def _asset_metadata(instance, run_id: str, field: str) -> dict:
+    """One metadata value of each asset a run materialized, where it reported it: `seconds`
+    (its library call), `torch_threads` (the embedding shard caps them)."""
     found = {}
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization
-            found[materialization.asset_key.to_user_string()] = materialization.metadata["seconds"].value
-    return found
-
-
-def _torch_threads(instance, run_id: str) -> dict[str, int]:
-    """The torch threads each asset of a run reported (the embedding shard caps them)."""
-    found = {}
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
-            materialization = event.event_specific_data.materialization
-            if "torch_threads" in materialization.metadata:
-                found[materialization.asset_key.to_user_string()] = materialization.metadata["torch_threads"].value
+            if field in materialization.metadata:
+                found[materialization.asset_key.to_user_string()] = materialization.metadata[field].value
     return found
 
 
@@ -171,8 +161,8 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
 
     overhead = []
     for run in feature_runs:
-        steps, library = _steps(instance, run.run_id), _library_seconds(instance, run.run_id)
-        threads = _torch_threads(instance, run.run_id)
+        steps, library = _steps(instance, run.run_id), _asset_metadata(instance, run.run_id, "seconds")
+        threads = _asset_metadata(instance, run.run_id, "torch_threads")
         for asset, seconds in library.items():
             overhead.append({"shards": n_shards, "partition": run.partition, "asset": asset,
                              "torch_threads": threads.get(asset, "-"),
