@@ -9,8 +9,13 @@ re-materialize, and nothing runs past a failed blocking check.
 - Model and evaluation assets carry no condition: training is a deliberate, costly act; they
   show as stale in the UI (and `retro-ops train` / the Materialize button run them).
 
+- The scale-out assets (`assets/sharded.py`) carry the same conditions only where
+  RETRO_OPS_SHARDED_AUTOMATION=1 when the code location loads: shards are the alternative route to
+  the same rows and index, and automating both routes would do every corpus's work twice.
+
 The sensors that act on these are stopped unless RETRO_OPS_AUTOMATION=1 when the code location
 loads (`retro-ops ui --automation` sets it); they can also be switched on in the UI (Automation).
+They tick every 30 s, or every RETRO_OPS_AUTOMATION_INTERVAL seconds (`retro-ops ui --interval`).
 """
 
 import os
@@ -18,14 +23,36 @@ import os
 import dagster as dg
 
 AUTOMATION_ENV = "RETRO_OPS_AUTOMATION"
+INTERVAL_ENV = "RETRO_OPS_AUTOMATION_INTERVAL"
+SHARDED_ENV = "RETRO_OPS_SHARDED_AUTOMATION"
+DEFAULT_INTERVAL_SECONDS = 30
 
 AC = dg.AutomationCondition
 
 
 def automation_status() -> dg.DefaultSensorStatus:
     """RUNNING when automation was asked for where the code location loads (a switch, not a secret)."""
-    on = os.environ.get(AUTOMATION_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+    return dg.DefaultSensorStatus.RUNNING if _switch(AUTOMATION_ENV) else dg.DefaultSensorStatus.STOPPED
+
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sharded_automation() -> bool:
+    """Whether the scale-out assets carry automation conditions (RETRO_OPS_SHARDED_AUTOMATION)."""
+    return _switch(SHARDED_ENV)
+
+
+def automation_interval() -> int:
+    """Seconds between ticks of the source observer and the automation sensor, where the code
+    location loads: RETRO_OPS_AUTOMATION_INTERVAL (at least 1), else 30."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_SECONDS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{INTERVAL_ENV}={raw!r}: expected a whole number of seconds, at least 1")
+    return int(raw)
 
 
 def _when(trigger: dg.AutomationCondition, label: str) -> dg.AutomationCondition:
@@ -43,5 +70,5 @@ ON_UPSTREAM_DATA_CHANGE = _when(AC.any_deps_match(AC.data_version_changed()), "o
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "retro_ops_automation", target=dg.AssetSelection.all(), default_status=automation_status(),
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=automation_interval(),
         description="Evaluates the assets' automation conditions and launches what they ask for.")

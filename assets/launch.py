@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef  # the only way to pass config overrides
+from dagster._record import as_dict, is_record  # metadata records -> plain dicts for --json
 from pydantic import PrivateAttr
 
 from assets.definitions import (
@@ -88,8 +89,28 @@ class RunOutcome:
 
 
 def _plain(value):
-    """Metadata values as plain JSON-able Python."""
-    return getattr(value, "value", value)
+    """A metadata value as plain JSON: a table as its rows (dicts), a schema, a lineage or any other
+    Dagster record as a dict of its fields, an asset key as "a/b", a URL, path or markdown as
+    its text; what is left over (a type added later) as its text, never an object json rejects."""
+    if isinstance(value, dg.TableMetadataValue):
+        return [_plain(dict(row.data)) for row in value.records]
+    if isinstance(value, dg.AssetKey):
+        return value.to_user_string()
+    if isinstance(value, dg.MetadataValue) and value.value is not value:
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if is_record(value):  # before tuples: Dagster's records are tuples that refuse iteration
+        return _plain(as_dict(value))
+    if hasattr(value, "_asdict"):  # NamedTuple-based records
+        return _plain(value._asdict())
+    if hasattr(value, "model_dump"):  # pydantic-based ones (code references)
+        return _plain(value.model_dump())
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def materialize_partition(

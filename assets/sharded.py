@@ -10,7 +10,10 @@ per-table writer lock (`features/locks.py`), so concurrent shards never store a 
 A retrieval set's index is trained once (`index_training`), filled per shard in parallel
 (`index_shard`, retrieval set x shard) and merged and published (`sharded_faiss_index`) like a
 single-process build. The shard count of this code location is RETRO_OPS_SHARDS (default 2):
-it changes which documents a shard holds, never the chunks, vectors or neighbours.
+it changes which documents a shard holds, never the chunks, vectors or neighbours. With
+RETRO_OPS_SHARDED_AUTOMATION=1 they carry the unsharded assets' automation conditions: a corpus's
+new documents re-chunk and re-embed its shards, a set whose content changed re-trains, re-fills
+and re-merges its index (`assets/automation.py`).
 """
 
 import os
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.automation import ON_UPSTREAM_CHANGE, ON_UPSTREAM_DATA_CHANGE, sharded_automation
 from assets.features import documents
 from assets.groups import SCALE_OUT, owners
 from assets.partitions import (
@@ -35,13 +39,15 @@ from assets.resources import (
 from assets.retrieval import retrieval_set
 from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
-from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards
+from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
 from retro_ops.retrieval import index_shards
 from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.settings import DAGSTER_STORAGE_ENV, HOME_ENV, Settings
 
 GROUP = SCALE_OUT
 SHARDS_ENV = "RETRO_OPS_SHARDS"
+#: how many shards run at once on this machine (`launch_shards` sets it; default: all of them)
+PARALLEL_ENV = "RETRO_OPS_SHARDS_AT_ONCE"
 DEFAULT_SHARDS = 2
 SHARD = "shard"
 FEATURES_JOB = "sharded_features"
@@ -54,6 +60,19 @@ def shard_count(env: dict[str, str] | None = None) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_SHARDS:
         raise ValueError(f"{SHARDS_ENV}={text!r}: a whole number from 1 to {MAX_SHARDS}")
     return int(text)
+
+
+class EmbeddingShardConfig(dg.Config):
+    """torch_threads: CPU threads of one shard's embedding step; 0 = this machine's cores divided
+    by the shards that run at once (RETRO_OPS_SHARDS_AT_ONCE, else every shard of the corpus)."""
+
+    torch_threads: int = 0
+
+    def threads(self, n_shards: int) -> int:
+        if self.torch_threads > 0:
+            return self.torch_threads
+        at_once = os.environ.get(PARALLEL_ENV, "")
+        return threads_per_shard(int(at_once) if at_once.isdigit() and int(at_once) > 0 else n_shards)
 
 
 class ShardedIndexConfig(dg.Config):
@@ -74,8 +93,11 @@ def _shard(context: dg.AssetExecutionContext) -> tuple[str, ShardSpec]:
     return key[first], ShardSpec.parse(key[SHARD])
 
 
-def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
-    """The scale-out assets for `n_shards` shards (the partitions are fixed per code location)."""
+def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefinition]:
+    """The scale-out assets for `n_shards` shards (the partitions are fixed per code location),
+    with the automation conditions of their unsharded counterparts where `automated`."""
+    on_change = ON_UPSTREAM_CHANGE if automated else None
+    on_data_change = ON_UPSTREAM_DATA_CHANGE if automated else None
     shards = dg.StaticPartitionsDefinition([s.key for s in all_shards(n_shards)])
     by_corpus = dg.MultiPartitionsDefinition({CORPUS_PARTITIONS: corpus_partitions, SHARD: shards})
     by_set = dg.MultiPartitionsDefinition({RETRIEVAL_SET_PARTITIONS: retrieval_set_partitions, SHARD: shards})
@@ -86,7 +108,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
 
     @dg.asset(partitions_def=by_corpus, group_name=GROUP, owners=owners(GROUP), kinds={"python", "lancedb"},
               pool=WRITE_POOL,
-              deps=[dg.AssetDep(documents, partition_mapping=of_corpus)], code_version="1")
+              deps=[dg.AssetDep(documents, partition_mapping=of_corpus)], code_version="1",
+              automation_condition=on_change)
     def chunk_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
                     feature_store: FeatureStoreResource, embedder: EmbedderResource,
                     progress: ProgressResource) -> dg.MaterializeResult:
@@ -103,12 +126,14 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
 
     @dg.asset(partitions_def=by_corpus, group_name=GROUP, owners=owners(GROUP), kinds={"pytorch", "lancedb"},
               pool=WRITE_POOL,
-              deps=[chunk_shard], code_version="1")
-    def embedding_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
+              deps=[chunk_shard], code_version="1", automation_condition=on_change)
+    def embedding_shard(context: dg.AssetExecutionContext, config: EmbeddingShardConfig, catalog: CatalogResource,
                         feature_store: FeatureStoreResource, embedder: EmbedderResource,
                         progress: ProgressResource) -> dg.MaterializeResult:
-        """Frozen-BERT vectors of one shard's chunk texts not yet embedded in this space."""
+        """Frozen-BERT vectors of one shard's chunk texts not yet embedded in this space, on
+        this shard's share of the cores."""
         corpus, shard = _shard(context)
+        threads = limit_threads(config.threads(n_shards))
         result = pipeline.embed_corpus(catalog.open(), feature_store.open(), embedder.load(), corpus,
                                        shard=shard, run_id=context.run.run_id,
                                        progress=progress.tracker(context, f"embedding shard {shard.key}"))
@@ -116,10 +141,10 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "chunks": result.chunks, "newly_embedded": result.newly_embedded,
             "chunks_per_second": round(result.chunks_per_second, 2),
             "embedding_space": result.space.space_id, "lancedb_version": result.write.version,
-            "seconds": round(result.seconds, 3)})
+            "torch_threads": threads, "seconds": round(result.seconds, 3)})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[retrieval_set], code_version="1")
+              deps=[retrieval_set], code_version="1", automation_condition=on_data_change)
     def index_training(context: dg.AssetExecutionContext, config: ShardedIndexConfig,
                        catalog: CatalogResource, feature_store: FeatureStoreResource,
                        index_store: IndexStoreResource) -> dg.MaterializeResult:
@@ -136,7 +161,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "retrieval_set_version_id": version.id})
 
     @dg.asset(partitions_def=by_set, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[dg.AssetDep(index_training, partition_mapping=of_set)], code_version="1")
+              deps=[dg.AssetDep(index_training, partition_mapping=of_set)], code_version="1",
+              automation_condition=on_change)
     def index_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
                     feature_store: FeatureStoreResource, index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The trained index filled with one shard's vectors (a file beside the trained index)."""
@@ -154,7 +180,8 @@ def sharded_assets(n_shards: int) -> list[dg.AssetsDefinition]:
             "retrieval_set_version_id": version.id})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
-              deps=[dg.AssetDep(index_shard, partition_mapping=of_set)], code_version="1")
+              deps=[dg.AssetDep(index_shard, partition_mapping=of_set)], code_version="1",
+              automation_condition=on_change)
     def sharded_faiss_index(context: dg.AssetExecutionContext, config: ShardedIndexConfig,
                             catalog: CatalogResource, feature_store: FeatureStoreResource,
                             index_store: IndexStoreResource) -> dg.MaterializeResult:
@@ -205,7 +232,7 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
     substitute: Dagster's log set-up is not thread-safe and deadlocks.)"""
     dimension = CORPUS_PARTITIONS if job == FEATURES_JOB else RETRIEVAL_SET_PARTITIONS
     env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), HOME_ENV: str(settings.home),
-           SHARDS_ENV: str(n_shards)}
+           SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(min(parallel or n_shards, n_shards))}
     if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
         env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
 
@@ -232,4 +259,4 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
         return runs
 
 
-SHARDED_ASSETS = sharded_assets(shard_count())
+SHARDED_ASSETS = sharded_assets(shard_count(), automated=sharded_automation())

@@ -12,7 +12,7 @@ import warnings
 
 import dagster as dg
 
-from assets.automation import automation_status
+from assets.automation import automation_interval, automation_status
 from assets.groups import CORPORA, GOVERNANCE, owners
 from assets.partitions import corpus_partitions
 from assets.resources import CatalogResource
@@ -23,7 +23,6 @@ from retro_ops.ids import sha256_hex
 
 CORPUS_FILES = dg.AssetKey("corpus_files")
 EXCLUSIONS = dg.AssetKey("exclusions")
-OBSERVE_EVERY_SECONDS = 30
 
 
 def corpus_versions(catalog: Catalog) -> dict[str, str]:
@@ -101,7 +100,7 @@ def observe_sources(instance: dg.DagsterInstance, catalog: Catalog) -> int:
     return len(events)
 
 
-@dg.sensor(name="source_observer", minimum_interval_seconds=OBSERVE_EVERY_SECONDS,
+@dg.sensor(name="source_observer", minimum_interval_seconds=automation_interval(),
            default_status=automation_status(),
            description="Digests every corpus's files and the exclusion list; records an "
                        "observation when one changed, which the automation conditions act on.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,33 @@ def _home(root: Path, name: str, corpus: Path):
     catalog.add_corpus("bench", str(corpus))
     catalog.create_retrieval_set("bench", ["bench"])
     return settings, catalog
+
+
+class LoadSampler:
+    """The 1-minute load average every few seconds in a background thread, so each configuration
+    reports the load it ran under (mean and max over its own time span), not only the load at the end."""
+
+    def __init__(self, every: float = 5.0):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), os.getloadavg()[0]))
+            self._stop.wait(every)
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def during(self, started: float, ended: float) -> dict[str, float]:
+        inside = [load for at, load in self.samples if started <= at <= ended] or [os.getloadavg()[0]]
+        return {"load_mean": sum(inside) / len(inside), "load_max": max(inside)}
 
 
 def library_path(root: Path, corpus: Path, factory: str) -> dict:
@@ -85,14 +113,16 @@ def _steps(instance, run_id: str) -> dict[str, float]:
     return took
 
 
-def _library_seconds(instance, run_id: str) -> dict[str, float]:
-    """The `seconds` each asset's library call reported in its materialization metadata."""
+def _asset_metadata(instance, run_id: str, field: str) -> dict:
+    """One metadata value of each asset a run materialized, where it reported it: `seconds`
+    (its library call), `torch_threads` (the embedding shard caps them)."""
     found = {}
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization
-            found[materialization.asset_key.to_user_string()] = materialization.metadata["seconds"].value
+            if field in materialization.metadata:
+                found[materialization.asset_key.to_user_string()] = materialization.metadata[field].value
     return found
 
 
@@ -131,9 +161,11 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
 
     overhead = []
     for run in feature_runs:
-        steps, library = _steps(instance, run.run_id), _library_seconds(instance, run.run_id)
+        steps, library = _steps(instance, run.run_id), _asset_metadata(instance, run.run_id, "seconds")
+        threads = _asset_metadata(instance, run.run_id, "torch_threads")
         for asset, seconds in library.items():
             overhead.append({"shards": n_shards, "partition": run.partition, "asset": asset,
+                             "torch_threads": threads.get(asset, "-"),
                              "library_s": seconds, "step_s": steps[asset],
                              "in_step_overhead_s": steps[asset] - seconds,
                              "run_overhead_per_asset_s": (run.wall_s - sum(library.values())) / len(library)})
@@ -151,28 +183,35 @@ def main() -> None:
     for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_PROFILE"):
         os.environ.pop(var, None)  # every store under the fresh homes
     root = Path(tempfile.mkdtemp(prefix="retro-ops-scale-"))
+    sampler = LoadSampler().__enter__()
     try:
         corpus = _corpus(root, args.chapters)
         log("library baseline")
-        rows = [library_path(root, corpus, args.factory)]
+        started = time.perf_counter()
+        rows = [{**library_path(root, corpus, args.factory), **sampler.during(started, time.perf_counter())}]
         overhead: list[dict] = []
         for n in (1, args.shards):
             log(f"Dagster, {n} shard(s)")
+            started = time.perf_counter()
             row, per_asset = dagster_path(root, corpus, n, args.factory)
-            rows.append(row)
+            rows.append({**row, **sampler.during(started, time.perf_counter())})
             overhead += per_asset
         one, many = rows[1], rows[2]
         for stage in STAGES:
             many[f"speedup_{stage}"] = one[stage] / many[stage]
     finally:
+        sampler.__exit__()
         shutil.rmtree(root, ignore_errors=True)
     seconds = [Column(s, s.removesuffix("_s") + " (s)", "{:.1f}") for s in STAGES]
     report_tables("scale", [
         ("wall time, one corpus", [Column("path", "path"), *seconds,
                                    Column("speedup_chunk_embed_s", "chunk+embed speed-up vs 1 shard", "{:.2f}x"),
-                                   Column("speedup_total_s", "total speed-up vs 1 shard", "{:.2f}x")], rows),
+                                   Column("speedup_total_s", "total speed-up vs 1 shard", "{:.2f}x"),
+                                   Column("load_mean", "load avg (mean)", "{:.1f}"),
+                                   Column("load_max", "load avg (max)", "{:.1f}")], rows),
         ("Dagster overhead per materialization (feature shards)", [
             Column("shards", "shards"), Column("partition", "partition"), Column("asset", "asset"),
+            Column("torch_threads", "torch threads"),
             Column("library_s", "library call (s)", "{:.2f}"), Column("step_s", "Dagster step (s)", "{:.2f}"),
             Column("in_step_overhead_s", "in-step overhead (s)", "{:.2f}"),
             Column("run_overhead_per_asset_s", "run overhead per asset (s)", "{:.2f}")], overhead),

@@ -133,3 +133,52 @@ def test_models_eval_generate_cli(ws, monkeypatch):
     assert body["new_tokens"] == 3 and body["retrievals"][0]["neighbours"]
     unknown = runner.invoke(app, ["eval", "--model", "nope/9", "--set", "small"])
     assert unknown.exit_code == 2 and "no model 'nope/9'" in unknown.output
+
+
+def test_train_json_is_plain_json(ws, monkeypatch):
+    """`train --json` through Dagster: a checkpoint's metadata holds a table (its lineage), URLs
+    and markdown (the loss curve); every value comes out as plain JSON, a table as its rows."""
+    monkeypatch.setenv("RETRO_OPS_HOME", str(ws.settings.home))
+    run = runner.invoke(app, ["train", "--corpus", "small", "--set", "small", "--steps", "2", "--batch-size", "2",
+                              "--select", "training_neighbours,baseline_checkpoint", "--json"])
+    assert run.exit_code == 0, run.output
+    [outcome] = json.loads(run.stdout)
+    assert outcome["success"], outcome["error"]
+    by_asset = {a["asset"]: a["metadata"] for a in outcome["assets"]}
+    assert set(by_asset) == {"training_neighbours", "baseline_checkpoint"}
+    baseline = by_asset["baseline_checkpoint"]
+    lineage = baseline["lineage"]
+    assert isinstance(lineage, list) and lineage and set(lineage[0]) == {"field", "value"}
+    assert baseline["loss_curve"].startswith("![baseline training loss](data:image/png;base64,")
+    assert baseline["losses"]["step"] == [0, 1] and baseline["kind"] == "baseline"
+    assert by_asset["training_neighbours"]["training_spec"]["steps"] == 2
+
+
+def test_every_metadata_value_becomes_plain_json():
+    """What `--json` prints for each kind of Dagster metadata: tables as rows, records as dicts,
+    links and text as strings; json.dumps with no fallback accepts all of it."""
+    import dagster as dg
+
+    from assets.launch import _plain
+
+    key = dg.AssetKey(["up", "stream"])
+    values = {
+        "table": (dg.MetadataValue.table([dg.TableRecord({"k": "recall", "v": 0.9})],
+                                         schema=dg.TableSchema(columns=[dg.TableColumn("k"), dg.TableColumn("v")])),
+                  [{"k": "recall", "v": 0.9}]),
+        "url": (dg.MetadataValue.url("http://127.0.0.1:5000/#/runs/1"), "http://127.0.0.1:5000/#/runs/1"),
+        "md": (dg.MetadataValue.md("| a |"), "| a |"), "path": (dg.MetadataValue.path("/x/y"), "/x/y"),
+        "json": (dg.MetadataValue.json({"a": [1, 2]}), {"a": [1, 2]}), "int": (dg.MetadataValue.int(3), 3),
+        "float": (dg.MetadataValue.float(0.5), 0.5), "bool": (dg.MetadataValue.bool(True), True),
+        "null": (dg.MetadataValue.null(), None), "asset": (dg.MetadataValue.asset(key), "up/stream"),
+        "run": (dg.MetadataValue.dagster_run("abc"), "abc"),
+        "job": (dg.MetadataValue.job("j", "loc"), {"job_name": "j", "location_name": "loc", "repository_name": None}),
+        "lineage": (dg.MetadataValue.column_lineage(dg.TableColumnLineage({"c": [dg.TableColumnDep(key, "d")]})),
+                    {"deps_by_column": {"c": [{"asset_key": "up/stream", "column_name": "d"}]}}),
+        "plain": (7, 7),
+    }
+    got = {name: _plain(value) for name, (value, _) in values.items()}
+    assert got == {name: want for name, (_, want) in values.items()}
+    schema = _plain(dg.MetadataValue.table_schema(dg.TableSchema(columns=[dg.TableColumn("k", "string")])))
+    assert [(c["name"], c["type"]) for c in schema["columns"]] == [("k", "string")]
+    json.dumps([got, schema])

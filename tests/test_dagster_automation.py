@@ -119,3 +119,15 @@ def test_automation_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch):
     assert automation_status() == dg.DefaultSensorStatus.STOPPED
     monkeypatch.setenv(AUTOMATION_ENV, "1")
     assert automation_status() == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_sensors_tick_interval(monkeypatch: pytest.MonkeyPatch):
+    from assets.automation import INTERVAL_ENV, automation_interval
+
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    assert automation_interval() == 30
+    monkeypatch.setenv(INTERVAL_ENV, "5")
+    assert automation_interval() == 5
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    with pytest.raises(ValueError, match="RETRO_OPS_AUTOMATION_INTERVAL='0': expected a whole number of seconds"):
+        automation_interval()

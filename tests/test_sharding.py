@@ -22,7 +22,7 @@ from assets.sharded import FEATURES_JOB, launch_shards, shard_count, sharded_ass
 from retro_ops.catalog import Catalog
 from retro_ops.errors import IndexBuildError
 from retro_ops.features import pipeline
-from retro_ops.features.shards import ShardSpec, all_shards, shard_of
+from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_per_shard
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
 from retro_ops.retrieval import index_shards
 from retro_ops.retrieval.index_build import IndexConfig, build_index
@@ -33,6 +33,7 @@ from retro_ops.settings import Settings
 
 N_SHARDS = 2
 FACTORY = {"factory": "IVF3,Flat", "nprobe": 1}  # one list of three searched: a different quantizer shows
+SHARD_STEPS = {"chunk_shard", "embedding_shard", "index_training", "index_shard", "sharded_faiss_index"}
 
 
 def test_shards_split_documents_stably():
@@ -49,6 +50,19 @@ def test_shards_split_documents_stably():
         ShardSpec(4, 4)
     with pytest.raises(ValueError, match="RETRO_OPS_SHARDS='0': a whole number from 1 to 4096"):
         shard_count({"RETRO_OPS_SHARDS": "0"})
+
+
+def test_shards_at_once_share_the_cores(monkeypatch: pytest.MonkeyPatch):
+    from assets.sharded import PARALLEL_ENV, EmbeddingShardConfig
+
+    assert [threads_per_shard(n, cores=16) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert threads_per_shard(2, cores=2) == 1 and threads_per_shard(0, cores=2) == 2
+    monkeypatch.delenv(PARALLEL_ENV, raising=False)
+    cores = threads_per_shard(1)
+    assert EmbeddingShardConfig().threads(2) == max(1, cores // 2)  # every shard at once by default
+    monkeypatch.setenv(PARALLEL_ENV, "1")
+    assert EmbeddingShardConfig().threads(4) == cores  # one at a time: all the cores
+    assert EmbeddingShardConfig(torch_threads=3).threads(4) == 3
 
 
 def test_refine_stage_is_refused(ws):
@@ -96,6 +110,10 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
         assert sorted(e.step_key for e in starts) == ["chunk_shard", "embedding_shard"]
         pids = {e.dagster_event.pid for e in starts}
         assert len(pids) == 2 and os.getpid() not in pids
+        [embedded] = [e.dagster_event.event_specific_data.materialization for e in instance.all_logs(run.run_id)
+                      if e.is_dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
+                      and e.dagster_event.asset_key.to_user_string() == "embedding_shard"]
+        assert embedded.metadata["torch_threads"].value == threads_per_shard(N_SHARDS)  # its share of the cores
     store = FeatureStore(home.lancedb_uri)
     assert store.duplicate_keys("chunks").num_rows == 0
 
@@ -131,3 +149,55 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
     got, want = index.search(queries, 10)[1], ref_index.search(queries, 10)[1]
     assert np.array_equal(got, want)
     assert len(pc.unique(sharded_chunks.column("doc_id"))) == 6
+
+
+def test_sharded_assets_follow_the_automation_of_the_unsharded_ones(home: Settings, tmp_path: Path):
+    """With RETRO_OPS_SHARDED_AUTOMATION on, Dagster's evaluator requests each shard step once its
+    upstream changed, shard by shard, like the unsharded chain; off (the default), none of them."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Call me Ishmael. " * 60)
+    (folder / "b.txt").write_text("The whale surfaced near the ship at dawn. " * 40)
+    catalog = Catalog.open(home.catalog_url, home=home.home)
+    catalog.add_corpus("tiny", str(folder))
+    catalog.create_retrieval_set("tiny", ["tiny"])
+    instance = dagster_instance(home)
+    ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, "tiny")
+    automated = sharded_assets(N_SHARDS, automated=True)
+    on = dg.Definitions(assets=[*ALL_ASSETS, *automated], resources=default_resources())
+    off = dg.Definitions(assets=[*ALL_ASSETS, *sharded_assets(N_SHARDS)], resources=default_resources())
+    cursors: dict[int, object] = {}
+
+    def requested(defs: dg.Definitions) -> dict[str, list[str]]:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursors.get(id(defs)))
+        cursors[id(defs)] = result.cursor
+        return {key.to_user_string(): sorted(result.get_requested_partitions(key))
+                for key in defs.resolve_asset_graph().get_all_asset_keys()
+                if result.get_num_requested(key) and key.to_user_string() in SHARD_STEPS}
+
+    def run(name: str, keys: list[str]) -> None:
+        for key in keys:
+            result = dg.materialize([*ALL_ASSETS, *automated], instance=instance, partition_key=key,
+                                    selection=[name], resources=default_resources())
+            assert result.success
+
+    shards = [f"tiny|{s.key}" for s in all_shards(N_SHARDS)]
+    requested(on), requested(off)  # the first ticks: nothing was updated since
+    assert materialize_corpus(instance, "tiny", selection=["documents"]).success
+    assert requested(off) == {}
+    # one tick requests both steps of every shard, as for the unsharded chain (a dependency
+    # requested in the same tick counts as updated); the index steps follow one tick after another
+    assert requested(on) == {"chunk_shard": shards, "embedding_shard": shards}
+    assert requested(on) == {}  # once, not on every tick
+    run("chunk_shard", shards)
+    run("embedding_shard", shards)
+    assert requested(on) == {}
+    run("retrieval_set", ["tiny"])
+    assert requested(on) == {"index_training": ["tiny"]}  # the set's content changed
+    run("index_training", ["tiny"])
+    assert requested(on) == {"index_shard": shards}
+    run("index_shard", shards)
+    assert requested(on) == {"sharded_faiss_index": ["tiny"]}
+    run("sharded_faiss_index", ["tiny"])
+    assert requested(on) == {}
+    assert requested(off) == {}

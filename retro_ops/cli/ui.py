@@ -96,10 +96,13 @@ def ui(
         "--automation", help="Switch declarative automation on: the source observer and the "
                              "automation-condition sensor start running, so a changed corpus file or "
                              "a new exclusion re-materializes exactly its dependents.")] = False,
+    interval: Annotated[int | None, typer.Option(
+        min=1, help="Seconds between ticks of the source observer and the automation sensor "
+                    "(default 30, or RETRO_OPS_AUTOMATION_INTERVAL).")] = None,
 ) -> None:
     """Start the Dagster UI (webserver and daemon, `dagster dev`) on this home's instance, with
     telemetry off; Ctrl-C or SIGTERM stops all of its processes."""
-    from assets.automation import AUTOMATION_ENV
+    from assets.automation import AUTOMATION_ENV, INTERVAL_ENV
     from assets.launch import dagster_instance
 
     resolved = settings()
@@ -108,6 +111,8 @@ def ui(
     env = {**os.environ, "DAGSTER_HOME": str(resolved.dagster_home), "RETRO_OPS_HOME": str(resolved.home)}
     if automation:
         env[AUTOMATION_ENV] = "1"
+    if interval is not None:
+        env[INTERVAL_ENV] = str(interval)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE), "-h", host, "-p", str(chosen)]
     process = subprocess.Popen(command, env=env, cwd=WORKSPACE.parent, start_new_session=True,
                                preexec_fn=_restore_signals)

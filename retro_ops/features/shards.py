@@ -9,6 +9,7 @@ produce the same chunk ids and, through the same embedder, the same vectors.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,3 +54,21 @@ class ShardSpec:
 
 def all_shards(count: int) -> list[ShardSpec]:
     return [ShardSpec(i, count) for i in range(count)]
+
+
+def threads_per_shard(concurrent: int, cores: int | None = None) -> int:
+    """CPU threads one shard's step may use when `concurrent` shards run at once on this
+    machine: its cores (those this process may run on) split evenly, at least one. Unbounded,
+    each shard's torch would take every core and the shards would only fight over them."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, concurrent))
+
+
+def limit_threads(threads: int) -> int:
+    """Cap torch's intra-op threads in this process (call before loading the embedder: the int8
+    encoder takes its thread count from torch when it loads); returns the cap."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
