@@ -8,7 +8,8 @@ changed; the re-pin finds the same chunks, keeps the same data version and build
 The sensors tick as often as the daemon loops here (`--interval 5`; Dagster's sensor and asset
 daemons loop every 5 s at most), not every 30 s. Still slow: four runs one after the other
 (the corpus chain, the two re-pins, the index), each a fresh process that imports torch and
-Dagster; 6.5-7 min on the shared 2-core machine at load 8-9, hence `slow`."""
+Dagster; 6.5-7 min on the shared 2-core machine at load 8-9. It is the acceptance test of
+declarative automation (issue #15), so CI runs it anyway."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from helpers import free_port, start_ui, wait_for_asset_graph
 from test_dagster_automation import two_corpora  # noqa: F401  (the fixture: corpora small and other)
 from test_dagster_ui import _alive, _process_tree
@@ -67,7 +67,6 @@ def _version(instance: dg.DagsterInstance, key: str, partition: str) -> str | No
     return record.asset_materialization.tags.get("dagster/data_version")
 
 
-@pytest.mark.slow
 def test_the_daemon_rematerializes_exactly_the_changed_corpus_chain(two_corpora, tmp_path: Path):  # noqa: F811
     _, instance = two_corpora
     other_set_version = _version(instance, "retrieval_set", "other")
