@@ -1,4 +1,11 @@
-"""The code location: wires assets, checks, resources, sensors and automation together."""
+"""The code location: wires assets, checks, resources, sensors and automation together.
+
+The scale-out assets (`assets/sharded.py`, group `scale_out`) are the alternative, sharded route
+to the same chunks, embeddings and index; they are in the location unless RETRO_OPS_SCALE_OUT=0
+where it loads (`retro-ops ui` sets that unless `--scale-out`, so that after `make demo` the UI
+shows the route the demo took, all of it materialized)."""
+
+import os
 
 import dagster as dg
 
@@ -42,6 +49,15 @@ def default_resources() -> dict:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS + SHARDED_ASSETS, asset_checks=DEDUP_CHECKS,
+SCALE_OUT_ENV = "RETRO_OPS_SCALE_OUT"
+
+
+def scale_out_assets() -> list:
+    """The sharded route's assets, unless RETRO_OPS_SCALE_OUT says no (a switch, not a secret)."""
+    off = os.environ.get(SCALE_OUT_ENV, "").strip().lower() in ("0", "false", "no", "off")
+    return [] if off else SHARDED_ASSETS
+
+
+defs = dg.Definitions(assets=ALL_ASSETS + scale_out_assets(), asset_checks=DEDUP_CHECKS,
                       jobs=[observe_generation_log], sensors=[source_observer, automation_sensor()],
                       resources=default_resources())

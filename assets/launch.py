@@ -14,7 +14,7 @@ from dagster._record import as_dict, is_record  # metadata records -> plain dict
 from pydantic import PrivateAttr
 
 from assets.definitions import (
-    ALL_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
+    ALL_ASSETS, DEDUP_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
 )
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS, TRAINING_SPEC_PARTITIONS
 from assets.resources import ProgressResource, TrainingResource
@@ -24,9 +24,11 @@ from retro_ops.catalog import Catalog
 from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 MODELS = TRAINING_SPEC_PARTITIONS  # the model assets: one partition per training spec
+WHOLE = "whole"  # the unpartitioned assets that read every corpus (near-duplicates)
 #: partitions definition name -> its assets, in graph order
 ASSETS_BY_PARTITION = {
     CORPUS_PARTITIONS: [a.key.to_user_string() for a in FEATURE_ASSETS],
+    WHOLE: [a.key.to_user_string() for a in DEDUP_ASSETS],
     RETRIEVAL_SET_PARTITIONS: [a.key.to_user_string() for a in RETRIEVAL_ASSETS],
     MODELS: [a.key.to_user_string() for a in MODEL_ASSETS],
 }
@@ -128,7 +130,7 @@ def materialize_partition(
         raise ValueError(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     if partitions == MODELS:
         key = register_spec(instance, training or TrainingResource(), None if key in ("", "models") else key)
-    else:
+    elif partitions != WHOLE:
         ensure_partition(instance, partitions, key)
     settings = Settings.from_env()
     catalog = Catalog.open(settings.catalog_url, home=settings.home)
@@ -143,7 +145,7 @@ def materialize_partition(
     if asset_config:
         run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
     result = dg.materialize(
-        ALL_ASSETS, instance=instance, partition_key=key,
+        ALL_ASSETS, instance=instance, partition_key=None if partitions == WHOLE else key,
         resources=resources,
         selection=selection or names, raise_on_error=False,
         tags={"retro_ops/launched_by": "cli"}, run_config=run_config,

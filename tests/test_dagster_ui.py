@@ -50,7 +50,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, tmp_path: Path):
-    """With --automation: the source observer and the automation sensor run from the start."""
+    """With --automation: the source observer and the automation sensor run from the start; without
+    --scale-out the sharded route is left out of the graph (the demo does not take it)."""
     port, log, tree = free_port(), tmp_path / "ui.log", set()
     process = start_ui(port, log, "--automation")
     try:
@@ -64,6 +65,7 @@ def test_ui_serves_the_graph_and_stops_every_process_on_sigterm(home: Settings, 
         assert nodes["chunks"]["partitionDefinition"]["name"] == "corpus"
         assert nodes["retro_checkpoint"]["partitionDefinition"]["name"] == "training_spec"
         assert nodes["faiss_index"]["groupName"] == "retrieval"
+        assert not {"chunk_shard", "sharded_faiss_index"} & set(nodes), "the sharded route shows only with --scale-out"
         assert _sensors(port) == {"source_observer": "RUNNING", "retro_ops_automation": "RUNNING"}
         assert "telemetry:\n  enabled: false" in (home.dagster_home / "dagster.yaml").read_text()
         tree = _process_tree(process.pid)

@@ -63,7 +63,7 @@ DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkp
 
 def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str] | None):
     """Which (partitions, key) to run: named ones, or every corpus then every retrieval set."""
-    from assets.launch import ASSET_NAMES, ASSETS_BY_PARTITION
+    from assets.launch import ASSET_NAMES, ASSETS_BY_PARTITION, WHOLE
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
 
     unknown = sorted(set(selection or []) - set(ASSET_NAMES))
@@ -82,6 +82,7 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
     wants = {p: not selection or bool(set(selection) & set(names))
              for p, names in ASSETS_BY_PARTITION.items()}
     jobs = [(CORPUS_PARTITIONS, c) for c in corpora or [] if wants[CORPUS_PARTITIONS]]
+    jobs += [(WHOLE, "all corpora")] if selection and wants[WHOLE] else []  # before sets: they drop duplicates
     jobs += [(RETRIEVAL_SET_PARTITIONS, r) for r in sets or [] if wants[RETRIEVAL_SET_PARTITIONS]]
     if not jobs:
         fail("nothing to materialize: add a corpus with `retro-ops corpus add NAME PATH`")
@@ -96,7 +97,8 @@ def materialize(
         "Its current chunks are pinned as a version and its index is built.", repeatable=True)] = None,
     select: Annotated[str | None, typer.Option(
         help="Comma-separated assets: documents, chunks, chunk_embeddings, chunk_scores, "
-             "retrieval_set, faiss_index (default: all of the partitions named).")] = None,
+             "retrieval_set, faiss_index (default: all of the partitions named); "
+             "near_duplicates (MinHash over every corpus, recorded as exclusions) only when named.")] = None,
     factory: Annotated[str, typer.Option(help="FAISS factory string for faiss_index "
                                               "(default: chosen by size).")] = "",
     json_out: JsonOpt = False,
@@ -115,7 +117,7 @@ def materialize(
 @app.command()
 def demo(json_out: JsonOpt = False) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
-    from assets.launch import MODELS, dagster_instance, ensure_partition
+    from assets.launch import MODELS, WHOLE, dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
     from assets.resources import TrainingResource
     from retro_ops.default_corpora import DEFAULT_CORPORA, DEMO_CORPUS, DEMO_RETRIEVAL_SET
@@ -129,6 +131,7 @@ def demo(json_out: JsonOpt = False) -> None:
         ensure_partition(instance, CORPUS_PARTITIONS, name)
         ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, name)
     jobs = [(CORPUS_PARTITIONS, n) for n in DEFAULT_CORPORA]
+    jobs += [(WHOLE, "all corpora")]  # near-duplicates become exclusions before the sets are pinned
     jobs += [(RETRIEVAL_SET_PARTITIONS, n) for n in DEFAULT_CORPORA]
     outcomes = run_materializations(jobs, None, json_out)
     if all(o.success for o in outcomes):  # then RETRO and its baseline, evaluated

@@ -99,10 +99,15 @@ def ui(
     interval: Annotated[int | None, typer.Option(
         min=1, help="Seconds between ticks of the source observer and the automation sensor "
                     "(default 30, or RETRO_OPS_AUTOMATION_INTERVAL).")] = None,
+    scale_out: Annotated[bool, typer.Option(
+        "--scale-out", help="Also show the sharded route (group scale_out: corpus x shard "
+                            "partitions, index trained once and filled per shard); hidden otherwise, "
+                            "as the demo does not take it.")] = False,
 ) -> None:
     """Start the Dagster UI (webserver and daemon, `dagster dev`) on this home's instance, with
     telemetry off; Ctrl-C or SIGTERM stops all of its processes."""
     from assets.automation import AUTOMATION_ENV, INTERVAL_ENV
+    from assets.definitions import SCALE_OUT_ENV
     from assets.launch import dagster_instance
 
     resolved = settings()
@@ -113,6 +118,7 @@ def ui(
         env[AUTOMATION_ENV] = "1"
     if interval is not None:
         env[INTERVAL_ENV] = str(interval)
+    env[SCALE_OUT_ENV] = "1" if scale_out else "0"
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE), "-h", host, "-p", str(chosen)]
     process = subprocess.Popen(command, env=env, cwd=WORKSPACE.parent, start_new_session=True,
                                preexec_fn=_restore_signals)
