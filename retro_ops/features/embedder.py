@@ -6,9 +6,15 @@ digest of everything that changes a vector (weights, pooling, normalisation, max
 features from two embedders never mix and an unchanged embedder never re-embeds a chunk.
 
 A faster, lower-precision encoder gives other vectors, so it is another space side by side with
-fp32: `precision="bf16"` (torch bf16 autocast) or `"int8"` (ONNX Runtime, `onnx_int8`). Its id is
-the digest (which then also covers the method and its recipe) plus a readable suffix naming the
-method (`..._bf16amp`, `..._int8ort`); the fp32 id is unchanged from before spaces had a precision.
+fp32: `precision="bf16"` (torch, the weights cast to bfloat16, eager attention) or `"int8"` (ONNX
+Runtime, `onnx_int8`). Its id is the digest (which then also covers the method and its recipe)
+plus a readable suffix naming the method (`..._bf16w`, `..._int8ort`); the fp32 id is unchanged
+from before spaces had a precision.
+
+Why bf16 weights with eager attention (bench/embedding.py, #17): with bfloat16 weights the AVX-512
+BF16 matmuls run without autocast's per-call casts of every weight (~1.15x autocast), and
+`torch.nn.functional.scaled_dot_product_attention` picked its flash kernel, which took ~22% of
+a bf16 forward at T ~ 66 tokens; the plain matmul-softmax-matmul attention is faster there.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from retro_ops.errors import EmbedderError
 
 Pooling = Literal["mean", "cls"]
 Precision = Literal["fp32", "bf16", "int8"]
-METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16amp", "int8": "int8ort"}  # space-id suffixes
+METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16w", "int8": "int8ort"}  # space-id suffixes
+BF16_RECIPE = {"weights": "bfloat16", "attention": "eager", "pooling_dtype": "float32"}
 
 
 def default_model_dir() -> Path:
@@ -100,7 +107,7 @@ def _read_pooling(folder: Path) -> tuple[Pooling, bool, int | None]:
 class Embedder:
     """Turns texts into float32 vectors with the model's own tokenization and pooling.
 
-    precision: "fp32" (torch), "bf16" (torch autocast) or "int8" (ONNX Runtime); each is its own
+    precision: "fp32" (torch), "bf16" (torch, bfloat16 weights) or "int8" (ONNX Runtime); each is its own
     embedding space. cache_dir: where the int8 export is kept between processes (keyed by space
     id); None exports it into a temporary folder for this embedder only (~10 s).
     """
@@ -116,7 +123,11 @@ class Embedder:
         self._tokenizer = load_tokenizer(folder)
         self._local = threading.local()  # one tokenizer per thread: the Rust one is not reentrant
         hf_logging.disable_progress_bar()  # the library never prints; callers report progress
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        if precision == "bf16":  # eager attention: see the module docstring
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                                   attn_implementation="eager").to(torch.bfloat16).eval()
+        else:
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self.batch_size = batch_size
         pooling, normalize, trained_max = _read_pooling(folder)
         max_tokens = max_tokens or trained_max or 256
@@ -140,7 +151,7 @@ class Embedder:
             from retro_ops.features.onnx_int8 import recipe
 
             return recipe()
-        return {"torch": torch.__version__.split("+")[0], "autocast": "bfloat16"}
+        return {"torch": torch.__version__.split("+")[0], **BF16_RECIPE}
 
     def _load_int8(self, cache_dir: str | Path | None):
         from retro_ops.features.onnx_int8 import OrtEncoder, export_int8
@@ -187,8 +198,7 @@ class Embedder:
         if self._encoder is not None:
             hidden = self._encoder(encoded)  # (B, T, dim), int8 ONNX Runtime
         elif self.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                hidden = self.model(**encoded).last_hidden_state.float()
+            hidden = self.model(**encoded).last_hidden_state.float()  # pooled in float32
         else:
             hidden = self.model(**encoded).last_hidden_state  # (B, T, dim)
         if self.space.pooling == "cls":
