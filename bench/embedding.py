@@ -19,11 +19,12 @@ Batch FLOPs = batch size * per-chunk FLOPs at that batch's padded T; the embedde
 length, so padding is small.
 
 Fast paths (#17): each `--precisions` entry is its own embedding space (fp32 torch, bf16 torch
-autocast, int8 ONNX Runtime). The batch sizes run interleaved (for each batch size and run, every
-precision in turn), so machine load hits them alike; each row gives its speed-up over fp32 at the
-same batch size, also per CPU-second (process CPU time), which a shared machine disturbs less
-than wall time. Quality: recall@10 of the fp32 exact neighbours (inner product, self excluded)
-among the N chunks, searched in each space's own vectors.
+with bfloat16 weights and eager attention, int8 ONNX Runtime). The batch sizes run interleaved
+(for each batch size and run, every precision in turn), so machine load hits them alike; each
+row gives its speed-up over fp32 at the same batch size, also per CPU-second (process CPU time),
+which a shared machine disturbs less than wall time. Quality: recall@10 of the fp32 exact
+neighbours (inner product, self excluded) among the N chunks, searched in each space's own
+vectors.
 
 Peak: the best of `--matmul-runs` float32 (n x n) @ (n x n) torch matmuls (n = `--matmul-size`,
 2048 by default, 2*n^3 FLOPs each) with torch's default thread count, measured before and after

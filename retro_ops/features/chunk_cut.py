@@ -3,8 +3,8 @@
 Imports only `tokenizers` and numpy (no transformers), so a worker process starts in a fraction
 of a second. `cut` tokenizes a batch of texts with the Rust tokenizer's batch call and returns,
 per document, its token ids, each chunk's character span and each chunk's id; the caller turns
-them into `Chunk` objects. Offsets are read only at chunk boundaries, so no Python work is done
-per token.
+them into `Chunk` objects. Offsets are read only at chunk boundaries (`token_to_chars`), so
+neither Python work nor a Python object is spent per token beyond the ids list.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def cut(tokenizer: Tokenizer, documents: Sequence[tuple[str, str]], m: int, segm
 
 def _cut_document(doc_id: str, segments: list[tuple[int, str]], parts: list, m: int) -> DocCut:
     ids = [part.ids for part in parts]
-    offsets = [part.offsets for part in parts]
     first_token = np.cumsum([0] + [len(i) for i in ids]).tolist()  # of each segment, then the total
     total = first_token[-1]
     n_chunks = (total + m - 1) // m
@@ -76,7 +75,7 @@ def _cut_document(doc_id: str, segments: list[tuple[int, str]], parts: list, m: 
 
     def char_at(token: int, side: int) -> int:  # side 0: the token's start, 1: its end
         s = bisect_right(first_token, token) - 1
-        return segments[s][0] + offsets[s][token - first_token[s]][side]
+        return segments[s][0] + parts[s].token_to_chars(token - first_token[s])[side]
 
     for position in range(n_chunks):
         lo, hi = position * m, min(total, (position + 1) * m)

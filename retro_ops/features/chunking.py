@@ -225,6 +225,12 @@ def _pool(serialized: str, config: ChunkerConfig, workers: int) -> ProcessPoolEx
         return pool
 
 
+def worker_pids() -> list[int]:
+    """Process ids of this process's chunking workers (for CPU accounting by benchmarks)."""
+    with _pools_lock:
+        return [pid for pool in _pools.values() for pid in getattr(pool, "_processes", None) or {}]
+
+
 def _drop_pool(pool: ProcessPoolExecutor) -> None:
     with _pools_lock:
         for key in [k for k, p in _pools.items() if p is pool]:
