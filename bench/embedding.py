@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed passes over the N texts per batch size, best kept (2)")
     parser.add_argument("--precisions", default="fp32,bf16,int8", metavar="P,P,...",
                         help="embedding spaces to compare; fp32 first is the baseline (fp32,bf16,int8)")
+    parser.add_argument("--threads", type=int, default=0, metavar="T",
+                        help="torch (and ONNX Runtime) threads; 0 = torch's default (every core)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the peak matmul")
     parser.add_argument("--matmul-runs", type=int, default=10, help="timed peak matmuls (10)")
     args = parser.parse_args(argv)
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from retro_ops.features.embedder import Embedder
 
+    if args.threads:  # before any embedder: the int8 session takes torch's thread count
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     peak_before = matmul_peak(args.matmul_size, args.matmul_runs)
