@@ -205,14 +205,15 @@ class Chunker:
                 )
 
 
-_pools: dict[tuple[str, ChunkerConfig, int], ProcessPoolExecutor] = {}
+_pools: dict[tuple[str, ChunkerConfig, int, int], ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
 def _pool(serialized: str, config: ChunkerConfig, workers: int) -> ProcessPoolExecutor:
     """This process's pool for a tokenizer, config and size: started on first use, then kept
     (its start-up is paid once, not per call); the interpreter shuts it down at exit."""
-    key = (hashlib.sha256(serialized.encode()).hexdigest(), config, workers)
+    # the pid: a forked child inherits this dict but not the pool's manager thread
+    key = (hashlib.sha256(serialized.encode()).hexdigest(), config, workers, os.getpid())
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
@@ -228,7 +229,8 @@ def _pool(serialized: str, config: ChunkerConfig, workers: int) -> ProcessPoolEx
 def worker_pids() -> list[int]:
     """Process ids of this process's chunking workers (for CPU accounting by benchmarks)."""
     with _pools_lock:
-        return [pid for pool in _pools.values() for pid in getattr(pool, "_processes", None) or {}]
+        return [pid for key, pool in _pools.items() if key[3] == os.getpid()
+                for pid in getattr(pool, "_processes", None) or {}]
 
 
 def _drop_pool(pool: ProcessPoolExecutor) -> None:
