@@ -107,8 +107,9 @@ class Chunker:
 
     @cached_property
     def _plain(self):
-        """The Rust tokenizer the chunks are cut with (one per chunker: not shared by threads
-        of other chunkers; the batch call itself is safe to run from one thread at a time)."""
+        """The Rust tokenizer the chunks are cut with. Its settings are fixed at creation (the
+        transformers wrapper changes them per call, which is what makes it non-reentrant), so
+        threads may share it."""
         return chunk_cut.plain_tokenizer(self._serialized)
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
