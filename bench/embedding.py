@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2,
                         help="timed passes over the N texts per batch size, best kept (2)")
     parser.add_argument("--precisions", default="fp32,bf16,int8", metavar="P,P,...",
-                        help="embedding spaces to compare; fp32 first is the baseline (fp32,bf16,int8)")
+                        help="embedding spaces to compare; fp32 first is the baseline (fp32,bf16,int8); "
+                             "P@S runs a torch space with Embedder(streams=S), e.g. bf16@2")
     parser.add_argument("--threads", type=int, default=0, metavar="T",
                         help="torch (and ONNX Runtime) threads; 0 = torch's default (every core)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the peak matmul")
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     peak_before = matmul_peak(args.matmul_size, args.matmul_runs)
     texts, m = chunk_texts(args.n_chunks)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    embedders = {p: Embedder(precision=p) for p in precisions}
+    embedders = {p: Embedder(precision=p.partition("@")[0], streams=int(p.partition("@")[2] or 1))
+                 for p in precisions}
     embedder = embedders[precisions[0]]
     config = embedder.model.config
 

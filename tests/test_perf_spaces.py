@@ -84,3 +84,18 @@ def test_bf16_space_is_another_normalised_space(embedder):
 def test_unknown_precision_is_refused():
     with pytest.raises(EmbedderError, match="precision 'fp8': expected one of fp32, bf16, int8"):
         Embedder(precision="fp8")  # type: ignore[arg-type]
+
+
+def test_streams_give_the_same_vectors_and_leave_the_callers_threads():
+    """streams=2 runs two batches at once on one torch thread each: same vectors (up to float
+    summation order), and the calling thread keeps its own torch thread count."""
+    texts = [f"Chapter {i}. The whale, the boat and the sea, told again ({i})." for i in range(40)]
+    threads = torch.get_num_threads()
+    for precision, atol in (("fp32", 1e-5), ("bf16", 2e-3)):
+        reference = Embedder(precision=precision, batch_size=8)  # type: ignore[arg-type]
+        streamed = Embedder(precision=precision, batch_size=8, streams=2)  # type: ignore[arg-type]
+        assert streamed.space.space_id == reference.space.space_id  # the same space
+        np.testing.assert_allclose(streamed.embed(texts), reference.embed(texts), atol=atol)
+        assert torch.get_num_threads() == threads
+    with pytest.raises(EmbedderError, match="streams 0: expected >= 1"):
+        Embedder(streams=0)
