@@ -19,11 +19,12 @@ Batch FLOPs = batch size * per-chunk FLOPs at that batch's padded T; the embedde
 length, so padding is small.
 
 Fast paths (#17): each `--precisions` entry is its own embedding space (fp32 torch, bf16 torch
-autocast, int8 ONNX Runtime). The batch sizes run interleaved (for each batch size and run, every
-precision in turn), so machine load hits them alike; each row gives its speed-up over fp32 at the
-same batch size, also per CPU-second (process CPU time), which a shared machine disturbs less
-than wall time. Quality: recall@10 of the fp32 exact neighbours (inner product, self excluded)
-among the N chunks, searched in each space's own vectors.
+with bfloat16 weights and eager attention, int8 ONNX Runtime). The batch sizes run interleaved
+(for each batch size and run, every precision in turn), so machine load hits them alike; each
+row gives its speed-up over fp32 at the same batch size, also per CPU-second (process CPU time),
+which a shared machine disturbs less than wall time. Quality: recall@10 of the fp32 exact
+neighbours (inner product, self excluded) among the N chunks, searched in each space's own
+vectors.
 
 Peak: the best of `--matmul-runs` float32 (n x n) @ (n x n) torch matmuls (n = `--matmul-size`,
 2048 by default, 2*n^3 FLOPs each) with torch's default thread count, measured before and after
@@ -53,7 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2,
                         help="timed passes over the N texts per batch size, best kept (2)")
     parser.add_argument("--precisions", default="fp32,bf16,int8", metavar="P,P,...",
-                        help="embedding spaces to compare; fp32 first is the baseline (fp32,bf16,int8)")
+                        help="embedding spaces to compare; fp32 first is the baseline (fp32,bf16,int8); "
+                             "P@S runs a torch space with Embedder(streams=S), e.g. bf16@2")
+    parser.add_argument("--threads", type=int, default=0, metavar="T",
+                        help="torch (and ONNX Runtime) threads; 0 = torch's default (every core)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the peak matmul")
     parser.add_argument("--matmul-runs", type=int, default=10, help="timed peak matmuls (10)")
     args = parser.parse_args(argv)
@@ -129,12 +133,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from retro_ops.features.embedder import Embedder
 
+    if args.threads:  # before any embedder: the int8 session takes torch's thread count
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     peak_before = matmul_peak(args.matmul_size, args.matmul_runs)
     texts, m = chunk_texts(args.n_chunks)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    embedders = {p: Embedder(precision=p) for p in precisions}
+    embedders = {p: Embedder(precision=p.partition("@")[0], streams=int(p.partition("@")[2] or 1))
+                 for p in precisions}
     embedder = embedders[precisions[0]]
     config = embedder.model.config
 

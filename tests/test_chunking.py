@@ -79,3 +79,21 @@ def test_segmented_tokenization_equals_whole(chunker: Chunker, text: str):
     tiny = Chunker(chunker.tokenizer, ChunkerConfig(segment_chars=17, chunk_tokens=8))
     got = [t for c in tiny.chunk_documents([("d", text)]) for t in c.token_ids]
     assert got == full_ids(chunker, text)
+
+
+def test_chunk_spans_are_the_wrapped_tokenizers_offsets(chunker: Chunker):
+    """The chunks are cut with the Rust tokenizer directly (`chunk_cut`); their spans are the
+    offsets the transformers wrapper gives, segments and non-ASCII text included; an empty or
+    blank document has no chunks."""
+    text = ("Ünïcödé 東京 tëst, 🙂 whale\tboat\n" * 200) + CHAPTER[:5000]
+    small = Chunker(chunker.tokenizer, ChunkerConfig(segment_chars=700, batch_segments=3))
+    chunks = list(small.chunk_documents([("e", ""), ("d", text), ("b", " \n\t ")]))
+    encoded = chunker.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                verbose=False)
+    offsets = encoded["offset_mapping"]
+    assert {c.doc_id for c in chunks} == {"d"} and len(chunks) > 20
+    assert [t for c in chunks for t in c.token_ids] == encoded["input_ids"]
+    for c in chunks:
+        lo, hi = c.position * 64, c.position * 64 + len(c.token_ids)
+        assert (c.char_start, c.char_end) == (offsets[lo][0], offsets[hi - 1][1])
+        assert c.text == text[c.char_start:c.char_end]

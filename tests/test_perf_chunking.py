@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from retro_ops.corpus import collect_documents, read_corpus
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.features.chunking import Chunker, ChunkerConfig
+from retro_ops.features.chunking import Chunker, ChunkerConfig, worker_pids
 from retro_ops.features.embedder import default_model_dir
 
 
@@ -23,6 +23,10 @@ def test_processes_give_the_same_chunks_in_the_same_order():
     sharded = list(chunker.chunk_documents(documents, workers=2))
     assert len(alone) > 500 and sharded == alone
     assert len({c.doc_id for c in sharded}) == len(documents)
+    pids = set(worker_pids())
+    assert len(pids) >= 2  # this call's 2 workers (other tests' pools may be alive too)
+    assert list(chunker.chunk_documents(documents, workers=2)) == alone
+    assert set(worker_pids()) == pids  # the pool is kept: no workers started for the second call
 
 
 def test_default_all_cores_config_chunks_like_one_process():

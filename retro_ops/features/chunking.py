@@ -5,25 +5,37 @@ document), because a RETRO neighbour is chunk + continuation. Tokenization uses 
 batch (Rust) path; long documents are cut into whitespace-aligned segments first, which is
 lossless for WordPiece (it splits on whitespace anyway) and bounds memory for any length.
 
-`workers > 1` shards batches of documents across processes (each tokenizer on one core: the
-Rust path alone kept 1.5 of 2 cores busy, and the Python chunk building one), with a bounded
-number of batches in flight, and yields the chunks in the same order as one process would.
+Where chunks fall is computed by `chunk_cut` (token ids, spans and ids as numpy arrays, no Python
+work per token); this module turns them into `Chunk` objects. `workers > 1` shards batches of
+documents across a pool of processes (each tokenizer on one core: the Rust path alone kept 1.5
+of 2 cores busy), with a bounded number of batches in flight, and yields the chunks in the same
+order as one process would. The pool is started once per process and tokenizer (its workers
+import only `tokenizers` and numpy) and kept for later calls; they get the documents' text and
+send back only the compact arrays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from retro_ops.ids import chunk_id, content_hash, sha256_hex
+from retro_ops.features import chunk_cut
+from retro_ops.features.chunk_cut import DocCut, split_segments
+from retro_ops.ids import content_hash, sha256_hex
+
+__all__ = ["Chunk", "Chunker", "ChunkerConfig", "load_tokenizer", "split_segments", "tokenizer_digest"]
 
 
 @dataclass(frozen=True)
@@ -72,18 +84,6 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def split_segments(text: str, max_chars: int) -> list[tuple[int, str]]:
-    """(offset, piece) pairs covering `text`, cut after whitespace so tokens never straddle a cut."""
-    segments, start = [], 0
-    while len(text) - start > max_chars:
-        cut = max(text.rfind(space, start, start + max_chars) for space in " \n\t")
-        end = cut + 1 if cut > start else start + max_chars  # no whitespace: hard cut
-        segments.append((start, text[start:end]))
-        start = end
-    segments.append((start, text[start:]))
-    return segments
-
-
 class Chunker:
     """Tokenizes documents in batches and yields their chunks in document order."""
 
@@ -100,6 +100,17 @@ class Chunker:
     def identity(self) -> str:
         """What determines the chunks of a text: the tokenizer and m."""
         return f"{self.tokenizer_id}:m={self.config.chunk_tokens}"
+
+    @cached_property
+    def _serialized(self) -> str:
+        return self.tokenizer.backend_tokenizer.to_str()
+
+    @cached_property
+    def _plain(self):
+        """The Rust tokenizer the chunks are cut with. Its settings are fixed at creation (the
+        transformers wrapper changes them per call, which is what makes it non-reentrant), so
+        threads may share it."""
+        return chunk_cut.plain_tokenizer(self._serialized)
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """Token ids and character offsets of each text, through the batch path."""
@@ -154,48 +165,77 @@ class Chunker:
         yield from self._chunk_parallel(chain([first, second], batches), workers)
 
     def _chunk_parallel(self, batches: Iterable[list[tuple[str, str]]], workers: int) -> Iterator[Chunk]:
-        context = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
-        context.set_forkserver_preload([__name__])  # workers start with transformers imported
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(self.tokenizer.name_or_path, self.config)) as pool:
-            in_flight: deque[Future] = deque()
-            task = max(1, self.config.batch_segments // (4 * workers))  # documents per task
+        pool = _pool(self._serialized, self.config, workers)
+        in_flight: deque[tuple[list[tuple[str, str]], Future]] = deque()
+        task = max(1, self.config.batch_segments // (4 * workers))  # documents per task
+        try:
             for batch in batches:
                 for start in range(0, len(batch), task):
-                    in_flight.append(pool.submit(_chunk_in_worker, batch[start:start + task]))
+                    part = batch[start:start + task]
+                    in_flight.append((part, pool.submit(chunk_cut.cut_in_worker, part)))
                     if len(in_flight) >= 4 * workers:  # bounded: a corpus is never read ahead
-                        yield from in_flight.popleft().result()
+                        part, future = in_flight.popleft()
+                        yield from self._chunks(part, future.result())
             while in_flight:
-                yield from in_flight.popleft().result()
+                part, future = in_flight.popleft()
+                yield from self._chunks(part, future.result())
+        except BrokenProcessPool:
+            _drop_pool(pool)  # a worker died (killed, out of memory): the next call starts anew
+            raise
 
     def _chunk_batch(self, batch: list[tuple[str, str]]) -> Iterator[Chunk]:
+        c = self.config
+        yield from self._chunks(batch, chunk_cut.cut(self._plain, batch, c.chunk_tokens,
+                                                     c.segment_chars, c.batch_segments))
+
+    def _chunks(self, batch: list[tuple[str, str]], cuts: list[DocCut]) -> Iterator[Chunk]:
         m = self.config.chunk_tokens
-        for (doc_id, text), (ids, offsets) in zip(batch, self.tokenize([t for _, t in batch])):
-            n_chunks = (len(ids) + m - 1) // m
-            for position in range(n_chunks):
-                lo, hi = position * m, min(len(ids), (position + 1) * m)
-                start, end = offsets[lo][0], offsets[hi - 1][1]
+        for (doc_id, text), cut in zip(batch, cuts):
+            ids, ids_of_chunks = cut.token_ids.tolist(), cut.chunk_ids.tolist()
+            n_chunks = len(ids_of_chunks)
+            for position, (start, end) in enumerate(cut.spans.tolist()):
                 yield Chunk(
-                    chunk_id=chunk_id(doc_id, position),
+                    chunk_id=ids_of_chunks[position],
                     doc_id=doc_id,
                     position=position,
-                    token_ids=list(ids[lo:hi]),
+                    token_ids=ids[position * m:(position + 1) * m],
                     text=text[start:end],
                     char_start=start,
                     char_end=end,
-                    next_chunk_id=chunk_id(doc_id, position + 1) if position + 1 < n_chunks else None,
+                    next_chunk_id=ids_of_chunks[position + 1] if position + 1 < n_chunks else None,
                 )
 
 
-_worker_chunker: Chunker | None = None  # one per worker process (set by its initializer)
+_pools: dict[tuple[str, ChunkerConfig, int, int], ProcessPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-def _start_worker(model_dir: str, config: ChunkerConfig) -> None:
-    global _worker_chunker
-    os.environ["RAYON_NUM_THREADS"] = "1"  # one core per process: the processes are the parallelism
-    _worker_chunker = Chunker.from_model_dir(model_dir, config)
+def _pool(serialized: str, config: ChunkerConfig, workers: int) -> ProcessPoolExecutor:
+    """This process's pool for a tokenizer, config and size: started on first use, then kept
+    (its start-up is paid once, not per call); the interpreter shuts it down at exit."""
+    # the pid: a forked child inherits this dict but not the pool's manager thread
+    key = (hashlib.sha256(serialized.encode()).hexdigest(), config, workers, os.getpid())
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            context = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
+            context.set_forkserver_preload([chunk_cut.__name__])  # tokenizers + numpy only
+            pool = _pools[key] = ProcessPoolExecutor(
+                workers, mp_context=context, initializer=chunk_cut.start_worker,
+                initargs=(serialized, config.chunk_tokens, config.segment_chars,
+                          config.batch_segments))
+        return pool
 
 
-def _chunk_in_worker(batch: list[tuple[str, str]]) -> list[Chunk]:
-    assert _worker_chunker is not None, "initializer did not run"
-    return list(_worker_chunker._chunk_batch(batch))
+def worker_pids() -> list[int]:
+    """Process ids of this process's chunking workers (for CPU accounting by benchmarks)."""
+    with _pools_lock:
+        return [pid for key, pool in _pools.items() if key[3] == os.getpid()
+                for pid in getattr(pool, "_processes", None) or {}]
+
+
+def _drop_pool(pool: ProcessPoolExecutor) -> None:
+    with _pools_lock:
+        for key in [k for k, p in _pools.items() if p is pool]:
+            del _pools[key]
+    pool.shutdown(wait=False, cancel_futures=True)

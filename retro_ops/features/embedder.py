@@ -6,9 +6,15 @@ digest of everything that changes a vector (weights, pooling, normalisation, max
 features from two embedders never mix and an unchanged embedder never re-embeds a chunk.
 
 A faster, lower-precision encoder gives other vectors, so it is another space side by side with
-fp32: `precision="bf16"` (torch bf16 autocast) or `"int8"` (ONNX Runtime, `onnx_int8`). Its id is
-the digest (which then also covers the method and its recipe) plus a readable suffix naming the
-method (`..._bf16amp`, `..._int8ort`); the fp32 id is unchanged from before spaces had a precision.
+fp32: `precision="bf16"` (torch, the weights cast to bfloat16, eager attention) or `"int8"` (ONNX
+Runtime, `onnx_int8`). Its id is the digest (which then also covers the method and its recipe)
+plus a readable suffix naming the method (`..._bf16w`, `..._int8ort`); the fp32 id is unchanged
+from before spaces had a precision.
+
+Why bf16 weights with eager attention (bench/embedding.py, #17): with bfloat16 weights the AVX-512
+BF16 matmuls run without autocast's per-call casts of every weight (~1.15x autocast), and
+`torch.nn.functional.scaled_dot_product_attention` picked its flash kernel, which took ~22% of
+a bf16 forward at T ~ 66 tokens; the plain matmul-softmax-matmul attention is faster there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +39,8 @@ from retro_ops.errors import EmbedderError
 
 Pooling = Literal["mean", "cls"]
 Precision = Literal["fp32", "bf16", "int8"]
-METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16amp", "int8": "int8ort"}  # space-id suffixes
+METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16w", "int8": "int8ort"}  # space-id suffixes
+BF16_RECIPE = {"weights": "bfloat16", "attention": "eager", "pooling_dtype": "float32"}
 
 
 def default_model_dir() -> Path:
@@ -100,14 +108,19 @@ def _read_pooling(folder: Path) -> tuple[Pooling, bool, int | None]:
 class Embedder:
     """Turns texts into float32 vectors with the model's own tokenization and pooling.
 
-    precision: "fp32" (torch), "bf16" (torch autocast) or "int8" (ONNX Runtime); each is its own
+    precision: "fp32" (torch), "bf16" (torch, bfloat16 weights) or "int8" (ONNX Runtime); each is its own
     embedding space. cache_dir: where the int8 export is kept between processes (keyed by space
     id); None exports it into a temporary folder for this embedder only (~10 s).
+    streams: torch paths only; > 1 runs that many batches at once, each on its own thread with
+    one torch thread (set per thread: the caller's own thread count is untouched), instead of
+    one batch at a time over torch's threads. On a shared 2-core machine this was ~2x the
+    chunks/s of the default for bf16 (bench/embedding.py --streams); vectors may differ from the
+    one-stream ones in the last float bits (another summation order), within the same space.
     """
 
     def __init__(self, model_path: str | Path | None = None, *, batch_size: int = 64,
                  max_tokens: int | None = None, precision: Precision = "fp32",
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, streams: int = 1):
         if precision not in METHODS:
             raise EmbedderError(f"precision {precision!r}: expected one of {', '.join(METHODS)}")
         folder = Path(model_path) if model_path else default_model_dir()
@@ -116,8 +129,17 @@ class Embedder:
         self._tokenizer = load_tokenizer(folder)
         self._local = threading.local()  # one tokenizer per thread: the Rust one is not reentrant
         hf_logging.disable_progress_bar()  # the library never prints; callers report progress
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        if precision == "bf16":  # eager attention: see the module docstring
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                                   attn_implementation="eager").to(torch.bfloat16).eval()
+        else:
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self.batch_size = batch_size
+        if streams < 1:
+            raise EmbedderError(f"streams {streams}: expected >= 1")
+        self.streams = streams
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         pooling, normalize, trained_max = _read_pooling(folder)
         max_tokens = max_tokens or trained_max or 256
         weights = _weights_digest(folder)
@@ -140,7 +162,7 @@ class Embedder:
             from retro_ops.features.onnx_int8 import recipe
 
             return recipe()
-        return {"torch": torch.__version__.split("+")[0], "autocast": "bfloat16"}
+        return {"torch": torch.__version__.split("+")[0], **BF16_RECIPE}
 
     def _load_int8(self, cache_dir: str | Path | None):
         from retro_ops.features.onnx_int8 import OrtEncoder, export_int8
@@ -175,10 +197,24 @@ class Embedder:
         """(len(texts), dim) float32; batches are length-sorted so padding stays small."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            index = order[start:start + self.batch_size]
+        batches = [order[start:start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
+        if self.streams > 1 and self._encoder is None and len(batches) > 1:
+            vectors = self._streams().map(lambda index: self._embed_batch([texts[i] for i in index]),
+                                          batches)
+            for index, batch_vectors in zip(batches, vectors):
+                out[index] = batch_vectors
+            return out
+        for index in batches:
             out[index] = self._embed_batch([texts[i] for i in index])
         return out
+
+    def _streams(self) -> ThreadPoolExecutor:
+        """The embedder's threads for `streams > 1`, started once, one torch thread each."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="embed",
+                                                initializer=torch.set_num_threads, initargs=(1,))
+            return self._pool
 
     @torch.inference_mode()
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
@@ -187,8 +223,7 @@ class Embedder:
         if self._encoder is not None:
             hidden = self._encoder(encoded)  # (B, T, dim), int8 ONNX Runtime
         elif self.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                hidden = self.model(**encoded).last_hidden_state.float()
+            hidden = self.model(**encoded).last_hidden_state.float()  # pooled in float32
         else:
             hidden = self.model(**encoded).last_hidden_state  # (B, T, dim)
         if self.space.pooling == "cls":
