@@ -54,7 +54,7 @@ class EmbedderResource(dg.ConfigurableResource):
         """At the settings' precision (`RETRO_OPS_EMBEDDER_PRECISION`): each is its own space."""
         settings = Settings.from_env()
         return Embedder(self._path(), batch_size=self.batch_size, precision=settings.embedder_precision,
-                        cache_dir=settings.home / "embedders")
+                        cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
 
     def chunker(self) -> Chunker:
         from retro_ops.features.embedder import default_model_dir

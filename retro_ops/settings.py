@@ -25,6 +25,7 @@ CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
 LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
 EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
 EMBEDDER_PRECISION_ENV = "RETRO_OPS_EMBEDDER_PRECISION"
+EMBEDDER_STREAMS_ENV = "RETRO_OPS_EMBEDDER_STREAMS"
 MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
 DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
 PROFILE_ENV = "RETRO_OPS_PROFILE"
@@ -91,6 +92,15 @@ def resolve_stored(stored: str, home: Path) -> str:
     return os.path.normpath(os.path.join(home, stored))
 
 
+def _streams(raw: str) -> int:
+    """RETRO_OPS_EMBEDDER_STREAMS: a whole number >= 1 ("" = 1)."""
+    if not raw.strip():
+        return 1
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise SettingsError(f"{EMBEDDER_STREAMS_ENV}={raw!r}: expected a whole number of streams, at least 1")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations of every store. Build with `Settings.from_env()` or directly in tests."""
@@ -100,6 +110,7 @@ class Settings:
     lancedb_uri: str = ""
     embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
     embedder_precision: str = "fp32"  # fp32 | bf16 | int8: each its own embedding space
+    embedder_streams: int = 1  # batches embedded at once, one torch thread each (torch paths)
     mlflow_uri: str = ""  # MLflow tracking + registry store; "" = SQLite under the home
     dagster_storage_url: str = ""  # postgresql://... for Dagster's runs/events/schedules; "" = SQLite
     artifacts_dir: str = ""  # MLflow artifacts (checkpoints); "" = `<home>/mlflow/artifacts`
@@ -133,6 +144,7 @@ class Settings:
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),
             embedder_precision=env.get(EMBEDDER_PRECISION_ENV) or "fp32",
+            embedder_streams=_streams(env.get(EMBEDDER_STREAMS_ENV, "")),
             mlflow_uri=env.get(MLFLOW_URI_ENV) or derived.get("mlflow", ""),
             dagster_storage_url=env.get(DAGSTER_STORAGE_ENV) or derived.get("dagster", ""),
             artifacts_dir=env.get(ARTIFACTS_DIR_ENV, ""),

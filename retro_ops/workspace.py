@@ -45,7 +45,7 @@ class Workspace:
         found = next((e for e in self._by_space.values() if e.precision == precision), None)
         if found is None:
             found = Embedder(self.settings.embedder_path or None, precision=cast(Precision, precision),
-                             cache_dir=self.settings.home / "embedders")
+                             cache_dir=self.settings.home / "embedders", streams=self.settings.embedder_streams)
             self._by_space[found.space.space_id] = found
         return found
 

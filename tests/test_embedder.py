@@ -38,3 +38,18 @@ def test_space_identity(embedder: Embedder):
 def test_not_a_model_folder(tmp_path: Path):
     with pytest.raises(EmbedderError, match=r"not a Hugging Face model folder \(no config\.json\)"):
         Embedder(tmp_path)
+
+
+def test_streams_setting_reaches_the_workspace_embedder(tmp_path: Path):
+    """RETRO_OPS_EMBEDDER_STREAMS picks the embedder's streams (same space: streams do not change
+    which vectors come out); a bad value is refused with the variable's name."""
+    from retro_ops.errors import SettingsError
+    from retro_ops.settings import Settings
+    from retro_ops.workspace import Workspace
+
+    settings = Settings.from_env({"RETRO_OPS_HOME": str(tmp_path), "RETRO_OPS_EMBEDDER_STREAMS": "2"})
+    ws = Workspace.open(settings)
+    assert ws.embedder.streams == 2
+    assert ws.embedder.space.space_id == Embedder().space.space_id
+    with pytest.raises(SettingsError, match="RETRO_OPS_EMBEDDER_STREAMS='two': expected a whole number"):
+        Settings.from_env({"RETRO_OPS_HOME": str(tmp_path), "RETRO_OPS_EMBEDDER_STREAMS": "two"})
