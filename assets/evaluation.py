@@ -32,7 +32,11 @@ def _bpb_markdown(rows) -> str:
 
 def _intervals_markdown(comparisons) -> str:
     lines = ["| a | b | bucket | bpb a - b | 95% interval |", "|---|---|---|---|---|"]
-    lines += [f"| {c.a} | {c.b} | {c.bucket} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] |"
+
+    def cell(label) -> str:  # labels read "model | setting": a bare pipe would split the cell
+        return str(label).replace("|", "\\|")
+
+    lines += [f"| {cell(c.a)} | {cell(c.b)} | {c.bucket} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] |"
               for c in comparisons]
     return "\n".join(lines)
 

@@ -187,3 +187,18 @@ def test_eval_fails_when_too_many_chunks_copy_unless_allowed(ws, leaky, monkeypa
     report = json.loads(allowed.stdout)
     assert report["leaky_share_ok"] is False and report["leaky_share"] > 0.05
     assert {c["what"] for c in report["comparisons"]} == {"retrieval vs none"}
+
+
+def test_intervals_table_keeps_its_columns_when_labels_hold_pipes():
+    """Comparison labels read "model | setting"; the Dagster metadata table must still have five
+    cells per row (a bare pipe split them into seven, and the UI showed the rows misaligned)."""
+    import re
+    from types import SimpleNamespace
+
+    from assets.evaluation import _intervals_markdown
+
+    row = SimpleNamespace(a="retro-ops-retro/1 | set web_nt", b="retro-ops-baseline/1 | no retrieval",
+                          bucket="all", difference=-0.0028, low=-0.0043, high=-0.0012)
+    header, _, line = _intervals_markdown([row]).splitlines()
+    cells = lambda text: len(re.split(r"(?<!\\)\|", text.strip().strip("|")))  # noqa: E731
+    assert cells(line) == cells(header) == 5
