@@ -5,6 +5,8 @@ data with a few tight clusters can need more candidates for the same recall (see
 the 0.9 gate on 10 clusters in 32 dimensions, k_factor 64). Rather than refuse a build whose
 structure is fine, the build doubles the refine depth and the probed lists, at most twice, and
 records the depth it needed in the manifest, so serving searches as deep as the check did.
+Settings the caller fixed (`IndexConfig.nprobe`, `ef_search`) are never changed: a build asked
+for at that depth is measured at that depth.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
 MAX_DOUBLINGS = 2
 
 
-def deeper(factory: str, params: dict[str, int]) -> dict[str, int] | None:
-    """The next search depth to try, or None where nothing can go deeper."""
+def deeper(factory: str, params: dict[str, int], fixed: frozenset[str] = frozenset()) -> dict[str, int] | None:
+    """The next search depth to try (leaving the `fixed` settings alone), or None where nothing
+    can go deeper."""
     out = dict(params)
-    if "k_factor_rf" in out:
+    if "k_factor_rf" in out and "k_factor_rf" not in fixed:
         out["k_factor_rf"] *= 2
-    if "nprobe" in out:
+    if "nprobe" in out and "nprobe" not in fixed:
         nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else out["nprobe"]
         out["nprobe"] = min(nlist, 2 * out["nprobe"])
-        if "quantizer_efSearch" in out:
-            out["quantizer_efSearch"] = max(out["quantizer_efSearch"], 2 * out["nprobe"])
+    if "quantizer_efSearch" in out and "quantizer_efSearch" not in fixed:
+        out["quantizer_efSearch"] = max(out["quantizer_efSearch"], 2 * out.get("nprobe", 0))
     return out if out != params else None
 
 
 def tune_to_recall(built: BuiltIndex, vectors: np.ndarray, ids: np.ndarray, *, min_recall: float,
-                   queries: int = 500, latency_queries: int = 200) -> tuple[BuiltIndex, IndexQuality]:
+                   queries: int = 500, latency_queries: int = 200,
+                   fixed: frozenset[str] = frozenset()) -> tuple[BuiltIndex, IndexQuality]:
     """(built with the search depth it needs, its quality): the default depth first, then up to
     MAX_DOUBLINGS deeper ones while recall@10 is under `min_recall`."""
     def measure() -> IndexQuality:
@@ -42,7 +46,7 @@ def tune_to_recall(built: BuiltIndex, vectors: np.ndarray, ids: np.ndarray, *, m
 
     params, quality = dict(built.search_params), measure()
     for _ in range(MAX_DOUBLINGS):
-        if quality.recall_at_k >= min_recall or (nxt := deeper(built.factory, params)) is None:
+        if quality.recall_at_k >= min_recall or (nxt := deeper(built.factory, params, fixed)) is None:
             break
         below, params = quality.recall_at_k, nxt
         apply_search_params(built.index, params)
@@ -51,3 +55,9 @@ def tune_to_recall(built: BuiltIndex, vectors: np.ndarray, ids: np.ndarray, *, m
             f"search deepened to {params}: recall@{quality.k} {below:.3f} -> {quality.recall_at_k:.3f} "
             f"(gate {min_recall})"])
     return built, quality
+
+
+def fixed_by(config) -> frozenset[str]:
+    """The search settings an IndexConfig fixes (the rest are the defaults, free to deepen)."""
+    return frozenset(name for name, value in (("nprobe", config.nprobe), ("quantizer_efSearch", config.ef_search))
+                     if value)

@@ -29,7 +29,7 @@ from retro_ops.retrieval.index_incremental import (
     IncrementalConfig, Route, count_blocker, full_route, incremental_build,
 )
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.index_tuning import tune_to_recall
+from retro_ops.retrieval.index_tuning import fixed_by, tune_to_recall
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.retrieval.index_publish import (
     CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
@@ -108,13 +108,14 @@ def _build(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, confi
     """The incremental route when it is correct and passes the recall check, else a full build."""
     built, route = _incremental(catalog, root, version, config, incremental, ids)
     if built is not None:
-        built, quality = tune_to_recall(built, vectors, ids, min_recall=min_recall, queries=eval_queries)
+        built, quality = tune_to_recall(built, vectors, ids, min_recall=min_recall, queries=eval_queries,
+                                        fixed=fixed_by(config))
         if quality.recall_at_k >= min_recall:
             return built, quality, route
         route = full_route(f"recall@{quality.k} {quality.recall_at_k:.3f} after removing ids is below "
                            f"{min_recall}", len(ids))
     built, quality = tune_to_recall(build_index(vectors, ids, config), vectors, ids,
-                                    min_recall=min_recall, queries=eval_queries)
+                                    min_recall=min_recall, queries=eval_queries, fixed=fixed_by(config))
     return built, quality, route
 
 
