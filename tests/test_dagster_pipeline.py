@@ -219,7 +219,7 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     assert retro["loss_curve"].startswith("![retro training loss](data:image/png;base64,iVBOR")
     assert trained["evaluation"].metadata["mlflow_run"].endswith(trained["evaluation"].metadata["mlflow_run_id"])
     assert "| factory | recall@10 |" in index_md["quality"] and index_md["dagster/row_count"] == n_chunks
-    lineage = {r.data["field"]: r.data["value"] for r in retro["lineage"].records}
+    lineage = {r["field"]: r["value"] for r in retro["lineage"]}  # tables come back as plain rows
     assert lineage["model"] == retro["model"] and lineage["retrieval_set.retrieval_set"] == "small_set"
     assert trained["retrofit_checkpoint"].metadata["trainable_parameters"] < \
         trained["retrofit_checkpoint"].metadata["total_parameters"]
