@@ -99,3 +99,17 @@ def test_streams_give_the_same_vectors_and_leave_the_callers_threads():
         assert torch.get_num_threads() == threads
     with pytest.raises(EmbedderError, match="streams 0: expected >= 1"):
         Embedder(streams=0)
+
+
+def test_a_model_trained_on_a_fast_set_records_that_set_s_space(ws, fast_set):
+    """The model's lineage names the space its neighbours were retrieved in (the set's), not the
+    home's default fp32 embedder's."""
+    from helpers import tiny_spec
+
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import train_model
+
+    fast = fast_set[0]
+    data = prepare_training(ws, tiny_spec(steps=2, retrieval_set=f"small_{fast.precision}"))
+    info = train_model(ws, data, "retro").info
+    assert info.embedding_space_id == fast.space.space_id != ws.embedder.space.space_id
