@@ -72,12 +72,17 @@ def choose_factory(n: int, dim: int, config: IndexConfig = IndexConfig()) -> str
     return f"IVF{nlist}_HNSW32,PQ{m}x4fs{MARKER}"
 
 
+def nlist_of(factory: str) -> int | None:
+    """The IVF list count a factory string names (None: not an IVF index)."""
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else None
+
+
 def _fit_nlist(factory: str, n_train: int, notes: list[str]) -> str:
     """Lower an IVF's nlist to what the training points support, or fall back to exact search."""
-    match = re.search(r"IVF(\d+)", factory)
-    if not match:
+    nlist = nlist_of(factory)
+    if nlist is None:
         return factory
-    nlist = int(match.group(1))
     supported = n_train // MIN_POINTS_PER_CENTROID
     if nlist <= supported:
         return factory
@@ -85,7 +90,7 @@ def _fit_nlist(factory: str, n_train: int, notes: list[str]) -> str:
         notes.append(f"{n_train} training vectors cannot train {factory}; using exact search")
         return "IDMap,Flat"
     notes.append(f"nlist lowered from {nlist} to {supported}: only {n_train} training vectors")
-    return factory.replace(match.group(0), f"IVF{supported}", 1)
+    return re.sub(r"IVF\d+", f"IVF{supported}", factory, count=1)
 
 
 def validate_vectors(vectors: np.ndarray, ids: np.ndarray, dim: int) -> np.ndarray:
@@ -108,10 +113,9 @@ def default_search_params(factory: str, config: IndexConfig) -> dict[str, int]:
     IVF-Flat; for the refined PQ index 64 lists and 64x re-ranking (a refine factor of 4 capped
     recall at 0.72-0.83 on 1M vectors whatever nprobe was)."""
     params: dict[str, int] = {}
-    match = re.search(r"IVF(\d+)", factory)
+    nlist = nlist_of(factory)
     refined = "RFlat" in factory or "Refine" in factory
-    if match:
-        nlist = int(match.group(1))
+    if nlist is not None:
         params["nprobe"] = config.nprobe or min(nlist, 64 if refined else max(8, nlist // 8))
     if "HNSW" in factory:
         params["quantizer_efSearch"] = config.ef_search or 2 * params.get("nprobe", 64)

@@ -11,12 +11,11 @@ for at that depth is measured at that depth.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import numpy as np
 
-from retro_ops.retrieval.index_build import BuiltIndex, apply_search_params
+from retro_ops.retrieval.index_build import BuiltIndex, apply_search_params, nlist_of
 from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
 
 MAX_DOUBLINGS = 2
@@ -29,8 +28,7 @@ def deeper(factory: str, params: dict[str, int], fixed: frozenset[str] = frozens
     if "k_factor_rf" in out and "k_factor_rf" not in fixed:
         out["k_factor_rf"] *= 2
     if "nprobe" in out and "nprobe" not in fixed:
-        nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else out["nprobe"]
-        out["nprobe"] = min(nlist, 2 * out["nprobe"])
+        out["nprobe"] = min(nlist_of(factory) or out["nprobe"], 2 * out["nprobe"])
     if "quantizer_efSearch" in out and "quantizer_efSearch" not in fixed:
         out["quantizer_efSearch"] = max(out["quantizer_efSearch"], 2 * out.get("nprobe", 0))
     return out if out != params else None
