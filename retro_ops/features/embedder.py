@@ -198,14 +198,11 @@ class Embedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = [order[start:start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
-        if self.streams > 1 and self._encoder is None and len(batches) > 1:
-            vectors = self._streams().map(lambda index: self._embed_batch([texts[i] for i in index]),
-                                          batches)
-            for index, batch_vectors in zip(batches, vectors):
-                out[index] = batch_vectors
-            return out
-        for index in batches:
-            out[index] = self._embed_batch([texts[i] for i in index])
+        parallel = self.streams > 1 and self._encoder is None and len(batches) > 1
+        run = self._streams().map if parallel else map
+        for index, vectors in zip(batches, run(lambda index: self._embed_batch([texts[i] for i in index]),
+                                               batches)):
+            out[index] = vectors
         return out
 
     def _streams(self) -> ThreadPoolExecutor:
