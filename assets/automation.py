@@ -32,16 +32,19 @@ AC = dg.AutomationCondition
 
 def automation_status() -> dg.DefaultSensorStatus:
     """RUNNING when automation was asked for where the code location loads (a switch, not a secret)."""
-    return dg.DefaultSensorStatus.RUNNING if _switch(AUTOMATION_ENV) else dg.DefaultSensorStatus.STOPPED
+    return dg.DefaultSensorStatus.RUNNING if switch(AUTOMATION_ENV) else dg.DefaultSensorStatus.STOPPED
 
 
-def _switch(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def switch(name: str, default: bool = False) -> bool:
+    """An on/off environment setting where the code location loads: 1/true/yes/on or
+    0/false/no/off; anything else (unset included) is `default`."""
+    raw = os.environ.get(name, "").strip().lower()
+    return True if raw in ("1", "true", "yes", "on") else False if raw in ("0", "false", "no", "off") else default
 
 
 def sharded_automation() -> bool:
     """Whether the scale-out assets carry automation conditions (RETRO_OPS_SHARDED_AUTOMATION)."""
-    return _switch(SHARDED_ENV)
+    return switch(SHARDED_ENV)
 
 
 def automation_interval() -> int:

@@ -5,11 +5,9 @@ to the same chunks, embeddings and index; they are in the location unless RETRO_
 where it loads (`retro-ops ui` sets that unless `--scale-out`, so that after `make demo` the UI
 shows the route the demo took, all of it materialized)."""
 
-import os
-
 import dagster as dg
 
-from assets.automation import automation_sensor
+from assets.automation import automation_sensor, switch
 from assets.evaluation import evaluation, swap_evaluation
 from assets.features import chunk_embeddings, chunks, documents
 from assets.governance import chunk_scores
@@ -54,8 +52,7 @@ SCALE_OUT_ENV = "RETRO_OPS_SCALE_OUT"
 
 def scale_out_assets() -> list:
     """The sharded route's assets, unless RETRO_OPS_SCALE_OUT says no (a switch, not a secret)."""
-    off = os.environ.get(SCALE_OUT_ENV, "").strip().lower() in ("0", "false", "no", "off")
-    return [] if off else SHARDED_ASSETS
+    return SHARDED_ASSETS if switch(SCALE_OUT_ENV, default=True) else []
 
 
 defs = dg.Definitions(assets=ALL_ASSETS + scale_out_assets(), asset_checks=DEDUP_CHECKS,
