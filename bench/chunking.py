@@ -15,9 +15,13 @@ pass of every row per round, so that a shared machine's load changes hit them al
   chunk_documents, 1 process / all processes
                    the same chunker call with workers=1 and workers=0 (documents sharded over one
                    process per core, #17), in this process's thread settings
+  chunk_tables, all processes
+                   the same chunks as Arrow tables built column-wise from the cut arrays (no
+                   Python object per chunk): what the pipeline writes
   end to end, 1 process / all processes
-                   read the corpus files, normalise and deduplicate, chunk, and write the chunks
-                   to a LanceDB table in a temporary folder (a fresh table each run)
+                   read the corpus files, normalise and deduplicate, chunk (chunk_tables), and
+                   write the chunks to a LanceDB table in a temporary folder (a fresh table each
+                   run), as features.pipeline.chunk_corpus does
 "cores busy" counts this process only; "CPU s, all" adds the worker processes' CPU time (read
 from /proc), and "tokens/CPU-s" = tokens / that total is the rate per busy core, which a shared
 machine disturbs far less than wall time (on an idle machine with every core busy it is the
@@ -92,6 +96,9 @@ def time_all(fn) -> tuple[Timing, float, Any]:
 
 def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[dict[str, Any]]:
     """The three timed rows in this process's thread settings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from retro_ops.features.chunking import Chunker
     from retro_ops.features.embedder import default_model_dir
 
@@ -108,6 +115,12 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
             return sum(len(c.token_ids) for c in chunks), len(chunks)
         return run
 
+    def tables(workers: int):
+        def run():
+            rows = [t for t in chunker.chunk_tables(docs, workers=workers)]
+            return sum(pc.sum(t.column("n_tokens")).as_py() for t in rows), sum(t.num_rows for t in rows)
+        return run
+
     def end_to_end(workers: int):
         import tempfile
 
@@ -116,17 +129,18 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
         def run():
             documents = [(f"{doc_id}/{r}", text) for r in range(args.repeat)
                          for doc_id, text in load_documents(args.corpora)]
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp:  # as features.pipeline.chunk_corpus writes
                 store, tokens, n = FeatureStore(tmp), 0, 0
                 batch: list = []
-                for c in chunker.chunk_documents(documents, workers=workers):
-                    batch.append(c)
-                    tokens, n = tokens + len(c.token_ids), n + 1
-                    if len(batch) >= 20_000:
-                        store.add_chunks(batch)
+                for table in chunker.chunk_tables(documents, workers=workers):
+                    batch.append(table)
+                    tokens += pc.sum(table.column("n_tokens")).as_py()
+                    n += table.num_rows
+                    if sum(t.num_rows for t in batch) >= 20_000:
+                        store.add_chunk_table(pa.concat_tables(batch))
                         batch = []
                 if batch:
-                    store.add_chunks(batch)
+                    store.add_chunk_table(pa.concat_tables(batch))
             return tokens, n
         return run
 
@@ -147,6 +161,7 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
                        ("chunker.tokenize only", tokenize_only),
                        ("chunk_documents, 1 process", chunk(1)),
                        ("chunk_documents, all processes", chunk(0)),
+                       ("chunk_tables, all processes", tables(0)),
                        ("end to end, 1 process", end_to_end(1)),
                        ("end to end, all processes", end_to_end(0)))
     best: dict[str, Any] = {}

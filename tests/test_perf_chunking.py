@@ -33,3 +33,25 @@ def test_default_all_cores_config_chunks_like_one_process():
     chunker = Chunker.from_model_dir(default_model_dir(), ChunkerConfig(workers=0))
     documents = _documents()[:3]
     assert list(chunker.chunk_documents(documents)) == list(chunker.chunk_documents(documents, workers=1))
+
+
+def test_chunk_tables_store_exactly_the_chunk_objects(tmp_path):
+    """The write path's Arrow tables (no object per chunk) store the very rows `add_chunks`
+    stores from `Chunk` objects: ids, token lists, spans, hashes, continuations and the
+    missing continuation of each last chunk; an empty document gives no row; sharded or not."""
+    import pyarrow as pa
+
+    from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA, FeatureStore
+
+    chunker = Chunker.from_model_dir(default_model_dir(), ChunkerConfig(batch_segments=4, segment_chars=3_000))
+    documents = _documents()[:12] + [("empty", ""), ("short", "Call me Ishmael.")]
+    objects, tables = FeatureStore(str(tmp_path / "objects")), FeatureStore(str(tmp_path / "tables"))
+    objects.add_chunks(list(chunker.chunk_documents(documents, workers=1)))
+    for workers in (1, 2):
+        written = tables.add_chunk_table(pa.concat_tables(chunker.chunk_tables(documents, workers=workers)))
+        assert written.inserted == (0 if workers == 2 else objects.table(CHUNKS, CHUNKS_SCHEMA).count_rows())
+
+    def rows(store):
+        return store.table(CHUNKS, CHUNKS_SCHEMA).to_arrow().sort_by("chunk_id")
+    assert rows(tables).equals(rows(objects)) and rows(tables).num_rows > 100
+    assert rows(tables).column("next_chunk_id").null_count == len(documents) - 1

@@ -61,17 +61,18 @@ def build_set(settings, space, barrier, results) -> None:
 
 
 def chunk_then_die(settings, corpus: str, after_documents: int) -> None:
-    """Chunk in blocks of 5 and die once `after_documents` documents are cut: the last block
-    flushed then ends inside a document."""
+    """Chunk in blocks of 5 and die after the first block that is stored once `after_documents`
+    documents are complete and that ends inside a document (progress comes after each block)."""
     from retro_ops.features import pipeline
     from retro_ops.features.chunking import Chunker
     from retro_ops.features.embedder import default_model_dir
 
+    catalog, store = _open(settings)
+
     def progress(done: int, total: int) -> None:
-        if done == after_documents:
+        if done >= after_documents and store.chunked_documents()[1]:
             _sigkill_self()
 
-    catalog, store = _open(settings)
     pipeline.chunk_corpus(catalog, store, Chunker.from_model_dir(default_model_dir()), corpus,
                           write_every=5, progress=progress)
 

@@ -29,10 +29,13 @@ from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from retro_ops.features import chunk_cut
 from retro_ops.features.chunk_cut import DocCut, split_segments
+from retro_ops.features.store import CHUNKS_SCHEMA
 from retro_ops.ids import content_hash, sha256_hex
 
 __all__ = ["Chunk", "Chunker", "ChunkerConfig", "load_tokenizer", "split_segments", "tokenizer_digest"]
@@ -152,19 +155,33 @@ class Chunker:
         """Chunks of (doc_id, text) pairs; a document shorter than m tokens gives one short chunk.
         workers: processes to shard batches over (None: the config's; 0: every core); the
         chunks and their order are the same for any number."""
+        for batch, cuts in self._cuts(documents, workers):
+            yield from self._chunks(batch, cuts)
+
+    def chunk_tables(self, documents: Iterable[tuple[str, str]], *,
+                     workers: int | None = None) -> Iterator[pa.Table]:
+        """The same chunks as `chunk_documents`, as Arrow tables in the feature store's chunk
+        schema, one per batch of documents: built column-wise from the cut arrays, with no Python
+        object per chunk or token (the write path's cost, #17)."""
+        for batch, cuts in self._cuts(documents, workers):
+            yield chunk_table(batch, cuts, self.config.chunk_tokens)
+
+    def _cuts(self, documents: Iterable[tuple[str, str]],
+              workers: int | None) -> Iterator[tuple[list[tuple[str, str]], list[DocCut]]]:
         workers = (self.config.workers if workers is None else workers) or os.cpu_count() or 1
         batches = self._batches(documents)
         first = next(batches, None)
         second = next(batches, None) if workers > 1 else None
         if second is None:  # one batch (or one worker): no processes to start
-            for batch in ([first] if first else []):
-                yield from self._chunk_batch(batch)
-            for batch in batches:
-                yield from self._chunk_batch(batch)
+            c = self.config
+            for batch in chain([first] if first else [], batches):
+                yield batch, chunk_cut.cut(self._plain, batch, c.chunk_tokens, c.segment_chars,
+                                           c.batch_segments)
             return
-        yield from self._chunk_parallel(chain([first, second], batches), workers)
+        yield from self._cut_parallel(chain([first, second], batches), workers)
 
-    def _chunk_parallel(self, batches: Iterable[list[tuple[str, str]]], workers: int) -> Iterator[Chunk]:
+    def _cut_parallel(self, batches: Iterable[list[tuple[str, str]]],
+                      workers: int) -> Iterator[tuple[list[tuple[str, str]], list[DocCut]]]:
         pool = _pool(self._serialized, self.config, workers)
         in_flight: deque[tuple[list[tuple[str, str]], Future]] = deque()
         task = max(1, self.config.batch_segments // (4 * workers))  # documents per task
@@ -175,18 +192,13 @@ class Chunker:
                     in_flight.append((part, pool.submit(chunk_cut.cut_in_worker, part)))
                     if len(in_flight) >= 4 * workers:  # bounded: a corpus is never read ahead
                         part, future = in_flight.popleft()
-                        yield from self._chunks(part, future.result())
+                        yield part, future.result()
             while in_flight:
                 part, future = in_flight.popleft()
-                yield from self._chunks(part, future.result())
+                yield part, future.result()
         except BrokenProcessPool:
             _drop_pool(pool)  # a worker died (killed, out of memory): the next call starts anew
             raise
-
-    def _chunk_batch(self, batch: list[tuple[str, str]]) -> Iterator[Chunk]:
-        c = self.config
-        yield from self._chunks(batch, chunk_cut.cut(self._plain, batch, c.chunk_tokens,
-                                                     c.segment_chars, c.batch_segments))
 
     def _chunks(self, batch: list[tuple[str, str]], cuts: list[DocCut]) -> Iterator[Chunk]:
         m = self.config.chunk_tokens
@@ -204,6 +216,31 @@ class Chunker:
                     char_end=end,
                     next_chunk_id=ids_of_chunks[position + 1] if position + 1 < n_chunks else None,
                 )
+
+
+def chunk_table(batch: Sequence[tuple[str, str]], cuts: Sequence[DocCut], m: int) -> pa.Table:
+    """The chunks of cut documents as one Arrow table in `CHUNKS_SCHEMA` (what `Chunk` objects
+    of the same documents would give `FeatureStore.add_chunks`)."""
+    n_of_doc = np.fromiter((len(c.chunk_ids) for c in cuts), dtype=np.int64, count=len(cuts))
+    chunk_ids = np.concatenate([c.chunk_ids for c in cuts])  # a batch holds >= 1 document
+    positions = np.concatenate([np.arange(n, dtype=np.int32) for n in n_of_doc])
+    spans = np.concatenate([c.spans for c in cuts])
+    tokens = np.concatenate([c.token_ids for c in cuts]).astype(np.int32)
+    n_tokens_of_doc = np.fromiter((len(c.token_ids) for c in cuts), dtype=np.int64, count=len(cuts))
+    # each chunk's first token in the flat array: its document's first + position * m
+    doc_first = np.repeat(np.cumsum(n_tokens_of_doc) - n_tokens_of_doc, n_of_doc)
+    offsets = np.append(doc_first + positions.astype(np.int64) * m, len(tokens)).astype(np.int32)
+    last = positions == np.repeat(n_of_doc - 1, n_of_doc)  # each document's last chunk
+    following = np.zeros_like(chunk_ids)
+    following[:-1] = chunk_ids[1:]  # the next row's id, masked where a document ends
+    texts = [text[start:end] for (_, text), cut in zip(batch, cuts) for start, end in cut.spans.tolist()]
+    return pa.table({
+        "chunk_id": chunk_ids, "doc_id": np.repeat(np.array([d for d, _ in batch], dtype=object), n_of_doc),
+        "position": positions, "content_hash": [content_hash(t) for t in texts],
+        "token_ids": pa.ListArray.from_arrays(offsets, tokens), "n_tokens": np.diff(offsets),
+        "text": texts, "char_start": spans[:, 0], "char_end": spans[:, 1],
+        "next_chunk_id": pa.array(following, mask=last),
+    }, schema=CHUNKS_SCHEMA)
 
 
 _pools: dict[tuple[str, ChunkerConfig, int, int], ProcessPoolExecutor] = {}

@@ -125,23 +125,29 @@ def chunk_corpus(
     complete, partial = store.chunked_documents()
     todo = sorted(set(doc_ids) - complete - catalog.purged_documents().keys())
     texts = store.document_texts(todo)
-    pending: list = []
+    pending: pa.Table | None = None
     inserted = new_tokens = short_docs = docs_done = 0
     lance_version = store.version(CHUNKS)
     progress(0, len(todo))
-    for chunk in chunker.chunk_documents((d, texts[d]) for d in todo):
-        pending.append(chunk)
-        new_tokens += len(chunk.token_ids)
-        if chunk.next_chunk_id is None:  # the document's last chunk
-            docs_done += 1
-            short_docs += chunk.position == 0 and len(chunk.token_ids) < chunker.config.chunk_tokens
-            progress(docs_done, len(todo))
-        if len(pending) >= write_every:
-            write = store.add_chunks(pending)
-            inserted, lance_version, pending = inserted + write.inserted, write.version, []
-    if pending:
-        write = store.add_chunks(pending)
+
+    def flush(rows: pa.Table) -> None:  # progress counts documents whose last chunk is stored
+        nonlocal inserted, lance_version, docs_done
+        write = store.add_chunk_table(rows)
         inserted, lance_version = inserted + write.inserted, write.version
+        docs_done += pc.sum(pc.is_null(rows.column("next_chunk_id"))).as_py() or 0
+        progress(docs_done, len(todo))
+
+    for table in chunker.chunk_tables((d, texts[d]) for d in todo):
+        n_tokens = table.column("n_tokens")
+        new_tokens += pc.sum(n_tokens).as_py() or 0
+        short_docs += pc.sum(pc.and_(pc.equal(table.column("position"), 0),
+                                     pc.less(n_tokens, chunker.config.chunk_tokens))).as_py() or 0
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        while pending.num_rows >= write_every:  # blocks of write_every chunks, as they come
+            flush(pending.slice(0, write_every))
+            pending = pending.slice(write_every)
+    if pending is not None and pending.num_rows:
+        flush(pending)
     progress(len(todo), len(todo))
     n_chunks = store.chunks_of_documents(doc_ids, ["chunk_id"]).num_rows
     seconds = time.perf_counter() - started

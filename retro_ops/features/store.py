@@ -223,7 +223,7 @@ class FeatureStore:
                                    columns).to_pylist()
 
     def add_chunks(self, chunks: Sequence[Chunk]) -> TableWrite:
-        rows = pa.table({
+        return self.add_chunk_table(pa.table({
             "chunk_id": [c.chunk_id for c in chunks], "doc_id": [c.doc_id for c in chunks],
             "position": [c.position for c in chunks],
             "content_hash": [c.content_hash for c in chunks],
@@ -231,7 +231,10 @@ class FeatureStore:
             "n_tokens": [len(c.token_ids) for c in chunks], "text": [c.text for c in chunks],
             "char_start": [c.char_start for c in chunks], "char_end": [c.char_end for c in chunks],
             "next_chunk_id": [c.next_chunk_id for c in chunks],
-        }, schema=CHUNKS_SCHEMA)
+        }, schema=CHUNKS_SCHEMA))
+
+    def add_chunk_table(self, rows: pa.Table) -> TableWrite:
+        """Chunks as `Chunker.chunk_tables` gives them (CHUNKS_SCHEMA), each id once."""
         return self._insert_new(CHUNKS, CHUNKS_SCHEMA, "chunk_id", rows)
 
     def chunks_of_documents(self, doc_ids: Sequence[str], columns: list[str] | None = None,
