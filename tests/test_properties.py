@@ -184,3 +184,31 @@ def test_approximate_recall_within_the_stated_bound(seed: int, n: int, dim: int,
     if built.factory == "IDMap,Flat":
         assert quality.recall_at_k == 1.0
     assert quality.recall_at_k >= bound, (built.factory, built.search_params, quality.recall_at_k)
+
+
+# the characters where BERT's normalizer does more than lower-case: controls it drops (\x0b, \x0c,
+# \x85, format characters), accents it strips, CJK it pads, 'İ' whose lower case is two characters
+tricky = st.sampled_from("\x00\x01\x0b\x0c\x1f\x7f\x85\u200b\u00ad\ufeffé\u0301Åİſﬁæœ东京\u3000\u2028\u00a0’“—ß")
+ascii_word = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzWHALE'-"), min_size=1, max_size=10)
+plain_run = st.lists(st.one_of(ascii_word, st.sampled_from([" ", "\n", "\t", ". "])), max_size=30).map("".join)
+mixed_text = st.one_of(  # one tricky character inside a word or between words, or several anywhere
+    st.tuples(plain_run, tricky, plain_run).map("".join),
+    st.tuples(plain_run, ascii_word, tricky, ascii_word, plain_run).map("".join),
+    st.lists(st.one_of(short_word, tricky, st.sampled_from([" ", "\n"])), max_size=60).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=mixed_text)
+def test_the_lowercase_lane_tokenizes_exactly_as_bert(chunker: Chunker, text: str):
+    """The chunker's fast lane (a lower-case-only copy of the tokenizer) takes exactly the texts
+    where it gives BERT's own ids and offsets; the others go through BERT's normalizer."""
+    from retro_ops.features.chunk_cut import lowercase_is_enough
+
+    both = chunker._plain
+    assert both.lane is not None
+    full = both.full.encode(text, add_special_tokens=False)
+    if lowercase_is_enough(text):
+        lane = both.lane.encode(text, add_special_tokens=False)
+        assert (lane.ids, lane.offsets) == (full.ids, full.offsets)
+    [routed] = both.encode([text])
+    assert (routed.ids, routed.offsets) == (full.ids, full.offsets)
