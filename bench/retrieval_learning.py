@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
                                                         "(default: the training set)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cca-start-layer", type=int, default=0,
+                        help="first CCA layer of RETRO (0: the demo model's own)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
@@ -82,6 +84,8 @@ def main() -> None:
     ws = Workspace.open(Settings(home=args.home))
     data = prepare_training(ws, TrainingSpec(corpus=args.corpus, retrieval_set=args.retrieval_set))
     config, vocab, m = model_config("retro", data), data.vocab, data.spec.model.chunk_size
+    if args.cca_start_layer:
+        config = replace(config, cca_start_layer=args.cca_start_layer)
     base_config = model_config("baseline", data)
     unk_id = int(vocab.encode(np.array([UNK]))[0])
     chunker = Chunker(ws.embedder.tokenizer)
