@@ -45,6 +45,16 @@ EVALUATION_ASSET = dict(partitions_def=training_spec_partitions, group_name=EVAL
                         owners=owners(EVALUATION), kinds={"pytorch", "mlflow"}, code_version="1")
 
 
+def _report_metadata(report) -> dict:
+    """What both evaluation assets show: the bpb table, its rows, and the paired differences with
+    their intervals (as a table for the UI and as rows the CLI prints)."""
+    return {"bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
+            "rows": dg.MetadataValue.json(report.table()),
+            "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
+            "comparisons": dg.MetadataValue.json(report.comparison_table()),
+            "leaky_share": round(report.leaky_share, 4)}
+
+
 def _run_link(ws, run_id: str | None) -> dict:
     return {"mlflow_run": dg.MetadataValue.url(mlflow_run_url(Tracking(ws.settings), run_id))} if run_id else {}
 
@@ -66,12 +76,9 @@ def evaluation(context: dg.AssetExecutionContext, workspace: WorkspaceResource) 
     best = {r.setting + r.kind: r.bits_per_byte for r in report.rows}
     return dg.MaterializeResult(metadata={
         "text": report.text, "documents": len(text.doc_ids), "mlflow_run_id": report.mlflow_run_id,
-        "bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
         "bpb_baseline": round(best["no retrievalbaseline"], 4),
         "bpb_retro_with_retrieval": round(best[f"set {spec.retrieval_set}retro"], 4),
-        "rows": dg.MetadataValue.json(report.table()), **_run_link(ws, report.mlflow_run_id),
-        "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
-        "leaky_share": round(report.leaky_share, 4),
+        **_report_metadata(report), **_run_link(ws, report.mlflow_run_id),
     })
 
 
@@ -102,11 +109,7 @@ def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationCon
                              k=info.config["n_neighbours"], dagster_run_id=context.run.run_id)
     return dg.MaterializeResult(metadata={
         "text": report.text, "documents": len(text.doc_ids), "model": info.ref,
-        "mlflow_run_id": report.mlflow_run_id, "bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
-        "rows": dg.MetadataValue.json(report.table()),
-        **_run_link(ws, report.mlflow_run_id),
-        "intervals": dg.MetadataValue.md(_intervals_markdown(report.comparisons)),
-        "leaky_share": round(report.leaky_share, 4),
+        "mlflow_run_id": report.mlflow_run_id, **_report_metadata(report), **_run_link(ws, report.mlflow_run_id),
         **{f"bpb_{'baseline_' if r.kind == 'baseline' else ''}{r.setting.replace(' ', '_')}":
            round(r.bits_per_byte, 4) for r in report.rows},
     })

@@ -14,7 +14,9 @@ baseline, and RETRO with retrieval minus RETRO without, each with its interval, 
 chunks and over the chunks with alpha <= 12.5% (those that can copy little). With `--swap-on
 CORPUS` the models are also evaluated on that corpus's held-out text with each of `--swap-sets`
 (the zero-shot swap), with the baseline's row and the interval of each set against the first.
-The summary gives mean and sample standard deviation across seeds. Runs on `--device`.
+With `--retrofit` each seed's baseline is also RETROfitted (its decoder frozen, only the encoder and
+CCA train, as the demo's `retrofit_checkpoint`) and compared with that baseline. The summary gives
+mean and sample standard deviation across seeds. Runs on `--device`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
                                                         "(default: the training set)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--retrofit", action="store_true",
+                        help="also RETROfit each seed's baseline (frozen decoder, only the encoder "
+                             "and CCA train, the demo's `retrofit_checkpoint`) and compare it")
     parser.add_argument("--cca-start-layer", type=int, default=0,
                         help="first CCA layer of RETRO (0: the demo model's own)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
@@ -109,13 +114,18 @@ def main() -> None:
     log(f"{len(data.train_table)} train / {len(data.heldout_table)} held-out chunks of {args.corpus}, "
         f"neighbours from {args.retrieval_set}; alpha>50% share {buckets.leaky_share:.3f}; device {device}")
 
-    def fit(cfg, share, steps, seed, with_neighbours):
+    def fit(cfg, share, steps, seed, with_neighbours, decoder_of=None):
+        """decoder_of: a trained baseline to RETROfit (its decoder loaded and frozen)."""
         tc = TrainConfig(steps=steps, batch_size=args.batch_size, seed=seed, checkpoint_every=steps,
                          self_neighbours=share, warmup_steps=max(1, steps // 10))  # as the demo
         inputs = training_data(replace(data, spec=replace(data.spec, train=tc)), with_neighbours)
-        model = seeded_model(cfg, seed).to(device)
+        model = seeded_model(cfg, seed)
+        if decoder_of is not None:  # as training.trainer.retrofit_model, from memory
+            model.load_state_dict(decoder_of.state_dict(), strict=False)
+        model = model.to(device)
+        trainable = model.retrieval_parameters() if decoder_of is not None else None
         with tempfile.TemporaryDirectory() as tmp:
-            seconds = train(model, inputs, Path(tmp) / "model", tc).seconds
+            seconds = train(model, inputs, Path(tmp) / "model", tc, trainable=trainable).seconds
         return model, seconds
 
     def score(model, seq, n_bytes, with_data):
@@ -146,6 +156,15 @@ def main() -> None:
                     row[f"vs_baseline_{key}_ci"] = f"[{vs_base.low:+.4f}, {vs_base.high:+.4f}]"
                     row[f"vs_none_{key}"] = vs_none.difference
                     row[f"vs_none_{key}_ci"] = f"[{vs_none.low:+.4f}, {vs_none.high:+.4f}]"
+                if args.retrofit:
+                    retrofit, fit_s = fit(config, share, steps, seed, True, decoder_of=baseline)
+                    f_real = score(retrofit, seqs, sizes, heldout)
+                    row["train_s"] += fit_s
+                    row["bpb_retrofit_real"] = f_real.bits_per_byte()
+                    for label, key in (("all", "all"), ("alpha<=12.5%", "low")):
+                        iv = diff(f_real, b_none, buckets.rows[label], seed)
+                        row[f"retrofit_vs_baseline_{key}"] = iv.difference
+                        row[f"retrofit_vs_baseline_{key}_ci"] = f"[{iv.low:+.4f}, {iv.high:+.4f}]"
                 rows.append(row)
                 log(f"seed={seed} steps={steps} share={share}: " + ", ".join(
                     f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -176,9 +195,11 @@ def main() -> None:
         for steps in args.steps:
             group = [r for r in rows if r["share"] == share and r["steps"] == steps]
             entry = {"share": share, "steps": steps, "seeds": len(group)}
-            for key in ("bpb_baseline", "bpb_retro_real", "vs_baseline_all", "vs_baseline_low", "vs_none_all"):
+            keys = ["bpb_baseline", "bpb_retro_real", "vs_baseline_all", "vs_baseline_low", "vs_none_all"]
+            keys += ["bpb_retrofit_real", "retrofit_vs_baseline_all"] if args.retrofit else []
+            for key in keys:
                 mean, spread = mean_and_spread([r[key] for r in group])
-                entry[key] = f"{mean:+.4f} ± {spread:.4f}" if key.startswith("vs") else f"{mean:.4f} ± {spread:.4f}"
+                entry[key] = f"{mean:+.4f} ± {spread:.4f}" if "vs_" in key else f"{mean:.4f} ± {spread:.4f}"
             summary.append(entry)
     f4, d4 = "{:.4f}", "{:+.4f}"
     per_seed = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
@@ -189,11 +210,20 @@ def main() -> None:
                 Column("vs_baseline_low", "RETRO - baseline, alpha<=12.5%", d4),
                 Column("vs_baseline_low_ci", "95% CI"),
                 Column("vs_none_all", "retrieval - none", d4), Column("vs_none_all_ci", "95% CI")]
+    if args.retrofit:
+        per_seed += [Column("bpb_retrofit_real", "RETROfit, retrieval", f4),
+                     Column("retrofit_vs_baseline_all", "RETROfit - baseline", d4),
+                     Column("retrofit_vs_baseline_all_ci", "95% CI"),
+                     Column("retrofit_vs_baseline_low", "RETROfit - baseline, alpha<=12.5%", d4),
+                     Column("retrofit_vs_baseline_low_ci", "95% CI")]
     summary_cols = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
                     Column("seeds", "seeds"), Column("bpb_baseline", "baseline bpb"),
                     Column("bpb_retro_real", "RETRO bpb, retrieval"), Column("vs_baseline_all", "RETRO - baseline"),
                     Column("vs_baseline_low", "RETRO - baseline, alpha<=12.5%"),
                     Column("vs_none_all", "retrieval - none")]
+    if args.retrofit:
+        summary_cols += [Column("bpb_retrofit_real", "RETROfit bpb, retrieval"),
+                         Column("retrofit_vs_baseline_all", "RETROfit - baseline")]
     tables = [("per seed (held-out " + args.corpus + ")", per_seed, rows),
               ("mean ± sd across seeds", summary_cols, summary)]
     if swap_rows:
