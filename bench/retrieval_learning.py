@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--retrofit", action="store_true",
                         help="also RETROfit each seed's baseline (frozen decoder, only the encoder "
                              "and CCA train, the demo's `retrofit_checkpoint`) and compare it")
+    parser.add_argument("--retrofit-steps", type=int, default=0,
+                        help="steps of each RETROfit (0: the same as its baseline's)")
     parser.add_argument("--cca-start-layer", type=int, default=0,
                         help="first CCA layer of RETRO (0: the demo model's own)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
@@ -157,7 +159,8 @@ def main() -> None:
                     row[f"vs_none_{key}"] = vs_none.difference
                     row[f"vs_none_{key}_ci"] = f"[{vs_none.low:+.4f}, {vs_none.high:+.4f}]"
                 if args.retrofit:
-                    retrofit, fit_s = fit(config, share, steps, seed, True, decoder_of=baseline)
+                    retrofit, fit_s = fit(config, share, args.retrofit_steps or steps, seed, True,
+                                          decoder_of=baseline)
                     f_real = score(retrofit, seqs, sizes, heldout)
                     row["train_s"] += fit_s
                     row["bpb_retrofit_real"] = f_real.bits_per_byte()
@@ -237,6 +240,7 @@ def main() -> None:
     report_tables("retrieval_learning", tables,
                   {"device": device, "corpus": args.corpus, "retrieval_set": args.retrieval_set,
                    "swap_on": args.swap_on, "batch_size": args.batch_size, "seeds": args.seeds,
+                   "retrofit_steps": args.retrofit_steps, "cca_start_layer": args.cca_start_layer,
                    "alpha_over_half_share": buckets.leaky_share, **environment()})
 
 

@@ -22,12 +22,16 @@ def print_eval_rows(rows: list[dict], title: str) -> None:
 
 
 def print_comparisons(rows: list[dict]) -> None:
-    """Differences in bpb (a - b; negative: a is better) with their 95% paired bootstrap interval."""
-    if not rows:
+    """Differences in bpb (a - b; negative: a is better) with their 95% paired bootstrap interval.
+    Pairs that score identically (RETROfit without retrieval is its baseline) are left out."""
+    shown = [c for c in rows if not (c["difference"] == c["low"] == c["high"] == 0)]
+    if not shown:
         return
+    omitted = len(rows) - len(shown)
     table = Table("a", "b", "bucket", "bpb a - b", "95% interval", "chunks",
-                  title="paired differences (negative: a is better)")
-    for c in rows:
+                  title="paired differences (negative: a is better)",
+                  caption=f"{omitted} identical pairs not shown" if omitted else None)
+    for c in shown:
         table.add_row(c["a"], c["b"], c["bucket"], f"{c['difference']:+.4f}",
                       f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["chunks"]))
     out.print(table)
