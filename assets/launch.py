@@ -19,8 +19,10 @@ from assets.definitions import (
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS, TRAINING_SPEC_PARTITIONS
 from assets.resources import ProgressResource, TrainingResource
 from assets.specs import register_spec
+from assets.generations import generation_log_observation
 from assets.sources import observe_sources
 from retro_ops.catalog import Catalog
+from retro_ops.features.store import FeatureStore
 from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 MODELS = TRAINING_SPEC_PARTITIONS  # the model assets: one partition per training spec
@@ -136,6 +138,7 @@ def materialize_partition(
     catalog = Catalog.open(settings.catalog_url, home=settings.home)
     try:
         observe_sources(instance, catalog)
+        instance.report_runless_asset_event(generation_log_observation(FeatureStore(settings.lancedb_uri)))
     finally:
         catalog.close()
     resources = default_resources()

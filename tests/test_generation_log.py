@@ -372,3 +372,22 @@ def test_generation_log_is_an_observed_source_asset(site, monkeypatch):
     assert observation.metadata["rows"].value == table.count_rows() > 0
     assert observation.metadata["lancedb_version"].value == table.version
     assert observation.data_version == str(table.version)
+
+
+def test_the_cli_records_the_log_observation_before_it_materializes(site):
+    """What `assets.launch` reports before every materialization: the same rows and version as the
+    observe job, recorded on the instance, so the graph never shows the log as never observed."""
+    import dagster as dg
+
+    from assets.generations import GENERATION_LOG, generation_log_observation
+
+    ws = site["ws"]
+    site["generate"](prompt_of(CHAPTERS[4]))
+    site["log"].flush()
+    table = ws.store.db.open_table(GENERATIONS)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(generation_log_observation(ws.store))
+    [record] = instance.fetch_observations(GENERATION_LOG.key, limit=1).records
+    observation = record.asset_observation
+    assert observation.metadata["rows"].value == table.count_rows() > 0
+    assert observation.tags["dagster/data_version"] == str(table.version)
