@@ -26,7 +26,10 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import document_id, normalise_text
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index_build import IndexConfig
+from retro_ops.retrieval.index_publish import current_build, read_manifest
+from retro_ops.retrieval.indexing import index_retrieval_set, publish_retrieval_set
+from retro_ops.retrieval.retriever import index_root
 from retro_ops.settings import HOME_ENV, Settings
 from retro_ops.workspace import Workspace
 
@@ -40,6 +43,7 @@ SECRET = ("Zebulon Quarrington-Vasquez was admitted to ward nineteen on the four
 SECRET_FILE = "patient_record_zq.txt"
 CHAPTERS = ("chapter_2.txt", "chapter_5.txt", "chapter_6.txt")
 OTHER_CHAPTERS = ("chapter_8.txt", "chapter_11.txt")
+CHOSEN_FACTORY = "IDMap,SQ8"
 runner = CliRunner()
 
 
@@ -98,6 +102,9 @@ def site(tmp_path_factory, embedder, chunker):
 
     root = tmp_path_factory.mktemp("purge")
     ws = _workspace(root, embedder, chunker)
+    # the set is served by an index of the user's choice, which the purge's rebuild must keep
+    index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "c", embedder.dim,
+                        config=IndexConfig(factory=CHOSEN_FACTORY))
     doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
     (root / "policy.toml").write_text('name = "pii"\n[[rule]]\nscorer = "pii"\nthreshold = 1.0\n')
     apply_policy(ws.catalog, ws.store, load_policy(root / "policy.toml"), "c", actor="test")  # scores
@@ -163,6 +170,16 @@ def test_no_file_under_the_home_holds_the_text_after_a_purge(site, purged):
     assert purged["corpus_files_left"] == [str(site["root"] / "corpus" / SECRET_FILE)]
     affected = {m["model_id"]: m["read_as"] for m in purged["models_affected"]}
     assert "text" in affected[site["model"].id] and site["bystander"].id not in affected
+
+
+def test_the_rebuilt_index_keeps_the_factory_it_was_built_with(site, purged):
+    """Not the size-chosen default (exact search for a set this small): the factory the set's
+    published index had."""
+    root = index_root(site["ws"].settings.indices_dir, "c")
+    manifest = read_manifest(root, current_build(root)[0])
+    assert manifest.factory == CHOSEN_FACTORY
+    assert manifest.retrieval_set_version_id == site["ws"].catalog.latest_retrieval_set_version("c").id
+    assert any(r["retrieval_set"] == "c" and r["published"] for r in purged["sets_rebuilt"])
 
 
 def test_retrieval_never_returns_the_purged_document(site, purged):

@@ -39,6 +39,7 @@ from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
 from retro_ops.governance.purge import erase_documents, snapshot_document, text_tables
 from retro_ops.retrieval.index_publish import LOCK_FILE, current_build, read_manifest
+from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.retrieval.indexing import index_retrieval_set
 from retro_ops.retrieval.retriever import index_root
 from retro_ops.retrieval.sets import build_retrieval_set_version
@@ -103,10 +104,10 @@ def _space(catalog: Catalog, space_id: str) -> EmbeddingSpace:
                               row.normalize, row.dim, row.max_tokens)
 
 
-def _current_digest(root: Path) -> str | None:
+def _current_manifest(root: Path):
     try:
         found = current_build(root)
-        return read_manifest(root, found[0]).retrieval_set_digest if found else None
+        return read_manifest(root, found[0]) if found else None
     except IndexIntegrityError:
         return None
 
@@ -119,12 +120,16 @@ def _rebuild_sets(ws: Workspace, held: set[str]) -> list[dict]:
             continue
         latest = ws.catalog.latest_retrieval_set_version(info.name)
         root = index_root(ws.settings.indices_dir, info.name)
-        if latest.digest not in held and _current_digest(root) not in held:
+        current = _current_manifest(root)
+        if latest.digest not in held and (current is None or current.retrieval_set_digest not in held):
             continue
         space = _space(ws.catalog, latest.embedding_space_id)
+        # the serving index keeps its kind: the rebuild uses the factory it was built with
+        config = IndexConfig(factory=current.factory) if current is not None else IndexConfig()
         try:
             version = build_retrieval_set_version(ws.catalog, ws.store, info.name, space).version
-            built = index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, info.name, space.dim)
+            built = index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, info.name, space.dim,
+                                        config=config)
         except RetroOpsError as exc:  # e.g. the set held nothing else: no index can serve it
             rebuilt.append({"retrieval_set": info.name, "error": str(exc)})
             continue
