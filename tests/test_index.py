@@ -180,6 +180,23 @@ def test_the_at_scale_factory_builds_with_chunk_ids(indexed_home, built):
     assert list(found[:, 0]) == list(ids[:5])
 
 
+def test_a_chosen_graph_index_gets_its_own_search_depth(indexed_home, built):
+    """`IDMap,HNSW16` (the graph is the index, no IVF): its depth is `efSearch`, which the recall
+    gate may deepen unless the config fixed it (it used to set `quantizer_efSearch` and fail)."""
+    from retro_ops.retrieval.index_tuning import deeper, fixed_by
+
+    _, _, store = indexed_home
+    ids, vectors = retrieval_set_vectors(store, built[0], 384)
+    graph = build_index(vectors, ids, IndexConfig(factory="IDMap,HNSW16"))
+    assert graph.search_params == {"efSearch": 64} and graph.index.ntotal == len(ids)
+    _, found = graph.index.search(vectors[:5], 1)
+    assert list(found[:, 0]) == list(ids[:5])
+    assert deeper(graph.factory, graph.search_params) == {"efSearch": 128}
+    fixed = IndexConfig(factory="IDMap,HNSW16", ef_search=40)
+    assert build_index(vectors, ids, fixed).search_params == {"efSearch": 40}
+    assert deeper("IDMap,HNSW16", {"efSearch": 40}, fixed_by(fixed)) is None
+
+
 def test_unchanged_set_gets_no_new_version_and_exclusions_are_never_retrieved(
         indexed_home, embedder, built):
     settings, catalog, store = indexed_home

@@ -117,8 +117,10 @@ def default_search_params(factory: str, config: IndexConfig) -> dict[str, int]:
     refined = "RFlat" in factory or "Refine" in factory
     if nlist is not None:
         params["nprobe"] = config.nprobe or min(nlist, 64 if refined else max(8, nlist // 8))
-    if "HNSW" in factory:
-        params["quantizer_efSearch"] = config.ef_search or 2 * params.get("nprobe", 64)
+    if "HNSW" in factory and nlist is not None:  # an IVF whose coarse quantizer is a graph
+        params["quantizer_efSearch"] = config.ef_search or 2 * params["nprobe"]
+    elif "HNSW" in factory:  # the graph is the index
+        params["efSearch"] = config.ef_search or 64
     if refined:
         params["k_factor_rf"] = 64
     return params

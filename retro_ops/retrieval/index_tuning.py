@@ -31,6 +31,8 @@ def deeper(factory: str, params: dict[str, int], fixed: frozenset[str] = frozens
         out["nprobe"] = min(nlist_of(factory) or out["nprobe"], 2 * out["nprobe"])
     if "quantizer_efSearch" in out and "quantizer_efSearch" not in fixed:
         out["quantizer_efSearch"] = max(out["quantizer_efSearch"], 2 * out.get("nprobe", 0))
+    if "efSearch" in out and "efSearch" not in fixed:
+        out["efSearch"] *= 2
     return out if out != params else None
 
 
@@ -57,5 +59,5 @@ def tune_to_recall(built: BuiltIndex, vectors: np.ndarray, ids: np.ndarray, *, m
 
 def fixed_by(config) -> frozenset[str]:
     """The search settings an IndexConfig fixes (the rest are the defaults, free to deepen)."""
-    return frozenset(name for name, value in (("nprobe", config.nprobe), ("quantizer_efSearch", config.ef_search))
-                     if value)
+    return frozenset(name for name, value in (("nprobe", config.nprobe), ("quantizer_efSearch", config.ef_search),
+                                              ("efSearch", config.ef_search)) if value)
