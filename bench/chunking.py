@@ -96,7 +96,6 @@ def time_all(fn) -> tuple[Timing, float, Any]:
 
 def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[dict[str, Any]]:
     """The three timed rows in this process's thread settings."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from retro_ops.features.chunking import Chunker
@@ -117,13 +116,14 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
 
     def tables(workers: int):
         def run():
-            rows = [t for t in chunker.chunk_tables(docs, workers=workers)]
+            rows = list(chunker.chunk_tables(docs, workers=workers))
             return sum(pc.sum(t.column("n_tokens")).as_py() for t in rows), sum(t.num_rows for t in rows)
         return run
 
     def end_to_end(workers: int):
         import tempfile
 
+        from retro_ops.features.pipeline import row_blocks
         from retro_ops.features.store import FeatureStore
 
         def run():
@@ -131,16 +131,10 @@ def measure(args: argparse.Namespace, cores_avail: int, env_label: str) -> list[
                          for doc_id, text in load_documents(args.corpora)]
             with tempfile.TemporaryDirectory() as tmp:  # as features.pipeline.chunk_corpus writes
                 store, tokens, n = FeatureStore(tmp), 0, 0
-                batch: list = []
-                for table in chunker.chunk_tables(documents, workers=workers):
-                    batch.append(table)
-                    tokens += pc.sum(table.column("n_tokens")).as_py()
-                    n += table.num_rows
-                    if sum(t.num_rows for t in batch) >= 20_000:
-                        store.add_chunk_table(pa.concat_tables(batch))
-                        batch = []
-                if batch:
-                    store.add_chunk_table(pa.concat_tables(batch))
+                for rows in row_blocks(chunker.chunk_tables(documents, workers=workers), 20_000):
+                    store.add_chunk_table(rows)
+                    tokens += pc.sum(rows.column("n_tokens")).as_py()
+                    n += rows.num_rows
             return tokens, n
         return run
 

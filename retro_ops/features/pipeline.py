@@ -16,7 +16,7 @@ the purge, and its document is never re-chunked from what a purge left behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -125,29 +125,18 @@ def chunk_corpus(
     complete, partial = store.chunked_documents()
     todo = sorted(set(doc_ids) - complete - catalog.purged_documents().keys())
     texts = store.document_texts(todo)
-    pending: pa.Table | None = None
     inserted = new_tokens = short_docs = docs_done = 0
     lance_version = store.version(CHUNKS)
     progress(0, len(todo))
-
-    def flush(rows: pa.Table) -> None:  # progress counts documents whose last chunk is stored
-        nonlocal inserted, lance_version, docs_done
+    for rows in row_blocks(chunker.chunk_tables((d, texts[d]) for d in todo), write_every):
         write = store.add_chunk_table(rows)
         inserted, lance_version = inserted + write.inserted, write.version
-        docs_done += pc.sum(pc.is_null(rows.column("next_chunk_id"))).as_py() or 0
-        progress(docs_done, len(todo))
-
-    for table in chunker.chunk_tables((d, texts[d]) for d in todo):
-        n_tokens = table.column("n_tokens")
+        n_tokens = rows.column("n_tokens")
         new_tokens += pc.sum(n_tokens).as_py() or 0
-        short_docs += pc.sum(pc.and_(pc.equal(table.column("position"), 0),
+        short_docs += pc.sum(pc.and_(pc.equal(rows.column("position"), 0),
                                      pc.less(n_tokens, chunker.config.chunk_tokens))).as_py() or 0
-        pending = table if pending is None else pa.concat_tables([pending, table])
-        while pending.num_rows >= write_every:  # blocks of write_every chunks, as they come
-            flush(pending.slice(0, write_every))
-            pending = pending.slice(write_every)
-    if pending is not None and pending.num_rows:
-        flush(pending)
+        docs_done += pc.sum(pc.is_null(rows.column("next_chunk_id"))).as_py() or 0  # last chunks stored
+        progress(docs_done, len(todo))
     progress(len(todo), len(todo))
     n_chunks = store.chunks_of_documents(doc_ids, ["chunk_id"]).num_rows
     seconds = time.perf_counter() - started
@@ -158,6 +147,19 @@ def chunk_corpus(
     return ChunksResult(version, n_chunks, inserted, len(todo), new_tokens, int(short_docs),
                         TableWrite(CHUNKS, inserted, lance_version), seconds, data_version,
                         resumed_documents=len(partial.intersection(todo)))
+
+
+def row_blocks(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of a stream of tables re-cut, as they come, into blocks of exactly `rows` (the
+    last one shorter): what a crash can lose is bounded by the block, whatever the batching."""
+    pending: pa.Table | None = None
+    for table in tables:
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        while pending.num_rows >= rows:
+            yield pending.slice(0, rows)
+            pending = pending.slice(rows)
+    if pending is not None and pending.num_rows:
+        yield pending
 
 
 def embed_corpus(
