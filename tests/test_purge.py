@@ -178,6 +178,7 @@ def test_the_rebuilt_index_keeps_the_factory_it_was_built_with(site, purged):
     root = index_root(site["ws"].settings.indices_dir, "c")
     manifest = read_manifest(root, current_build(root)[0])
     assert manifest.factory == CHOSEN_FACTORY
+    assert manifest.route == "incremental"  # same config, same build key: the purged ids removed
     assert manifest.retrieval_set_version_id == site["ws"].catalog.latest_retrieval_set_version("c").id
     assert any(r["retrieval_set"] == "c" and r["published"] for r in purged["sets_rebuilt"])
 
@@ -277,6 +278,23 @@ def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, p
     assert [p.status for p in ws.catalog.purges()] == ["done"]
     assert purge_documents(ws, [doc_id], reason="again", actor="dpo").purges == [
         {"id": pending.id, "doc_id": doc_id, "status": "done"}]  # purging twice: a no-op
+
+
+def test_a_purge_of_a_default_index_removes_ids_instead_of_rebuilding(pristine, tmp_path):
+    """The rebuild passes the config the published build recorded (here the default), so its
+    build key matches and the cheap route applies; a different config would force a full build."""
+    from dataclasses import asdict
+
+    from retro_ops.erasure.purge import purge_documents
+
+    root = tmp_path / "copy"
+    shutil.copytree(pristine, root)
+    ws = Workspace.open(Settings(home=root / "home"))
+    doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
+    purge_documents(ws, [doc_id], reason="erasure request 19", actor="dpo")
+    index = index_root(ws.settings.indices_dir, "c")
+    manifest = read_manifest(index, current_build(index)[0])
+    assert manifest.config == asdict(IndexConfig()) and manifest.route == "incremental", manifest.notes
 
 
 def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:

@@ -124,8 +124,9 @@ def _rebuild_sets(ws: Workspace, held: set[str]) -> list[dict]:
         if latest.digest not in held and (current is None or current.retrieval_set_digest not in held):
             continue
         space = _space(ws.catalog, latest.embedding_space_id)
-        # the serving index keeps its kind: the rebuild uses the factory it was built with
-        config = IndexConfig(factory=current.factory) if current is not None else IndexConfig()
+        # the rebuild uses the config the serving index was built with: its kind stays, and the
+        # same build key lets the cheap route (remove the purged ids) apply
+        config = IndexConfig(**current.config) if current is not None and current.config else IndexConfig()
         try:
             version = build_retrieval_set_version(ws.catalog, ws.store, info.name, space).version
             built = index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, info.name, space.dim,

@@ -76,6 +76,7 @@ class IndexManifest:
     route: str = "full"  # "incremental": the previous build minus removed ids (notes say why)
     full_build_ntotal: int = 0  # size of the last full build this descends from (0: this one)
     extra_files: dict = field(default_factory=dict)  # file name -> sha256 (disk-refine sidecars)
+    config: dict = field(default_factory=dict)  # the IndexConfig it was built with ({}: older builds)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -147,7 +147,7 @@ def index_retrieval_set(
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
         notes=[*built.notes, route.note()], build_key=key, route=route.name,
         full_build_ntotal=route.full_build_ntotal,
-        extra_files={name: npy_sha256(array) for name, array in extra.items()},
+        extra_files={name: npy_sha256(array) for name, array in extra.items()}, config=asdict(config),
     )
     build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
                                              run_id=run_id, min_recall=min_recall, extra=extra,
