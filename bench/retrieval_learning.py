@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
+    if args.retrofit_steps < 0 or args.cca_start_layer < 0:
+        parser.error("--retrofit-steps and --cca-start-layer take 0 (the default) or a positive number")
+    if args.retrofit_steps and not args.retrofit:
+        parser.error("--retrofit-steps needs --retrofit")
     if len(args.seeds) < 3:
         log("fewer than 3 seeds: the spread across seeds means little")
 
