@@ -8,7 +8,7 @@ training neighbours that never come from a held-out document or a near-duplicate
 neighbours from the set minus the chunk's own document), model `demo_model_config()`, k = 2.
 Bytes are counted exactly from token offsets (`evaluation.token_bytes`).
 
-Per seed and variant (self-neighbour share x steps): a baseline and a RETRO are trained by the
+Per seed and variant (self-neighbour share x shift x noise x steps): a baseline and a RETRO are trained by the
 library's trainer; differences (negative: the first is better) are RETRO with retrieval minus the
 baseline, and RETRO with retrieval minus RETRO without, each with its interval, over all held-out
 chunks and over the chunks with alpha <= 12.5% (those that can copy little). With `--swap-on
@@ -28,10 +28,11 @@ from pathlib import Path
 from _common import Column, base_parser, environment, log, parse_int_list, report_tables
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_naturals(text: str) -> list[int]:
+    """argparse type for seeds and token counts: "0,1,2"."""
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or any(v < 0 for v in values):
-        raise ValueError(f"expected comma-separated seeds >= 0, got {text!r}")
+        raise ValueError(f"expected comma-separated integers >= 0, got {text!r}")
     return values
 
 
@@ -49,7 +50,11 @@ def main() -> None:
     parser.add_argument("--steps", type=parse_int_list, default=[300])
     parser.add_argument("--self-neighbours", type=parse_shares, default=[0.25],
                         help="comma-separated shares of training chunks given a self-neighbour")
-    parser.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2])
+    parser.add_argument("--self-neighbour-shift", type=parse_naturals, default=[0],
+                        help="comma-separated: move each self-neighbour by up to this many tokens")
+    parser.add_argument("--self-neighbour-noise", type=parse_shares, default=[0.0],
+                        help="comma-separated: drop or replace this share of a self-neighbour's tokens")
+    parser.add_argument("--seeds", type=parse_naturals, default=[0, 1, 2])
     parser.add_argument("--swap-on", default="", help="also evaluate this corpus's held-out text")
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
                                                         "(default: the training set)")
@@ -120,10 +125,17 @@ def main() -> None:
     log(f"{len(data.train_table)} train / {len(data.heldout_table)} held-out chunks of {args.corpus}, "
         f"neighbours from {args.retrieval_set}; alpha>50% share {buckets.leaky_share:.3f}; device {device}")
 
-    def fit(cfg, share, steps, seed, with_neighbours, decoder_of=None):
+    if any(v >= 1.0 for v in args.self_neighbour_noise):
+        parser.error("--self-neighbour-noise takes shares below 1")
+    variants = [(share, shift, noise) for share in args.self_neighbours
+                for shift in args.self_neighbour_shift for noise in args.self_neighbour_noise]
+
+    def fit(cfg, variant, steps, seed, with_neighbours, decoder_of=None):
         """decoder_of: a trained baseline to RETROfit (its decoder loaded and frozen)."""
+        share, shift, noise = variant
         tc = TrainConfig(steps=steps, batch_size=args.batch_size, seed=seed, checkpoint_every=steps,
-                         self_neighbours=share, warmup_steps=max(1, steps // 10))  # as the demo
+                         self_neighbours=share, self_neighbour_shift=shift, self_neighbour_noise=noise,
+                         warmup_steps=max(1, steps // 10))  # as the demo
         inputs = training_data(replace(data, spec=replace(data.spec, train=tc)), with_neighbours)
         model = seeded_model(cfg, seed)
         if decoder_of is not None:  # as training.trainer.retrofit_model, from memory
@@ -145,12 +157,14 @@ def main() -> None:
     rows, swap_rows = [], []
     for seed in args.seeds:
         for steps in args.steps:
-            baseline, base_s = fit(base_config, 0.0, steps, seed, False)
+            baseline, base_s = fit(base_config, (0.0, 0, 0.0), steps, seed, False)
             b_none = score(baseline, seqs, sizes, None)
-            for share in args.self_neighbours:
-                retro, retro_s = fit(config, share, steps, seed, True)
+            for variant in variants:
+                share = variant[0]
+                retro, retro_s = fit(config, variant, steps, seed, True)
                 r_none, r_real = score(retro, seqs, sizes, None), score(retro, seqs, sizes, heldout)
-                row = {"share": share, "steps": steps, "seed": seed, "train_s": base_s + retro_s,
+                row = {"share": share, "shift": variant[1], "noise": variant[2], "steps": steps,
+                       "seed": seed, "train_s": base_s + retro_s,
                        "bpb_baseline": b_none.bits_per_byte(), "bpb_retro_none": r_none.bits_per_byte(),
                        "bpb_retro_real": r_real.bits_per_byte(),
                        "bpb_known_baseline": b_none.bits_per_byte(known_only=True),
@@ -163,7 +177,7 @@ def main() -> None:
                     row[f"vs_none_{key}"] = vs_none.difference
                     row[f"vs_none_{key}_ci"] = f"[{vs_none.low:+.4f}, {vs_none.high:+.4f}]"
                 if args.retrofit:
-                    retrofit, fit_s = fit(config, share, args.retrofit_steps or steps, seed, True,
+                    retrofit, fit_s = fit(config, variant, args.retrofit_steps or steps, seed, True,
                                           decoder_of=baseline)
                     f_real = score(retrofit, seqs, sizes, heldout)
                     row["train_s"] += fit_s
@@ -173,7 +187,7 @@ def main() -> None:
                         row[f"retrofit_vs_baseline_{key}"] = iv.difference
                         row[f"retrofit_vs_baseline_{key}_ci"] = f"[{iv.low:+.4f}, {iv.high:+.4f}]"
                 rows.append(row)
-                log(f"seed={seed} steps={steps} share={share}: " + ", ".join(
+                log(f"seed={seed} steps={steps} variant={variant}: " + ", ".join(
                     f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 first = None
                 for name, (s_seq, s_sizes, s_buckets, s_data) in swaps.items():
@@ -182,7 +196,8 @@ def main() -> None:
                     all_rows = s_buckets.rows["all"]
                     vs_base = diff(s_real, s_base, all_rows, seed)
                     s_none = score(retro, s_seq, s_sizes, None)
-                    out = {"share": share, "steps": steps, "seed": seed, "set": name,
+                    out = {"share": share, "shift": variant[1], "noise": variant[2], "steps": steps,
+                           "seed": seed, "set": name,
                            "bpb_baseline": s_base.bits_per_byte(), "bpb_retro_none": s_none.bits_per_byte(),
                            "bpb_retro_set": s_real.bits_per_byte(),
                            "unk_share": int(s_real.unk_tokens.sum()) / max(int(s_real.tokens.sum()), 1),
@@ -198,10 +213,11 @@ def main() -> None:
                     swap_rows.append(out)
 
     summary = []
-    for share in args.self_neighbours:
+    for share, shift, noise in variants:
         for steps in args.steps:
-            group = [r for r in rows if r["share"] == share and r["steps"] == steps]
-            entry = {"share": share, "steps": steps, "seeds": len(group)}
+            group = [r for r in rows
+                     if (r["share"], r["shift"], r["noise"], r["steps"]) == (share, shift, noise, steps)]
+            entry = {"share": share, "shift": shift, "noise": noise, "steps": steps, "seeds": len(group)}
             keys = ["bpb_baseline", "bpb_retro_real", "vs_baseline_all", "vs_baseline_low", "vs_none_all"]
             keys += ["bpb_retrofit_real", "retrofit_vs_baseline_all"] if args.retrofit else []
             for key in keys:
@@ -209,7 +225,9 @@ def main() -> None:
                 entry[key] = f"{mean:+.4f} ± {spread:.4f}" if "vs_" in key else f"{mean:.4f} ± {spread:.4f}"
             summary.append(entry)
     f4, d4 = "{:.4f}", "{:+.4f}"
-    per_seed = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
+    variant_cols = [Column("share", "self-neighbour share", "{:.2f}"), Column("shift", "shift"),
+                    Column("noise", "noise", "{:.2f}")]
+    per_seed = [*variant_cols, Column("steps", "steps"),
                 Column("seed", "seed"), Column("bpb_baseline", "baseline bpb", f4),
                 Column("bpb_retro_none", "RETRO, no retrieval", f4), Column("bpb_retro_real", "RETRO, retrieval", f4),
                 Column("bpb_known_retro_real", "RETRO non-[UNK] bpb", f4),
@@ -223,7 +241,7 @@ def main() -> None:
                      Column("retrofit_vs_baseline_all_ci", "95% CI"),
                      Column("retrofit_vs_baseline_low", "RETROfit - baseline, alpha<=12.5%", d4),
                      Column("retrofit_vs_baseline_low_ci", "95% CI")]
-    summary_cols = [Column("share", "self-neighbour share", "{:.2f}"), Column("steps", "steps"),
+    summary_cols = [*variant_cols, Column("steps", "steps"),
                     Column("seeds", "seeds"), Column("bpb_baseline", "baseline bpb"),
                     Column("bpb_retro_real", "RETRO bpb, retrieval"), Column("vs_baseline_all", "RETRO - baseline"),
                     Column("vs_baseline_low", "RETRO - baseline, alpha<=12.5%"),
@@ -235,7 +253,7 @@ def main() -> None:
               ("mean ± sd across seeds", summary_cols, summary)]
     if swap_rows:
         tables.append((f"swap: held-out {args.swap_on}", [
-            Column("share", "share", "{:.2f}"), Column("seed", "seed"), Column("set", "set"),
+            *variant_cols, Column("seed", "seed"), Column("set", "set"),
             Column("bpb_baseline", "baseline bpb", f4), Column("bpb_retro_none", "RETRO, no retrieval", f4),
             Column("bpb_retro_set", "RETRO, set", f4), Column("unk_share", "[UNK] share", "{:.3f}"),
             Column("bpb_known_retro_set", "RETRO non-[UNK] bpb", f4),

@@ -78,6 +78,61 @@ def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
         TrainConfig(self_neighbours=1.5)
 
 
+def running_text(table, row: int) -> list[int]:
+    """The tokens of `row`'s document, in order, and where `row`'s chunk starts in them."""
+    rows = np.flatnonzero(table.doc_ids == table.doc_ids[row])
+    text = [int(t) for r in rows for t in table.tokens[r, :table.n_tokens[r]]]
+    start = int(sum(table.n_tokens[r] for r in rows if r < row))
+    return text, start
+
+
+def test_shifted_self_neighbours_are_their_documents_text_elsewhere(data):
+    """A shifted copy is a stretch of the chunk's own document (never another's) that starts up
+    to `shift` tokens before or after the chunk, in both directions; seeded."""
+    table, real = data.train_table, data.train_neighbours.neighbours
+    shifted = with_self_neighbours(real, table, 0.5, seed=0, shift=16)
+    exact = with_self_neighbours(real, table, 0.5, seed=0)
+    chosen = exact.ids[:, 1] != real.ids[:, 1]
+    assert (shifted.ids[:, 1] == exact.ids[:, 1]).all() and chosen.any()  # the same chunks chosen
+    moves = []
+    for row in np.flatnonzero(chosen):
+        text, start = running_text(table, row)
+        copy = [int(t) for t in shifted.tokens[row, 1] if t]
+        begins = [b for b in range(max(0, start - 16), min(len(text), start + 17))
+                  if text[b:b + len(copy)] == copy]
+        assert begins, f"row {row}: the copy is not a stretch of its own document near the chunk"
+        assert len(copy) == min(128, len(text) - begins[0])  # as long as the document allows
+        moves.append(begins[0] - start)
+    assert min(moves) < 0 < max(moves)
+    again = with_self_neighbours(real, table, 0.5, seed=0, shift=16)
+    assert (again.tokens == shifted.tokens).all()
+    assert (shifted.tokens[:, 0] == real.tokens[:, 0]).all()
+
+
+def test_noised_self_neighbours_change_about_that_share_of_tokens(data):
+    """noise=0.3 drops or replaces about 30% of a copy's tokens: about 70% of the exact copy's
+    tokens are still there, in order; the real neighbour slot is untouched."""
+    import difflib
+
+    table, real = data.train_table, data.train_neighbours.neighbours
+    exact = with_self_neighbours(real, table, 0.5, seed=0)
+    noised = with_self_neighbours(real, table, 0.5, seed=0, noise=0.3)
+    chosen = np.flatnonzero(exact.ids[:, 1] != real.ids[:, 1])
+    matched = total = 0
+    for row in chosen:
+        a = [int(t) for t in exact.tokens[row, 1] if t]
+        b = [int(t) for t in noised.tokens[row, 1] if t]
+        matched += sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False)
+                       .get_matching_blocks())
+        total += len(a)
+    assert 0.64 < matched / total < 0.78
+    assert (noised.tokens[:, 0] == real.tokens[:, 0]).all()
+    with pytest.raises(ValueError, match="noise"):
+        with_self_neighbours(real, table, 0.5, seed=0, noise=1.0)
+    with pytest.raises(ValueError, match="self_neighbour_shift"):
+        TrainConfig(self_neighbour_shift=-1)
+
+
 def test_loss_decreases_and_checkpoint_round_trips(ws, data, trained):
     retro = trained["retro"]
     losses = [loss for _, loss in retro.result.losses]

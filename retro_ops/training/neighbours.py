@@ -102,7 +102,7 @@ _SELF_NEIGHBOUR_STREAM = 7  # its own random stream, apart from batch order and 
 
 
 def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: float,
-                         seed: int) -> Neighbours:
+                         seed: int, shift: int = 0, noise: float = 0.0) -> Neighbours:
     """A seeded `fraction` of the chunks get, in their last neighbour slot, their own text
     followed by their true continuation: the very text the model must predict next.
 
@@ -112,7 +112,14 @@ def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: fl
     alone learns to ignore them. Mixing in these self-neighbours teaches the reading, and the
     skill carries over to real neighbours of another domain (README, "Learning to retrieve").
     The other slots keep the best real neighbours, so the model also learns when a neighbour is
-    not the text at hand. Training only: evaluation and serving use retrieved neighbours."""
+    not the text at hand. Training only: evaluation and serving use retrieved neighbours.
+
+    shift, noise: an exact copy at a fixed offset can be read by position alone (token i of the
+    next chunk sits at slot m + i), a shortcut no retrieved neighbour offers. `shift` starts each
+    copy up to that many tokens earlier or later in its document, and `noise` drops (half) or
+    replaces with a corpus token (half) that share of its tokens, so the copy must be found by
+    content, as in a retrieved revision of the text (README, "A demo where retrieval pays off").
+    Copies never cross a document or a gap left by dropped chunks."""
     if fraction <= 0.0:
         return neighbours
     n, k, r = neighbours.tokens.shape
@@ -120,16 +127,46 @@ def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: fl
     if len(table) != n or table.tokens.shape[1] != m:
         raise ValueError(f"neighbours of {n} chunks of {m} tokens do not match a table of "
                          f"{len(table)} chunks of {table.tokens.shape[1]}")
-    chosen = np.random.default_rng([seed, _SELF_NEIGHBOUR_STREAM]).random(n) < fraction
-    continued = np.r_[(table.doc_ids[1:] == table.doc_ids[:-1])
-                      & (table.positions[1:] == table.positions[:-1] + 1), False]
-    following = np.roll(table.tokens, -1, axis=0)
+    if shift < 0 or not 0.0 <= noise < 1.0:
+        raise ValueError(f"shift is a token count >= 0 and noise a share in [0, 1), got {shift!r}, {noise!r}")
+    rng = np.random.default_rng([seed, _SELF_NEIGHBOUR_STREAM])
+    chosen = rng.random(n) < fraction
     tokens, mask, ids = neighbours.tokens.copy(), neighbours.mask.copy(), neighbours.ids.copy()
-    tokens[chosen, k - 1, :m] = table.tokens[chosen]
-    tokens[chosen, k - 1, m:] = np.where(continued[chosen, None], following[chosen], 0)
+    tokens[chosen, k - 1] = _copies(table, np.flatnonzero(chosen), r, shift, noise, rng,
+                                    neighbours.tokens.dtype)
     mask[chosen, k - 1] = True
     ids[chosen, k - 1] = table.chunk_ids[chosen]  # lineage: this slot is the chunk's own text
     return replace(neighbours, tokens=tokens, mask=mask, ids=ids)
+
+
+def _copies(table: ChunkTable, rows: np.ndarray, width: int, shift: int, noise: float,
+            rng: np.random.Generator, dtype) -> np.ndarray:
+    """(len(rows), width) windows of the table's running text starting at each row's chunk
+    (moved by up to `shift`, noised by `noise`), cut at the end of its run of consecutive
+    chunks and padded with 0."""
+    n_tokens = table.tokens.shape[1]
+    lengths = table.n_tokens.astype(np.int64)
+    flat = table.tokens[np.arange(n_tokens)[None, :] < lengths[:, None]]
+    starts = np.cumsum(lengths) - lengths
+    new_run = np.r_[True, (table.doc_ids[1:] != table.doc_ids[:-1])
+                    | (table.positions[1:] != table.positions[:-1] + 1)]
+    run = np.cumsum(new_run) - 1
+    run_start = starts[new_run][run]
+    run_end = np.r_[starts[new_run][1:], len(flat)][run]
+    moves = rng.integers(-shift, shift + 1, len(rows)) if shift else np.zeros(len(rows), np.int64)
+    span = width + int(np.ceil(width * noise)) + 1  # enough text left after the drops
+    out = np.zeros((len(rows), width), dtype=dtype)
+    for i, (row, move) in enumerate(zip(rows, moves)):
+        begin = int(np.clip(starts[row] + move, run_start[row], max(run_end[row] - 1, run_start[row])))
+        window = flat[begin:min(run_end[row], begin + span)]
+        if noise:
+            draw = rng.random(len(window))
+            window = np.where(draw < noise / 2, -1,
+                              np.where(draw < noise, flat[rng.integers(0, len(flat), len(window))], window))
+            window = window[window >= 0]
+        window = window[:width]
+        out[i, :len(window)] = window
+    return out
 
 
 def cached_neighbours(cache_dir: Path, key: str, compute) -> tuple[Neighbours, bool]:

@@ -61,7 +61,8 @@ def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = Fal
     else:
         train = data.spec.train
         neighbours = with_self_neighbours(data.train_neighbours.neighbours, table,
-                                          train.self_neighbours, train.seed)
+                                          train.self_neighbours, train.seed,
+                                          train.self_neighbour_shift, train.self_neighbour_noise)
     return TrainingData(sequences, encode_neighbours(neighbours, data.vocab))
 
 
