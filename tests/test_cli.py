@@ -182,3 +182,22 @@ def test_every_metadata_value_becomes_plain_json():
     schema = _plain(dg.MetadataValue.table_schema(dg.TableSchema(columns=[dg.TableColumn("k", "string")])))
     assert [(c["name"], c["type"]) for c in schema["columns"]] == [("k", "string")]
     json.dumps([got, schema])
+
+
+def test_piped_tables_keep_whole_model_names(monkeypatch):
+    """The demo's paired differences piped to a log: rich would assume 80 columns and cut
+    `retro-ops-retrofit/1 | set asv_nt` to `retro-ops-r…`; a piped console is wide instead."""
+    from rich.table import Table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = common.console()
+    assert not console.is_terminal and console.width == common.PIPED_WIDTH
+    table = Table("a", "b", "bucket", "bpb a - b", "95% interval", "chunks")
+    table.add_row("retro-ops-retrofit/1 | set asv_nt", "retro-ops-baseline/1 | no retrieval",
+                  "alpha<=12.5%", "-0.0022", "[-0.0028, -0.0016]", "377")
+    with console.capture() as captured:
+        console.print(table)
+    assert "retro-ops-retrofit/1 | set asv_nt" in captured.get()
+    assert "retro-ops-baseline/1 | no retrieval" in captured.get()
+    monkeypatch.setenv("COLUMNS", "90")
+    assert common.console().width == 90  # an explicit width still wins

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, NoReturn
 
 import typer
@@ -10,8 +11,20 @@ from rich.console import Console
 
 from retro_ops.settings import Settings
 
-out = Console(soft_wrap=True)  # results (stdout)
-err = Console(stderr=True, soft_wrap=True)  # progress and errors (stderr)
+PIPED_WIDTH = 160  # tables written to a file or a pipe: wide enough that no cell is cut to "…"
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that wraps to the terminal, or to PIPED_WIDTH when its stream is not one
+    (rich would otherwise assume 80 columns and cut model names in a piped demo log); an
+    explicit COLUMNS still wins."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
+out = console()  # results (stdout)
+err = console(stderr=True)  # progress and errors (stderr)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 # One spelling for one noun on every command: `--set/-s` for a retrieval set (`--retrieval-set`
