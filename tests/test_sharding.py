@@ -133,6 +133,7 @@ def test_sharded_path_matches_single_process(home: Settings, small_corpus: Path,
     index, manifest = load_current(index_root(home.indices_dir, "small"), retrieval_set="small",
                                    expected_ntotal=version.n_chunks, is_trusted=catalog.is_trusted_index)
     assert manifest.factory == "IVF3,Flat" and "filled in 2 shards" in manifest.notes[-1]
+    assert (manifest.config["factory"], manifest.config["nprobe"]) == ("IVF3,Flat", 1)  # its IndexConfig
 
     ref_store, ref_ids, ref_vectors, ref_index = _single_path(tmp_path / "single", small_corpus, chunker,
                                                               embedder)

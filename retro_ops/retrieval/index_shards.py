@@ -199,7 +199,7 @@ def publish_merged(catalog: Catalog, store: FeatureStore, indices_dir: Path,
         build_seconds=round(seconds, 3), search_params=default_search_params(trained.factory, config),
         faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
         notes=[*trained.notes, f"trained once, filled in {shards} shards, merged"],
-        build_key=f"sharded-{shards}-{build_key(version, config)}")
+        build_key=f"sharded-{shards}-{build_key(version, config)}", config=asdict(config))
     ids, vectors = retrieval_set_vectors(store, version, merged.d)
     quality = evaluate_index(merged, vectors, ids, queries=eval_queries)
     root = index_root(indices_dir, version.retrieval_set)
