@@ -120,12 +120,16 @@ class TrainingResource(dg.ConfigurableResource):
     seed: int = 0
     heldout_fraction: float = 0.1
     self_neighbours: float = TrainConfig.self_neighbours
+    self_neighbour_shift: int = TrainConfig.self_neighbour_shift
+    self_neighbour_noise: float = TrainConfig.self_neighbour_noise
 
     def spec(self) -> TrainingSpec:
         return TrainingSpec(
             corpus=self.corpus, retrieval_set=self.retrieval_set,
             train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                               warmup_steps=max(1, self.steps // 10), seed=self.seed,
-                              self_neighbours=self.self_neighbours),
+                              self_neighbours=self.self_neighbours,
+                              self_neighbour_shift=self.self_neighbour_shift,
+                              self_neighbour_noise=self.self_neighbour_noise),
             neighbours=NeighbourConfig(k=self.k),
             split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed))

@@ -8,7 +8,8 @@ training neighbours that never come from a held-out document or a near-duplicate
 neighbours from the set minus the chunk's own document), model `demo_model_config()`, k = 2.
 Bytes are counted exactly from token offsets (`evaluation.token_bytes`).
 
-Per seed and variant (self-neighbour share x shift x noise x steps): a baseline and a RETRO are trained by the
+Per seed and variant (self-neighbour share, shift and noise as `--self-neighbours
+SHARE[:SHIFT:NOISE],...`, times each of `--steps`): a baseline and a RETRO are trained by the
 library's trainer; differences (negative: the first is better) are RETRO with retrieval minus the
 baseline, and RETRO with retrieval minus RETRO without, each with its interval, over all held-out
 chunks and over the chunks with alpha <= 12.5% (those that can copy little). With `--swap-on
@@ -21,6 +22,7 @@ mean and sample standard deviation across seeds. Runs on `--device`.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -36,11 +38,23 @@ def parse_naturals(text: str) -> list[int]:
     return values
 
 
-def parse_shares(text: str) -> list[float]:
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"expected comma-separated shares in [0, 1], got {text!r}")
-    return values
+def parse_variants(text: str) -> list[tuple[float, int, float]]:
+    """argparse type for self-neighbour variants "0.25,0.5:32:0.3": SHARE or SHARE:SHIFT:NOISE
+    (shift and noise 0 when left out), each checked as TrainConfig checks it."""
+    from retro_ops.training.trainer import TrainConfig
+
+    variants = []
+    for entry in (e.strip() for e in text.split(",")):
+        parts = entry.split(":")
+        try:
+            if len(parts) not in (1, 3):
+                raise ValueError("expected SHARE or SHARE:SHIFT:NOISE")
+            share, shift, noise = float(parts[0]), *((int(parts[1]), float(parts[2])) if parts[1:] else (0, 0.0))
+            TrainConfig(self_neighbours=share, self_neighbour_shift=shift, self_neighbour_noise=noise)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"self-neighbour variant {entry!r}: {exc}") from exc
+        variants.append((share, shift, noise))
+    return variants
 
 
 def main() -> None:
@@ -48,12 +62,10 @@ def main() -> None:
     parser.add_argument("--corpus", default="sotu")
     parser.add_argument("--retrieval-set", default="sotu")
     parser.add_argument("--steps", type=parse_int_list, default=[300])
-    parser.add_argument("--self-neighbours", type=parse_shares, default=[0.25],
-                        help="comma-separated shares of training chunks given a self-neighbour")
-    parser.add_argument("--self-neighbour-shift", type=parse_naturals, default=[0],
-                        help="comma-separated: move each self-neighbour by up to this many tokens")
-    parser.add_argument("--self-neighbour-noise", type=parse_shares, default=[0.0],
-                        help="comma-separated: drop or replace this share of a self-neighbour's tokens")
+    parser.add_argument("--self-neighbours", type=parse_variants, default=None,
+                        help="comma-separated variants SHARE[:SHIFT:NOISE]: the share of training chunks "
+                             "given a self-neighbour, moved by up to SHIFT tokens, NOISE of its tokens "
+                             "dropped or replaced (default: TrainConfig's)")
     parser.add_argument("--seeds", type=parse_naturals, default=[0, 1, 2])
     parser.add_argument("--swap-on", default="", help="also evaluate this corpus's held-out text")
     parser.add_argument("--swap-sets", default="", help="comma-separated sets for --swap-on "
@@ -125,10 +137,9 @@ def main() -> None:
     log(f"{len(data.train_table)} train / {len(data.heldout_table)} held-out chunks of {args.corpus}, "
         f"neighbours from {args.retrieval_set}; alpha>50% share {buckets.leaky_share:.3f}; device {device}")
 
-    if any(v >= 1.0 for v in args.self_neighbour_noise):
-        parser.error("--self-neighbour-noise takes shares below 1")
-    variants = [(share, shift, noise) for share in args.self_neighbours
-                for shift in args.self_neighbour_shift for noise in args.self_neighbour_noise]
+    defaults = TrainConfig()
+    variants = args.self_neighbours or [
+        (defaults.self_neighbours, defaults.self_neighbour_shift, defaults.self_neighbour_noise)]
 
     def fit(cfg, variant, steps, seed, with_neighbours, decoder_of=None):
         """decoder_of: a trained baseline to RETROfit (its decoder loaded and frozen)."""

@@ -13,6 +13,7 @@ from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, er
 from retro_ops.cli.tables import print_comparisons, print_eval_rows
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.errors import RetroOpsError
+from retro_ops.training.config import TrainConfig
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
 SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with each one swapped in.",
@@ -28,7 +29,14 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = 0,
     self_neighbours: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of training chunks given their own continuation as one "
-                               "neighbour, which teaches RETRO to read neighbours (0 = off).")] = 0.25,
+                               "neighbour, which teaches RETRO to read neighbours (0 = off).")
+    ] = TrainConfig.self_neighbours,
+    self_neighbour_shift: Annotated[int, typer.Option(
+        min=0, help="Move each such copy by up to this many tokens, so it is read by content, "
+                    "not by position.")] = TrainConfig.self_neighbour_shift,
+    self_neighbour_noise: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="Drop or replace this share of each copy's tokens, as a retrieved "
+                                "revision of the text differs.")] = TrainConfig.self_neighbour_noise,
     select: Annotated[Optional[str], typer.Option(
         help="Comma-separated model assets (default: all of training_neighbours, "
              "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
@@ -41,7 +49,8 @@ def train_command(
 
     training = TrainingResource(corpus=corpus, retrieval_set=retrieval_set, steps=steps,
                                 batch_size=batch_size, k=k, seed=seed,
-                                self_neighbours=self_neighbours)
+                                self_neighbours=self_neighbours, self_neighbour_shift=self_neighbour_shift,
+                                self_neighbour_noise=self_neighbour_noise)
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
     print_outcomes(outcomes, json_out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,46 +24,11 @@ from retro_ops.training.checkpoint import (
     STATE_FILE, CheckpointCrash, TrainState, load_checkpoint, load_train_state, recover_checkpoint,
     save_checkpoint,
 )
+from retro_ops.training.config import TrainConfig
 from retro_ops.training.data import Sequences
 from retro_ops.training.neighbours import Neighbours
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """steps/batch_size: optimisation length; lr with linear warmup then cosine decay to lr/10;
-    checkpoint_every: how much work a crash can lose; seed: data order and initialisation.
-    self_neighbours: share of training chunks whose last neighbour is the chunk itself and its
-    true continuation (`neighbours.with_self_neighbours`), applied when the training data are
-    built (`run.training_data`), never in evaluation: it teaches RETRO to read its neighbours,
-    which a demo-sized retrieval set rarely gives it a reason to (README, "Learning to retrieve").
-    self_neighbour_shift / self_neighbour_noise: move each such copy by up to this many tokens and
-    drop or replace this share of its tokens, so it must be read by content, not by position."""
-
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 50
-    seed: int = 0
-    self_neighbours: float = 0.25
-    self_neighbour_shift: int = 0
-    self_neighbour_noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.self_neighbours <= 1.0:
-            raise ValueError(f"self_neighbours is a share of chunks in [0, 1], got {self.self_neighbours!r}")
-        if self.self_neighbour_shift < 0:
-            raise ValueError(f"self_neighbour_shift is a token count >= 0, got {self.self_neighbour_shift!r}")
-        if not 0.0 <= self.self_neighbour_noise < 1.0:
-            raise ValueError(f"self_neighbour_noise is a share of tokens in [0, 1), got "
-                             f"{self.self_neighbour_noise!r}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
