@@ -67,10 +67,12 @@ def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
     assert (mixed.tokens[:, 0] == real.tokens[:, 0]).all() and (mixed.mask[:, 0] == real.mask[:, 0]).all()
     assert (with_self_neighbours(real, table, 0.5, seed=0).tokens == mixed.tokens).all()
     assert with_self_neighbours(real, table, 0.0, seed=0) is real
-    # training data carry the spec's share (a quarter by default); held-out data never do
-    vocab, share = data.vocab, data.spec.train.self_neighbours
-    assert share == 0.25
-    expected = with_self_neighbours(real, table, share, seed=data.spec.train.seed)
+    # training data carry the spec's self-neighbours (TrainConfig's defaults); held-out data never do
+    vocab, train = data.vocab, data.spec.train
+    assert (train.self_neighbours, train.self_neighbour_shift, train.self_neighbour_noise) == (
+        TrainConfig.self_neighbours, TrainConfig.self_neighbour_shift, TrainConfig.self_neighbour_noise)
+    expected = with_self_neighbours(real, table, train.self_neighbours, seed=train.seed,
+                                    shift=train.self_neighbour_shift, noise=train.self_neighbour_noise)
     assert (training_data(data, True).neighbours.tokens == vocab.encode(expected.tokens)).all()
     heldout = data.heldout_neighbours.neighbours
     assert (training_data(data, True, heldout=True).neighbours.tokens == vocab.encode(heldout.tokens)).all()
