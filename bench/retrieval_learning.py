@@ -41,7 +41,7 @@ def parse_naturals(text: str) -> list[int]:
 def parse_variants(text: str) -> list[tuple[float, int, float]]:
     """argparse type for self-neighbour variants "0.25,0.5:32:0.3": SHARE or SHARE:SHIFT:NOISE
     (shift and noise 0 when left out), each checked as TrainConfig checks it."""
-    from retro_ops.training.trainer import TrainConfig
+    from retro_ops.training.config import TrainConfig  # torch-free: parsing stays quick
 
     variants = []
     for entry in (e.strip() for e in text.split(",")):
@@ -171,10 +171,10 @@ def main() -> None:
             baseline, base_s = fit(base_config, (0.0, 0, 0.0), steps, seed, False)
             b_none = score(baseline, seqs, sizes, None)
             for variant in variants:
-                share = variant[0]
+                share, shift, noise = variant
                 retro, retro_s = fit(config, variant, steps, seed, True)
                 r_none, r_real = score(retro, seqs, sizes, None), score(retro, seqs, sizes, heldout)
-                row = {"share": share, "shift": variant[1], "noise": variant[2], "steps": steps,
+                row = {"share": share, "shift": shift, "noise": noise, "steps": steps,
                        "seed": seed, "train_s": base_s + retro_s,
                        "bpb_baseline": b_none.bits_per_byte(), "bpb_retro_none": r_none.bits_per_byte(),
                        "bpb_retro_real": r_real.bits_per_byte(),
@@ -207,7 +207,7 @@ def main() -> None:
                     all_rows = s_buckets.rows["all"]
                     vs_base = diff(s_real, s_base, all_rows, seed)
                     s_none = score(retro, s_seq, s_sizes, None)
-                    out = {"share": share, "shift": variant[1], "noise": variant[2], "steps": steps,
+                    out = {"share": share, "shift": shift, "noise": noise, "steps": steps,
                            "seed": seed, "set": name,
                            "bpb_baseline": s_base.bits_per_byte(), "bpb_retro_none": s_none.bits_per_byte(),
                            "bpb_retro_set": s_real.bits_per_byte(),

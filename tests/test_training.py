@@ -80,7 +80,7 @@ def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
         TrainConfig(self_neighbours=1.5)
 
 
-def running_text(table, row: int) -> list[int]:
+def running_text(table, row: int) -> tuple[list[int], int]:
     """The tokens of `row`'s document, in order, and where `row`'s chunk starts in them."""
     rows = np.flatnonzero(table.doc_ids == table.doc_ids[row])
     text = [int(t) for r in rows for t in table.tokens[r, :table.n_tokens[r]]]
