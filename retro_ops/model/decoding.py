@@ -33,13 +33,13 @@ class IncrementalDecoder:
         self.position = 0
         self.caches = [([], []) for _ in self.model.transformer.h]  # per layer: keys, values
         self.hidden: list[Tensor] = []  # (1, 1, d) at the first CCA layer, for the encoder
-        self.encoded: dict[int, tuple[Tensor, Tensor]] = {}  # chunk -> (encoded, token mask)
+        self.encoded: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # chunk -> (encoded, mask, tokens)
 
     @torch.inference_mode()
     def step(self, token: int, neighbours: Tensor | None = None) -> Tensor:
         """token: the id at the next position. neighbours (k, 2m): those of the chunk this token
         completes (None: no retrieval for it; a completed chunk without them gets no CCA).
-        -> logits (vocab,) for the token after it."""
+        -> log-probabilities (vocab,) of the token after it."""
         c, m, p = self.config, self.config.chunk_size, self.position
         if p >= c.seq_len:
             raise ValueError(f"position {p} is past seq_len {c.seq_len}: reset() and re-feed a window")
@@ -58,14 +58,19 @@ class IncrementalDecoder:
                 x = x + self._cross_attend(block.cca, x, p)
             x = block.feed_forward(x)
         self.position += 1
-        return self.model.lm_head(self.model.transformer.ln_f(x))[0, 0]
+        h = self.model.transformer.ln_f(x)  # (1, 1, d)
+        logp = torch.log_softmax(self.model.lm_head(h), dim=-1)
+        if self.model.copy is not None and p >= m - 1 and (p - m + 1) // m in self.encoded:
+            encoded, valid, tokens = self.encoded[(p - m + 1) // m]
+            logp = self.model.copy.mix(logp, h, encoded[0], tokens[0], valid[0])
+        return logp[0, 0]
 
     def _encode(self, chunk: int, neighbours: Tensor) -> None:
         m, model = self.config.chunk_size, self.model
         hidden = torch.cat(self.hidden[chunk * m:(chunk + 1) * m], dim=1)  # (1, m, d): H_u
         tokens = neighbours[None, None]  # (1, 1, k, r)
         valid = tokens != self.config.pad_token_id
-        self.encoded[chunk] = (model.encoder(model.transformer.wte(tokens), hidden, valid), valid)
+        self.encoded[chunk] = (model.encoder(model.transformer.wte(tokens), hidden, valid), valid, tokens)
 
     def _cross_attend(self, cca, x: Tensor, p: int) -> Tensor:
         """The CCA branch for the token at p: it reads the neighbours of chunk (p - m + 1) // m."""
@@ -73,7 +78,7 @@ class IncrementalDecoder:
         if p < m - 1 or (p - m + 1) // m not in self.encoded:
             return torch.zeros_like(x)
         chunk, i = divmod(p - m + 1, m)
-        encoded, valid = self.encoded[chunk]
+        encoded, valid, _ = self.encoded[chunk]
         rope = None
         if cca.positions:
             shape = tuple(encoded.shape[2:4])  # (k, r)

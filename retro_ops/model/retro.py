@@ -1,8 +1,11 @@
 """RETRO (Borgeaud et al. 2021): a GPT-style decoder that reads retrieved neighbours through
 chunked cross-attention (CCA), and the neighbour encoder that feeds it.
 
-Read top to bottom: decoder block, CCA, encoder block, encoder, model. With retrieval off (or
-no neighbours) the model is exactly the baseline decoder: same parameter names, same ops.
+Read top to bottom: decoder block, CCA, encoder block, encoder, copy head, model. With retrieval
+off (or no neighbours) the model is exactly the baseline decoder: same parameter names, same ops.
+The model returns log-probabilities (normalised logits): with a copy head the output is a mixture
+of two distributions, which has no logits of its own; softmax, argmax and cross-entropy read
+log-probabilities exactly as they read logits.
 """
 
 from __future__ import annotations
@@ -150,6 +153,74 @@ class NeighbourEncoder(nn.Module):
         return self.ln_f(e).view(B, nc, k, r, -1)
 
 
+class NeighbourCopy(nn.Module):
+    """A pointer over the neighbour tokens (See et al. 2017's copy mechanism over retrieved text):
+    p(next) = (1 - g) softmax(logits) + g sum_j a_j [v_j = next], where a attends from the
+    decoder's final state at the current position to the neighbour tokens, and the key of token
+    v_j is the encoding of the token before it (a "smeared" key, Olsson et al. 2022): matching
+    the current token against v_{j-1} and emitting v_j is one head's work, whatever the offset of
+    the copy, where CCA must route a copied value through later layers into the right logit.
+    The gate g reads the state and the best match score, so an unmatched neighbour is ignored.
+    Groups and causality are CCA's: the m tokens from chunk u's last read chunk u's neighbours."""
+
+    GATE_INIT = -3.0  # starts mostly the vocabulary distribution: g = 0.05
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.chunk_size, self.width = config.chunk_size, config.d_model
+        self.q = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.k = nn.Linear(config.enc_d_model, config.d_model, bias=False)
+        self.gate = nn.Linear(config.d_model, 1)
+        self.gate_match = nn.Parameter(torch.zeros(1))
+        nn.init.constant_(self.gate.bias, self.GATE_INIT)
+
+    def forward(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
+                token_mask: Tensor) -> Tensor:
+        """logp (B, T, V) log-softmax of the decoder, h (B, T, d) its final normalised state,
+        encoded (B, l, k, r, d_enc), tokens (B, l, k, r) model ids, token_mask (B, l, k, r)
+        -> (B, T, V) log-probabilities of the mixture; unchanged before any neighbour is read."""
+        B, T, V = logp.shape
+        nc, m = encoded.shape[1], self.chunk_size
+        attending = min(T - (m - 1), nc * m)  # positions u*m + m-1 + i
+        if attending <= 0:
+            return logp
+
+        def grouped(t: Tensor) -> Tensor:  # (B, T, c) -> (B*l, m, c), the last group padded
+            t = t[:, m - 1:m - 1 + attending]
+            return F.pad(t, (0, 0, 0, nc * m - attending)).reshape(B * nc, m, t.shape[-1])
+
+        mixed = self.mix(grouped(logp), grouped(h), encoded.flatten(0, 1), tokens.flatten(0, 1),
+                         token_mask.flatten(0, 1))
+        mixed = mixed.reshape(B, nc * m, V)[:, :attending]
+        return torch.cat([logp[:, :m - 1], mixed, logp[:, m - 1 + attending:]], dim=1)
+
+    def mix(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
+            token_mask: Tensor) -> Tensor:
+        """One group per row: logp (N, Tq, V), h (N, Tq, d), encoded (N, k, r, d_enc), tokens and
+        token_mask (N, k, r) -> (N, Tq, V). Only the copied tokens' entries change beyond the
+        (1 - g) scaling, so the cost is K = k(r-1) per query, not another pass over V per head."""
+        N, Tq, V = logp.shape
+        keys = self.k(encoded[:, :, :-1]).flatten(1, 2)  # (N, K, w): token j-1 keys value j
+        values = tokens[:, :, 1:].flatten(1)  # (N, K)
+        valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)  # (N, K)
+        has = valid.any(dim=1)  # (N,): a group with nothing to copy keeps logp exactly
+        scores = self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)  # (N, Tq, K)
+        scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
+        attn = scores.softmax(dim=-1)  # (N, Tq, K)
+        z = self.gate(h).squeeze(-1) + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
+        same = (values[:, :, None] == values[:, None, :]) & valid[:, None, :] & valid[:, :, None]
+        mass = attn @ same.to(attn.dtype)  # (N, Tq, K): copy mass of each key's token
+        first = ~torch.tril(same, diagonal=-1).any(dim=2) & valid  # one entry per distinct token
+        index = values[:, None, :].expand(N, Tq, -1)
+        kept = F.logsigmoid(-z)[..., None] + logp  # (N, Tq, V): (1 - g) p_vocab
+        at_values = kept.gather(2, index)  # (N, Tq, K)
+        copied = torch.logaddexp(at_values, F.logsigmoid(z)[..., None] + mass.clamp_min(1e-30).log())
+        # add the copy where each distinct token sits; duplicates and masked keys add exactly 0
+        delta = torch.where(first[:, None, :], copied - at_values, torch.zeros_like(copied))
+        mixed = kept.scatter_add(2, index, delta)
+        return torch.where(has[:, None, None], mixed, logp)
+
+
 class Retro(nn.Module):
     """The RETRO language model; `RetroConfig(retrieval=False)` makes the baseline decoder."""
 
@@ -166,7 +237,10 @@ class Retro(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.encoder = NeighbourEncoder(config) if config.retrieval else None
+        self.copy = NeighbourCopy(config) if config.retrieval and config.copy_head else None
         self.apply(_init_weights)
+        if self.copy is not None:  # _init_weights draws every Linear: restore the gate's start
+            nn.init.constant_(self.copy.gate.bias, NeighbourCopy.GATE_INIT)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
                 encoder = name.startswith("encoder.")
@@ -178,7 +252,7 @@ class Retro(nn.Module):
                 targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """input_ids (B, T) with T <= seq_len; neighbours (B, T//m, k, 2m); neighbour_mask
         (B, T//m, k) bool, False = ignore; targets (B, T), -100 = ignore.
-        -> logits (B, T, vocab), mean cross-entropy or None.
+        -> log-probabilities (B, T, vocab), mean cross-entropy or None.
         Neighbours are ignored by a baseline (retrieval=False)."""
         self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
         cfg = self.config
@@ -197,7 +271,10 @@ class Retro(nn.Module):
                         token_valid & neighbour_mask[..., None])  # (B, l, k, r)
                 x = x + block.cca(x, encoded, token_mask)
             x = block.feed_forward(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        h = self.transformer.ln_f(x)
+        logits = F.log_softmax(self.lm_head(h), dim=-1)  # (B, T, vocab)
+        if encoded is not None and self.copy is not None:
+            logits = self.copy(logits, h, encoded, neighbours, token_mask)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
@@ -207,7 +284,7 @@ class Retro(nn.Module):
     def retrieval_modules(self) -> list[nn.Module]:
         """The encoder and every CCA: what a RETROfitted baseline has to learn."""
         modules: list[nn.Module] = [b.cca for b in self.transformer.h if b.cca is not None]
-        return modules + ([self.encoder] if self.encoder is not None else [])
+        return modules + [m for m in (self.encoder, self.copy) if m is not None]
 
     def retrieval_parameters(self) -> list[nn.Parameter]:
         return [p for module in self.retrieval_modules() for p in module.parameters()]
@@ -250,3 +327,5 @@ class Retro(nn.Module):
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
