@@ -20,7 +20,7 @@ TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrie
           "models", "model_training_documents", "evaluations", "deployments",
           "retrieval_set_versions", "exclusions", "index_builds",
           "corpus_version_documents", "corpus_version_sources", "embedding_spaces", "feature_versions",
-          "purged_documents",
+          "purged_documents", "exclusion_reads",
           "alembic_version"}
 
 

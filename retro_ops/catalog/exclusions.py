@@ -12,7 +12,8 @@ hashes only: `scrub_document_sources` replaces the purged documents' source path
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -48,18 +49,26 @@ class ExclusionRecord:
 
 @dataclass(frozen=True)
 class ActiveExclusions:
-    """What a query must drop, as of one read of the catalog."""
+    """What a query must drop, as of one read of the catalog. `ids` maps (scope, target) to the
+    exclusion's id, so a caller can say which exclusion covers a chunk."""
 
     chunk_ids: frozenset[int] = frozenset()
     content_hashes: frozenset[str] = frozenset()
     doc_ids: frozenset[str] = frozenset()
+    ids: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False, hash=False)
 
     def __len__(self) -> int:
         return len(self.chunk_ids) + len(self.content_hashes) + len(self.doc_ids)
 
-    def drops(self, chunk_id: int, content_hash: str, doc_id: str) -> bool:
+    def drops(self, chunk_id: int, content_hash: str | None, doc_id: str) -> bool:
         return (chunk_id in self.chunk_ids or content_hash in self.content_hashes
                 or doc_id in self.doc_ids)
+
+    def covering(self, chunk_id: int, content_hash: str | None, doc_id: str) -> list[int]:
+        """The ids of the exclusions in force over this chunk: by its id, its text, its document
+        (in that order; empty: not excluded). `content_hash` None: unknown (the chunk is gone)."""
+        keys = (("chunk", str(chunk_id)), ("content_hash", content_hash), ("document", doc_id))
+        return [self.ids[key] for key in keys if key[1] is not None and key in self.ids]
 
 
 @dataclass(frozen=True)
@@ -189,16 +198,41 @@ class ExclusionCatalogMixin:
         """Every exclusion in force now; `ExclusionListError` when the list cannot be read."""
         try:
             with self.session() as s:
-                rows = s.execute(select(m.Exclusion.scope, m.Exclusion.target)
-                                 .where(m.Exclusion.revoked_at.is_(None))).all()
+                rows = s.execute(select(m.Exclusion.id, m.Exclusion.scope, m.Exclusion.target)
+                                 .where(m.Exclusion.revoked_at.is_(None))
+                                 .order_by(m.Exclusion.id)).all()
         except SQLAlchemyError as exc:
             raise ExclusionListError(f"cannot read the exclusion list ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0]}); refusing to retrieve") from exc
         by_scope: dict[str, set] = {scope: set() for scope in SCOPES}
-        for scope, target in rows:
+        ids: dict[tuple[str, str], int] = {}
+        for exclusion_id, scope, target in rows:
             by_scope.setdefault(scope, set()).add(target)
+            ids.setdefault((scope, target), exclusion_id)
         return ActiveExclusions(frozenset(int(t) for t in by_scope["chunk"]),
-                                frozenset(by_scope["content_hash"]), frozenset(by_scope["document"]))
+                                frozenset(by_scope["content_hash"]), frozenset(by_scope["document"]),
+                                ids)
+
+    def record_exclusion_reads(self, reads: list[tuple[int, int]], *, actor: str,
+                               purpose: str) -> int:
+        """Audit excluded text shown on request: one row per (exclusion id, chunk id), written
+        (committed) before the text is shown. Returns the rows written."""
+        if not actor.strip():
+            raise ExclusionError(f"showing excluded text ({purpose}) needs an actor")
+        with self.session() as s:
+            s.add_all(m.ExclusionRead(exclusion_id=e, chunk_id=int(c), actor=actor, purpose=purpose)
+                      for e, c in sorted(set(reads)))
+        return len(set(reads))
+
+    def exclusion_reads(self, exclusion_id: int | None = None) -> list[dict]:
+        """Who was shown excluded text, when and through which command (oldest first)."""
+        with self.session() as s:
+            query = select(m.ExclusionRead).order_by(m.ExclusionRead.id)
+            if exclusion_id is not None:
+                query = query.where(m.ExclusionRead.exclusion_id == exclusion_id)
+            return [{"id": r.id, "exclusion_id": r.exclusion_id, "chunk_id": r.chunk_id,
+                     "actor": r.actor, "purpose": r.purpose, "created_at": r.created_at}
+                    for r in s.scalars(query)]
 
     def excluded_chunk_ids(self) -> set[int]:
         return set(self.active_exclusions().chunk_ids)

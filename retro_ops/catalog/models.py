@@ -185,6 +185,19 @@ class Exclusion(Base):
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class ExclusionRead(Base):
+    """Excluded text shown to a person on request (`--include-excluded`, 0010): who, when, which
+    chunk, through which command. Showing excluded text is audited like excluding it."""
+
+    __tablename__ = "exclusion_reads"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exclusion_id: Mapped[int] = mapped_column(ForeignKey("exclusions.id"), index=True)
+    chunk_id: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(Text)  # the command that showed it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class IndexBuild(Base):
     """A FAISS index built from one retrieval-set version. A reader trusts a build only when the
     index's `sha256` and its manifest's `manifest_sha256` match a record of the set it is

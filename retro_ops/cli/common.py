@@ -26,6 +26,10 @@ def console(stderr: bool = False) -> Console:
 out = console()  # results (stdout)
 err = console(stderr=True)  # progress and errors (stderr)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+IncludeExcludedOpt = Annotated[bool, typer.Option("--include-excluded", help=(
+    "Also show the text of excluded chunks (for an auditor): each one shown is recorded in the "
+    "exclusion log as a read, with --actor, before it is printed."))]
+ActorOpt = Annotated[str, typer.Option("--actor", help="Who decides or reads (default: the login name).")]
 
 # One spelling for one noun on every command: `--set/-s` for a retrieval set (`--retrieval-set`
 # is its alias), `--corpus/-c` for a corpus, `--model/-m` for a model reference.
@@ -60,6 +64,20 @@ def open_catalog(resolved: Settings | None = None):
 
     resolved = resolved or settings()
     return Catalog.open(resolved.catalog_url, home=resolved.home)
+
+
+def reader(actor: str) -> str:
+    """Who the exclusion log records: --actor, else the login name."""
+    import getpass
+
+    return actor or getpass.getuser()
+
+
+def excluded_note(excluded: dict) -> str:
+    """An excluded chunk's place on screen: the exclusion that covers it, never its text."""
+    detail = ", ".join(f"{excluded[k]}" for k in ("scope", "policy") if excluded.get(k))
+    reason = f": {excluded['reason']}" if excluded.get("reason") else ""
+    return f"excluded by exclusion {excluded['exclusion_id']}" + (f" ({detail}{reason})" if detail else "")
 
 
 def emit_json(data) -> None:

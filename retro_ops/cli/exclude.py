@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, emit_json, fail, open_catalog, out, set_option, settings
+from retro_ops.cli.common import (
+    ActorOpt, JsonOpt, emit_json, excluded_note, fail, open_catalog, out, reader, set_option, settings,
+)
 from retro_ops.errors import RetroOpsError
 
 exclude_app = typer.Typer(no_args_is_help=True, help=(
@@ -18,11 +19,6 @@ exclude_app = typer.Typer(no_args_is_help=True, help=(
     "Every exclusion and revoke is audited: `retro-ops exclude list`."))
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail).")]
-ActorOpt = Annotated[str, typer.Option("--actor", help="Who decides (default: the login name).")]
-
-
-def _actor(actor: str) -> str:
-    return actor or getpass.getuser()
 
 
 def _record(scope: str, targets: list[str], reason: str, actor: str, json_out: bool) -> None:
@@ -30,7 +26,7 @@ def _record(scope: str, targets: list[str], reason: str, actor: str, json_out: b
 
     try:
         ids = open_catalog().record_exclusions(
-            [NewExclusion(scope, t, reason) for t in targets], actor=_actor(actor))
+            [NewExclusion(scope, t, reason) for t in targets], actor=reader(actor))
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -95,7 +91,7 @@ def _purge(doc_ids: list[str], reason: str, actor: str, json_out: bool) -> None:
     if not reason.strip():
         fail("a purge needs a reason (--reason)")
     try:
-        report = purge_documents(Workspace.open(settings()), doc_ids, reason=reason, actor=_actor(actor))
+        report = purge_documents(Workspace.open(settings()), doc_ids, reason=reason, actor=reader(actor))
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -131,7 +127,7 @@ def exclude_apply(
     resolved = settings()
     try:
         report = apply_policy(open_catalog(resolved), FeatureStore(resolved.lancedb_uri),
-                              load_policy(policy), set_name, actor=_actor(actor), dry_run=dry_run)
+                              load_policy(policy), set_name, actor=reader(actor), dry_run=dry_run)
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -142,7 +138,9 @@ def exclude_apply(
               f"{report.texts} texts; scored now {report.newly_scored}; matches {report.matches}; "
               f"{verb} {report.new_exclusions} (already excluded: {report.already_excluded})")
     for row in report.sample:
-        out.print(f"  {row['scope']} {row['target']} {row['scorer']}={row['score']}: {row['text']!r}")
+        shown = repr(row["text"]) if row["text"] is not None else excluded_note(row["excluded"])
+        out.print(f"  {row['scope']} {row['target']} {row['scorer']}={row['score']}: {shown}",
+                  highlight=False)
 
 
 @exclude_app.command("list")
@@ -168,7 +166,7 @@ def exclude_revoke(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
                    reason: ReasonOpt, actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
     """Bring excluded text back, with an audited reason (the exclusion row is kept)."""
     try:
-        record = open_catalog().revoke_exclusion(exclusion_id, reason=reason, actor=_actor(actor))
+        record = open_catalog().revoke_exclusion(exclusion_id, reason=reason, actor=reader(actor))
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:

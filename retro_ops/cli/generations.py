@@ -17,7 +17,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, emit_json, fail, out, settings
+from retro_ops.cli.common import (
+    ActorOpt, IncludeExcludedOpt, JsonOpt, emit_json, excluded_note, fail, out, reader, settings,
+)
 from retro_ops.errors import RetroOpsError
 
 generations_app = typer.Typer(no_args_is_help=True, help=(
@@ -73,14 +75,16 @@ def generations_search(
 @generations_app.command("show")
 def generations_show(request_id: Annotated[str, typer.Argument(help="A request id (returned by "
                                                                     "/generate as `request_id`).")],
+                     include_excluded: IncludeExcludedOpt = False, actor: ActorOpt = "",
                      json_out: JsonOpt = False) -> None:
     """One generation: prompt, output, params, versions, and per completed chunk the neighbours it
-    read with their text and sources."""
+    read with their text and sources (an excluded neighbour: its id and the exclusion covering it)."""
     from retro_ops.generations.search import show
 
     ws = _workspace()
     try:
-        row = show(ws.store, ws.catalog, request_id)
+        row = show(ws.store, ws.catalog, request_id,
+                   reveal_to=reader(actor) if include_excluded else None)
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -97,9 +101,13 @@ def generations_show(request_id: Annotated[str, typer.Argument(help="A request i
     for use in row["neighbours"]:
         out.print(f"\n[dim]chunk {use['chunk']}:[/dim]")
         for n in use["neighbours"]:
-            text = _clip(n["text"], 90) if n["text"] is not None else "(no longer in the store)"
-            out.print(f"  ({n['score']:.3f}) {n['chunk_id']} {text} [dim]{';'.join(n['sources'])}[/dim]",
-                      highlight=False)
+            if n["text"] is None:
+                text = excluded_note(n["excluded"]) if n["excluded"] else "(no longer in the store)"
+            else:
+                text = _clip(n["text"], 90) + (f" [yellow]({excluded_note(n['excluded'])}, shown for "
+                                                "audit)[/yellow]" if n["excluded"] else "")
+            where = f" [dim]{';'.join(n['sources'])}[/dim]" if n["sources"] else ""
+            out.print(f"  ({n['score']:.3f}) {n['chunk_id']} {text}{where}", highlight=False)
 
 
 @generations_app.command("purge")

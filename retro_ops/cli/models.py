@@ -153,8 +153,10 @@ def generate_command(
     for r in result.retrievals:
         out.print(f"\n[dim]chunk {r.chunk}:[/dim] {r.text[:120]}", highlight=False)
         for n in r.neighbours:
-            out.print(f"  {n.rank}. ({n.score:.3f}) {n.text[:100]} [dim]{n.continuation_text[:60]}[/dim]",
-                      highlight=False)
+            after = (f"(continuation: chunk {n.continuation_chunk_id}, excluded by exclusion "
+                     f"{n.continuation_excluded_by})" if n.continuation_excluded_by is not None
+                     else n.continuation_text[:60])
+            out.print(f"  {n.rank}. ({n.score:.3f}) {n.text[:100]} [dim]{after}[/dim]", highlight=False)
 
 
 @models_app.command("list")

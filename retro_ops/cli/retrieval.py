@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, corpus_option, emit_json, fail, open_catalog, out, set_option, settings
+from retro_ops.cli.common import (
+    JsonOpt, corpus_option, emit_json, excluded_note, fail, open_catalog, out, set_option, settings,
+)
 from retro_ops.errors import RetroOpsError
 
 retrieval_set_app = typer.Typer(no_args_is_help=True, help="Define and list retrieval sets.")
@@ -73,7 +75,8 @@ def retrieve(
     nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists to probe (default: the manifest's).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Nearest chunks of a text, with their continuation and source."""
+    """Nearest chunks of a text, with their continuation and source. Excluded chunks are never
+    retrieved; a continuation excluded since the set was built shows as its id and exclusion."""
     from retro_ops.features.embedder import Embedder
     from retro_ops.features.store import FeatureStore
     from retro_ops.retrieval.retriever import Retriever
@@ -102,6 +105,8 @@ def retrieve(
         return
     table = Table("rank", "score", "source", "neighbour (chunk + [dim]continuation[/dim])")
     for r in rows:
-        table.add_row(str(r["rank"]), f"{r['score']:.3f}", Path(r["source"]).name,
-                      f"{r['text']} [dim]{r['continuation_text']}[/dim]")
+        after = (f"[yellow](continuation: chunk {r['continuation_chunk_id']}, "
+                 f"{excluded_note({'exclusion_id': r['continuation_excluded_by']})})[/yellow]"
+                 if r["continuation_excluded_by"] is not None else f"[dim]{r['continuation_text']}[/dim]")
+        table.add_row(str(r["rank"]), f"{r['score']:.3f}", Path(r["source"]).name, f"{r['text']} {after}")
     out.print(table)

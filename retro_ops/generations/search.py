@@ -3,7 +3,8 @@
 Search embeds the query text exactly as outputs (and chunks) are embedded and ranks generations
 by cosine similarity of their outputs; a generation's own output finds itself first. `show`
 returns one generation with, per completed chunk, its neighbours' text and sources as they are
-now (a chunk since purged shows as missing, its id and score kept). `retrieving` answers the
+now (a chunk since purged shows as missing, its id and score kept; an excluded one as its id and
+the exclusion covering it, see `catalog.visibility`). `retrieving` answers the
 lineage question: which generations read any of these chunks.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from lancedb.expr import col, lit
 
+from retro_ops.catalog.visibility import ChunkView
 from retro_ops.errors import GenerationLogError
 from retro_ops.features.store import FeatureStore
 from retro_ops.generations.records import GENERATIONS
@@ -48,29 +50,34 @@ def search(store: FeatureStore, embedder, text: str, k: int = 5) -> list[dict]:
     return rows
 
 
-def show(store: FeatureStore, catalog, request_id: str) -> dict:
+def show(store: FeatureStore, catalog, request_id: str, *, reveal_to: str | None = None) -> dict:
     """One generation, its params and per completed chunk the neighbours it read with their
-    current text and sources."""
+    current text and sources. An excluded neighbour shows as its id and the exclusion covering
+    it (`excluded`; text and sources None) unless `reveal_to` names an auditor: then its text
+    too, recorded in the exclusion log before this returns."""
     table = _table(store)
     found = [] if table is None else (
         table.search().where((col("request_id") == lit(request_id)).to_sql())
         .limit(2).to_arrow().drop_columns(["vector"]).to_pylist())
     if not found:
         raise GenerationLogError(f"no generation with request id {request_id!r} in the log")
+    view = ChunkView(catalog, purpose=f"generations show {request_id}", reveal_to=reveal_to)
     row = found[0]
     row["params"] = json.loads(row["params"])
     ids = row.pop("neighbour_chunk_ids")
-    chunks = {c["chunk_id"]: c for c in store.chunks_by_id(ids, ["chunk_id", "doc_id", "text"])}
+    chunks = {c["chunk_id"]: c for c in store.chunks_by_id(ids, ["chunk_id", "doc_id", "content_hash", "text"])}
     sources: dict[str, list[str]] = {}
     for use in row["neighbours"]:
         use["neighbours"] = []
         for chunk_id, doc_id, score in zip(use.pop("chunk_ids"), use.pop("doc_ids"), use.pop("scores")):
-            if doc_id not in sources:
+            stored = chunks.get(chunk_id) or {}
+            shown = view.chunk(chunk_id, stored.get("content_hash"), doc_id, stored.get("text"))
+            if not shown.hidden and doc_id not in sources:
                 sources[doc_id] = catalog.document_sources(doc_id)
-            stored = chunks.get(chunk_id)
             use["neighbours"].append({"chunk_id": chunk_id, "doc_id": doc_id, "score": round(score, 6),
-                                      "text": stored["text"] if stored else None,
-                                      "sources": sources[doc_id]})
+                                      "text": shown.text, "excluded": shown.excluded,
+                                      "sources": None if shown.hidden else sources[doc_id]})
+    view.audit()
     return row
 
 

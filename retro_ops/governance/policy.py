@@ -12,7 +12,8 @@ A policy is a TOML file:
 
 Applying scores the distinct texts of the set's latest version (only those this scorer version
 has not scored yet), then records one audited exclusion per match. A dry run scores in memory
-and writes nothing: no score rows, no exclusions.
+and writes nothing: no score rows, no exclusions. The report's sample of matches shows a text
+only while no exclusion covers it (after a real run: the exclusion instead).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import SCOPES, NewExclusion
+from retro_ops.catalog.visibility import ChunkView
 from retro_ops.errors import PolicyError, ScorerError
 from retro_ops.features.store import FeatureStore
 from retro_ops.governance.corpus_scores import ensure_scores
@@ -121,9 +123,18 @@ def apply_policy(catalog: Catalog, store: FeatureStore, policy: Policy, retrieva
                     reason = f"{rule.reason} ({detail})" if detail else rule.reason
                     planned[(rule.scope, target)] = NewExclusion(rule.scope, target, reason, policy.name, key, score)
                     if len(report.sample) < sample_size:
+                        first = by_hash[h][0]
                         report.sample.append({"scope": rule.scope, "target": target, "scorer": key,
-                                              "score": round(score, 4), "text": by_hash[h][0]["text"][:80]})
+                                              "score": round(score, 4), "chunk_id": first["chunk_id"],
+                                              "doc_id": first["doc_id"], "content_hash": h,
+                                              "text": first["text"][:80]})
     report.new_exclusions = len(planned)
     if planned and not dry_run:
         report.exclusion_ids = catalog.record_exclusions(list(planned.values()), actor=actor)
+    # read after recording: what this run excluded (or any exclusion already over the chunk)
+    # shows as the exclusion, not the text
+    view = ChunkView(catalog, purpose=f"exclude apply {policy.name}")
+    for row in report.sample:
+        shown = view.chunk(row["chunk_id"], row["content_hash"], row["doc_id"], row["text"])
+        row["text"], row["excluded"] = shown.text, shown.excluded
     return report

@@ -319,7 +319,8 @@ def _retraining(lists: dict[str, list[dict]]) -> list[str]:
 def exclusion_report(db: AuditDB, exclusion_id: int) -> ForwardLineage:
     """Everything one exclusion covers, whatever its scope: the chunks (for a content hash, every
     chunk with that text), and for them the set versions, index builds and deployments that held
-    them and the models that read them (which may need retraining)."""
+    them and the models that read them (which may need retraining); and who was shown its text
+    on request (`reads`, the exclusion log)."""
     record = next((e for e in db.catalog.list_exclusions() if e.id == exclusion_id), None)
     if record is None:
         raise LineageError(f"no exclusion {exclusion_id} (see `retro-ops exclude list`)")
@@ -340,6 +341,7 @@ def exclusion_report(db: AuditDB, exclusion_id: int) -> ForwardLineage:
             merged += [r for r in rows if r not in merged]
     lists["exclusions"] = [e for e in lists.get("exclusions", []) if e["id"] == exclusion_id] or \
         [record.as_dict()]
+    lists["reads"] = db.catalog.exclusion_reads(exclusion_id)  # its text shown to an auditor
     summary = {"exclusion_id": record.id, "scope": record.scope, "target": record.target,
                "reason": record.reason, "policy": record.policy, "created_by": record.created_by,
                "created_at": record.created_at, "revoked_at": record.revoked_at,

@@ -8,7 +8,8 @@ in one batched LanceDB lookup. Missing results (-1 ids when k > ntotal) never le
 
 Exclusions take effect at once, before any rebuild: every call reads the catalog's active
 exclusions (chunk ids, content hashes, documents) and drops matching hits, over-fetching so
-that k results still come back. If that list cannot be read the call raises
+that k results still come back; a kept hit whose continuation was excluded since comes back
+without it (`continuation_excluded_by`). If that list cannot be read the call raises
 `ExclusionListError` rather than answer unfiltered (fail closed).
 """
 
@@ -27,7 +28,7 @@ from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index_build import apply_search_params
-from retro_ops.ids import validate_name
+from retro_ops.ids import chunk_id, content_hash, validate_name
 from retro_ops.retrieval.index_publish import IndexManifest, check_ntotal, current_build, load_current
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",
@@ -45,6 +46,8 @@ class Neighbour:
     text: str
     continuation_text: str
     token_ids: list[int]  # chunk + continuation: the 2m tokens RETRO's encoder reads
+    continuation_chunk_id: int | None = None  # None: the chunk ends its document (in the set)
+    continuation_excluded_by: int | None = None  # its continuation's exclusion (then left out)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -119,13 +122,23 @@ class Retriever:
                         if not excluded.drops(r["chunk_id"], r["content_hash"], r["doc_id"])][:k]
                 if len(kept) < k and depth < self.index.ntotal and len(hits) > len(kept):
                     again.append(q)  # some were dropped: search deeper for this query
-                results[wanted[q]] = [self._neighbour(rank, score, row)
+                results[wanted[q]] = [self._neighbour(rank, score, row, excluded)
                                       for rank, (score, row) in enumerate(kept, 1)]
             pending, depth = again, min(depth * _OVERFETCH, self.index.ntotal)
         return results
 
     @staticmethod
-    def _neighbour(rank: int, score: float, row: dict) -> Neighbour:
+    def _neighbour(rank: int, score: float, row: dict, excluded: ActiveExclusions) -> Neighbour:
+        """A hit's value: chunk + continuation. A continuation excluded after the set version was
+        built is left out (the value ends with the chunk, as at a document end), never served."""
+        continuation = row["continuation_text"] or ""
+        # the set's continuation is the document's next chunk (kept when the set was built)
+        following = chunk_id(row["doc_id"], row["position"] + 1) if continuation else None
+        covering = (excluded.covering(following, content_hash(continuation), row["doc_id"])
+                    if following is not None and excluded else [])
+        if covering:
+            return Neighbour(rank, score, row["chunk_id"], row["doc_id"], row["position"], row["text"],
+                             "", list(row["token_ids"]), following, covering[0])
         return Neighbour(rank, score, row["chunk_id"], row["doc_id"], row["position"], row["text"],
-                         row["continuation_text"] or "",
-                         list(row["token_ids"]) + list(row["continuation_token_ids"] or []))
+                         continuation,
+                         list(row["token_ids"]) + list(row["continuation_token_ids"] or []), following)

@@ -267,6 +267,7 @@ def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Li
             "chunks": [{"chunk": r.chunk, "text": r.text,
                         "neighbours": [{"chunk_id": n.chunk_id, "doc_id": n.doc_id, "score": n.score,
                                         "text": n.text, "continuation_text": n.continuation_text,
+                                        "continuation_excluded_by": n.continuation_excluded_by,
                                         "source": _source(holder, n.doc_id)}
                                        for n in r.neighbours]}
                        for r in result.retrievals]}
