@@ -34,5 +34,9 @@ def loss_curve_png(steps: list[int], losses: list[float], title: str) -> bytes:
 
 
 def loss_curve_markdown(steps: list[int], losses: list[float], title: str) -> dg.MetadataValue:
-    data = base64.b64encode(loss_curve_png(steps, losses, title)).decode()
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{data})")
+    return png_markdown(loss_curve_png(steps, losses, title), title)
+
+
+def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
+    """A PNG shown inline on the asset's page (a data URI: no artifact server needed)."""
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")

@@ -106,30 +106,39 @@ class WorkspaceResource(dg.ConfigurableResource):
             embedder_path=self.embedder.model_path or base.embedder_path))
 
 
+_TRAIN, _SPLIT, _NEIGHBOURS = TrainConfig(), SplitConfig(), NeighbourConfig()
+
+
 class TrainingResource(dg.ConfigurableResource):
     """A training spec: what the model assets train on and how. Each spec is saved under its
     name and is one partition of the model assets (`assets/specs.py`), so every asset of a run
-    agrees. Defaults train each demo model in about two minutes on 2 CPU cores."""
+    agrees. A flat view of `TrainingSpec`: every default is read from `TrainConfig`,
+    `SplitConfig` and `NeighbourConfig`, the one place each is set and explained (a test keeps
+    them equal); the seed is both the training and the split seed."""
 
     corpus: str = DEMO_CORPUS
     retrieval_set: str = DEMO_RETRIEVAL_SET
-    steps: int = TrainConfig.steps
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    k: int = 2
-    seed: int = 0
-    heldout_fraction: float = 0.1
-    self_neighbours: float = TrainConfig.self_neighbours
-    self_neighbour_shift: int = TrainConfig.self_neighbour_shift
-    self_neighbour_noise: float = TrainConfig.self_neighbour_noise
+    steps: int = _TRAIN.steps
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    k: int = _NEIGHBOURS.k
+    seed: int = _TRAIN.seed
+    heldout_fraction: float = _SPLIT.heldout_fraction
+    validation_share: float = _SPLIT.validation_share
+    group_by: str = _SPLIT.group_by
+    self_neighbours: float = _TRAIN.self_neighbours
+    self_neighbour_shift: int = _TRAIN.self_neighbour_shift
+    self_neighbour_noise: float = _TRAIN.self_neighbour_noise
+    no_neighbour_share: float = _TRAIN.no_neighbour_share
 
     def spec(self) -> TrainingSpec:
         return TrainingSpec(
             corpus=self.corpus, retrieval_set=self.retrieval_set,
-            train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                              warmup_steps=max(1, self.steps // 10), seed=self.seed,
+            train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                               self_neighbours=self.self_neighbours,
                               self_neighbour_shift=self.self_neighbour_shift,
-                              self_neighbour_noise=self.self_neighbour_noise),
+                              self_neighbour_noise=self.self_neighbour_noise,
+                              no_neighbour_share=self.no_neighbour_share),
             neighbours=NeighbourConfig(k=self.k),
-            split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed))
+            split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed,
+                              validation_share=self.validation_share, group_by=self.group_by))

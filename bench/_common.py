@@ -94,6 +94,7 @@ def environment() -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "processor": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -113,6 +114,22 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+          "amx_int8", "amx_bf16")
+
+
+def _cpu_flags() -> str:
+    """The SIMD features the numbers depend on, as the kernel reports them (read, never assumed)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in _FLAGS if f in have) or "none of " + " ".join(_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def seed_one(ws):
 def test_eval_after_seed_one_scores_no_training_document(ws, seed_one, monkeypatch):
     data, info = seed_one
     assert (info.split_seed, info.split_heldout_fraction) == (1, data.spec.split.heldout_fraction)
-    text = model_heldout_text(ws, info)
+    text = model_heldout_text(ws, info, part="heldout")
     assert text.doc_ids == data.heldout_doc_ids
     assert not set(text.doc_ids) & set(ws.catalog.model_training_doc_ids(info.id))
     # the old behaviour (the default seed's split) would score a training document: refused
@@ -52,7 +52,7 @@ def test_eval_after_seed_one_scores_no_training_document(ws, seed_one, monkeypat
     from retro_ops.cli.main import app
 
     monkeypatch.setenv("RETRO_OPS_HOME", str(ws.settings.home))
-    result = CliRunner().invoke(app, ["eval", "--model", info.ref, "--json"])
+    result = CliRunner().invoke(app, ["eval", "--model", info.ref, "--part", "heldout", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["text"] == "small held-out" and report["rows"][0]["tokens"] > 0

@@ -158,7 +158,8 @@ def test_backward_lists_exactly_the_documents_of_its_corpus_version(site, db):
     texts = {document_id(normalise_text(t)): normalise_text(t)
              for t in (MOBY / n for n in A_V1) for t in [t.read_text()]}
     assert all(d["bytes"] == len(texts[i].encode()) for i, d in docs.items())
-    train, held = split_documents(sorted(expected))
+    split = split_documents(sorted(expected))
+    train, held = split.train, split.heldout
     assert sorted(d for d in docs if docs[d]["role"] == "train") == train
     assert sorted(d for d in docs if docs[d]["role"] == "held-out") == held
     assert sum(d["chunks"] for d in docs.values() if d["role"] == "train") == \
@@ -208,8 +209,8 @@ def test_forward_document_separates_text_and_neighbour_readers(site, db):
 
 def test_diff_between_models_and_sets_matches_the_files(site, db):
     v1, v2 = site["v1_files"], site["v2_files"]
-    train1, _ = split_documents(sorted(v1.values()))
-    train2, _ = split_documents(sorted(v2.values()))
+    train1 = split_documents(sorted(v1.values())).train
+    train2 = split_documents(sorted(v2.values())).train
     found = diff(db, f"model-{site['m1'].id}", f"model-{site['m2'].id}")
     assert found.documents_added == sorted(set(train2) - set(train1))
     assert found.documents_removed == sorted(set(train1) - set(train2))

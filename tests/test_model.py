@@ -345,3 +345,53 @@ def test_incremental_decoding_gives_the_full_forward_logits(positions: bool):
     decoder.reset()
     with pytest.raises(ValueError, match="completes no chunk"):
         decoder.step(1, neighbours[0, 0])
+
+
+def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
+    """The pointer's sparse update equals the dense mixture (1 - g) softmax + g * scatter(attn)
+    over the neighbour tokens, duplicates and masked neighbours included, and sums to one."""
+    import types
+
+    from retro_ops.model.retro import NeighbourCopy
+
+    model = make_model()
+    with torch.no_grad():
+        model.copy.gate.bias.fill_(0.5)  # copy enough to matter
+    ids, _ = make_batch()
+    neighbours = torch.randint(1, 20, (2, TINY.n_chunks, 2, TINY.neighbour_len),
+                               generator=torch.Generator().manual_seed(5))  # many repeated tokens
+    neighbours[0, 1, 1, 5:] = 0
+    mask = torch.ones(neighbours.shape[:3], dtype=torch.bool)
+    mask[1, 3], mask[0, 2, 0] = False, False
+
+    def dense(self, logp, h, encoded, tokens, token_mask):
+        keys, values = self.k(encoded[:, :, :-1]).flatten(1, 2), tokens[:, :, 1:].flatten(1)
+        valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)
+        has = valid.any(1)
+        scores = (self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)).masked_fill(
+            ~(valid | ~has[:, None])[:, None, :], float("-inf"))
+        g = torch.sigmoid(self.gate(h).squeeze(-1) + self.gate_match * scores.amax(-1))[..., None]
+        copied = torch.zeros_like(logp).scatter_add(2, values[:, None].expand(-1, logp.shape[1], -1),
+                                                    scores.softmax(-1))
+        return torch.where(has[:, None, None], ((1 - g) * logp.exp() + g * copied).log(), logp)
+
+    with torch.no_grad():
+        sparse, _ = model(ids, neighbours, mask)
+        model.copy.mix = types.MethodType(dense, model.copy)
+        expected, _ = model(ids, neighbours, mask)
+    torch.testing.assert_close(sparse, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse.exp().sum(-1), torch.ones(sparse.shape[:2]), atol=1e-5, rtol=0)
+    assert NeighbourCopy.GATE_INIT < 0 and RetroConfig().copy_head
+    old = {k: v for k, v in TINY.to_dict().items() if k != "copy_head"}
+    assert RetroConfig.from_dict(old).copy_head is False  # checkpoints from before load without
+
+
+def test_copy_head_gradients_are_finite_when_every_neighbour_is_masked():
+    model = make_model().train()
+    ids, neighbours = make_batch()
+    mask = torch.zeros(neighbours.shape[:3], dtype=torch.bool)
+    mask[0, 4] = True
+    _, loss = model(ids, neighbours, mask, targets=torch.roll(ids, -1, 1))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.copy.q.weight.grad.abs().sum() > 0

@@ -54,7 +54,7 @@ def _secret_text() -> str:
     others = [document_id(normalise_text((CORPORA_DIR / "moby_dick" / c).read_text())) for c in CHAPTERS]
     for n in range(50):
         text = SECRET + (f" Note {n}." if n else "")
-        train, _ = split_documents(sorted(others + [document_id(normalise_text(text))]))
+        train = split_documents(sorted(others + [document_id(normalise_text(text))])).train
         if document_id(normalise_text(text)) in train:
             return text
     raise AssertionError("no variant of the secret document lands in the training split")

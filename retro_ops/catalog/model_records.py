@@ -49,6 +49,9 @@ class ModelInfo:
     split_seed: int | None = None
     split_heldout_fraction: float | None = None
     split_min_heldout: int | None = None
+    # validation part and groups (0011); None on rows recorded before it: no validation, by document
+    split_validation_share: float | None = None
+    split_group_by: str | None = None
 
     @property
     def ref(self) -> str:
@@ -68,7 +71,8 @@ def _info(row: m.ModelRecord, resolve: Callable[[str], str]) -> ModelInfo:
 _LINEAGE_FIELDS = ("embedding_space_id", "tokenizer_id", "code_version", "dagster_run_id",
                    "neighbours_key", "vocabulary_digest", "reads_table", "reads_lance_version",
                    "reads_digest", "n_training_chunks", "n_neighbour_chunks",
-                   "split_seed", "split_heldout_fraction", "split_min_heldout")
+                   "split_seed", "split_heldout_fraction", "split_min_heldout",
+                   "split_validation_share", "split_group_by")
 
 
 class ModelCatalogMixin:

@@ -255,6 +255,8 @@ class ModelRecord(Base):
     split_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     split_heldout_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
     split_min_heldout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    split_validation_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    split_group_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -268,6 +268,17 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, ModelCatalogMixin):
                              .where(m.DocumentSource.doc_id == doc_id)).tuples().all()
         return sorted(set(_public_sources(rows, self.resolved_path)))
 
+    def documents_sources(self, doc_ids: Iterable[str]) -> dict[str, list[str]]:
+        """`document_sources` of many documents in one query (documents with none are absent)."""
+        wanted, found = set(doc_ids), {}
+        with self.session() as s:
+            rows = s.execute(select(m.DocumentSource.doc_id, m.DocumentSource.source_uri, m.Corpus.source_uri)
+                             .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)).tuples().all()
+        for doc_id, source, corpus_source in rows:
+            if doc_id in wanted:
+                found.setdefault(doc_id, []).append((source, corpus_source))
+        return {d: sorted(set(_public_sources(r, self.resolved_path))) for d, r in found.items()}
+
     # -- features ----------------------------------------------------------------------------
     def register_embedding_space(self, space: EmbeddingSpace) -> None:
         with self.session() as s:

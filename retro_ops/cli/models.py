@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, out, set_option, settings
-from retro_ops.cli.tables import print_comparisons, print_eval_rows
+from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.errors import RetroOpsError
-from retro_ops.training.config import TrainConfig
+from retro_ops.training.config import NeighbourConfig, TrainConfig
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
 SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with each one swapped in.",
@@ -23,10 +23,10 @@ SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with
 def train_command(
     corpus: Annotated[str, corpus_option("The models are trained on its documents.")] = DEMO_CORPUS,
     retrieval_set: Annotated[str, set_option("Training neighbours are retrieved from it.")] = DEMO_RETRIEVAL_SET,
-    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = 300,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
-    k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = 2,
-    seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = TrainConfig.steps,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = TrainConfig.batch_size,
+    k: Annotated[int, typer.Option(min=1, help="Neighbours per chunk.")] = NeighbourConfig.k,
+    seed: Annotated[int, typer.Option(help="Data order, initialisation and split seed.")] = TrainConfig.seed,
     self_neighbours: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of training chunks given their own continuation as one "
                                "neighbour, which teaches RETRO to read neighbours (0 = off).")
@@ -37,6 +37,9 @@ def train_command(
     self_neighbour_noise: Annotated[float, typer.Option(
         min=0.0, max=0.99, help="Drop or replace this share of each copy's tokens, as a retrieved "
                                 "revision of the text differs.")] = TrainConfig.self_neighbour_noise,
+    no_neighbour_share: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="Withhold every neighbour of this share of training chunks, so "
+                                "RETRO also predicts well with nothing retrieved.")] = TrainConfig.no_neighbour_share,
     select: Annotated[Optional[str], typer.Option(
         help="Comma-separated model assets (default: all of training_neighbours, "
              "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
@@ -50,7 +53,8 @@ def train_command(
     training = TrainingResource(corpus=corpus, retrieval_set=retrieval_set, steps=steps,
                                 batch_size=batch_size, k=k, seed=seed,
                                 self_neighbours=self_neighbours, self_neighbour_shift=self_neighbour_shift,
-                                self_neighbour_noise=self_neighbour_noise)
+                                self_neighbour_noise=self_neighbour_noise,
+                                no_neighbour_share=no_neighbour_share)
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
     print_outcomes(outcomes, json_out)
@@ -70,6 +74,9 @@ def eval_command(
     on: Annotated[str, typer.Option(help="`heldout` (the held-out documents of the model's own "
                                          "split of its training corpus), a corpus name (its held-out "
                                          "documents under that split) or CORPUS:all.")] = "heldout",
+    part: Annotated[str, typer.Option(
+        help="Which held-out documents: `test` (what is reported), `validation` (for tuning) or "
+             "`heldout` (both). Models recorded before the split had parts: test is all held-out.")] = "test",
     leakage_filter: Annotated[bool, typer.Option(
         "--leakage-filter", help="Drop retrieval-set documents that near-duplicate an evaluated "
                                  "document (MinHash LSH) from the neighbours, for this evaluation.")] = False,
@@ -89,7 +96,9 @@ def eval_command(
     try:
         info = ws.catalog.resolve_model(model)
         corpus_name, _, whole = ("" if on == "heldout" else on).partition(":")
-        text = model_heldout_text(ws, info, corpus_name or None, whole == "all")
+        if part not in ("test", "validation", "heldout"):
+            fail(f"--part {part!r}: choose test, validation or heldout")
+        text = model_heldout_text(ws, info, corpus_name or None, whole == "all", part)
         report = evaluate_models(ws, [info], text, list(retrieval_set or []), k=info.config["n_neighbours"],
                                  leakage_filter=leakage_filter)
     except RetroOpsError as exc:
@@ -101,6 +110,7 @@ def eval_command(
                    "leaky_share": report.leaky_share, "leaky_share_ok": not leaky})
     else:
         print_eval_rows(report.table(), f"{report.text} ({len(text.doc_ids)} documents)")
+        print_alpha_deciles(report.table())
         print_comparisons(report.comparison_table())
     if leaky and not allow_leakage:
         fail(f"{report.leaky_share:.1%} of evaluated chunks have overlap alpha > 50% with their "

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from retro_ops.cli.common import emit_json, err, fail, out, settings
-from retro_ops.cli.tables import print_comparisons, print_eval_rows
+from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
@@ -77,6 +77,7 @@ def print_outcomes(outcomes, json_out: bool) -> None:
         for a in o.assets:
             if a.asset in ("evaluation", "swap_evaluation") and a.metadata.get("rows"):
                 print_eval_rows(a.metadata["rows"], f"bits per byte on {a.metadata.get('text', '')}")
+                print_alpha_deciles(a.metadata["rows"])
                 print_comparisons(a.metadata.get("comparisons") or [])
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":

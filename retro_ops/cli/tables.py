@@ -12,12 +12,27 @@ def _num(value: float | None) -> str:
 
 
 def print_eval_rows(rows: list[dict], title: str) -> None:
-    table = Table("model", "setting", "bits/byte", "non-[UNK] bpb", "[UNK] share", "bpb alpha<=12.5%",
-                  "bpb alpha<=50%", "alpha>50% share", title=title)
+    """bpb over all chunks, sequence-first chunks (they read nothing), chunks that read
+    neighbours, and those by overlap alpha (the share of a chunk found in its neighbours)."""
+    table = Table("model", "setting", "bits/byte", "[UNK] share", "first chunks", "reads",
+                  "reads α≤12.5%", "reads α 12.5-50%", "reads α>50%", title=title)
     for r in rows:
-        table.add_row(r["model"], r["setting"], _num(r["bits_per_byte"]), _num(r["bits_per_byte_known"]),
-                      f"{r['unknown_share']:.1%}", _num(r["bpb_alpha_le_12_5"]), _num(r["bpb_alpha_le_50"]),
-                      "" if r["leaky_share"] is None else f"{r['leaky_share']:.1%}")
+        table.add_row(r["model"], r["setting"], _num(r["bits_per_byte"]), f"{r['unknown_share']:.1%}",
+                      _num(r["bpb_first"]), _num(r["bpb_reads"]), _num(r["bpb_reads_low"]),
+                      _num(r["bpb_reads_mid"]), _num(r["bpb_reads_high"]))
+    out.print(table)
+
+
+def print_alpha_deciles(rows: list[dict]) -> None:
+    """bpb of the chunks that read neighbours by alpha decile: the paper's copy curve."""
+    shown = [r for r in rows if r.get("deciles")]
+    if not shown:
+        return
+    width = 100 // len(shown[0]["deciles"])
+    labels = [f"α {d * width}-{(d + 1) * width}%" for d in range(len(shown[0]["deciles"]))]
+    table = Table("model | setting", *labels, title="bpb of chunks that read neighbours, by overlap alpha")
+    for r in shown:
+        table.add_row(f"{r['model']} | {r['setting']}", *(_num(v) for v in r["deciles"]))
     out.print(table)
 
 
@@ -28,10 +43,10 @@ def print_comparisons(rows: list[dict]) -> None:
     if not shown:
         return
     omitted = len(rows) - len(shown)
-    table = Table("a", "b", "bucket", "bpb a - b", "95% interval", "chunks",
-                  title="paired differences (negative: a is better)",
+    table = Table("a", "b", "bucket", "bpb a - b", "95% interval", "chunks", "documents",
+                  title="paired differences (negative: a is better; intervals resample documents)",
                   caption=f"{omitted} identical pairs not shown" if omitted else None)
     for c in shown:
         table.add_row(c["a"], c["b"], c["bucket"], f"{c['difference']:+.4f}",
-                      f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["chunks"]))
+                      f"[{c['low']:+.4f}, {c['high']:+.4f}]", str(c["chunks"]), str(c.get("units", "")))
     out.print(table)

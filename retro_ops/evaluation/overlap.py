@@ -4,7 +4,10 @@ alpha(chunk u+1) = the longest token span it shares with the neighbours it can u
 (chunk + continuation), over its length. RETRO's CCA lets chunk u+1's tokens read only chunk
 u's neighbours, so that is where copying can come from; comparing chunk u with its own
 neighbours (as the old 8-gram column did) measures the wrong pair. The first chunk of a
-sequence reads no neighbours: alpha 0. Buckets follow the paper's leakage analysis.
+sequence reads no neighbours: alpha 0 by construction, so it is reported apart ("first chunks"),
+never mixed into a low-alpha bucket (issue #24: 106 of 377 held-out chunks were, and made that
+bucket look like the place where retrieval does nothing). Buckets follow the paper's leakage
+analysis, over the chunks that read neighbours, and deciles of alpha give its curve.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import numpy as np
 from retro_ops.training.data import ChunkTable, Sequences
 from retro_ops.training.neighbours import Neighbours
 
-#: (label, upper bound of alpha): "all" takes every chunk
-BUCKETS: tuple[tuple[str, float], ...] = (("alpha<=12.5%", 0.125), ("alpha<=50%", 0.5), ("all", 1.0))
-LEAKY = 0.5  # a chunk with alpha above this is mostly copied from its neighbours
+#: alpha > this: a chunk mostly copied from its neighbours (the paper's leakage threshold)
+LEAKY = 0.5
+FIRST, READS = "first chunks", "reads"
+#: buckets of reading chunks by alpha: (label, lower bound exclusive or None, upper bound inclusive)
+READ_BUCKETS: tuple[tuple[str, float | None, float], ...] = (
+    ("reads, alpha<=12.5%", None, 0.125), ("reads, alpha 12.5-50%", 0.125, 0.5), ("reads, alpha>50%", 0.5, 1.0))
+DECILES = 10
 
 
 def longest_shared_span(chunks: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -52,15 +59,37 @@ def overlap_alpha(table: ChunkTable, sequences: Sequences, neighbours: Neighbour
     return alpha
 
 
+def reads_neighbours(sequences: Sequences, neighbours: Neighbours, n_chunks: int) -> np.ndarray:
+    """(N,) True where a chunk reads neighbours: it is not first in its sequence and the chunk
+    before it has at least one."""
+    reads = np.zeros(n_chunks, dtype=bool)
+    index = sequences.chunk_index
+    s, u = np.nonzero(index[:, 1:] >= 0)
+    reads[index[s, u + 1]] = neighbours.mask[index[s, u]].any(axis=1)
+    return reads
+
+
 @dataclass(frozen=True)
 class Buckets:
-    """Which chunks fall in each alpha bucket (only chunks that were scored)."""
+    """Which scored chunks fall in each bucket: all, first chunks, reads, reads by alpha, and
+    the alpha deciles of the reading chunks (`decile_rows`)."""
 
     rows: dict[str, np.ndarray]
     leaky_share: float  # share of scored chunks with alpha > LEAKY
+    decile_rows: tuple[np.ndarray, ...] = ()
 
     @classmethod
-    def of(cls, alpha: np.ndarray, scored: np.ndarray) -> "Buckets":
-        rows = {label: np.flatnonzero(scored & (alpha <= bound)) for label, bound in BUCKETS}
+    def of(cls, alpha: np.ndarray, scored: np.ndarray, reads: np.ndarray | None = None) -> "Buckets":
+        reads = alpha > 0 if reads is None else reads
+        rows = {"all": np.flatnonzero(scored), FIRST: np.flatnonzero(scored & ~reads),
+                READS: np.flatnonzero(scored & reads)}
+        for label, low, high in READ_BUCKETS:
+            rows[label] = np.flatnonzero(scored & reads & (alpha <= high) & (alpha > (-1 if low is None else low)))
+        decile = np.minimum((alpha * DECILES).astype(np.int64), DECILES - 1)  # alpha 1.0 -> last
+        deciles = tuple(np.flatnonzero(scored & reads & (decile == d)) for d in range(DECILES))
         n = int(scored.sum())
-        return cls(rows, float((scored & (alpha > LEAKY)).sum() / n) if n else 0.0)
+        return cls(rows, float((scored & (alpha > LEAKY)).sum() / n) if n else 0.0, deciles)
+
+    @staticmethod
+    def decile_labels() -> list[str]:
+        return [f"{d * 10}-{(d + 1) * 10}%" for d in range(DECILES)]

@@ -1,5 +1,5 @@
-"""How a model is trained, apart from the trainer so that the CLI can show its defaults
-without importing torch."""
+"""How a model is trained and how its neighbours are fetched, apart from the trainer so that the
+CLI and the Dagster resource read their defaults from here without importing torch."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ class TrainConfig:
     self_neighbour_shift / self_neighbour_noise: move each such copy by up to this many tokens and
     drop or replace this share of its tokens, so it must be found by content, not by position.
     The defaults (half, 32 tokens, 30%) beat the earlier exact quarter in retrieval's gain over
-    three seeds (README, "A demo where retrieval pays off")."""
+    three seeds (README, "A demo where retrieval pays off").
+    no_neighbour_share: share of training chunks whose neighbours RETRO never sees (all withheld,
+    self-neighbour included), so its decoder also stands alone: a RETRO served without retrieval
+    (or with none found) should be no worse than its baseline (issue #24)."""
 
     steps: int = 300
     batch_size: int = 8
     lr: float = 2e-3
-    warmup_steps: int = 20
+    warmup_steps: int | None = None  # None: a tenth of the steps (`warmup`)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     checkpoint_every: int = 50
@@ -30,8 +33,17 @@ class TrainConfig:
     self_neighbours: float = 0.5
     self_neighbour_shift: int = 32  # half a chunk (README, "A demo where retrieval pays off")
     self_neighbour_noise: float = 0.3
+    no_neighbour_share: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be at least 1 (or None), got {self.warmup_steps!r}")
+        if not 0.0 <= self.no_neighbour_share < 1.0:
+            raise ValueError(f"no_neighbour_share is a share of chunks in [0, 1), got "
+                             f"{self.no_neighbour_share!r}")
         if not 0.0 <= self.self_neighbours <= 1.0:
             raise ValueError(f"self_neighbours is a share of chunks in [0, 1], got {self.self_neighbours!r}")
         if self.self_neighbour_shift < 0:
@@ -40,5 +52,20 @@ class TrainConfig:
             raise ValueError(f"self_neighbour_noise is a share of tokens in [0, 1), got "
                              f"{self.self_neighbour_noise!r}")
 
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in force: the field, or a tenth of the run (one step at least)."""
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 10)
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class NeighbourConfig:
+    """k: neighbours per chunk (the paper trains with 2); depth_factor: query this many times k,
+    then drop same-document and forbidden hits; pad_id: [PAD] where fewer than k are found."""
+
+    k: int = 2
+    depth_factor: int = 4
+    pad_id: int = 0

@@ -11,6 +11,8 @@ Excluded chunks (by chunk id, content hash or document) are dropped from trainin
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
@@ -22,22 +24,88 @@ from retro_ops.ids import set_digest, sha256_hex
 IGNORE = -100
 
 
+GroupBy = Literal["document", "stem"]
+Part = Literal["heldout", "validation", "test"]
+
+
 @dataclass(frozen=True)
 class SplitConfig:
-    """heldout_fraction of documents (at least min_heldout) are held out for evaluation."""
+    """heldout_fraction of document groups (at least min_heldout) are held out; of those,
+    validation_share go to validation (every tuning choice and early stop reads only these) and
+    the rest to test (what is reported). group_by: "document" (each its own group) or "stem"
+    (the file stem of its source, so `kjv_nt/40_Matthew_05.txt` and `asv_nt/40_Matthew_05.txt`
+    are one group): a held-out group is held out whole, and no document of it, in any corpus,
+    is ever a training neighbour (issue #24: the ASV parallel of a held-out KJV chapter passed
+    the near-duplicate filter). `legacy()` is the split of models recorded before the last two
+    fields existed (a tenth held out, no validation part, one group per document)."""
 
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.2  # half of it validation: the test part keeps a tenth
     min_heldout: int = 1
     seed: int = 0
+    validation_share: float = 0.5
+    group_by: GroupBy = "stem"
+
+    @classmethod
+    def legacy(cls, **overrides) -> "SplitConfig":
+        return cls(**{"heldout_fraction": 0.1, "validation_share": 0.0, "group_by": "document", **overrides})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction is a share in (0, 1), got {self.heldout_fraction!r}")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError(f"validation_share is a share in [0, 1), got {self.validation_share!r}")
+        if self.group_by not in ("document", "stem"):
+            raise ValueError(f"group_by is 'document' or 'stem', got {self.group_by!r}")
 
 
-def split_documents(doc_ids: list[str], config: SplitConfig = SplitConfig()) -> tuple[list[str], list[str]]:
-    """(train, held-out) doc ids: ordered by a seeded hash, the last fraction held out."""
+def group_key(doc_id: str, sources: list[str], group_by: GroupBy) -> str:
+    """The group of a document: itself, or the stem of its first source file (`40_Matthew_05`
+    of `asv_nt/40_Matthew_05.txt`; a line of a JSONL file is its own document)."""
+    if group_by == "document" or not sources:
+        return doc_id
+    source = sources[0]
+    if "#" in source:  # `file.jsonl#L3`: many documents share the file
+        return doc_id
+    return PurePosixPath(source.replace("\\", "/")).stem
+
+
+@dataclass(frozen=True)
+class DocumentSplit:
+    """Doc ids of each part, sorted; `heldout` is validation and test together."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+    @property
+    def heldout(self) -> list[str]:
+        return sorted(self.validation + self.test)
+
+    def part(self, name: Part) -> list[str]:
+        return {"heldout": self.heldout, "validation": self.validation, "test": self.test}[name]
+
+
+def split_documents(doc_ids: list[str], config: SplitConfig = SplitConfig(),
+                    groups: dict[str, str] | None = None) -> DocumentSplit:
+    """Groups (default: one per document) ordered by a seeded hash, the last fraction held out;
+    the held-out groups ordered by a second hash, the first validation_share to validation."""
     if len(doc_ids) < 2:
         raise ValueError(f"need at least 2 documents to hold one out, got {len(doc_ids)}")
-    ranked = sorted(doc_ids, key=lambda d: sha256_hex(f"{config.seed}:{d}"))
+    groups = groups or {}
+    members: dict[str, list[str]] = {}
+    for d in doc_ids:
+        members.setdefault(groups.get(d, d), []).append(d)
+    if len(members) < 2:
+        raise ValueError(f"need at least 2 document groups to hold one out, got {len(members)}")
+    ranked = sorted(members, key=lambda g: sha256_hex(f"{config.seed}:{g}"))
     n_held = min(len(ranked) - 1, max(config.min_heldout, round(config.heldout_fraction * len(ranked))))
-    return sorted(ranked[:-n_held]), sorted(ranked[-n_held:])
+    held = sorted(ranked[-n_held:], key=lambda g: sha256_hex(f"{config.seed}:validation:{g}"))
+    n_val = min(n_held - 1, round(config.validation_share * n_held)) if config.validation_share else 0
+
+    def docs(keys) -> list[str]:
+        return sorted(d for g in keys for d in members[g])
+
+    return DocumentSplit(docs(ranked[:-n_held]), docs(held[:n_val]), docs(held[n_val:]))
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,8 @@ from retro_ops.catalog import RetrievalSetVersionInfo
 from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import set_digest, sha256_hex
+from retro_ops.training.config import NeighbourConfig
 from retro_ops.training.data import ChunkTable
-
-
-@dataclass(frozen=True)
-class NeighbourConfig:
-    k: int = 2
-    depth_factor: int = 4  # query this many times k, then drop same-document hits
-    pad_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +131,28 @@ def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: fl
     mask[chosen, k - 1] = True
     ids[chosen, k - 1] = table.chunk_ids[chosen]  # lineage: this slot is the chunk's own text
     return replace(neighbours, tokens=tokens, mask=mask, ids=ids)
+
+
+def shuffled_neighbours(neighbours: Neighbours, seed: int) -> Neighbours:
+    """Every chunk's neighbours given to another chunk (a seeded permutation): the same tokens,
+    read where they do not belong. A model that gains from these gains from capacity or from
+    the set's style, not from reading what its neighbours say (issue #24's control)."""
+    order = np.random.default_rng([seed, _SHUFFLE_STREAM]).permutation(len(neighbours.chunk_ids))
+    return replace(neighbours, ids=neighbours.ids[order], scores=neighbours.scores[order],
+                   tokens=neighbours.tokens[order], mask=neighbours.mask[order])
+
+
+_SHUFFLE_STREAM = 11
+_WITHHELD_STREAM = 13
+
+
+def withheld_neighbours(neighbours: Neighbours, share: float, seed: int) -> Neighbours:
+    """A seeded `share` of the chunks lose every neighbour (masked): training only, so that
+    RETRO's decoder also learns to predict with nothing retrieved."""
+    if share <= 0.0:
+        return neighbours
+    drop = np.random.default_rng([seed, _WITHHELD_STREAM]).random(len(neighbours.chunk_ids)) < share
+    return replace(neighbours, mask=neighbours.mask & ~drop[:, None])
 
 
 def _copies(table: ChunkTable, rows: np.ndarray, width: int, shift: int, noise: float,

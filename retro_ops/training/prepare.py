@@ -23,7 +23,9 @@ from retro_ops.governance.dedup import DedupConfig, near_duplicates_of
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.model import RetroConfig
 from retro_ops.retrieval.retriever import Retriever
-from retro_ops.training.data import ChunkTable, SplitConfig, load_chunk_table, split_documents, without_excluded
+from retro_ops.training.data import (
+    ChunkTable, DocumentSplit, SplitConfig, group_key, load_chunk_table, split_documents, without_excluded,
+)
 from retro_ops.training.neighbours import (
     NeighbourConfig, Neighbours, cached_neighbours, compute_neighbours, neighbours_key,
 )
@@ -74,7 +76,7 @@ class PreparedData:
     spec: TrainingSpec
     corpus_version: CorpusVersionInfo
     train_doc_ids: list[str]
-    heldout_doc_ids: list[str]
+    heldout_doc_ids: list[str]  # validation and test
     vocab: Vocabulary
     train_table: ChunkTable
     heldout_table: ChunkTable
@@ -82,6 +84,7 @@ class PreparedData:
     heldout_neighbours: NeighbourSet
     retriever: Retriever
     forbidden_doc_ids: frozenset[str] = frozenset()  # never a training neighbour
+    split: DocumentSplit | None = None
 
 
 def store_vocabulary(ws: Workspace) -> Vocabulary:
@@ -128,28 +131,47 @@ def set_doc_ids(ws: Workspace, retriever: Retriever) -> list[str]:
     return sorted(set(rows.column("doc_id").to_pylist()))
 
 
+def document_groups(ws: Workspace, doc_ids: list[str], split: SplitConfig) -> dict[str, str]:
+    """doc id -> group key under the split's `group_by` (from the catalog's recorded sources)."""
+    if split.group_by == "document":
+        return {d: d for d in doc_ids}
+    sources = ws.catalog.documents_sources(doc_ids)
+    return {d: group_key(d, sources.get(d, []), split.group_by) for d in doc_ids}
+
+
+def corpus_split(ws: Workspace, version: CorpusVersionInfo, split: SplitConfig) -> DocumentSplit:
+    doc_ids = ws.catalog.corpus_doc_ids(version.id)
+    return split_documents(doc_ids, split, document_groups(ws, doc_ids, split))
+
+
 def forbidden_neighbour_docs(ws: Workspace, retriever: Retriever, heldout_ids: list[str],
-                             dedup: DedupConfig) -> frozenset[str]:
-    """Held-out documents and the set's documents that near-duplicate one of them."""
+                             dedup: DedupConfig, split: SplitConfig = SplitConfig()) -> frozenset[str]:
+    """Held-out documents, the set's documents that near-duplicate one of them, and (grouped
+    splits) the set's documents of a held-out group, such as another edition of the chapter."""
     candidates = set_doc_ids(ws, retriever)
     texts = ws.store.document_texts(sorted(set(candidates) | set(heldout_ids)))
     near = near_duplicates_of({d: texts[d] for d in heldout_ids if d in texts},
                               {d: texts[d] for d in candidates if d in texts}, dedup)
-    return frozenset(heldout_ids) | frozenset(near)
+    grouped: set[str] = set()
+    if split.group_by != "document":
+        held_groups = set(document_groups(ws, heldout_ids, split).values())
+        grouped = {d for d, g in document_groups(ws, candidates, split).items() if g in held_groups}
+    return frozenset(heldout_ids) | frozenset(near) | frozenset(grouped)
 
 
 def prepare_training(ws: Workspace, spec: TrainingSpec) -> PreparedData:
     version = ws.catalog.latest_corpus_version(spec.corpus)
-    train_ids, heldout_ids = split_documents(ws.catalog.corpus_doc_ids(version.id), spec.split)
+    split = corpus_split(ws, version, spec.split)
+    train_ids, heldout_ids = split.train, split.heldout
     m = spec.model.chunk_size
     train_table = without_excluded(load_chunk_table(ws.store, train_ids, m), ws.catalog.active_exclusions())
     heldout_table = load_chunk_table(ws.store, heldout_ids, m)
     retriever = ws.retriever(spec.retrieval_set)
-    forbidden = forbidden_neighbour_docs(ws, retriever, heldout_ids, spec.dedup)
+    forbidden = forbidden_neighbour_docs(ws, retriever, heldout_ids, spec.dedup, spec.split)
     return PreparedData(
         spec, version, train_ids, heldout_ids, store_vocabulary(ws), train_table, heldout_table,
         neighbours_for(ws, train_table, retriever, spec.neighbours, m, forbidden),
-        neighbours_for(ws, heldout_table, retriever, spec.neighbours, m), retriever, forbidden)
+        neighbours_for(ws, heldout_table, retriever, spec.neighbours, m), retriever, forbidden, split)
 
 
 def model_key(kind: str, data: PreparedData, parent_sha: str | None, tokenizer_id: str) -> str:

@@ -24,7 +24,7 @@ from retro_ops.training.checkpoint import (
     CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint, weights_digest,
 )
 from retro_ops.training.data import make_sequences
-from retro_ops.training.neighbours import with_self_neighbours
+from retro_ops.training.neighbours import with_self_neighbours, withheld_neighbours
 from retro_ops.training.prepare import PreparedData, encode_neighbours, encode_table, model_key
 from retro_ops.training.reads import neighbour_chunk_ids, record_model_reads
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
@@ -51,7 +51,8 @@ def model_config(kind: Kind, data: PreparedData) -> RetroConfig:
 
 def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = False) -> TrainingData:
     """Sequences (and neighbours) of the train or held-out chunks, in the model's vocabulary.
-    Training neighbours include the spec's share of self-neighbours; held-out ones never do."""
+    Training neighbours include the spec's share of self-neighbours and withhold its share of
+    chunks' neighbours; held-out ones are as retrieved."""
     table = data.heldout_table if heldout else data.train_table
     sequences = make_sequences(encode_table(table, data.vocab), data.spec.model.n_chunks)
     if not with_neighbours:
@@ -60,9 +61,10 @@ def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = Fal
         neighbours = data.heldout_neighbours.neighbours
     else:
         train = data.spec.train
-        neighbours = with_self_neighbours(data.train_neighbours.neighbours, table,
-                                          train.self_neighbours, train.seed,
-                                          train.self_neighbour_shift, train.self_neighbour_noise)
+        neighbours = withheld_neighbours(
+            with_self_neighbours(data.train_neighbours.neighbours, table, train.self_neighbours, train.seed,
+                                 train.self_neighbour_shift, train.self_neighbour_noise),
+            train.no_neighbour_share, train.seed)
     return TrainingData(sequences, encode_neighbours(neighbours, data.vocab))
 
 
@@ -158,6 +160,8 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                      "neighbours.k": data.spec.neighbours.k,
                                      "split.heldout_fraction": data.spec.split.heldout_fraction,
                                      "split.seed": data.spec.split.seed,
+                                     "split.validation_share": data.spec.split.validation_share,
+                                     "split.group_by": data.spec.split.group_by,
                                      "retrieval_set": data.spec.retrieval_set if kind != "baseline" else "",
                                      "parent_model": parent.ref if parent else ""})
         tracking.log_inputs(run_id, lineage_inputs(ws, data, kind), "training")
@@ -184,7 +188,9 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
             neighbours_key=data.train_neighbours.key if kind != "baseline" else None,
             vocabulary_digest=data.vocab.digest, split_seed=data.spec.split.seed,
             split_heldout_fraction=data.spec.split.heldout_fraction,
-            split_min_heldout=data.spec.split.min_heldout)
+            split_min_heldout=data.spec.split.min_heldout,
+            split_validation_share=data.spec.split.validation_share,
+            split_group_by=data.spec.split.group_by)
         info = _record_reads(ws, info, data, inputs)
         name = REGISTERED_NAMES[kind]
         version = tracking.register(name, source, run_id, "candidate",

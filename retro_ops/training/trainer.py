@@ -70,9 +70,9 @@ def batch_rows(seed: int, step: int, n_sequences: int, batch_size: int) -> np.nd
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warmup, then cosine decay to lr/10 at the last step."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
