@@ -97,6 +97,10 @@ class GenerationTimeoutError(RetroOpsError, TimeoutError):
     """A generation ran past its time limit and was stopped: answered 504."""
 
 
+class RetrieveTimeoutError(RetroOpsError, TimeoutError):
+    """A /retrieve request (its wait for a turn included) ran past its time limit: answered 504."""
+
+
 class LineageError(RetroOpsError, LookupError):
     """A document, chunk or reference that a lineage audit cannot find in the catalog."""
 

@@ -1,6 +1,7 @@
 """Serving under overload and hostile input, on real uvicorn servers on loopback: bounded queue
-with fast 503s, /health in milliseconds, generation time limits, priority swaps, chunked bodies,
-bounded fields, admin-token rules, loopback binding, and weights checked against the catalog."""
+with fast 503s, /health in milliseconds, generation and retrieval time limits, priority swaps,
+chunked bodies, bounded fields, admin-token rules, loopback binding, weights checked against the
+catalog."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import AdminTokenError, ModelIntegrityError
 from retro_ops.serving.admission import AdmissionConfig
 from retro_ops.serving.app import Limits, create_app
+from retro_ops.serving.batching import BatchConfig
 from retro_ops.serving.deployment import DeploymentHolder, verified_model
 from retro_ops.serving.security import check_bind
 from retro_ops.training.checkpoint import MODEL_FILE
@@ -53,13 +55,14 @@ def base(ws):
 
 
 @contextmanager
-def serving(base, admission: AdmissionConfig, limits: Limits = Limits(max_new_tokens=LONG)):
+def serving(base, admission: AdmissionConfig, limits: Limits = Limits(max_new_tokens=LONG),
+            batching: BatchConfig | None = None):
     holder, _, _ = base
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     served = DeploymentHolder(holder.ws, holder.current, f"http://127.0.0.1:{port}", admission)
-    app = create_app(served, admin_token=TOKEN, limits=limits)
+    app = create_app(served, admin_token=TOKEN, limits=limits, batching=batching)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -349,3 +352,31 @@ def test_wait_budget_bounds_the_work_ahead():
             unbounded.admit("fast")
         for place in places:
             place.release()
+
+
+@pytest.mark.parametrize("batching", [None, BatchConfig()], ids=["one_by_one", "batched"])
+def test_retrieve_past_its_time_limit_gets_504_and_gives_its_place_back(base, batching):
+    """The compute slot held (as a long request holds it): /retrieve answers 504 at its own time
+    limit instead of waiting for the slot, /health still answers, and once the slot is free the
+    late query gives its place back without being computed and retrieval serves again."""
+    admission = AdmissionConfig(retrieve_timeout_s=0.3, queue_timeout_s=5, max_wait_services=None)
+    with serving(base, admission, batching=batching) as (url, served):
+        assert post(url, "/retrieve", text="the whale", k=2)[0].status_code == 200
+        gate = served.gate
+        with gate.turn(gate.admit("generate")):
+            late, took = post(url, "/retrieve", text="the whale", k=2)
+            health = requests.get(f"{url}/health", timeout=10)
+            waiting = gate.admitted
+        deadline = time.monotonic() + 5
+        while gate.admitted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.admitted == 0
+        again, _ = post(url, "/retrieve", text="the whale", k=2)
+        computed = requests.get(f"{url}/health", timeout=10).json()["batching"]
+    assert late.status_code == 504, late.text
+    assert late.json()["detail"] == "retrieval past its time limit (0.3 s)"
+    assert 0.3 <= took < 1.3 and health.status_code == 200
+    assert waiting == 2  # the held slot and the timed-out query, still in line until its turn
+    assert again.status_code == 200 and len(again.json()["neighbours"]) == 2
+    if batching is not None:  # the warm-up and `again` were encoded; the late query was not
+        assert computed["queries"] == 2, computed

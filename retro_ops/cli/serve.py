@@ -50,6 +50,9 @@ def serve_command(
                                                     "before it is stopped (504).")] = 30.0,
     queue_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may wait for "
                                                  "its turn before a 503.")] = 15.0,
+    retrieve_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a /retrieve may take, "
+                                                    "its wait for a turn included, before a "
+                                                    "504.")] = 10.0,
     max_wait: Annotated[float, typer.Option(min=0.0, help="Admit a request only while the work ahead "
                                             "of it is at most this many of its own (measured) service "
                                             "times; keeps accepted latency flat under overload. 0 = "
@@ -81,7 +84,8 @@ def serve_command(
     except AdminTokenError as exc:
         fail(str(exc))
     admission = AdmissionConfig(max_queue=max_queue, generate_timeout_s=generate_timeout,
-                                queue_timeout_s=queue_timeout, max_wait_services=max_wait or None)
+                                queue_timeout_s=queue_timeout, max_wait_services=max_wait or None,
+                                retrieve_timeout_s=retrieve_timeout)
     from retro_ops.cli.generations import open_generation_log
 
     try:
