@@ -4,7 +4,8 @@ Every response names the model version and the exact retrieval-set version that 
 The admin swap needs a bearer token of >= 16 characters configured at start (never a default).
 Under overload the server sheds load instead of queueing without bound: a request beyond the
 queue gets 503 + Retry-After at once, a generation or a retrieval past its time limit 504 (its
-slot freed), and `/health` runs on the event loop so it answers while every worker computes. Bodies are capped
+slot freed), and `/health` runs on the event loop so it answers while every worker computes.
+Slow clients are cut at the connection level (`connections.py`). Bodies are capped
 by bytes actually received (a chunked body has no Content-Length to trust); every field is
 bounded so a hostile value is a 422, never a 500.
 """
