@@ -113,6 +113,10 @@ class AuditQueryError(RetroOpsError, ValueError):
     """A read-only audit query that DuckDB could not run (unknown view or column, bad syntax)."""
 
 
+class AuditLimitError(AuditQueryError):
+    """An audit query stopped at one of its limits (statement timeout, memory): the message names it."""
+
+
 class ExclusionError(RetroOpsError, ValueError):
     """An exclusion that cannot be recorded or revoked (unknown chunk or document, no reason)."""
 
