@@ -146,8 +146,8 @@ class _Guard:
 
     def _expired(self, what: str, seconds: float) -> None:
         self._timer = None
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed already, or upgraded (a websocket protocol owns the transport now)
         # the app, if it waits for the body, sees a disconnect and answers nothing itself
         self.transport.write(_response(b"408 Request Timeout",
                                        f"request {what} not received within {seconds:g} s (read timeout)"))
