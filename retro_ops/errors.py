@@ -97,6 +97,10 @@ class GenerationTimeoutError(RetroOpsError, TimeoutError):
     """A generation ran past its time limit and was stopped: answered 504."""
 
 
+class RetrieveTimeoutError(RetroOpsError, TimeoutError):
+    """A /retrieve request (its wait for a turn included) ran past its time limit: answered 504."""
+
+
 class LineageError(RetroOpsError, LookupError):
     """A document, chunk or reference that a lineage audit cannot find in the catalog."""
 
@@ -107,6 +111,10 @@ class ReadOnlyQueryError(RetroOpsError, PermissionError):
 
 class AuditQueryError(RetroOpsError, ValueError):
     """A read-only audit query that DuckDB could not run (unknown view or column, bad syntax)."""
+
+
+class AuditLimitError(AuditQueryError):
+    """An audit query stopped at one of its limits (statement timeout, memory): the message names it."""
 
 
 class ExclusionError(RetroOpsError, ValueError):

@@ -21,12 +21,13 @@ from typer.testing import CliRunner
 
 from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.errors import LineageError, ReadOnlyQueryError
+from retro_ops.errors import AuditLimitError, LineageError, ReadOnlyQueryError
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import document_id, normalise_text
 from retro_ops.lineage.audit import backward, forward_chunk, forward_document, resolve_documents
 from retro_ops.lineage.diff import diff
+from retro_ops.lineage.limits import AuditLimits
 from retro_ops.lineage.sql import run_sql
 from retro_ops.lineage.verify import verify
 from retro_ops.lineage.views import AuditDB
@@ -519,3 +520,59 @@ def test_verify_checks_the_disk_refine_sidecars(site, db):
         finally:
             path.write_bytes(original)
     assert verify(db, ref).drift == []
+
+
+CROSS_JOIN = "SELECT count(*) AS n FROM range(1000000) a, range(1000000) b"  # 10^12 rows
+STRING_AGG = "SELECT length(string_agg(repeat('abcdefgh', 1000), ',')) AS n FROM range(50000)"  # 400 MB
+
+
+def test_audit_sql_stops_a_cross_join_at_the_statement_timeout(catalog, store):
+    """A 10^12-row cross join is interrupted at the 0.5 s timeout (a watchdog interrupts it at 15 s
+    should the timeout not, so the test cannot hang), and the connection answers next."""
+    db = AuditDB(catalog, store, AuditLimits(timeout_s=0.5))
+    watchdog = threading.Timer(15, db.con.interrupt)
+    watchdog.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(AuditLimitError, match=r"^audit query stopped at the statement timeout of "
+                                                  r"0\.5 s \(audit sql --timeout\)$"):
+            run_sql(db, CROSS_JOIN)
+    finally:
+        watchdog.cancel()
+    assert 0.5 <= time.perf_counter() - started < 2.5
+    assert run_sql(db, "SELECT 42 AS n").to_pylist() == [{"n": 42}]
+    db.close()
+
+
+def test_audit_sql_memory_is_capped_and_threads_bounded(catalog, store):
+    """`string_agg` of repeated text (400 MB unbounded) fails at a 64 MiB limit naming it, with no
+    file spilled; by default the connection has 2 GiB, 2 threads and no temp folder."""
+    db = AuditDB(catalog, store, AuditLimits(memory_limit_mib=64, threads=1))
+    with pytest.raises(AuditLimitError, match=r"^audit query over the memory limit of 64 MiB \(audit sql "
+                                              r"--memory-limit-mib\): failed to allocate [^\n]+$"):
+        run_sql(db, STRING_AGG)
+    settings = "SELECT current_setting('memory_limit') AS m, current_setting('threads') AS t, " \
+               "current_setting('temp_directory') AS d"
+    assert run_sql(db, settings).to_pylist() == [{"m": "64.0 MiB", "t": 1, "d": ""}]
+    db.close()
+    default = AuditDB(catalog, store)
+    assert default.rows(settings) == [{"m": "2.0 GiB", "t": 2, "d": ""}]
+    default.close()
+
+
+def test_cli_audit_sql_limits_fail_with_one_line_naming_the_limit(home):
+    from retro_ops.cli.main import app
+
+    def sql(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["audit", "sql", *args])
+        return result.exit_code, result.output.strip()
+
+    started = time.perf_counter()
+    assert sql("--timeout", "0.5", CROSS_JOIN) == (
+        2, "error: audit query stopped at the statement timeout of 0.5 s (audit sql --timeout)")
+    assert time.perf_counter() - started < 10
+    code, output = sql("--memory-limit-mib", "64", STRING_AGG)
+    assert code == 2 and "\n" not in output
+    assert output.startswith("error: audit query over the memory limit of 64 MiB (audit sql --memory-limit-mib): ")
+    code, output = sql("--threads", "1", "--json", "SELECT current_setting('threads') AS t")
+    assert code == 0 and json.loads(output) == [{"t": 1}]

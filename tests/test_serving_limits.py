@@ -1,11 +1,13 @@
 """Serving under overload and hostile input, on real uvicorn servers on loopback: bounded queue
-with fast 503s, /health in milliseconds, generation time limits, priority swaps, chunked bodies,
-bounded fields, admin-token rules, loopback binding, and weights checked against the catalog."""
+with fast 503s, /health in milliseconds, generation and retrieval time limits, priority swaps,
+chunked bodies, bounded fields, admin-token rules, loopback binding, weights checked against the
+catalog, and slow clients on real sockets cut at the read deadlines and the connection bound."""
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import select
 import socket
 import threading
 import time
@@ -24,6 +26,8 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import AdminTokenError, ModelIntegrityError
 from retro_ops.serving.admission import AdmissionConfig
 from retro_ops.serving.app import Limits, create_app
+from retro_ops.serving.batching import BatchConfig
+from retro_ops.serving.connections import ConnectionLimits, guarded_protocol
 from retro_ops.serving.deployment import DeploymentHolder, verified_model
 from retro_ops.serving.security import check_bind
 from retro_ops.training.checkpoint import MODEL_FILE
@@ -53,14 +57,17 @@ def base(ws):
 
 
 @contextmanager
-def serving(base, admission: AdmissionConfig, limits: Limits = Limits(max_new_tokens=LONG)):
+def serving(base, admission: AdmissionConfig, limits: Limits = Limits(max_new_tokens=LONG),
+            connections: ConnectionLimits = ConnectionLimits(), batching: BatchConfig | None = None):
+    """A real uvicorn server on loopback, run as `retro-ops serve` runs it (its guarded protocol)."""
     holder, _, _ = base
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     served = DeploymentHolder(holder.ws, holder.current, f"http://127.0.0.1:{port}", admission)
-    app = create_app(served, admin_token=TOKEN, limits=limits)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(served, admin_token=TOKEN, limits=limits, batching=batching)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                          http=guarded_protocol(connections)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -349,3 +356,181 @@ def test_wait_budget_bounds_the_work_ahead():
             unbounded.admit("fast")
         for place in places:
             place.release()
+
+
+SLOW_BYTE_S = 0.2  # a slow client's pace (the attack seen: one byte every 10 s, held forever)
+N_SLOW = 100  # slow clients of each kind
+
+
+class SlowClient:
+    """A real socket sending its request at a trickle, one byte per SLOW_BYTE_S: `headers` never
+    ends its headers; `body` declares Content-Length: 60000 and trickles the body; `kept` makes
+    one whole request on a kept-alive connection, then trickles the next one's headers. `drive`
+    records how long after its deadline started (connect / headers sent / response read) the
+    server cut each, and what it said."""
+
+    def __init__(self, port: int, kind: str):
+        self.kind, self.cut_after, self.answer = kind, None, b""
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        if kind == "body":
+            self.sock.sendall(b"POST /retrieve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+                              b"\r\nContent-Length: 60000\r\n\r\n")
+        elif kind == "kept":
+            self.sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(self.sock).startswith(b"HTTP/1.1 200")
+        self.since = time.monotonic()
+        if kind != "body":
+            self.sock.sendall(b"POST /retrieve HTTP/1.1\r\n")
+
+    def cut(self, answer: bytes) -> None:
+        self.answer, self.cut_after = answer, time.monotonic() - self.since
+        self.sock.close()
+
+    @staticmethod
+    def drive(clients: list["SlowClient"], give_up_s: float) -> None:
+        """One thread for all of them (the server, in this process, shares the GIL with it): each
+        live socket gets a byte every SLOW_BYTE_S; one the server writes to or closes is cut."""
+        live, next_byte = {c.sock: c for c in clients}, time.monotonic() + SLOW_BYTE_S
+        while live and time.monotonic() - min(c.since for c in live.values()) < give_up_s:
+            readable, _, _ = select.select(list(live), [], [], max(0.0, next_byte - time.monotonic()))
+            for sock in readable:
+                client = live.pop(sock)
+                try:
+                    client.cut(sock.recv(4096))  # the 408, or b"" for a bare close
+                except OSError as exc:
+                    client.cut(repr(exc).encode())
+            if time.monotonic() >= next_byte:
+                next_byte += SLOW_BYTE_S
+                for sock, client in list(live.items()):
+                    try:
+                        sock.sendall(b"x" if client.kind == "body" else b"X")
+                    except OSError as exc:  # a reset or a broken pipe
+                        live.pop(sock).cut(repr(exc).encode())
+        for client in live.values():
+            client.sock.close()  # never cut
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One HTTP response with a Content-Length body, read whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    assert fn().status_code == 200
+    return time.perf_counter() - started
+
+
+def test_slow_clients_are_cut_at_the_read_deadlines_while_health_and_retrieve_answer(base):
+    """300 slow sockets (100 per kind) against a server with 1 s / 1.5 s deadlines: each is cut
+    with a 408 at its deadline (not before, and without the deadlines never), while /health and
+    /retrieve answer as fast as before they came, and a slow-but-in-time body is served."""
+    limits = ConnectionLimits(header_timeout_s=1.0, body_timeout_s=1.5, max_connections=400)
+    with serving(base, AdmissionConfig(), connections=limits) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        health = lambda: requests.get(f"{url}/health", timeout=10)  # noqa: E731
+        retrieve = lambda: requests.post(f"{url}/retrieve", json={"text": "the whale", "k": 2},  # noqa: E731
+                                         timeout=10)
+        timed(retrieve)  # warm
+        usual = {"health": [timed(health) for _ in range(10)], "retrieve": [timed(retrieve) for _ in range(5)]}
+        slow = [SlowClient(port, kind) for kind in ("headers", "body", "kept") for _ in range(N_SLOW)]
+        driver = threading.Thread(target=SlowClient.drive, args=(slow, 4.0))
+        driver.start()
+        during = {"health": [], "retrieve": []}
+        in_time = socket.create_connection(("127.0.0.1", port))  # a body in 3 parts over 0.9 s
+        body = b'{"text": "the whale", "k": 2}'
+        in_time.sendall(b"POST /retrieve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(body))
+        for part in (body[:10], body[10:20], body[20:]):
+            time.sleep(0.3)
+            during["health"].append(timed(health))
+            during["retrieve"].append(timed(retrieve))
+            in_time.sendall(part)
+        in_time_answer = read_response(in_time)
+        in_time.close()
+        while driver.is_alive():
+            during["health"].append(timed(health))
+            time.sleep(0.02)
+    assert in_time_answer.startswith(b"HTTP/1.1 200") and b'"neighbours"' in in_time_answer
+    for kind, limit in (("headers", 1.0), ("body", 1.5), ("kept", 1.0)):
+        clients = [c for c in slow if c.kind == kind]
+        cut = sorted(round(c.cut_after, 2) for c in clients if c.cut_after is not None)
+        assert len(cut) == N_SLOW and limit - 0.05 <= cut[0] and cut[-1] <= limit + 0.75, (kind, cut)
+        assert all(c.answer.startswith(b"HTTP/1.1 408") for c in clients), {c.answer[:60] for c in clients}
+        what = "headers" if kind != "body" else "body"
+        assert all(f"request {what} not received within {limit:g} s (read timeout)".encode() in c.answer
+                   for c in clients)
+    slowest = {k: [round(max(v[k]) * 1000, 1) for v in (usual, during)] for k in usual}  # ms: before, during
+    assert len(during["health"]) >= 15 and max(during["health"]) < HEALTH_BOUND_S, slowest
+    assert max(during["retrieve"]) < max(0.25, 3 * max(usual["retrieve"])), slowest
+
+
+def test_connections_past_the_bound_get_a_fast_503_and_those_inside_are_served(base):
+    with serving(base, AdmissionConfig(), connections=ConnectionLimits(max_connections=16)) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        for _ in range(16):  # each made one request: open on the server, kept alive
+            held.append(socket.create_connection(("127.0.0.1", port)))
+            held[-1].sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(held[-1]).startswith(b"HTTP/1.1 200")
+        started = time.perf_counter()
+        refused = requests.get(f"{url}/health", timeout=10)
+        took = time.perf_counter() - started
+        body = b'{"text": "the whale", "k": 2}'
+        held[0].sendall(b"POST /retrieve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        inside = read_response(held[0])
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while (after := requests.get(f"{url}/health", timeout=10)).status_code != 200 \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", refused.text
+    assert refused.json()["detail"] == "server busy: 17 connections open (limit 16); retry after 1 s"
+    assert took < 0.2
+    assert inside.startswith(b"HTTP/1.1 200") and b'"neighbours"' in inside
+    assert after.status_code == 200  # the bound frees as connections close
+
+
+def test_max_connections_must_fit_the_open_file_limit(home):
+    result = CliRunner().invoke(cli, ["serve", "--max-connections", "100000000"])
+    assert result.exit_code == 2
+    assert "max connections 100000000 + 256 files of the server itself exceed the open-file limit" \
+        in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("batching", [None, BatchConfig()], ids=["one_by_one", "batched"])
+def test_retrieve_past_its_time_limit_gets_504_and_gives_its_place_back(base, batching):
+    """The compute slot held (as a long request holds it): /retrieve answers 504 at its own time
+    limit instead of waiting for the slot, /health still answers, and once the slot is free the
+    late query gives its place back without being computed and retrieval serves again."""
+    admission = AdmissionConfig(retrieve_timeout_s=0.3, queue_timeout_s=5, max_wait_services=None)
+    with serving(base, admission, batching=batching) as (url, served):
+        assert post(url, "/retrieve", text="the whale", k=2)[0].status_code == 200
+        gate = served.gate
+        with gate.turn(gate.admit("generate")):
+            late, took = post(url, "/retrieve", text="the whale", k=2)
+            health = requests.get(f"{url}/health", timeout=10)
+            waiting = gate.admitted
+        deadline = time.monotonic() + 5
+        while gate.admitted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.admitted == 0
+        again, _ = post(url, "/retrieve", text="the whale", k=2)
+        computed = requests.get(f"{url}/health", timeout=10).json()["batching"]
+    assert late.status_code == 504, late.text
+    assert late.json()["detail"] == "retrieval past its time limit (0.3 s)"
+    assert 0.3 <= took < 1.3 and health.status_code == 200
+    assert waiting == 2  # the held slot and the timed-out query, still in line until its turn
+    assert again.status_code == 200 and len(again.json()["neighbours"]) == 2
+    if batching is not None:  # the warm-up and `again` were encoded; the late query was not
+        assert computed["queries"] == 2, computed

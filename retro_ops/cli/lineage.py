@@ -16,6 +16,9 @@ from rich.table import Table
 
 from retro_ops.cli.common import JsonOpt, emit_json, fail, out, settings
 from retro_ops.errors import RetroOpsError
+from retro_ops.lineage.limits import AuditLimits
+
+AUDIT_LIMITS = AuditLimits()  # the defaults the options show
 
 lineage_app = typer.Typer(no_args_is_help=True, help="Audit lineage: backward from a model, forward "
                                                      "from a document or chunk, diffs, verification.")
@@ -24,14 +27,14 @@ CsvOpt = Annotated[Optional[Path], typer.Option("--csv", help="Write the full li
                                                               "into this folder.")]
 
 
-def _db():
+def _db(limits: AuditLimits = AUDIT_LIMITS):
     from retro_ops.features.store import FeatureStore
     from retro_ops.lineage.views import AuditDB
     from retro_ops.catalog import Catalog
 
     resolved = settings()
     return AuditDB(Catalog.open(resolved.catalog_url, home=resolved.home),
-                   FeatureStore(resolved.lancedb_uri))
+                   FeatureStore(resolved.lancedb_uri), limits)
 
 
 def write_csv(folder: Path, name: str, rows: list[dict]) -> Path:
@@ -171,12 +174,20 @@ def audit_sql(query: Annotated[str, typer.Argument(help="One SELECT over the vie
                                                         "documents, chunks, retrieval_set_chunks, model_reads).")],
               json_out: JsonOpt = False,
               csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write rows to this CSV file.")] = None,
+              timeout: Annotated[float, typer.Option(
+                  min=0.01, help="Seconds the statement may run before it is interrupted.")] = AUDIT_LIMITS.timeout_s,
+              memory_limit_mib: Annotated[int, typer.Option(
+                  min=16, help="DuckDB's memory limit in MiB; past it the query fails (nothing "
+                               "spills to disk).")] = AUDIT_LIMITS.memory_limit_mib,
+              threads: Annotated[int, typer.Option(min=1, help="DuckDB worker threads.")] = AUDIT_LIMITS.threads,
               ) -> None:
-    """Ad-hoc read-only SQL (DuckDB); anything that would write, attach or export is refused."""
+    """Ad-hoc read-only SQL (DuckDB); anything that would write, attach or export is refused, and
+    a statement past the time or memory limit is stopped with the limit named (exit 2)."""
     from retro_ops.lineage.sql import run_sql
 
+    limits = AuditLimits(memory_limit_mib=memory_limit_mib, threads=threads, timeout_s=timeout)
     try:
-        rows = run_sql(_db(), query).to_pylist()
+        rows = run_sql(_db(limits), query).to_pylist()
     except RetroOpsError as exc:
         fail(str(exc))
     if csv_file is not None:

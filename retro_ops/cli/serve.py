@@ -11,7 +11,7 @@ import typer
 
 from retro_ops.cli.common import ModelOpt, err, fail, set_option, settings
 from retro_ops.default_corpora import DEMO_RETRIEVAL_SET
-from retro_ops.errors import AdminTokenError, RetroOpsError
+from retro_ops.errors import AdminTokenError, RetroOpsError, SettingsError
 from retro_ops.serving.security import check_admin_token, check_bind
 
 TOKEN_ENV = "RETRO_OPS_ADMIN_TOKEN"
@@ -50,6 +50,19 @@ def serve_command(
                                                     "before it is stopped (504).")] = 30.0,
     queue_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may wait for "
                                                  "its turn before a 503.")] = 15.0,
+    retrieve_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a /retrieve may take, "
+                                                    "its wait for a turn included, before a "
+                                                    "504.")] = 10.0,
+    header_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a client may take to send "
+                                                  "a request's headers (from connecting, or from "
+                                                  "the previous response) before a 408 and a "
+                                                  "close.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a client may take to send a "
+                                                "whole request body after its headers before a 408 "
+                                                "and a close.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(min=1, help="Open connections beyond which a new "
+                                                 "one gets 503 at once; must stay below the "
+                                                 "open-file limit (ulimit -n) minus 256.")] = 512,
     max_wait: Annotated[float, typer.Option(min=0.0, help="Admit a request only while the work ahead "
                                             "of it is at most this many of its own (measured) service "
                                             "times; keeps accepted latency flat under overload. 0 = "
@@ -72,16 +85,21 @@ def serve_command(
     from retro_ops.serving.admission import AdmissionConfig
     from retro_ops.serving.app import Limits, create_app
     from retro_ops.serving.batching import BatchConfig
+    from retro_ops.serving.connections import ConnectionLimits, check_open_file_limit, guarded_protocol
     from retro_ops.serving.deployment import DeploymentHolder
     from retro_ops.workspace import Workspace
 
     token = admin_token(token_file)
+    connections = ConnectionLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                                   max_connections=max_connections)
     try:
         check_bind(host, token)
-    except AdminTokenError as exc:
+        check_open_file_limit(max_connections)
+    except (AdminTokenError, SettingsError) as exc:
         fail(str(exc))
     admission = AdmissionConfig(max_queue=max_queue, generate_timeout_s=generate_timeout,
-                                queue_timeout_s=queue_timeout, max_wait_services=max_wait or None)
+                                queue_timeout_s=queue_timeout, max_wait_services=max_wait or None,
+                                retrieve_timeout_s=retrieve_timeout)
     from retro_ops.cli.generations import open_generation_log
 
     try:
@@ -104,4 +122,4 @@ def serve_command(
     err.print(f"serving {described['model']} with retrieval set {described['retrieval_set']} "
               f"v{described['retrieval_set_version']} on http://{host}:{port} (docs: /docs); "
               f"admin swap {'enabled' if token else 'disabled (no token)'}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=guarded_protocol(connections))

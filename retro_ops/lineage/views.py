@@ -7,12 +7,15 @@ first use, with only the columns an audit needs and, where given, a filter pushe
 LanceDB or the catalog, so a forward audit of one document never reads the whole store.
 
 Nothing here can write: views are registered Arrow tables (never an attached file), and once
-registered, the connection turns external access off and locks its configuration.
+registered, the connection turns external access off and locks its configuration. Every statement
+runs under `AuditLimits` (memory, threads, a statement timeout), so no query can take the
+machine's memory or run without end.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 
 import duckdb
@@ -21,7 +24,9 @@ from sqlalchemy import Boolean, DateTime, Float, Integer, BigInteger, JSON, sele
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog import models as m
+from retro_ops.errors import AuditLimitError
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS, FeatureStore
+from retro_ops.lineage.limits import AuditLimits
 
 #: LanceDB tables and the columns an audit reads (never text, tokens or vectors).
 LANCE_COLUMNS: dict[str, list[str]] = {
@@ -90,9 +95,11 @@ _LANCE_TYPES = {"chunk_id": pa.int64(), "model_id": pa.int64(), "position": pa.i
 class AuditDB:
     """The audit engine: `register` Arrow as views, `rows(sql, params)` answers as dicts."""
 
-    def __init__(self, catalog: Catalog, store: FeatureStore):
-        self.catalog, self.store = catalog, store
-        self.con = duckdb.connect(":memory:")
+    def __init__(self, catalog: Catalog, store: FeatureStore, limits: AuditLimits = AuditLimits()):
+        self.catalog, self.store, self.limits = catalog, store, limits
+        self.con = duckdb.connect(":memory:", config={
+            "memory_limit": f"{limits.memory_limit_mib}MiB", "threads": limits.threads,
+            "temp_directory": ""})  # no spilling: past the memory limit a query fails
         self._loaded: set[str] = set()
 
     def register(self, name: str, table: pa.Table) -> None:
@@ -122,12 +129,39 @@ class AuditDB:
         return sorted(self._loaded)
 
     def seal(self) -> None:
-        """No file, network or extension access from here on, and no way to turn it back on."""
+        """No file, network or extension access from here on, and no way to turn it back on
+        (sealing again is a no-op: the configuration is locked)."""
+        [[locked]] = self.con.sql("SELECT current_setting('lock_configuration')").fetchall()
+        if locked:
+            return
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
     def arrow(self, sql: str, params: Sequence | None = None) -> pa.Table:
-        return self.con.sql(sql, params=list(params) if params else None).to_arrow_table()
+        """The statement's answer, or AuditLimitError once it passes the memory limit or runs
+        past the statement timeout (interrupted from a timer thread)."""
+        limits, fired = self.limits, threading.Event()
+
+        def interrupt() -> None:
+            fired.set()
+            self.con.interrupt()
+
+        timer = threading.Timer(limits.timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self.con.sql(sql, params=list(params) if params else None).to_arrow_table()
+        except duckdb.InterruptException as exc:
+            if not fired.is_set():
+                raise  # interrupted by someone else (Ctrl-C)
+            raise AuditLimitError(f"audit query stopped at the statement timeout of "
+                                  f"{limits.timeout_s:g} s (audit sql --timeout)") from exc
+        except duckdb.OutOfMemoryException as exc:
+            reason = str(exc).splitlines()[0].removeprefix("Out of Memory Error: ")
+            raise AuditLimitError(f"audit query over the memory limit of {limits.memory_limit_mib} "
+                                  f"MiB (audit sql --memory-limit-mib): {reason}") from exc
+        finally:
+            timer.cancel()
 
     def rows(self, sql: str, params: Sequence | None = None) -> list[dict]:
         return self.arrow(sql, params).to_pylist()

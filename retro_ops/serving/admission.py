@@ -35,6 +35,10 @@ class AdmissionConfig:
         times however hard the server is pushed. None admits by max_queue alone.
     queue_timeout_s: a request that waited this long for its turn gets 503 instead of running late.
     generate_timeout_s: a generation still running after this is stopped (504) and frees its slot.
+    retrieve_timeout_s: a /retrieve not answered this long after it arrived (its wait for a turn
+        included) gets 504; a query still waiting then is dropped without computing. 10 s is
+        hundreds of retrieval service times (tens of ms) and below queue_timeout_s, so a
+        retrieval stuck behind slow work answers before a generation's queue wait would.
     retry_after_s: the Retry-After header of a 503: about one service time of the slow endpoint.
     """
 
@@ -42,10 +46,12 @@ class AdmissionConfig:
     max_wait_services: float | None = 2.0
     queue_timeout_s: float = 15.0
     generate_timeout_s: float = 30.0
+    retrieve_timeout_s: float = 10.0
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if self.max_queue < 0 or self.queue_timeout_s <= 0 or self.generate_timeout_s <= 0 \
+                or self.retrieve_timeout_s <= 0 \
                 or self.retry_after_s < 1 or (self.max_wait_services is not None and self.max_wait_services < 0):
             raise ValueError(f"invalid admission settings {self}: max_queue >= 0, timeouts > 0 "
                              "and retry_after_s >= 1 are required")

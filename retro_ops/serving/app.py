@@ -3,8 +3,9 @@
 Every response names the model version and the exact retrieval-set version that served it.
 The admin swap needs a bearer token of >= 16 characters configured at start (never a default).
 Under overload the server sheds load instead of queueing without bound: a request beyond the
-queue gets 503 + Retry-After at once, a generation past its time limit 504 (its slot freed), and
-`/health` runs on the event loop so it answers while every worker computes. Bodies are capped
+queue gets 503 + Retry-After at once, a generation or a retrieval past its time limit 504 (its
+slot freed), and `/health` runs on the event loop so it answers while every worker computes.
+Slow clients are cut at the connection level (`connections.py`). Bodies are capped
 by bytes actually received (a chunked body has no Content-Length to trust); every field is
 bounded so a hostile value is a 422, never a 500.
 """
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 
 from retro_ops.errors import (
     ExclusionListError,
-    GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, ServerOverloadedError,
-    UnknownRetrievalSetError,
+    GenerationTimeoutError, IndexIntegrityError, RetrievalSetError, RetrieveTimeoutError,
+    ServerOverloadedError, UnknownRetrievalSetError,
 )
 from retro_ops.generations.records import new_request_id, record_of
 from retro_ops.serving.batching import BatchConfig, RetrieveBatcher
@@ -163,6 +165,11 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         return JSONResponse({"detail": f"{exc} ({gate.config.generate_timeout_s:g} s)"},
                             status_code=504)
 
+    @app.exception_handler(RetrieveTimeoutError)
+    async def retrieve_timed_out(request: Request, exc: RetrieveTimeoutError) -> JSONResponse:
+        return JSONResponse({"detail": f"{exc} ({gate.config.retrieve_timeout_s:g} s)"},
+                            status_code=504)
+
     def admin(authorization: str | None = Header(default=None)) -> str:
         if not admin_token:
             raise HTTPException(403, "admin endpoints are disabled: start the server with a token")
@@ -187,21 +194,30 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
     async def retrieve(body: RetrieveRequest) -> JSONResponse:
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
+        limit = gate.config.retrieve_timeout_s
+        deadline = time.monotonic() + limit
         if batcher is not None:  # admitted per batch by the batcher
             current = holder.current
-            neighbours = await run_in_threadpool(batcher.retrieve, current.retriever, body.text, body.k)
+            neighbours = await _within(limit, batcher.retrieve, current.retriever, body.text,
+                                       body.k, deadline=deadline)
             return _retrieved(current, neighbours)
         place = gate.admit("retrieve")  # 503 now, before a worker thread is taken, when full
         current = holder.current  # this request is served by exactly this deployment
 
         def run():
-            with gate.turn(place):
+            with gate.turn(place):  # gives the place back, late or not
+                if time.monotonic() > deadline:  # answered 504 already: skip the work
+                    raise RetrieveTimeoutError("retrieval past its time limit")
                 return current.retriever.retrieve([body.text], k=body.k)
 
         try:
-            [neighbours] = await run_in_threadpool(run)
-        finally:
+            [neighbours] = await _within(limit, run)
+        except RetrieveTimeoutError:
+            raise  # the worker still holds the place: it gives it back when it is done
+        except BaseException:
             place.release()
+            raise
+        place.release()
         return _retrieved(current, neighbours)
 
     @app.post("/generate")
@@ -271,6 +287,19 @@ def _generate(holder: DeploymentHolder, place, body: GenerateRequest, limits: Li
                                         "source": _source(holder, n.doc_id)}
                                        for n in r.neighbours]}
                        for r in result.retrievals]}
+
+
+async def _within(seconds: float, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a worker thread, or RetrieveTimeoutError after `seconds`: the
+    thread is left to finish (or to find its deadline passed) on its own; the client is answered
+    now."""
+    try:
+        with anyio.fail_after(seconds):
+            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
+    except TimeoutError as exc:
+        if isinstance(exc, RetrieveTimeoutError):
+            raise
+        raise RetrieveTimeoutError("retrieval past its time limit") from None
 
 
 def _retrieved(current, neighbours) -> JSONResponse:

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from retro_ops.errors import ServerOverloadedError
+from retro_ops.errors import RetrieveTimeoutError, ServerOverloadedError
 from retro_ops.serving.admission import ComputeGate
 
 
@@ -53,10 +53,11 @@ class BatchConfig:
 
 
 class _Query:
-    __slots__ = ("retriever", "text", "k", "admitted", "done", "result", "error")
+    __slots__ = ("retriever", "text", "k", "admitted", "deadline", "done", "result", "error")
 
-    def __init__(self, retriever, text: str, k: int, admitted: bool):
+    def __init__(self, retriever, text: str, k: int, admitted: bool, deadline: float | None):
         self.retriever, self.text, self.k, self.admitted = retriever, text, k, admitted
+        self.deadline = deadline
         self.done, self.result, self.error = False, None, None
 
 
@@ -74,10 +75,13 @@ class RetrieveBatcher:
         self.batches = 0  # encoder calls made, and the queries they answered (for /health, benches)
         self.queries = 0
 
-    def retrieve(self, retriever, text: str, k: int, *, admitted: bool = False) -> list:
+    def retrieve(self, retriever, text: str, k: int, *, admitted: bool = False,
+                 deadline: float | None = None) -> list:
         """The k neighbours of `text` from `retriever`. `admitted`: the caller's request holds a
-        gate place already (and no turn: never call this holding the gate's lock)."""
-        query = _Query(retriever, text, k, admitted)
+        gate place already (and no turn: never call this holding the gate's lock). `deadline`
+        (time.monotonic()): a query whose batch gets its turn later is dropped, not computed,
+        and raises RetrieveTimeoutError (its client has had its 504 already)."""
+        query = _Query(retriever, text, k, admitted, deadline)
         with self._cond:
             if len(self._pending) >= self.config.max_pending:
                 raise ServerOverloadedError(
@@ -158,12 +162,16 @@ class RetrieveBatcher:
         try:
             with self.gate.turn(place):
                 batch = self._take()  # after the wait for the gate: whoever queued meanwhile
-                groups: dict[tuple[int, int], list[_Query]] = defaultdict(list)
+                now, groups = time.monotonic(), defaultdict(list)
                 for query in batch:
-                    groups[(id(query.retriever), query.k)].append(query)
+                    if query.deadline is not None and query.deadline <= now:
+                        query.error = RetrieveTimeoutError("retrieval past its time limit")
+                    else:
+                        groups[(id(query.retriever), query.k)].append(query)
                 for queries in groups.values():
                     self._answer(queries)
-                self.batches, self.queries = self.batches + len(groups), self.queries + len(batch)
+                answered = sum(len(queries) for queries in groups.values())
+                self.batches, self.queries = self.batches + len(groups), self.queries + answered
         except ServerOverloadedError as error:  # no turn within the queue timeout
             batch = batch or self._take()
             self._finish(batch, error)
