@@ -350,8 +350,6 @@ def test_incremental_decoding_gives_the_full_forward_logits(positions: bool):
 def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     """The pointer's sparse update equals the dense mixture (1 - g) softmax + g * scatter(attn)
     over the neighbour tokens, duplicates and masked neighbours included, and sums to one."""
-    import types
-
     from retro_ops.model.retro import NeighbourCopy
 
     model = make_model()
@@ -363,6 +361,18 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     neighbours[0, 1, 1, 5:] = 0
     mask = torch.ones(neighbours.shape[:3], dtype=torch.bool)
     mask[1, 3], mask[0, 2, 0] = False, False
+
+    def dense_forward(logp, h, encoded, tokens, token_mask):  # grouped, dense, then laid back
+        B, T, V = logp.shape
+        nc, m = encoded.shape[1], M
+        att = min(T - (m - 1), nc * m)
+
+        def grouped(t):
+            return torch.nn.functional.pad(t[:, m - 1:m - 1 + att], (0, 0, 0, nc * m - att)).reshape(B * nc, m, -1)
+
+        mixed = dense(model.copy, grouped(logp), grouped(h), encoded.flatten(0, 1), tokens.flatten(0, 1),
+                      token_mask.flatten(0, 1)).reshape(B, nc * m, V)[:, :att]
+        return torch.cat([logp[:, :m - 1], mixed, logp[:, m - 1 + att:]], dim=1)
 
     def dense(self, logp, h, encoded, tokens, token_mask):
         keys, values = self.k(encoded[:, :, :-1]).flatten(1, 2), tokens[:, :, 1:].flatten(1)
@@ -377,7 +387,7 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
 
     with torch.no_grad():
         sparse, _ = model(ids, neighbours, mask)
-        model.copy.mix = types.MethodType(dense, model.copy)
+        model.copy.forward = dense_forward
         expected, _ = model(ids, neighbours, mask)
     torch.testing.assert_close(sparse, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sparse.exp().sum(-1), torch.ones(sparse.shape[:2]), atol=1e-5, rtol=0)

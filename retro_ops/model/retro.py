@@ -178,28 +178,35 @@ class NeighbourCopy(nn.Module):
                 token_mask: Tensor) -> Tensor:
         """logp (B, T, V) log-softmax of the decoder, h (B, T, d) its final normalised state,
         encoded (B, l, k, r, d_enc), tokens (B, l, k, r) model ids, token_mask (B, l, k, r)
-        -> (B, T, V) log-probabilities of the mixture; unchanged before any neighbour is read."""
+        -> (B, T, V) log-probabilities of the mixture; unchanged before any neighbour is read.
+        The pointer is computed per group of m queries (small: K = k(r-1) keys each) and laid
+        back on the T positions, so the vocabulary-sized work is one add and a sparse update."""
         B, T, V = logp.shape
         nc, m = encoded.shape[1], self.chunk_size
         attending = min(T - (m - 1), nc * m)  # positions u*m + m-1 + i
         if attending <= 0:
             return logp
+        queries = h[:, m - 1:m - 1 + attending]
+        queries = F.pad(queries, (0, 0, 0, nc * m - attending)).reshape(B * nc, m, -1)
+        z, mass, values, first = self.pointer(queries, encoded.flatten(0, 1), tokens.flatten(0, 1),
+                                              token_mask.flatten(0, 1))
 
-        def grouped(t: Tensor) -> Tensor:  # (B, T, c) -> (B*l, m, c), the last group padded
-            t = t[:, m - 1:m - 1 + attending]
-            return F.pad(t, (0, 0, 0, nc * m - attending)).reshape(B * nc, m, t.shape[-1])
+        def on_positions(t: Tensor, fill: float | bool) -> Tensor:  # (B*l, m, ...) -> (B, T, ...)
+            t = t.reshape(B, nc * m, *t.shape[2:])[:, :attending]
+            pad = [0, 0] * (t.dim() - 2) + [m - 1, T - (m - 1) - attending]
+            return F.pad(t, pad, value=fill)
 
-        mixed = self.mix(grouped(logp), grouped(h), encoded.flatten(0, 1), tokens.flatten(0, 1),
-                         token_mask.flatten(0, 1))
-        mixed = mixed.reshape(B, nc * m, V)[:, :attending]
-        return torch.cat([logp[:, :m - 1], mixed, logp[:, m - 1 + attending:]], dim=1)
+        K = values.shape[-1]
+        return self.apply_pointer(logp, on_positions(z, self.NO_COPY), on_positions(mass, 0.0),
+                                  on_positions(values[:, None, :].expand(-1, m, K), 0),
+                                  on_positions(first[:, None, :].expand(-1, m, K), False))
 
-    def mix(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
-            token_mask: Tensor) -> Tensor:
-        """One group per row: logp (N, Tq, V), h (N, Tq, d), encoded (N, k, r, d_enc), tokens and
-        token_mask (N, k, r) -> (N, Tq, V). Only the copied tokens' entries change beyond the
-        (1 - g) scaling, so the cost is K = k(r-1) per query, not another pass over V per head."""
-        N, Tq, V = logp.shape
+    NO_COPY = -1e4  # a gate logit whose g is 0 and 1 - g is 1 exactly in float32
+
+    def pointer(self, h: Tensor, encoded: Tensor, tokens: Tensor, token_mask: Tensor):
+        """One group per row: h (N, Tq, d), encoded (N, k, r, d_enc), tokens and token_mask
+        (N, k, r) -> gate logits z (N, Tq), copy mass of each key's token (N, Tq, K), the key's
+        token (N, K), and whether the key is its token's first valid occurrence (N, K)."""
         keys = self.k(encoded[:, :, :-1]).flatten(1, 2)  # (N, K, w): token j-1 keys value j
         values = tokens[:, :, 1:].flatten(1)  # (N, K)
         valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)  # (N, K)
@@ -208,17 +215,31 @@ class NeighbourCopy(nn.Module):
         scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
         attn = scores.softmax(dim=-1)  # (N, Tq, K)
         z = self.gate(h).squeeze(-1) + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
+        z = torch.where(has[:, None], z, torch.full_like(z, self.NO_COPY))
         same = (values[:, :, None] == values[:, None, :]) & valid[:, None, :] & valid[:, :, None]
         mass = attn @ same.to(attn.dtype)  # (N, Tq, K): copy mass of each key's token
         first = ~torch.tril(same, diagonal=-1).any(dim=2) & valid  # one entry per distinct token
-        index = values[:, None, :].expand(N, Tq, -1)
-        kept = F.logsigmoid(-z)[..., None] + logp  # (N, Tq, V): (1 - g) p_vocab
-        at_values = kept.gather(2, index)  # (N, Tq, K)
+        return z, mass, values, first
+
+    @staticmethod
+    def apply_pointer(logp: Tensor, z: Tensor, mass: Tensor, index: Tensor, first: Tensor) -> Tensor:
+        """log((1 - g) p + g copy) with g = sigmoid(z): every entry scaled by 1 - g, then the
+        copied tokens' entries raised (duplicates and masked keys add exactly 0).
+        logp (..., V), z (...), mass, index, first (..., K)."""
+        kept = logp + F.logsigmoid(-z)[..., None]  # (..., V): (1 - g) p_vocab
+        at_values = kept.gather(-1, index)  # (..., K)
         copied = torch.logaddexp(at_values, F.logsigmoid(z)[..., None] + mass.clamp_min(1e-30).log())
-        # add the copy where each distinct token sits; duplicates and masked keys add exactly 0
-        delta = torch.where(first[:, None, :], copied - at_values, torch.zeros_like(copied))
-        mixed = kept.scatter_add(2, index, delta)
-        return torch.where(has[:, None, None], mixed, logp)
+        delta = torch.where(first, copied - at_values, torch.zeros_like(copied))
+        return kept.scatter_add(-1, index, delta)
+
+    def mix(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
+            token_mask: Tensor) -> Tensor:
+        """The mixture for groups given directly (token-by-token decoding): logp (N, Tq, V),
+        h (N, Tq, d), encoded (N, k, r, d_enc), tokens and token_mask (N, k, r) -> (N, Tq, V)."""
+        z, mass, values, first = self.pointer(h, encoded, tokens, token_mask)
+        Tq, K = h.shape[1], values.shape[-1]
+        return self.apply_pointer(logp, z, mass, values[:, None, :].expand(-1, Tq, K),
+                                  first[:, None, :].expand(-1, Tq, K))
 
 
 class Retro(nn.Module):
@@ -277,8 +298,8 @@ class Retro(nn.Module):
             logits = self.copy(logits, h, encoded, neighbours, token_mask)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.nll_loss(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                              ignore_index=IGNORE_INDEX)  # logits are log-probabilities
         return logits, loss
 
     def retrieval_modules(self) -> list[nn.Module]:
