@@ -61,6 +61,7 @@ def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
     info, result = trained.info, trained.result
     metadata = {"model": info.ref, "kind": info.kind, "reused": trained.reused,
                 "checkpoint": info.checkpoint_dir, "weights_sha256": info.weights_sha256,
+                "checkpoint_sha256": info.checkpoint_sha256 or "",
                 "mlflow_run_id": info.mlflow_run_id or "", "model_key": info.key}
     if info.mlflow_model_name and info.mlflow_model_version:
         metadata["mlflow_model_version"] = dg.MetadataValue.url(

@@ -82,7 +82,8 @@ class InvalidNameError(RetroOpsError, ValueError):
 
 
 class ModelIntegrityError(RetroOpsError, RuntimeError):
-    """A checkpoint whose weights do not hash to what the catalog recorded: never served."""
+    """A checkpoint a file of which does not hash to what the catalog recorded, or that the
+    catalog does not know: never loaded as the registered model."""
 
 
 class AdminTokenError(RetroOpsError, ValueError):

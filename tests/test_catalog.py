@@ -149,3 +149,37 @@ def test_sqlite_exclusions_migration_keeps_old_rows(tmp_path: Path):
 @pytest.mark.postgres
 def test_postgres_exclusions_migration_keeps_old_rows(pg_engine):
     _exclusions_upgrade(pg_engine[0])
+
+
+def _checkpoint_manifest_downgrade(engine: sa.Engine) -> None:
+    """0012 adds the checkpoint manifest; going down drops it and keeps the model, whose row,
+    migrated up again, has no manifest (verified as far as its weights_sha256 goes)."""
+    migrate(engine)
+    catalog = Catalog(engine)
+    catalog.add_corpus("c", "/data/c")
+    version = catalog.record_corpus_version("c", [Document("d1", "one", ["/data/c/a.txt"])], "v1",
+                                            documents_lance_version=1)
+    model = catalog.record_model(
+        training_doc_ids=["d1"], kind="retro", key="k" * 64, checkpoint_dir="/ckpt",
+        weights_sha256="a" * 64, checkpoint_sha256="b" * 64,
+        checkpoint_manifest={"model.safetensors": "a" * 64}, config={}, corpus_version_id=version.id,
+        tokenizer_id="t", code_version="c")
+    assert catalog.resolve_model("retro").checkpoint_manifest == {"model.safetensors": "a" * 64}
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0011")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("models")}
+    assert "weights_sha256" in columns and not {"checkpoint_sha256", "checkpoint_manifest"} & columns
+    migrate(engine)
+    old = Catalog(engine).resolve_model(f"model-{model.id}")
+    assert (old.weights_sha256, old.checkpoint_sha256, old.checkpoint_manifest) == ("a" * 64, None, None)
+
+
+def test_sqlite_checkpoint_manifest_migration_keeps_old_models(tmp_path: Path):
+    _checkpoint_manifest_downgrade(make_engine(f"sqlite:///{tmp_path / 'catalog.db'}"))
+
+
+@pytest.mark.postgres
+def test_postgres_checkpoint_manifest_migration_keeps_old_models(pg_engine):
+    _checkpoint_manifest_downgrade(pg_engine[0])

@@ -456,7 +456,7 @@ def test_verify_catches_tampered_checkpoint_index_and_cleaned_lancedb_version(si
         path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         try:
             drift = [c.what for c in verify(db, ref).drift]
-            assert len(drift) == 1 and drift[0] in ("checkpoint weights", "index file index.faiss")
+            assert len(drift) == 1 and drift[0] in ("checkpoint model.safetensors", "index file index.faiss")
             _cli(site, monkeypatch, "lineage", "verify", ref, code=1)
         finally:
             path.write_bytes(original)

@@ -28,11 +28,12 @@ from retro_ops.serving.admission import AdmissionConfig
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.batching import BatchConfig
 from retro_ops.serving.connections import ConnectionLimits, guarded_protocol
-from retro_ops.serving.deployment import DeploymentHolder, verified_model
+from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.serving.security import check_bind
 from retro_ops.training.checkpoint import MODEL_FILE
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model
+from retro_ops.training.verified import load_verified
 
 TOKEN = "s3cret-admin-token-for-limits"
 HEALTH_BOUND_S = 0.2  # /health while the server is flooded, on a shared 2-core machine
@@ -262,18 +263,18 @@ def test_checkpoint_not_matching_the_catalog_is_refused(base, ws, tmp_path):
     _, info, _ = base
     copy = tmp_path / "ckpt"
     shutil.copytree(info.checkpoint_dir, copy)
-    verified_model(replace(info, checkpoint_dir=str(copy)))  # an intact copy loads
+    load_verified(replace(info, checkpoint_dir=str(copy)))  # an intact copy loads
     weights = copy / MODEL_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # one bit of one weight
     weights.write_bytes(bytes(data))
-    with pytest.raises(ModelIntegrityError, match=f"model {info.ref}: weights in {copy} hash to"):
-        verified_model(replace(info, checkpoint_dir=str(copy)))
+    with pytest.raises(ModelIntegrityError, match=f"model {info.ref}: {weights} hashes to"):
+        load_verified(replace(info, checkpoint_dir=str(copy)))
     original = Path(info.checkpoint_dir) / MODEL_FILE
     kept = original.read_bytes()
     try:
         original.write_bytes(bytes(data))
-        with pytest.raises(ModelIntegrityError, match="refusing to serve a checkpoint that is not"):
+        with pytest.raises(ModelIntegrityError, match="refusing to load a checkpoint that is not"):
             DeploymentHolder.start(ws, info.ref, "small", "test://tampered", TOKEN)
     finally:
         original.write_bytes(kept)

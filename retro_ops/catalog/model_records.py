@@ -52,6 +52,9 @@ class ModelInfo:
     # validation part and groups (0011); None on rows recorded before it: no validation, by document
     split_validation_share: float | None = None
     split_group_by: str | None = None
+    # checkpoint manifest (0012); None on rows recorded before it (weights_sha256 only)
+    checkpoint_sha256: str | None = None
+    checkpoint_manifest: dict | None = None
 
     @property
     def ref(self) -> str:
@@ -72,7 +75,8 @@ _LINEAGE_FIELDS = ("embedding_space_id", "tokenizer_id", "code_version", "dagste
                    "neighbours_key", "vocabulary_digest", "reads_table", "reads_lance_version",
                    "reads_digest", "n_training_chunks", "n_neighbour_chunks",
                    "split_seed", "split_heldout_fraction", "split_min_heldout",
-                   "split_validation_share", "split_group_by")
+                   "split_validation_share", "split_group_by",
+                   "checkpoint_sha256", "checkpoint_manifest")
 
 
 class ModelCatalogMixin:

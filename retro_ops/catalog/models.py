@@ -257,6 +257,10 @@ class ModelRecord(Base):
     split_min_heldout: Mapped[int | None] = mapped_column(Integer, nullable=True)
     split_validation_share: Mapped[float | None] = mapped_column(Float, nullable=True)
     split_group_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # the checkpoint (0012): sha256 of each file a model is loaded from (`checkpoint_manifest`)
+    # and of that manifest (`checkpoint_sha256`); NULL for older models (weights_sha256 only)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    checkpoint_manifest: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

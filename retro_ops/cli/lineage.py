@@ -163,7 +163,8 @@ def lineage_verify(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-
     else:
         table = Table("check", "ok", "detail", title=f"verify {report.model}")
         for c in report.checks:
-            table.add_row(c.what, "[green]ok[/green]" if c.ok else "[red]DRIFT[/red]", c.detail)
+            table.add_row(c.what, "[red]DRIFT[/red]" if not c.ok else "[green]ok[/green]" if c.covered
+                          else "[yellow]not covered[/yellow]", c.detail)
         out.print(table)
     if report.drift:
         raise typer.Exit(1)

@@ -130,8 +130,7 @@ def generate_command(
     """Continue a prompt and show the neighbours each chunk retrieved (explainability)."""
     from retro_ops.features.chunking import load_tokenizer
     from retro_ops.serving.generation import Generator
-    from retro_ops.training.run import load_model
-    from retro_ops.training.vocab import Vocabulary
+    from retro_ops.training.verified import load_verified
 
     from retro_ops.cli.generations import open_generation_log
     from retro_ops.generations.records import record_of
@@ -140,7 +139,8 @@ def generate_command(
     try:
         info = ws.catalog.resolve_model(model)
         retriever = ws.retriever(retrieval_set) if retrieval_set else None
-        generator = Generator(load_model(info), Vocabulary.load(Path(info.checkpoint_dir)),
+        verified = load_verified(info)  # every checkpoint file checked against the catalog
+        generator = Generator(verified.model, verified.vocab,
                               load_tokenizer(ws.embedder.space.model_path), retriever)
         log = open_generation_log(ws)
         result = generator.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -39,9 +39,9 @@ from retro_ops.training.neighbours import NeighbourConfig, Neighbours, shuffled_
 from retro_ops.training.prepare import (
     NeighbourSet, corpus_split, encode_neighbours, encode_table, forbidden_neighbour_docs, neighbours_for,
 )
-from retro_ops.training.run import load_model
 from retro_ops.training.trainer import TrainingData
-from retro_ops.training.vocab import UNK, Vocabulary
+from retro_ops.training.verified import load_verified
+from retro_ops.training.vocab import UNK
 from retro_ops.workspace import Workspace
 
 
@@ -160,10 +160,6 @@ class EvaluationReport:
         return max((r.leaky_share for r in self.rows if r.leaky_share is not None), default=0.0)
 
 
-def _vocab(info: ModelInfo) -> Vocabulary:
-    return Vocabulary.load(Path(info.checkpoint_dir))
-
-
 #: buckets whose paired differences are reported (deciles stay in the rows)
 COMPARED = ("all", FIRST, READS, READ_BUCKETS[-1][0])
 CONTROL_SHUFFLED, CONTROL_ORACLE = "control: {} shuffled", "control: oracle"
@@ -235,6 +231,7 @@ def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets
     of another domain). No-retrieval and control rows are bucketed by the first set's alpha, so
     they pair with its rows."""
     refuse_training_documents(ws, models, text)
+    loaded = {info.id: load_verified(info) for info in models}  # a tampered checkpoint: no work done
     m = models[0].config["chunk_size"]
     neighbour_sets: dict[str, NeighbourSet] = {}
     for name in sets:
@@ -248,7 +245,7 @@ def evaluate_models(ws: Workspace, models: list[ModelInfo], text: EvalText, sets
     rows, scored = [], {}
     buckets: dict[str, Buckets] = {}
     for info in models:
-        model, vocab = load_model(info), _vocab(info)
+        model, vocab = loaded[info.id].model, loaded[info.id].vocab
         sequences = make_sequences(encode_table(text.table, vocab), model.config.n_chunks)
         unk_id = int(vocab.encode(np.array([UNK]))[0])
         for name, found in neighbour_sets.items():

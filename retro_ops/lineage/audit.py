@@ -129,7 +129,7 @@ def backward(db: AuditDB, ref: str) -> ModelLineage:
         "code_version": info.code_version, "dagster_run_id": info.dagster_run_id,
         "mlflow_run_id": info.mlflow_run_id, "mlflow_model_name": info.mlflow_model_name,
         "mlflow_model_version": info.mlflow_model_version,
-        "weights_sha256": info.weights_sha256,
+        "weights_sha256": info.weights_sha256, "checkpoint_sha256": info.checkpoint_sha256,
     }
     summary["retrieval_set"] = _one(
         db, "SELECT s.name AS retrieval_set, v.id AS version_id, v.digest, v.n_chunks, v.n_excluded, "

@@ -1,9 +1,11 @@
 """`retro-ops lineage verify`: re-derive every digest a model's lineage records, from storage.
 
 A lineage record is only as good as the bytes it points at. Each check reads the stored thing
-again (checkpoint weights, the index file and its manifest, the LanceDB versions pinned by the
-corpus version, the retrieval-set version and the model's reads, the corpus files) and compares
-it with what the catalog recorded. Any mismatch is drift.
+again (each file of the checkpoint, the index file and its manifest, the LanceDB versions pinned
+by the corpus version, the retrieval-set version and the model's reads, the corpus files) and
+compares it with what the catalog recorded. Any mismatch is drift. What a record cannot check
+(a model recorded before checkpoint manifests, a checkpoint's training-resume files) is named as
+not covered: listed, not drift.
 
 A purge (erasure) removes recorded inputs on purpose: each purge that erased something this model
 read (as text, as a neighbour, or in its retrieval-set version) is a failed check naming the purge
@@ -30,7 +32,9 @@ from retro_ops.ids import document_id
 from retro_ops.lineage.views import AuditDB
 from retro_ops.retrieval.disk_refine import file_sha256
 from retro_ops.retrieval.index_publish import INDEX_FILE, MANIFEST_FILE
-from retro_ops.training.checkpoint import MODEL_FILE
+from retro_ops.errors import RetroOpsError
+from retro_ops.training.checkpoint import MODEL_FILES, OPTIMIZER_FILE, STATE_FILE, read_checkpoint
+from retro_ops.training.verified import file_checks
 from retro_ops.training.reads import read_model_reads, reads_digest
 
 
@@ -39,6 +43,7 @@ class Check:
     what: str
     ok: bool
     detail: str
+    covered: bool = True  # False: the record cannot check it (named, not drift)
 
 
 @dataclass
@@ -50,8 +55,13 @@ class VerifyReport:
     def drift(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    @property
+    def not_covered(self) -> list[Check]:
+        return [c for c in self.checks if not c.covered]
+
     def as_dict(self) -> dict:
-        return {"model": self.model, "ok": not self.drift, "checks": [asdict(c) for c in self.checks]}
+        return {"model": self.model, "ok": not self.drift, "checks": [asdict(c) for c in self.checks],
+                "not_covered": [c.what for c in self.not_covered]}
 
 
 def _file_sha(path: Path) -> str | None:
@@ -164,11 +174,28 @@ def _sidecar_checks(build_dir: Path) -> list[Check]:
             for name, sha in sorted(recorded.items())]
 
 
+def _checkpoint_checks(info) -> list[Check]:
+    """Each model file against the catalog's manifest (older records: as far as they go), and
+    the resume files named as not covered (no path that makes a model reads them)."""
+    folder = Path(info.checkpoint_dir)
+    try:
+        files = read_checkpoint(folder)
+    except (RetroOpsError, OSError) as exc:
+        return [Check("checkpoint", False, f"{folder}: unreadable ({exc})")]
+    checks = [Check(f"checkpoint {c.name}", c.ok is not False, c.detail, covered=c.ok is not None)
+              for c in file_checks(info, files)]
+    resume = [n for n in (STATE_FILE, OPTIMIZER_FILE) if (files.folder / n).exists()]
+    if resume:
+        checks.append(Check(f"checkpoint {', '.join(resume)}", True, "not covered: training-resume "
+                            f"files, never read to make a model (the manifest covers {', '.join(MODEL_FILES)})",
+                            covered=False))
+    return checks
+
+
 def verify(db: AuditDB, ref: str) -> VerifyReport:
     info = db.catalog.resolve_model(ref)
     purges = _purges(db, info.id)
-    checks = [_digest_check("checkpoint weights", Path(info.checkpoint_dir) / MODEL_FILE,
-                            info.weights_sha256)]
+    checks = _checkpoint_checks(info)
     with db.catalog.session() as s:
         cv = s.get(m.CorpusVersion, info.corpus_version_id)
         documents_version = cv.documents_lance_version

@@ -4,8 +4,9 @@ A request reads `holder.current` once and uses only that object, so it finishes 
 started with. A swap loads and verifies the new set's index completely (digest, trust, ntotal,
 a smoke query) before one reference assignment makes it current; a failed load leaves the old
 set serving. Every start and swap is written to the catalog's deployments, naming the token by
-a keyed hash. A checkpoint whose weights no longer hash to the catalog's `weights_sha256` is
-refused at load: the catalog's lineage would otherwise describe a model that is not the one served.
+a keyed hash. A checkpoint any of whose files (weights, config, vocabulary) no longer hashes to
+the catalog's manifest is refused at load (`training.verified`): the catalog's lineage would
+otherwise describe a model that is not the one served.
 
 A server killed with SIGKILL runs no shutdown code, so its current row would stay open (ended_at
 NULL) for ever. Each holder therefore keeps a lease (`ServingLease`) naming the rows it opened,
@@ -25,15 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from retro_ops.catalog import ModelInfo
-from retro_ops.errors import ModelIntegrityError
 from retro_ops.features.chunking import load_tokenizer
 from retro_ops.model import Retro
 from retro_ops.retrieval.retriever import Retriever
 from retro_ops.serving.admission import AdmissionConfig, ComputeGate
 from retro_ops.serving.generation import Fetch, Generator
 from retro_ops.serving.security import token_id, token_key
-from retro_ops.training.checkpoint import weights_digest
-from retro_ops.training.run import load_model
+from retro_ops.training.verified import load_verified
 from retro_ops.training.vocab import Vocabulary
 from retro_ops.workspace import Workspace
 
@@ -98,9 +97,9 @@ class DeploymentHolder:
         if not info.config.get("retrieval"):
             raise ValueError(f"model {info.ref} is a {info.kind} without retrieval; serve a "
                              "retro or retrofit model")
-        model = verified_model(info)
+        verified = load_verified(info)
         retriever = _smoke_test(ws.retriever(retrieval_set), retrieval_set)
-        deployment = Deployment(info, model, Vocabulary.load(Path(info.checkpoint_dir)),
+        deployment = Deployment(info, verified.model, verified.vocab,
                                 load_tokenizer(ws.embedder.space.model_path), retriever,
                                 datetime.now(timezone.utc))
         # now, not `since`: a dead holder committed its rows before it died, so before this
@@ -196,22 +195,6 @@ def reap_dead_leases(folder: Path, catalog, at: datetime) -> list[int]:
         finally:
             os.close(fd)
     return closed
-
-
-def verified_model(info: ModelInfo) -> Retro:
-    """The checkpoint's model, after its weights file hashed to the catalog's weights_sha256."""
-    folder = Path(info.checkpoint_dir)
-    try:
-        actual = weights_digest(folder)
-    except OSError as exc:
-        raise ModelIntegrityError(f"model {info.ref}: cannot read its weights in {folder}: "
-                                  f"{exc.strerror}") from exc
-    if actual != info.weights_sha256:
-        raise ModelIntegrityError(
-            f"model {info.ref}: weights in {folder} hash to {actual[:16]}..., the catalog "
-            f"recorded {info.weights_sha256[:16]}...; refusing to serve a checkpoint that is "
-            "not the registered one (retrain or restore it)")
-    return load_model(info)
 
 
 def _smoke_test(retriever: Retriever, retrieval_set: str) -> Retriever:

@@ -12,6 +12,16 @@ default). The retro-ops home that holds the indices and LanceDB is, first found:
 reads the copy, not the folder it was copied from; a home that no longer exists is an error,
 never silently re-created.
 
+The checkpoint artifact is read once and verified against the home's catalog before it loads
+(`training.verified.registered_model`): it must be the model of the MLflow run that logged it
+(`mlflow_run_id` in the model config; a file that differs is named), or for pyfuncs logged before
+that was recorded, a model whose checkpoint digest it matches. A checkpoint the catalog does not
+know is refused (ModelIntegrityError) unless told otherwise explicitly:
+`model_config={"allow_unknown_checkpoint": True}` at load (pyfuncs logged since this key was),
+or the environment variable RETRO_OPS_PYFUNC_ALLOW_UNKNOWN_CHECKPOINT=1 (any pyfunc, and
+`mlflow models serve`, which takes no model_config); it is then served
+with a warning and nothing is logged under a model it is not.
+
 Every predicted row is logged to the home's generation log (settings from the environment, as
 for the server: `RETRO_OPS_GENERATION_LOG=off` opts out) under the catalog's model whose weights
 these are, and the log is flushed at the end of each `predict` call (a call is the pyfunc's
@@ -22,11 +32,15 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+
+log = logging.getLogger(__name__)
+ALLOW_UNKNOWN_ENV = "RETRO_OPS_PYFUNC_ALLOW_UNKNOWN_CHECKPOINT"
 
 
 class RetroPyfunc(mlflow.pyfunc.PythonModel):
@@ -35,8 +49,6 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
         from retro_ops.settings import Settings
         from retro_ops.generations.log import open_log
         from retro_ops.generations.records import GenerationLogConfig
-        from retro_ops.training.checkpoint import load_checkpoint, weights_digest
-        from retro_ops.training.vocab import Vocabulary
         from retro_ops.workspace import Workspace
 
         folder = Path(context.artifacts["checkpoint"])
@@ -48,12 +60,10 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
             raise FileNotFoundError(f"retro-ops home {home} does not exist (moved? pass "
                                     "model_config={'home': ...} or set RETRO_OPS_HOME)")
         self.ws = Workspace.open(Settings(home=Path(home)))
-        self.model, self.vocab = load_checkpoint(folder), Vocabulary.load(folder)
+        self.model_info, self.model, self.vocab = _verified_checkpoint(self.ws.catalog, folder, config)
         self.tokenizer = load_tokenizer(self.ws.embedder.space.model_path)
         self.default_set = config.get("retrieval_set", "")
         self._retrievers: dict = {}
-        digest = weights_digest(folder)
-        self.model_info = next((m for m in self.ws.catalog.list_models() if m.weights_sha256 == digest), None)
         self.generation_log = None
         if self.model_info is not None:  # weights the catalog does not know have no lineage to log
             self.generation_log = open_log(self.ws.store, self.ws.embedder,
@@ -99,3 +109,20 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
             self.generation_log.flush()
         return pd.DataFrame(rows)
 
+
+def _verified_checkpoint(catalog, folder: Path, config: dict):
+    """(the catalog's model or None, the model, its vocabulary), all from one read of `folder`."""
+    from retro_ops.errors import ModelIntegrityError
+    from retro_ops.training.checkpoint import read_checkpoint
+    from retro_ops.training.verified import registered_model
+
+    files = read_checkpoint(folder)
+    try:
+        info = registered_model(catalog, files, config.get("mlflow_run_id"))[0]
+    except ModelIntegrityError as exc:
+        if not (config.get("allow_unknown_checkpoint") or os.environ.get(ALLOW_UNKNOWN_ENV) == "1"):
+            raise ModelIntegrityError(f"{exc} (to serve it anyway, without lineage: model_config="
+                                      f"{{'allow_unknown_checkpoint': True}} or {ALLOW_UNKNOWN_ENV}=1)") from exc
+        log.warning("serving a checkpoint the catalog does not know, as explicitly allowed: %s", exc)
+        info = None
+    return info, files.model(), files.vocabulary()

@@ -10,6 +10,13 @@ A save writes `<folder>.tmp`, fsyncs it, moves the previous checkpoint to `<fold
 the new one into place, fsyncs the parent and removes `.old`. A save killed at any point leaves
 either the previous or the new checkpoint complete: readers fall back to `.old` during the one
 moment `<folder>` is missing, and the next save or resume (`recover_checkpoint`) restores it.
+
+A model is made of three files (`MODEL_FILES`: weights, config, vocabulary). `read_checkpoint`
+reads each of them once; its manifest (file -> sha256) and the model, config and vocabulary are
+all derived from those same bytes, so what is hashed is what is loaded (no second read a file
+could change between). The catalog records the manifest and `manifest_digest` of it; the
+optimizer and `state.json` only resume an unfinished run, are never read to make a model, and
+are not part of it (the registered MLflow artifact carries the three model files only).
 """
 
 from __future__ import annotations
@@ -18,18 +25,20 @@ import json
 import os
 import shutil
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load as load_tensors, load_file, load_model, save_file, save_model
 
 from retro_ops.durable import fsync_path
 from retro_ops.errors import CheckpointError, CrashMode, SimulatedCrash
 from retro_ops.ids import sha256_hex
 from retro_ops.model import Retro, RetroConfig
+from retro_ops.training.vocab import Vocabulary
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,9 +46,11 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 VOCAB_FILE = "vocab.json"
 ALLOWED = {MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, VOCAB_FILE}
+MODEL_FILES = (CONFIG_FILE, MODEL_FILE, VOCAB_FILE)  # what a model is loaded from, all hashed
 CheckpointCrash = Literal["mid_write", "before_swap", "between_renames", "before_cleanup"]
-__all__ = ["CheckpointError", "TrainState", "save_checkpoint", "recover_checkpoint",
-           "load_checkpoint", "load_config", "load_train_state", "weights_digest"]
+__all__ = ["CheckpointError", "CheckpointFiles", "TrainState", "save_checkpoint", "recover_checkpoint",
+           "read_checkpoint", "load_checkpoint", "load_config", "load_train_state", "manifest_digest",
+           "weights_digest"]
 
 
 @dataclass(frozen=True)
@@ -121,11 +132,15 @@ def _readable(folder: Path) -> Path:
     return old if not folder.exists() and old.is_dir() else folder
 
 
-def _check_safetensors(path: Path) -> None:
-    """Refuse, without unpickling anything, a file that is not safetensors (pickle, torch.save)."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    size = path.stat().st_size
+def _check_safetensors(path: Path, data: bytes | None = None) -> None:
+    """Refuse, without unpickling anything, a file that is not safetensors (pickle, torch.save).
+    `data`: the file's bytes when already read (the check is then on exactly what will load)."""
+    if data is None:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+        size = path.stat().st_size
+    else:
+        head, size = data[:9], len(data)
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         kind = "a pickle" if head[:1] == b"\x80" else "a zip (torch.save) archive"
         raise CheckpointError(f"{path}: holds {kind}, not safetensors; refusing to load it "
@@ -134,7 +149,7 @@ def _check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{path}: not a safetensors file (no valid header); refusing to load it")
 
 
-def _check_folder(folder: Path) -> None:
+def _check_folder(folder: Path, *, check_weights: bool = True) -> None:
     if not (folder / MODEL_FILE).exists() or not (folder / CONFIG_FILE).exists():
         raise CheckpointError(f"{folder}: not a checkpoint (needs {MODEL_FILE} and {CONFIG_FILE})")
     extra = sorted(p.name for p in folder.iterdir() if p.name not in ALLOWED)
@@ -145,7 +160,7 @@ def _check_folder(folder: Path) -> None:
     if links:
         raise CheckpointError(f"{folder}: refusing to load a checkpoint whose {', '.join(links)} "
                               "is a link or a folder, not a plain file")
-    for name in (MODEL_FILE, OPTIMIZER_FILE):
+    for name in (MODEL_FILE, OPTIMIZER_FILE) if check_weights else (OPTIMIZER_FILE,):
         if (folder / name).exists():
             _check_safetensors(folder / name)
 
@@ -163,16 +178,79 @@ def load_config(folder: Path) -> RetroConfig:
     return RetroConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
 
 
-def load_checkpoint(folder: Path) -> Retro:
-    folder = _readable(folder)
-    model = Retro(load_config(folder))
-    try:
-        missing, unexpected = load_model(model, str(folder / MODEL_FILE), strict=True)
-    except (SafetensorError, RuntimeError) as error:  # RuntimeError: shapes differ from config
-        raise CheckpointError(f"{folder / MODEL_FILE}: weights do not load ({error})") from error
+def manifest_digest(manifest: dict[str, str]) -> str:
+    """The checkpoint's digest: sha256 over its manifest, one `name sha256` line per file, sorted."""
+    return sha256_hex("".join(f"{name} {sha}\n" for name, sha in sorted(manifest.items())))
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """The model files of a checkpoint, read once: hashed, checked and loaded from these bytes."""
+
+    folder: Path
+    data: dict[str, bytes]  # MODEL_FILES present in the folder -> their bytes
+    manifest: dict[str, str] = field(init=False)  # name -> sha256 of exactly those bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "manifest", {n: sha256_hex(b) for n, b in sorted(self.data.items())})
+
+    @property
+    def digest(self) -> str:
+        return manifest_digest(self.manifest)
+
+    def _json(self, name: str):
+        try:
+            return json.loads(self.data[name])
+        except KeyError:
+            raise CheckpointError(f"{self.folder / name}: missing from the checkpoint") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{self.folder / name}: not valid JSON ({error})") from error
+
+    def config(self) -> RetroConfig:
+        try:
+            return RetroConfig.from_dict(self._json(CONFIG_FILE))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{self.folder / CONFIG_FILE}: not a model config ({error})") from error
+
+    def vocabulary(self) -> Vocabulary:
+        try:
+            return Vocabulary(np.asarray(self._json(VOCAB_FILE), dtype=np.int64))
+        except (TypeError, ValueError, IndexError) as error:
+            raise CheckpointError(f"{self.folder / VOCAB_FILE}: not a vocabulary ({error})") from error
+
+    def model(self) -> Retro:
+        path = self.folder / MODEL_FILE
+        model = Retro(self.config())
+        try:
+            _assign(model, load_tensors(self.data[MODEL_FILE]))
+        except (SafetensorError, RuntimeError) as error:  # RuntimeError: shapes differ from config
+            raise CheckpointError(f"{path}: weights do not load ({error})") from error
+        return model.eval()
+
+
+def _assign(model: Retro, tensors: dict[str, torch.Tensor]) -> None:
+    """Load `tensors` into `model` strictly; a tied parameter (the LM head) is stored once."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    loaded = {state[name].data_ptr() for name in tensors if name in state}
+    missing = [name for name in missing if state[name].data_ptr() not in loaded]
     if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match the config")
-    return model.eval()
+        raise RuntimeError(f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def read_checkpoint(folder: Path) -> CheckpointFiles:
+    """Check the folder (names, links, no pickle) and read its model files once."""
+    folder = _readable(folder)
+    _check_folder(folder, check_weights=False)
+    data = {name: (folder / name).read_bytes() for name in MODEL_FILES if (folder / name).is_file()}
+    _check_safetensors(folder / MODEL_FILE, data[MODEL_FILE])
+    return CheckpointFiles(folder, data)
+
+
+def load_checkpoint(folder: Path) -> Retro:
+    """The model of a checkpoint, unverified: for training's own folders. A catalogued model is
+    loaded with `training.verified.load_verified`, which checks every file against the catalog."""
+    return read_checkpoint(folder).model()
 
 
 def load_train_state(folder: Path, model: Retro, optimizer: torch.optim.Optimizer) -> TrainState:

@@ -25,13 +25,18 @@ SIGNATURE = ModelSignature(
 )
 
 
-def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) -> Path:
-    """Write the pyfunc model folder (code + checkpoint artifact) to `target`."""
+def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str,
+                run_id: str | None = None) -> Path:
+    """Write the pyfunc model folder (code + checkpoint artifact) to `target`. `run_id`: the
+    MLflow run logging it, whose catalog model the checkpoint is verified against at load."""
     with warnings.catch_warnings():  # the signature is explicit: no input example needed
         warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
         mlflow.pyfunc.save_model(
             str(target), python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint)},
-            signature=SIGNATURE, model_config={"logged_home": str(home), "retrieval_set": retrieval_set},
+            signature=SIGNATURE, model_config={
+                "logged_home": str(home), "retrieval_set": retrieval_set,
+                # MLflow lets a load-time model_config override only keys logged here
+                "allow_unknown_checkpoint": False, **({"mlflow_run_id": run_id} if run_id else {})},
             pip_requirements=["retro-ops"])
     return target
 
@@ -39,5 +44,5 @@ def save_pyfunc(checkpoint: Path, target: Path, home: Path, retrieval_set: str) 
 def log_pyfunc(tracking, run_id: str, checkpoint: Path, home: Path, retrieval_set: str) -> str:
     """Save the pyfunc into a temp folder and log it as the run's `model` artifact."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pyfunc(checkpoint, Path(tmp) / "model", home, retrieval_set)
+        folder = save_pyfunc(checkpoint, Path(tmp) / "model", home, retrieval_set, run_id)
         return tracking.log_artifacts(run_id, folder, "model")

@@ -1,14 +1,18 @@
 """Train a model from prepared data with full lineage: checkpoint, MLflow run, registry, catalog.
 
 A checkpoint's folder is named by the hash of its config and input versions. A model whose key
-the catalog already holds (and whose weights still hash the same) is reused, not retrained; a
-folder holding a partial run is resumed from its last checkpoint.
+the catalog already holds (and whose checkpoint files still hash as recorded) is reused, not
+retrained; a folder holding a partial run is resumed from its last checkpoint. A catalogued
+folder whose files no longer hash as recorded is never resumed (its weights would be registered
+anew): it is moved aside to `<folder>.refused-<time>` and the model is trained from scratch.
 """
 
 from __future__ import annotations
 
-import shutil
+import logging
+import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -20,15 +24,17 @@ from retro_ops.features.chunking import tokenizer_digest
 from retro_ops.ids import set_digest
 from retro_ops.model import Retro, RetroConfig
 from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking, code_version
-from retro_ops.training.checkpoint import (
-    CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint, weights_digest,
-)
+from retro_ops.errors import RetroOpsError
+from retro_ops.training.checkpoint import VOCAB_FILE, CheckpointFiles, read_checkpoint
 from retro_ops.training.data import make_sequences
 from retro_ops.training.neighbours import with_self_neighbours, withheld_neighbours
 from retro_ops.training.prepare import PreparedData, encode_neighbours, encode_table, model_key
 from retro_ops.training.reads import neighbour_chunk_ids, record_model_reads
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
+from retro_ops.training.verified import load_verified, record_fields, verify_files
 from retro_ops.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["baseline", "retro", "retrofit"]
 REGISTERED_NAMES = {"baseline": "retro-ops-baseline", "retro": "retro-ops-retro",
@@ -105,15 +111,16 @@ def lineage_inputs(ws: Workspace, data: PreparedData, kind: Kind) -> list[Datase
     return inputs
 
 
-def _log_model(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, kind: Kind,
+def _log_model(tracking: Tracking, run_id: str, files: CheckpointFiles, ws: Workspace, kind: Kind,
                retrieval_set: str) -> str:
     """Log weights, config and vocabulary (not optimizer state) as the `checkpoint` artifact and,
-    for retrieval models, as an MLflow pyfunc (`model`); returns what the registry points at."""
+    for retrieval models, as an MLflow pyfunc (`model`); returns what the registry points at.
+    The bytes logged are those the catalog's manifest is computed from."""
     from retro_ops.training.pyfunc_package import log_pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
-            shutil.copy(folder / name, Path(tmp) / name)
+        for name, data in files.data.items():
+            (Path(tmp) / name).write_bytes(data)
         source = tracking.log_artifacts(run_id, Path(tmp), "checkpoint")
         if kind != "baseline":  # RETRO models are also pyfuncs with the set as a param
             source = log_pyfunc(tracking, run_id, Path(tmp), ws.settings.home, retrieval_set)
@@ -121,8 +128,8 @@ def _log_model(tracking: Tracking, run_id: str, folder: Path, ws: Workspace, kin
 
 
 def _new_model(kind: Kind, config: RetroConfig, data: PreparedData, parent: ModelInfo | None) -> Retro:
-    if kind == "retrofit":
-        return retrofit_model(Path(parent.checkpoint_dir), config, data.spec.train.seed)
+    if kind == "retrofit":  # the parent's checkpoint, checked against the catalog first
+        return retrofit_model(load_verified(parent).model, config, data.spec.train.seed)
     return seeded_model(config, data.spec.train.seed)
 
 
@@ -144,11 +151,12 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
     tokenizer_id = tokenizer_digest(ws.embedder.space.model_path)
     key = model_key(kind, data, parent.weights_sha256 if parent else None, tokenizer_id)
     existing = ws.catalog.model_by_key(key)
-    if existing and (Path(existing.checkpoint_dir) / MODEL_FILE).exists() \
-            and weights_digest(Path(existing.checkpoint_dir)) == existing.weights_sha256:
+    if existing and _intact(existing):
         return TrainedModel(existing, None, reused=True)
     config = model_config(kind, data)
     folder = ws.settings.checkpoints_dir / f"{kind}-{key[:16]}"
+    if existing and folder.exists():
+        _set_aside(folder)
     model = _new_model(kind, config, data, parent)
     tracking = Tracking(ws.settings)
     tags = {"retro_ops.kind": kind, "retro_ops.model_key": key, "retro_ops.code_version": code_version(),
@@ -175,9 +183,10 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
                                       "train_seconds": result.seconds,
                                       "trainable_parameters": result.trainable_parameters,
                                       "total_parameters": result.total_parameters})
-        source = _log_model(tracking, run_id, folder, ws, kind, data.spec.retrieval_set)
+        files = read_checkpoint(folder)
+        source = _log_model(tracking, run_id, files, ws, kind, data.spec.retrieval_set)
         info = ws.catalog.record_model(
-            kind=kind, key=key, checkpoint_dir=str(folder), weights_sha256=weights_digest(folder),
+            kind=kind, key=key, checkpoint_dir=str(folder), **record_fields(files),
             config=config.to_dict(), corpus_version_id=data.corpus_version.id,
             retrieval_set_version_id=data.retriever.version.id if kind != "baseline" else None,
             index_build_id=_index_build_id(ws, data) if kind != "baseline" else None,
@@ -194,7 +203,8 @@ def train_model(ws: Workspace, data: PreparedData, kind: Kind, *, parent: ModelI
         info = _record_reads(ws, info, data, inputs)
         name = REGISTERED_NAMES[kind]
         version = tracking.register(name, source, run_id, "candidate",
-                                    tags={"retro_ops.model_id": str(info.id), "retro_ops.model_key": key})
+                                    tags={"retro_ops.model_id": str(info.id), "retro_ops.model_key": key,
+                                          "retro_ops.checkpoint_sha256": files.digest})
         info = ws.catalog.set_model_registry(info.id, run_id=run_id, name=name, version=version)
         tracking.finish(run_id)
     except BaseException:
@@ -226,5 +236,24 @@ def _flat(prefix: str, values: dict) -> dict:
     return {f"{prefix}.{k}": v for k, v in values.items()}
 
 
+def _intact(info: ModelInfo) -> bool:
+    """The catalogued checkpoint is there and every file hashes as recorded."""
+    try:
+        verify_files(info, read_checkpoint(Path(info.checkpoint_dir)))
+    except (RetroOpsError, OSError):
+        return False
+    return True
+
+
+def _set_aside(folder: Path) -> None:
+    """Keep a catalogued checkpoint that no longer verifies for inspection, out of training's way."""
+    aside = folder.with_name(f"{folder.name}.refused-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(folder, aside)
+    log.warning("%s no longer matches the catalog's record: moved to %s; training from scratch",
+                folder, aside)
+
+
 def load_model(info: ModelInfo) -> Retro:
-    return load_checkpoint(Path(info.checkpoint_dir))
+    """The catalogued model, verified (`training.verified.load_verified`, which also gives its
+    vocabulary from the same read)."""
+    return load_verified(info).model

@@ -21,7 +21,7 @@ import torch
 from retro_ops.model import Retro, RetroConfig
 from retro_ops.errors import CrashMode, SimulatedCrash
 from retro_ops.training.checkpoint import (
-    STATE_FILE, CheckpointCrash, TrainState, load_checkpoint, load_train_state, recover_checkpoint,
+    STATE_FILE, CheckpointCrash, TrainState, load_train_state, recover_checkpoint,
     save_checkpoint,
 )
 from retro_ops.training.config import TrainConfig
@@ -144,12 +144,12 @@ def seeded_model(config: RetroConfig, seed: int) -> Retro:
     return model
 
 
-def retrofit_model(baseline_folder: Path, retro_config: RetroConfig, seed: int) -> Retro:
-    """A RETRO model holding a trained baseline's decoder; only retrieval parts will train."""
-    baseline = load_checkpoint(baseline_folder)
+def retrofit_model(baseline: Retro, retro_config: RetroConfig, seed: int) -> Retro:
+    """A RETRO model holding a trained baseline's decoder (loaded and verified by the caller:
+    `training.verified.load_verified`); only retrieval parts will train."""
     model = seeded_model(retro_config, seed)
     missing, unexpected = model.load_state_dict(baseline.state_dict(), strict=False)
     retrieval_names = set(model.state_dict()) - set(model.decoder_parameter_names())
     if unexpected or set(missing) - retrieval_names:
-        raise ValueError(f"baseline at {baseline_folder} does not match the RETRO decoder")
+        raise ValueError("the baseline does not match the RETRO decoder")
     return model
