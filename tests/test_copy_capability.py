@@ -50,12 +50,12 @@ def copy_task(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return ids, neighbours, targets, copyable
 
 
-def train_and_score(retrieval: bool, cut: str = "") -> tuple[float, float]:
+def train_and_score(retrieval: bool, cut: str = "", lr: float = 3e-3, steps: int = STEPS) -> tuple[float, float]:
     """(mean loss on copyable targets of held-out batches, seconds) after STEPS steps; `cut`:
     "none" feeds no neighbours, "shuffled" feeds another sequence's."""
     torch.manual_seed(0)
     model = Retro(RetroConfig.from_dict({**CONFIG.to_dict(), "retrieval": retrieval})).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
     def feed(neighbours: torch.Tensor) -> torch.Tensor | None:
         if not retrieval or cut == "none":
@@ -63,7 +63,7 @@ def train_and_score(retrieval: bool, cut: str = "") -> tuple[float, float]:
         return neighbours.roll(1, dims=0) if cut == "shuffled" else neighbours
 
     started = time.perf_counter()
-    for step in range(STEPS):
+    for step in range(steps):
         ids, neighbours, targets, _ = copy_task(BATCH, seed=step)
         _, loss = model(ids, feed(neighbours), targets=targets)
         optimizer.zero_grad(set_to_none=True)
