@@ -243,6 +243,29 @@ def test_rematerializing_refuses_the_purged_document_and_says_why(site, purged):
     assert _found(ws.settings.home) == {n: set() for n in NEEDLES}
 
 
+def test_other_issues_of_a_file_only_purged_documents_came_from_lose_its_path(tmp_path):
+    """A repaired byte in a purged text file, a bad line in a JSON-lines file whose one document
+    was purged: their issues name `purged:<sha256 prefix>` of the file, not the file; an issue of a
+    file that still gives a document keeps its path."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "secret_zq.txt").write_bytes(b"secret text\x00 of a person")
+    (folder / "mixed_zq.jsonl").write_text('{"text": "a secret line"}\n{bad\n')
+    (folder / "kept.jsonl").write_text('{"text": "kept text"}\n{bad\n')
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", home=tmp_path)
+    catalog.add_corpus("p", str(folder))
+    for text in ("secret text of a person", "a secret line"):
+        catalog.begin_purge(document_id(normalise_text(text)), reason="erasure request 6", actor="dpo",
+                            source_uris=[], chunks=[], held_by={})
+    found = pipeline.ingest_documents(catalog, FeatureStore(str(tmp_path / "lancedb")), "p")
+    issues = sorted(str(i) for i in found.issues)
+    assert not [i for i in issues if "_zq" in i or "erasure request" in i], issues
+    assert sum(i.startswith("skipped: purge ") for i in issues) == 2 and found.documents == 1
+    assert sum(": purged:" in i for i in issues) == 2  # the NUL byte, the bad line
+    assert any(i.startswith(f"skipped: {folder / 'kept.jsonl'}:2") for i in issues)
+    catalog.close()
+
+
 @pytest.fixture(scope="module")
 def later_runs(site, purged):
     """After the purge, the file still in the corpus folder: one Dagster materialization of corpus
