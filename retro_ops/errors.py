@@ -136,3 +136,7 @@ class PolicyError(RetroOpsError, ValueError):
 
 class GenerationLogError(RetroOpsError, ValueError):
     """A generation-log setting or query that cannot be used (bad config value, unknown request id)."""
+
+
+class ErasureError(RetroOpsError, RuntimeError):
+    """An erasure could not remove every copy it must (an older LanceDB version stays)."""

@@ -2,8 +2,12 @@
 embedded, indexed, scored, trained on (a tiny RETRO) and its lineage published to MLflow; then
 `retro-ops exclude doc --purge` erases it. Afterwards no file under the home holds any of its
 sentences (LanceDB data, _versions/ and _transactions/ included), retrieval never returns it,
-`lineage verify` names the purge, and re-materializing the unchanged folder refuses it.
-Real LanceDB, FAISS, BERT, MLflow and the real CLI; nothing mocked."""
+`lineage verify` names the purge, and re-materializing the unchanged folder refuses it. Later
+runs (a Dagster materialization of the folder that still holds the file, a sensor tick) write
+neither its name, its path nor its text, Dagster's storage included; LanceDB is checked version
+by version and file by file, a tag that pinned an old version is gone and its snapshot recorded
+as no longer reproducible. Real LanceDB, FAISS, BERT, MLflow, Dagster and the real CLI; nothing
+mocked."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from lancedb.index import BTree
+from erasure_checks import PurgedRows, found_in_files, index_uuids, lance_holdings, lance_leftovers, sensor_tick
 from helpers import tiny_spec
 from typer.testing import CliRunner
 
@@ -24,7 +30,8 @@ from retro_ops.catalog import Catalog
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import pipeline
-from retro_ops.features.store import FeatureStore
+from retro_ops.features.store import CHUNKS, FeatureStore
+from retro_ops.governance.purge import snapshot_document
 from retro_ops.ids import document_id, normalise_text
 from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.retrieval.index_publish import current_build, read_manifest
@@ -44,6 +51,8 @@ SECRET_FILE = "patient_record_zq.txt"
 CHAPTERS = ("chapter_2.txt", "chapter_5.txt", "chapter_6.txt")
 OTHER_CHAPTERS = ("chapter_8.txt", "chapter_11.txt")
 CHOSEN_FACTORY = "IDMap,SQ8"
+REASON = "erasure request 17"
+SNAPSHOT_TAG = "release-1"  # a user's tag on the chunks table, pinning the version before the purge
 runner = CliRunner()
 
 
@@ -122,10 +131,17 @@ def site(tmp_path_factory, embedder, chunker):
     publish_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "o", embedder.space)
     bystander = train_model(ws, prepare_training(ws, replace(spec, corpus="o", retrieval_set="o")),
                             "retro").info
+    chunks = ws.store.db.open_table(CHUNKS)
+    chunks.tags.create(SNAPSHOT_TAG, chunks.version)
+    chunks.create_index("doc_id", config=BTree())  # a user's index: it holds the document's id
+    snap = snapshot_document(ws.catalog, ws.store, doc_id)
+    rows = PurgedRows(doc_id, [c[0] for c in snap.chunks], sorted({c[2] for c in snap.chunks}))
     before = _found(ws.settings.home)
     return {"ws": ws, "root": root, "doc_id": doc_id, "model": model, "before": before,
-            "bystander": bystander,
-            "env": {HOME_ENV: str(ws.settings.home)}}
+            "bystander": bystander, "env": {HOME_ENV: str(ws.settings.home)},
+            "rows": rows, "held": lance_holdings(ws.store, rows), "indices": index_uuids(ws.store),
+            "tagged": ws.store.tags(CHUNKS)[SNAPSHOT_TAG],
+            "name_before": found_in_files(ws.settings.home, {"name": SECRET_FILE})["name"]}
 
 
 def _cli(site, *args):
@@ -134,7 +150,7 @@ def _cli(site, *args):
 
 @pytest.fixture(scope="module")
 def purged(site):
-    result = _cli(site, "exclude", "doc", SECRET_FILE, "--purge", "--reason", "erasure request 17",
+    result = _cli(site, "exclude", "doc", SECRET_FILE, "--purge", "--reason", REASON,
                   "--actor", "dpo", "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
@@ -213,15 +229,94 @@ def test_lineage_verify_names_the_purge_and_does_not_crash(site, purged):
 
 
 def test_rematerializing_refuses_the_purged_document_and_says_why(site, purged):
+    """The read issue names the purge and the content hash: not the file (its name can name a
+    person) nor the purge's reason (the catalog's purge record keeps that)."""
     ws = site["ws"]
     found = pipeline.ingest_documents(ws.catalog, ws.store, "c")
-    reasons = [i for i in found.issues if i.source == SECRET_FILE or i.source.endswith(SECRET_FILE)]
-    assert reasons and f"purge {purged['purges'][0]['id']}" in str(reasons[0])
-    assert "erasure request 17" in str(reasons[0])
+    [issue] = [i for i in found.issues if site["doc_id"] in str(i)]
+    assert str(issue) == (f"skipped: purge {purged['purges'][0]['id']}: document {site['doc_id']} "
+                          "(its content hash) was purged; not stored again")
+    assert not any(SECRET_FILE in str(i) or REASON in str(i) for i in found.issues)
     assert site["doc_id"] not in ws.catalog.corpus_doc_ids(found.corpus_version.id)
     assert found.documents == len(CHAPTERS) and found.new_documents == 0
     pipeline.chunk_corpus(ws.catalog, ws.store, _chunker(), "c")
     assert _found(ws.settings.home) == {n: set() for n in NEEDLES}
+
+
+def test_other_issues_of_a_file_only_purged_documents_came_from_lose_its_path(tmp_path):
+    """A repaired byte in a purged text file, a bad line in a JSON-lines file whose one document
+    was purged: their issues name `purged:<sha256 prefix>` of the file, not the file; an issue of a
+    file that still gives a document keeps its path."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "secret_zq.txt").write_bytes(b"secret text\x00 of a person")
+    (folder / "mixed_zq.jsonl").write_text('{"text": "a secret line"}\n{bad\n')
+    (folder / "kept.jsonl").write_text('{"text": "kept text"}\n{bad\n')
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", home=tmp_path)
+    catalog.add_corpus("p", str(folder))
+    for text in ("secret text of a person", "a secret line"):
+        catalog.begin_purge(document_id(normalise_text(text)), reason="erasure request 6", actor="dpo",
+                            source_uris=[], chunks=[], held_by={})
+    found = pipeline.ingest_documents(catalog, FeatureStore(str(tmp_path / "lancedb")), "p")
+    issues = sorted(str(i) for i in found.issues)
+    assert not [i for i in issues if "_zq" in i or "erasure request" in i], issues
+    assert sum(i.startswith("skipped: purge ") for i in issues) == 2 and found.documents == 1
+    assert sum(": purged:" in i for i in issues) == 2  # the NUL byte, the bad line
+    assert any(i.startswith(f"skipped: {folder / 'kept.jsonl'}:2") for i in issues)
+    catalog.close()
+
+
+@pytest.fixture(scope="module")
+def later_runs(site, purged):
+    """After the purge, the file still in the corpus folder: one Dagster materialization of corpus
+    c by the CLI's launch path, on the instance under the test's home, then one tick of the
+    source observer sensor as its daemon runs it."""
+    from assets.launch import dagster_instance, materialize_corpus
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(HOME_ENV, str(site["ws"].settings.home))
+        for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_DAGSTER_STORAGE_URL"):
+            env.delenv(var, raising=False)
+        instance = dagster_instance(site["ws"].settings)
+        outcome = materialize_corpus(instance, "c")
+        ticks = sensor_tick(instance, "source_observer")
+    return outcome, ticks
+
+
+def test_later_runs_write_the_purge_id_never_the_name_path_reason_or_text(site, purged, later_runs):
+    outcome, ticks = later_runs
+    assert outcome.success, outcome.error
+    assert [t.status.value for t in ticks] in (["SUCCESS"], ["SKIPPED"])
+    home, purge_id = site["ws"].settings.home, purged["purges"][0]["id"]
+    path = str(site["root"] / "corpus" / SECRET_FILE)
+    leaks = found_in_files(home, {"name": SECRET_FILE, "stem": Path(SECRET_FILE).stem, "path": path,
+                                  **{n: n for n in NEEDLES}})
+    assert leaks == {label: set() for label in leaks}
+    # the purge's reason stays in the catalog's purge record only, not in what runs write
+    assert found_in_files(site["ws"].settings.dagster_home, {"reason": REASON}) == {"reason": set()}
+    # the search can fail: it finds the name before the purge, and it reads Dagster's storage
+    # (its SQLite files), where this run wrote its read issue: the purge id and content hash
+    assert any(f.startswith("catalog.db") for f in site["name_before"]), site["name_before"]
+    issue = f"purge {purge_id}: document {site['doc_id']}"
+    assert issue in {a.asset: a.metadata for a in outcome.assets}["documents"]["issue_list"]
+    assert any(f.startswith("dagster/history/") for f in found_in_files(home, {"issue": issue})["issue"])
+
+
+def test_no_lancedb_version_file_or_index_keeps_the_purged_rows_and_the_tag_is_gone(site, purged, later_runs):
+    """Every remaining version of every table is read (the same reading finds the rows before
+    the purge); no data file or index folder lies outside those versions, no deletion file is
+    left, and the index built while the rows were there is gone (the version the compaction
+    started from kept it). The user's tag is removed, its snapshot marked as no longer reproducible."""
+    store, catalog = site["ws"].store, site["ws"].catalog
+    held = {h.split(" ")[0] for h in site["held"]}
+    assert {"documents", "chunks", "retrieval_set_chunks", "chunk_scores"} <= held, site["held"]
+    assert any(t.startswith("embeddings_") for t in held) and site["indices"][CHUNKS]
+    assert lance_holdings(store, site["rows"]) == []
+    assert lance_leftovers(store, held, site["indices"]) == []
+    assert SNAPSHOT_TAG not in store.tags(CHUNKS)
+    lost = {"table": CHUNKS, "tag": SNAPSHOT_TAG, "version": site["tagged"], "reproducible": False}
+    assert lost in purged["snapshots_lost"]
+    assert {**lost, "purge_id": purged["purges"][0]["id"]} in catalog.lost_snapshots()
 
 
 def _chunker():
@@ -250,17 +345,20 @@ purge_documents(Workspace.open(Settings(home=sys.argv[1])), [sys.argv[2]], reaso
 """
 
 
-@pytest.mark.parametrize("point", ["after_intent", "after_rebuild"])  # before and after the deletes
+@pytest.mark.parametrize("point", ["after_intent", "after_rebuild", "after_cleanup"])  # before and after the deletes
 def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, point):
     """SIGKILL (a real one, in a child process) at each step: the document is excluded from the
     moment the intent is committed, the purge stays pending, and the next purge call finishes it
-    to the same end state as an uninterrupted purge."""
+    to the same end state as an uninterrupted purge. A tag the killed run removed (after_cleanup)
+    is still reported as a lost snapshot by the run that finishes it."""
     from retro_ops.erasure.purge import purge_documents
 
     root = tmp_path / "copy"
     shutil.copytree(pristine, root)
     home = root / "home"
     doc_id = document_id(normalise_text((root / "corpus" / SECRET_FILE).read_text()))
+    chunks = FeatureStore(Settings(home=home).lancedb_uri).db.open_table(CHUNKS)
+    chunks.tags.create(SNAPSHOT_TAG, chunks.version)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
     child = subprocess.run([sys.executable, "-c", _KILLED_PURGE, str(home), doc_id, point],
@@ -272,6 +370,7 @@ def test_a_purge_killed_midway_is_finished_by_the_next_one(pristine, tmp_path, p
     assert doc_id in ws.catalog.active_exclusions().doc_ids  # never retrievable from the intent on
     report = purge_documents(ws, [], reason="(resumed)", actor="dpo")
     assert [(p["doc_id"], p["status"]) for p in report.purges] == [(doc_id, "done")]
+    assert [(s["table"], s["tag"]) for s in report.snapshots_lost] == [(CHUNKS, SNAPSHOT_TAG)]
     assert _found(home) == {n: set() for n in NEEDLES}
     version = ws.catalog.latest_retrieval_set_version("c")
     assert doc_id not in set(ws.store.members(version.digest, ["doc_id"]).column("doc_id").to_pylist())

@@ -268,6 +268,25 @@ class ExclusionCatalogMixin:
             s.flush()
             return _purge(row)
 
+    def record_lost_snapshots(self, purge_ids: list[int], snapshots: list[dict]) -> list[dict]:
+        """Mark LanceDB snapshots (table, tag, version) a purge is about to remove as no longer
+        reproducible, in the report of each of `purge_ids`; returns every snapshot those purges
+        have marked (a rerun after a kill adds none twice and forgets none)."""
+        lost: list[dict] = []
+        with self.session() as s:
+            for row in s.scalars(select(m.PurgedDocument).where(m.PurgedDocument.id.in_(purge_ids))):
+                known = list((row.report or {}).get("snapshots_lost", []))
+                known += [{**snap, "reproducible": False} for snap in snapshots
+                          if {**snap, "reproducible": False} not in known]
+                row.report = {**(row.report or {}), "snapshots_lost": known}
+                lost += [snap for snap in known if snap not in lost]
+        return lost
+
+    def lost_snapshots(self) -> list[dict]:
+        """Every LanceDB snapshot (a tagged version) a purge removed, with the purge's id."""
+        return [{**snap, "purge_id": p.id} for p in self.purges()
+                for snap in (p.report or {}).get("snapshots_lost", [])]
+
     def purges(self, *, status: str | None = None) -> list[PurgeRecord]:
         with self.session() as s:
             query = select(m.PurgedDocument).order_by(m.PurgedDocument.id)

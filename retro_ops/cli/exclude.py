@@ -106,6 +106,9 @@ def _purge(doc_ids: list[str], reason: str, actor: str, json_out: bool) -> None:
                   f"version {s['version_id']}, index build {s['index_build_id']}"))
     out.print(f"index builds removed: {len(report.index_builds_removed)}; neighbour caches removed: "
               f"{len(report.neighbour_caches_removed)}; old versions removed: {report.versions_removed}")
+    for snap in report.snapshots_lost:
+        out.print(f"[yellow]LanceDB tag {snap['tag']} of {snap['table']} (version {snap['version']}) "
+                  "removed: that snapshot is no longer reproducible[/yellow]")
     for m in report.models_affected:
         out.print(f"[yellow]{m['model']}[/yellow] read it as {', '.join(m['read_as'])}: no longer "
                   "reproducible, may need retraining")

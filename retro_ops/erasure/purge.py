@@ -8,7 +8,8 @@ left pending, so a rerun after a kill ends as an uninterrupted run would. The st
 rows from every LanceDB table (`governance.purge`); record a new version of each corpus without
 it (so training and set builds stop naming it); rebuild the retrieval-set versions and indices
 that held it; remove index builds and neighbour caches that still hold its vectors or tokens;
-remove every older LanceDB version of the tables it was in (compaction + cleanup); replace its
+remove every older LanceDB version of the tables it was in (compaction + cleanup; a tag pinning
+one is removed and its snapshot recorded as no longer reproducible); replace its
 source paths in the catalog (and in MLflow lineage artifacts) by hashes and VACUUM the SQLite
 catalog; mark the purge done with a report (counts and ids, never text or paths).
 
@@ -60,6 +61,9 @@ class PurgeReport:
     index_builds_removed: list[str] = field(default_factory=list)
     neighbour_caches_removed: list[str] = field(default_factory=list)
     versions_removed: dict[str, int] = field(default_factory=dict)
+    # LanceDB tags removed (a tag pins its version's files): table, tag, version; the snapshot each
+    # pinned is gone with them, no longer reproducible
+    snapshots_lost: list[dict] = field(default_factory=list)
     sources_scrubbed: int = 0
     lineage_artifacts_scrubbed: int = 0
     models_affected: list[dict] = field(default_factory=list)  # model, how: may need retraining
@@ -237,6 +241,11 @@ def purge_documents(ws: Workspace, doc_ids: list[str], *, reason: str, actor: st
     report.index_builds_removed = _remove_index_builds(ws, held)
     report.neighbour_caches_removed = _remove_neighbour_caches(
         ws.settings.neighbours_dir, {c for p in pending for c in p.chunk_ids})
+    # the tags go with the old versions: what they pinned is recorded first, so a killed purge's
+    # rerun (which finds them gone) still reports them
+    tagged = [{"table": name, "tag": tag, "version": version}
+              for name in text_tables(store) for tag, version in sorted(store.tags(name).items())]
+    report.snapshots_lost = catalog.record_lost_snapshots([p.id for p in pending], tagged)
     report.versions_removed = {name: store.erase_old_versions(name) for name in text_tables(store)}
     _crash("after_cleanup", crash_at, crash_mode)
     report.sources_scrubbed = catalog.scrub_document_sources(purged_ids)

@@ -10,7 +10,8 @@ positions are added). Writes are safe against a concurrent run (see `store`).
 
 A purged document (erased with `retro-ops exclude doc --purge`) is never stored again: still in
 (or back in) the corpus folder, it is left out of the corpus version with a read issue naming
-the purge, and its document is never re-chunked from what a purge left behind.
+the purge and its content hash (never its path or the purge's reason), and its document is
+never re-chunked from what a purge left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.catalog import Catalog, CorpusVersionInfo
+from retro_ops.catalog.exclusions import source_hash
 from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
 from retro_ops.corpus.documents import CorpusSnapshot
@@ -208,18 +210,31 @@ def materialize_corpus(
 
 
 def _without_purged(catalog: Catalog, snapshot: CorpusSnapshot, report: ReadReport) -> CorpusSnapshot:
-    """The snapshot minus purged documents, each refusal a read issue naming its purge."""
+    """The snapshot minus purged documents, each refusal one read issue naming the purge and the
+    content hash, never the path or the reason (a file name can name a person, and read issues go
+    into Dagster's run and event storage at every later run). Other issues about the refused
+    documents' sources (a repaired byte, a bad line of a file only they came from) lose their path
+    the same way: they become `purged:<sha256 prefix>`, as the catalog keeps them."""
     purged = catalog.purged_documents()
     refused = [d for d in snapshot.documents if d.doc_id in purged]
     if not refused:
         return snapshot
-    for doc in refused:
-        p = purged[doc.doc_id]
-        for source in doc.sources:
-            report.add(source, f"document {doc.doc_id} was purged (purge {p.id}, "
-                               f"{p.created_at:%Y-%m-%d}, by {p.created_by}: {p.reason}); not stored again")
     kept = [d for d in snapshot.documents if d.doc_id not in purged]
+    gone = {s for d in refused for s in d.sources}
+    files = {_file_of(s) for s in gone} - {_file_of(s) for d in kept for s in d.sources}
+    report.issues[:] = [i if i.source not in gone and _file_of(i.source) not in files else
+                        ReadIssue(f"purged:{source_hash(_file_of(i.source))[:16]}", i.reason, i.severity)
+                        for i in report.issues]
+    report.issues.extend(ReadIssue(f"purge {purged[d.doc_id].id}", f"document {d.doc_id} (its content hash) "
+                                   "was purged; not stored again") for d in refused)
     return CorpusSnapshot(kept, set_digest(d.doc_id for d in kept), snapshot.duplicates_collapsed)
+
+
+def _file_of(source: str) -> str:
+    """The file a read issue or a source is about: `f.jsonl#L3` and `f.jsonl:3` are in `f.jsonl`."""
+    file = source.split("#", 1)[0]
+    head, _, line = file.rpartition(":")
+    return head if head and line.isdigit() else file
 
 
 def _of_shard(doc_ids: list[str], shard: ShardSpec | None) -> list[str]:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col, lit
 
+from retro_ops.errors import ErasureError
 from retro_ops.features.locks import lock_dir, table_lock
 
 if TYPE_CHECKING:  # type-only: writer subprocesses then start without importing transformers
@@ -45,6 +46,7 @@ DOCUMENTS = "documents"
 CHUNKS = "chunks"
 MEMBERS = "retrieval_set_chunks"
 _IN_BATCH = 1000  # values per IN (...) filter
+_ERASE_PASSES = 3  # optimize calls before an erasure gives up on a single version
 
 DOCUMENTS_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("text", pa.large_string()), ("n_chars", pa.int64()),
@@ -415,18 +417,37 @@ class FeatureStore:
         return set(self._rows_where_in(CHUNKS, CHUNKS_SCHEMA, "content_hash", list(content_hashes),
                                        ["content_hash"]).column("content_hash").to_pylist())
 
+    def tags(self, name: str) -> dict[str, int]:
+        """tag -> the version it pins, of table `name` (a tag keeps its version's files)."""
+        if name not in self._table_names():
+            return {}
+        return {tag: int(v["version"] if isinstance(v, dict) else v.version)  # a dict in lancedb 0.40
+                for tag, v in self.db.open_table(name).tags.list().items()}
+
     def erase_old_versions(self, name: str) -> int:
-        """Compact `name` and remove every version but the latest, tags included (a tag pins its
-        version's files), so deleted rows leave no copy in older data files; returns the versions
-        removed. Readers of an older version fail afterwards: the price of erasure."""
+        """Compact `name` and remove every version but the latest, tags included, so deleted rows
+        leave no copy in older data files or older indices; returns the versions removed. Readers
+        of an older version fail afterwards: the price of erasure.
+
+        `optimize` prunes before it updates the indices, so the version it started from survives
+        with the indices built while the rows were there: optimize again until one version is
+        left (the second pass finds nothing to compact or index)."""
         if name not in self._table_names():
             return 0
         with self.lock(name):
             table = self.db.open_table(name)
             for tag in list(table.tags.list()):
                 table.tags.delete(tag)
-            before = len(table.list_versions())
-            with warnings.catch_warnings():  # "removes every version except the latest": intended
-                warnings.simplefilter("ignore", UserWarning)
-                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-            return max(before - len(table.list_versions()), 0)
+            before = _versions(table)
+            for _ in range(_ERASE_PASSES):
+                with warnings.catch_warnings():  # "removes every version except the latest": intended
+                    warnings.simplefilter("ignore", UserWarning)
+                    table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+                if len(now := _versions(table)) == 1:
+                    return len(before - now)
+            raise ErasureError(f"LanceDB table {name}: older versions remain after {_ERASE_PASSES} "
+                               f"compactions and cleanups ({len(_versions(table))} versions)")
+
+
+def _versions(table) -> set[int]:
+    return {int(v["version"] if isinstance(v, dict) else v.version) for v in table.list_versions()}
