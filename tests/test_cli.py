@@ -125,7 +125,8 @@ def test_models_eval_generate_cli(ws, monkeypatch):
     evaluated = runner.invoke(app, ["eval", "--model", info.ref, "--set", "small", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     rows = json.loads(evaluated.stdout)["rows"]
-    assert [r["setting"] for r in rows] == ["no retrieval", "set small"]
+    assert [r["setting"] for r in rows] == ["no retrieval", "set small", "control: small shuffled",
+                                            "control: oracle"]
     generated = runner.invoke(app, ["generate", "Call me Ishmael. " * 12, "--model", info.ref,
                                     "--set", "small", "--max-new-tokens", "3", "--json"])
     assert generated.exit_code == 0, generated.output

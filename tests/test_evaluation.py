@@ -15,7 +15,7 @@ from retro_ops.evaluation.compare import (
     TrainingDocumentError, evaluate_models, heldout_text, model_heldout_text,
 )
 from retro_ops.evaluation.intervals import mean_and_spread, paired_bootstrap
-from retro_ops.evaluation.overlap import longest_shared_span
+from retro_ops.evaluation.overlap import FIRST, READS, longest_shared_span
 from retro_ops.evaluation.token_bytes import gap_bytes, token_bytes
 from retro_ops.features.chunking import Chunker
 from retro_ops.model import RetroConfig
@@ -157,7 +157,7 @@ def leaky(ws, tmp_path_factory):
     return train_model(ws, data, "retro").info
 
 
-def test_leakage_filter_moves_all_chunks_but_not_the_low_alpha_bucket(ws, leaky):
+def test_leakage_filter_moves_the_reading_chunks_but_not_the_first_chunks(ws, leaky):
     text = heldout_text(ws, "probe", SplitConfig(), 64, whole=True)
     plain = evaluate_models(ws, [leaky], text, ["leaky"], k=2)
     filtered = evaluate_models(ws, [leaky], text, ["leaky"], k=2, leakage_filter=True)
@@ -166,10 +166,13 @@ def test_leakage_filter_moves_all_chunks_but_not_the_low_alpha_bucket(ws, leaky)
     assert row.leaky_share > 0.15 and frow.leaky_share == 0.0  # the copy was read, then dropped
     assert abs(row.bits_per_byte - frow.bits_per_byte) > 1e-4  # the all-chunks number moves
     a, b = plain.scores[(leaky.ref, "set leaky")].chunks, filtered.scores[(leaky.ref, "set leaky")].chunks
-    low = plain.buckets["leaky"].rows["alpha<=12.5%"]
-    assert len(low) > 0, "precondition: some chunks copied nothing"
-    assert row.bpb_alpha_le_12_5 == pytest.approx(a.bits_per_byte(low), abs=1e-12)
-    assert b.bits_per_byte(low) == pytest.approx(a.bits_per_byte(low), abs=1e-9)  # unchanged
+    first, reads = plain.buckets["leaky"].rows[FIRST], plain.buckets["leaky"].rows[READS]
+    assert len(first) > 0 and len(reads) > 0, "precondition: both kinds of chunk"
+    assert row.bpb_first == pytest.approx(a.bits_per_byte(first), abs=1e-12)
+    assert row.bpb_reads == pytest.approx(a.bits_per_byte(reads), abs=1e-12)
+    # sequence-first chunks read no neighbours: the filter cannot move them
+    assert b.bits_per_byte(first) == pytest.approx(a.bits_per_byte(first), abs=1e-9)
+    assert abs(b.bits_per_byte(reads) - a.bits_per_byte(reads)) > 1e-4
     # no retrieval is the same text, so it does not move at all
     assert plain.rows[0].bits_per_byte == filtered.rows[0].bits_per_byte
 
@@ -187,6 +190,7 @@ def test_eval_fails_when_too_many_chunks_copy_unless_allowed(ws, leaky, monkeypa
     report = json.loads(allowed.stdout)
     assert report["leaky_share_ok"] is False and report["leaky_share"] > 0.05
     assert {c["what"] for c in report["comparisons"]} == {"retrieval vs none"}
+    assert {c["unit"] for c in report["comparisons"]} == {"documents"}
 
 
 def test_intervals_table_keeps_its_columns_when_labels_hold_pipes():

@@ -222,7 +222,8 @@ def test_evaluation_table(ws, data, trained):
     assert sorted(text.doc_ids) == sorted(data.heldout_doc_ids)
     report = evaluate_models(ws, [trained["baseline"].info, trained["retro"].info], text, ["small"], k=2)
     settings = [(r.kind, r.setting) for r in report.rows]
-    assert settings == [("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small")]
+    assert settings == [("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small"),
+                        ("retro", "control: small shuffled"), ("retro", "control: oracle")]
     assert all(0 < r.bits_per_byte < 10 and r.tokens > 0 for r in report.rows)
     run = mlflow_client(ws).get_run(report.mlflow_run_id)
     assert "bpb.retro.set_small" in run.data.metrics
@@ -276,3 +277,24 @@ def test_cached_generation_equals_full_forward_windows(ws, data, trained):
     reference = ids[result.prompt_tokens:]
     assert result.text == tokenizer.decode(data.vocab.decode(np.asarray(reference)).tolist())
     assert len(result.retrievals) == len(ids[:-1]) // m
+
+
+def test_a_safetensors_header_of_128_mod_256_bytes_is_not_taken_for_a_pickle(tmp_path):
+    """The header length opens the file; 0x80 there is the pickle opcode's byte too (the demo's
+    RETROfit optimizer file, 7,040 header bytes, was refused as a pickle)."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from retro_ops.training.checkpoint import _check_safetensors
+
+    path = tmp_path / "t.safetensors"
+    for n in range(1, 400):
+        save_file({"x" * n: torch.zeros(1)}, str(path))
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 128:
+            break
+    assert path.read_bytes()[:1] == b"\x80", "precondition: the file starts with 0x80"
+    _check_safetensors(path)  # no error
+    path.write_bytes(b"\x80\x04K\x01." + b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="holds a pickle"):
+        _check_safetensors(path)

@@ -77,6 +77,9 @@ def eval_command(
     part: Annotated[str, typer.Option(
         help="Which held-out documents: `test` (what is reported), `validation` (for tuning) or "
              "`heldout` (both). Models recorded before the split had parts: test is all held-out.")] = "test",
+    controls: Annotated[bool, typer.Option(
+        help="Also score the control rows: the first set's neighbours shuffled across chunks, and "
+             "the oracle (the exact text that follows as a neighbour).")] = True,
     leakage_filter: Annotated[bool, typer.Option(
         "--leakage-filter", help="Drop retrieval-set documents that near-duplicate an evaluated "
                                  "document (MinHash LSH) from the neighbours, for this evaluation.")] = False,
@@ -100,7 +103,7 @@ def eval_command(
             fail(f"--part {part!r}: choose test, validation or heldout")
         text = model_heldout_text(ws, info, corpus_name or None, whole == "all", part)
         report = evaluate_models(ws, [info], text, list(retrieval_set or []), k=info.config["n_neighbours"],
-                                 leakage_filter=leakage_filter)
+                                 leakage_filter=leakage_filter, controls=controls)
     except RetroOpsError as exc:
         fail(str(exc))
     leaky = report.leaky_share > max_leaky_share

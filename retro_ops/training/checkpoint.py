@@ -141,12 +141,15 @@ def _check_safetensors(path: Path, data: bytes | None = None) -> None:
         size = path.stat().st_size
     else:
         head, size = data[:9], len(data)
+    # a safetensors file opens with its header's length (8 bytes, little-endian) and then "{": a
+    # length of 128 mod 256 starts with 0x80, so the header is checked before the pickle opcode
+    if len(head) >= 9 and struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{":
+        return
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         kind = "a pickle" if head[:1] == b"\x80" else "a zip (torch.save) archive"
         raise CheckpointError(f"{path}: holds {kind}, not safetensors; refusing to load it "
                               "(unpickling can run arbitrary code)")
-    if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > size - 8 or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file (no valid header); refusing to load it")
+    raise CheckpointError(f"{path}: not a safetensors file (no valid header); refusing to load it")
 
 
 def _check_folder(folder: Path, *, check_weights: bool = True) -> None:
