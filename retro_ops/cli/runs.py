@@ -1,37 +1,33 @@
-"""Run materializations through Dagster with progress bars, and summarise their outcomes."""
+"""Run materializations through Dagster with progress (bars on a terminal, lines in a log),
+and summarise their outcomes."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from retro_ops.cli.common import emit_json, err, fail, out, settings
+from retro_ops.cli.progress import progress_for
 from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
                          json_out: bool, asset_config: dict | None = None, training=None) -> list:
     """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
-    from assets.launch import (
-        ASSETS_BY_PARTITION,
-        TerminalProgress,
-        dagster_instance,
-        materialize_partition,
-    )
+    from assets.launch import ASSETS_BY_PARTITION, ReportedProgress, dagster_instance, materialize_partition
 
     instance = dagster_instance(settings())
     outcomes = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=json_out) as bar:
-        for partitions, key in jobs:
+    with progress_for(err, transient=json_out) as progress:
+        for index, (partitions, key) in enumerate(jobs, start=1):
             names = ASSETS_BY_PARTITION[partitions]
             chosen = [s for s in selection if s in names] if selection else None
+            progress.run(index, len(jobs), key, chosen or names)
             try:
                 outcomes.append(materialize_partition(
                     instance, partitions, key, selection=chosen, asset_config=asset_config,
-                    progress=TerminalProgress().attach(bar), training=training))
+                    progress=ReportedProgress().attach(progress), on_step=progress.step, training=training))
             except ValueError as exc:
                 fail(str(exc))
     return outcomes
