@@ -1,14 +1,17 @@
 """`retro-ops`: the command line. Pipeline commands go through Dagster (same instance as the UI).
 
 All state lives under RETRO_OPS_HOME (default ./.retro_ops). Every reporting command takes
---json; long work draws progress bars on stderr so stdout stays machine-readable.
+--json; long work reports progress on stderr (bars on a terminal, plain lines in a log) so
+stdout stays machine-readable.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -114,8 +117,16 @@ def materialize(
         raise typer.Exit(1)
 
 
+# For tests: small corpora under the demo's names and a short training, through the same steps.
+DemoCorporaOpt = Annotated[Optional[Path], typer.Option(
+    "--corpora", hidden=True, exists=True, file_okay=False,
+    help="A folder with one folder per demo corpus (kjv_nt/, asv_nt/, moby_dick/) read in place of "
+         "the shipped ones.")]
+DemoStepsOpt = Annotated[int, typer.Option("--steps", hidden=True, min=1, help="Training steps per model.")]
+
+
 @app.command()
-def demo(json_out: JsonOpt = False) -> None:
+def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoStepsOpt = DEMO_STEPS) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
     from assets.launch import MODELS, WHOLE, dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
@@ -126,7 +137,7 @@ def demo(json_out: JsonOpt = False) -> None:
     catalog = open_catalog(resolved)
     instance = dagster_instance(resolved)
     for name, (location, purpose) in DEFAULT_CORPORA.items():
-        catalog.add_corpus(name, str(location))
+        catalog.add_corpus(name, str(corpora / name if corpora else location))
         catalog.create_retrieval_set(name, [name], purpose)  # one retrieval set per corpus
         ensure_partition(instance, CORPUS_PARTITIONS, name)
         ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, name)
@@ -138,8 +149,9 @@ def demo(json_out: JsonOpt = False) -> None:
         outcomes += run_materializations(
             [(MODELS, "models")], DEMO_MODEL_ASSETS, json_out,
             training=TrainingResource(corpus=DEMO_CORPUS, retrieval_set=DEMO_RETRIEVAL_SET,
-                                      steps=DEMO_STEPS))
-    print_outcomes(outcomes, json_out)
+                                      steps=steps))
+    print_outcomes(outcomes, json_out, full_tables_to=resolved.home / "reports" /
+                   f"demo-{time.strftime('%Y%m%d-%H%M%S')}.txt")
     if not json_out:
         out.print(
             f"\n[bold]Built under {resolved.home}[/bold]\n"
