@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from retro_ops.cli.common import JsonOpt, corpus_option, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
@@ -27,8 +28,42 @@ from retro_ops.cli.runs import print_outcomes, run_materializations
 from retro_ops.cli.serve import serve_command
 from retro_ops.cli.ui import ui
 
+#: The commands in the order of the flow (corpora in, data materialized, sets, exclusions and
+#: retrieval, models, serving, then the audit trail and the tools), each with a line that fits
+#: 80 columns in `retro-ops --help`; `retro-ops COMMAND --help` and the README's table say more.
+FLOW: dict[str, str] = {
+    "demo": "Run the whole flow on the shipped corpora.",
+    "corpus": "Register, list and move corpora.",
+    "materialize": "Build documents, chunks, embeddings, indices (Dagster).",
+    "retrieval-set": "Define and list retrieval sets.",
+    "retrieve": "Nearest chunks of a text, with their sources.",
+    "exclude": "Keep chunks, texts or documents out of retrieval.",
+    "train": "Train RETRO, its baseline and a RETROfit (Dagster).",
+    "eval": "Bits per byte with and without retrieval.",
+    "models": "Trained models and the data behind them.",
+    "generate": "Continue a prompt; show what each chunk retrieved.",
+    "serve": "Serve generation and retrieval over HTTP.",
+    "generations": "The log of served generations.",
+    "lineage": "Which documents fed a model; where a document went.",
+    "audit": "Read-only SQL over the lineage views.",
+    "ui": "The Dagster UI on this home's instance.",
+    "db": "The databases of a deployment (prod profile).",
+}
+
+
+class FlowGroup(TyperGroup):
+    """Lists its commands in FLOW order (typer lists commands before groups, click by name)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        order = list(FLOW)
+        return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
+
+
+# Help in click's plain layout: at 80 columns an option's help gets 48 columns (a long option
+# name takes a line of its own) where rich's table left it about 20 beside name and type columns.
 app = typer.Typer(
-    name="retro-ops", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="retro-ops", cls=FlowGroup, no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Manage RETRO data and models together: corpora -> chunks -> embeddings -> indices -> "
          "models, with lineage. State lives under $RETRO_OPS_HOME (default ./.retro_ops).",
 )
@@ -43,20 +78,13 @@ def _setup(profile: ProfileOpt = None) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
 
 
-app.add_typer(corpus_app, name="corpus")
-app.add_typer(retrieval_set_app, name="retrieval-set")
-app.add_typer(models_app, name="models")
-app.add_typer(lineage_app, name="lineage")
-app.add_typer(audit_app, name="audit")
-app.add_typer(exclude_app, name="exclude")
-app.add_typer(generations_app, name="generations")
-app.add_typer(db_app, name="db")
-app.command()(retrieve)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("generate")(generate_command)
-app.command("serve")(serve_command)
-app.command("ui")(ui)
+for _name, _group in (("corpus", corpus_app), ("retrieval-set", retrieval_set_app), ("exclude", exclude_app),
+                      ("models", models_app), ("generations", generations_app), ("lineage", lineage_app),
+                      ("audit", audit_app), ("db", db_app)):
+    app.add_typer(_group, name=_name, short_help=FLOW[_name])
+for _name, _command in (("retrieve", retrieve), ("train", train_command), ("eval", eval_command),
+                        ("generate", generate_command), ("serve", serve_command), ("ui", ui)):
+    app.command(_name, short_help=FLOW[_name])(_command)
 
 
 DEMO_STEPS = 300  # per model: RETRO learns to read neighbours between 150 and 300 (README)
@@ -92,7 +120,7 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
     return jobs
 
 
-@app.command()
+@app.command(short_help=FLOW["materialize"])
 def materialize(
     corpus: Annotated[list[str] | None, corpus_option(
         "Its documents, chunks and embeddings are materialized.", repeatable=True)] = None,
@@ -125,7 +153,7 @@ DemoCorporaOpt = Annotated[Optional[Path], typer.Option(
 DemoStepsOpt = Annotated[int, typer.Option("--steps", hidden=True, min=1, help="Training steps per model.")]
 
 
-@app.command()
+@app.command(short_help=FLOW["demo"])
 def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoStepsOpt = DEMO_STEPS) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
     from assets.launch import MODELS, WHOLE, dagster_instance, ensure_partition
