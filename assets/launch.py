@@ -5,6 +5,8 @@ materializes the assets in-process against `$RETRO_OPS_HOME/dagster`, so every C
 logs, metadata and check results appear in `dagster dev` exactly like a run started there.
 """
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,12 @@ ASSETS_BY_PARTITION = {
     MODELS: [a.key.to_user_string() for a in MODEL_ASSETS],
 }
 ASSET_NAMES = [a.key.to_user_string() for a in ALL_ASSETS]
+#: the job name `dg.materialize` gives its runs (the UI lists CLI runs under it)
+EPHEMERAL_JOB = "__ephemeral_asset_job__"
+#: step event -> what `on_step` is told
+STEP_STATES = {"STEP_START": "started", "STEP_SUCCESS": "done", "STEP_FAILURE": "failed"}
+#: on_step(partition key, step key, "started" | "done" | "failed")
+StepListener = Callable[[str, str, str], None]
 DAGSTER_YAML = """\
 # Written by retro-ops from its settings (rewritten when they change; delete this line to keep
 # your own edits). Storage: SQLite under this folder, or the Postgres that
@@ -121,11 +129,13 @@ def materialize_partition(
     instance: dg.DagsterInstance, partitions: str, key: str, *, selection: list[str] | None = None,
     progress: ProgressResource | None = None, log_level: str = "ERROR",
     asset_config: dict[str, dict] | None = None, training: TrainingResource | None = None,
+    on_step: StepListener | None = None,
 ) -> RunOutcome:
     """Materialize the selected assets (default: all) of one partition: a corpus, a retrieval
     set, or (partitions=MODELS) the training spec `training`, recorded under its name (`key`
     names it; "models" or "" = its content-derived name). The sources are observed first, so
-    the graph shows the data versions the run read."""
+    the graph shows the data versions the run read. `on_step` hears each step start and end as
+    it happens (the CLI prints them)."""
     names = ASSETS_BY_PARTITION[partitions]
     unknown = sorted(set(selection or []) - set(names))
     if unknown:
@@ -142,17 +152,13 @@ def materialize_partition(
     finally:
         catalog.close()
     resources = default_resources()
-    if progress is not None:
-        resources["progress"] = progress
+    if progress is not None:  # as is: Dagster would rebuild a ConfigurableResource from its fields
+        resources["progress"] = dg.ResourceDefinition.hardcoded_resource(progress)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if asset_config:
         run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
-    result = dg.materialize(
-        ALL_ASSETS, instance=instance, partition_key=None if partitions == WHOLE else key,
-        resources=resources,
-        selection=selection or names, raise_on_error=False,
-        tags={"retro_ops/launched_by": "cli"}, run_config=run_config,
-    )
+    result = _execute(instance, selection or names, resources, run_config,
+                      None if partitions == WHOLE else key, on_step)
     outcomes: dict[str, AssetOutcome] = {}
     for event in result.get_asset_materialization_events():
         mat = event.materialization
@@ -170,6 +176,25 @@ def materialize_partition(
                       [outcomes[n] for n in names if n in outcomes], error)
 
 
+def _execute(instance: dg.DagsterInstance, selection: list[str], resources: dict, run_config: dict,
+             partition_key: str | None, on_step: StepListener | None) -> dg.ExecuteInProcessResult:
+    """What `dg.materialize` does, with the run id chosen first so a listener can follow the
+    run's step events as they are stored (materialize offers no such hook)."""
+    job = dg.Definitions(jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=selection)],
+                         assets=ALL_ASSETS, resources=resources).resolve_job_def(EPHEMERAL_JOB)
+    run_id = str(uuid.uuid4())
+    if on_step is not None:
+        def listen(entry) -> None:
+            event = entry.dagster_event
+            state = STEP_STATES.get(event.event_type_value) if event is not None else None
+            if state is not None:
+                on_step(partition_key or "", event.step_key or "", state)
+
+        instance.add_event_listener(run_id, listen)
+    return job.execute_in_process(run_config=run_config, instance=instance, partition_key=partition_key,
+                                  raise_on_error=False, run_id=run_id, tags={"retro_ops/launched_by": "cli"})
+
+
 def materialize_corpus(instance: dg.DagsterInstance, corpus: str, **kwargs) -> RunOutcome:
     return materialize_partition(instance, CORPUS_PARTITIONS, corpus, **kwargs)
 
@@ -184,21 +209,19 @@ def materialize_models(instance: dg.DagsterInstance, training: TrainingResource,
     return materialize_partition(instance, MODELS, name, training=training, **kwargs)
 
 
-class TerminalProgress(ProgressResource):
-    """A progress bar per asset step, drawn by the CLI's rich `Progress` (on stderr)."""
+class ReportedProgress(ProgressResource):
+    """Progress told to a reporter outside Dagster (the CLI draws bars in a terminal and prints
+    plain lines elsewhere): `reporter.tracker(partition, asset, label)` returns the callback
+    `(done, total)` each tracked step calls. Without a reporter: the run's log, as the base."""
 
-    _bar: object = PrivateAttr(default=None)
+    _reporter: object = PrivateAttr(default=None)
 
-    def attach(self, bar) -> "TerminalProgress":
-        self._bar = bar
+    def attach(self, reporter) -> "ReportedProgress":
+        self._reporter = reporter
         return self
 
     def tracker(self, context: dg.AssetExecutionContext, label: str):
-        if self._bar is None:
+        if self._reporter is None:
             return super().tracker(context, label)
-        task = self._bar.add_task(f"{context.partition_key}: {label}", total=None)
-
-        def report(done: int, total: int) -> None:
-            self._bar.update(task, completed=done, total=max(total, 1) if total or done else 1)
-
-        return report
+        partition = context.partition_key if context.has_partition_key else ""
+        return self._reporter.tracker(partition, context.asset_key.to_user_string(), label)

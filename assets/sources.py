@@ -47,7 +47,8 @@ def exclusions_version(catalog: Catalog) -> tuple[str, int]:
 # Observable sources are "beta" in dagster 1.13 (the API is the documented one); say so once here
 # rather than warn on every CLI command that loads the code location.
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)
+    warnings.filterwarnings("ignore", message=r".*`multi_observable_source_asset` is currently in beta",
+                            category=dg.BetaWarning)
 
     @dg.multi_observable_source_asset(
         specs=[dg.AssetSpec(

@@ -202,3 +202,16 @@ def test_piped_tables_keep_whole_model_names(monkeypatch):
     assert "retro-ops-baseline/1 | no retrieval" in captured.get()
     monkeypatch.setenv("COLUMNS", "90")
     assert common.console().width == 90  # an explicit width still wins
+
+
+def test_no_dagster_beta_warning_in_cli_output(home: Settings):
+    """Loading the code location (any command that runs assets) prints no BetaWarning for the
+    observable sources we chose to use; a fresh process, so the import really happens."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "retro_ops.cli.main", "materialize"], capture_output=True,
+                         text=True, env={**os.environ, "RETRO_OPS_HOME": str(home.home)}, timeout=300)
+    assert run.returncode == 2 and "nothing to materialize" in run.stderr, run.stderr
+    assert "Warning" not in run.stderr, run.stderr

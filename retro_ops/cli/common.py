@@ -23,6 +23,11 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
+def file_console(file) -> Console:
+    """Tables for a text file: plain (no colour codes), as wide as a piped console."""
+    return Console(file=file, width=PIPED_WIDTH, no_color=True, force_terminal=False, soft_wrap=True)
+
+
 out = console()  # results (stdout)
 err = console(stderr=True)  # progress and errors (stderr)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

@@ -1,16 +1,20 @@
 """`retro-ops`: the command line. Pipeline commands go through Dagster (same instance as the UI).
 
 All state lives under RETRO_OPS_HOME (default ./.retro_ops). Every reporting command takes
---json; long work draws progress bars on stderr so stdout stays machine-readable.
+--json; long work reports progress on stderr (bars on a terminal, plain lines in a log) so
+stdout stays machine-readable.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from retro_ops.cli.common import JsonOpt, corpus_option, fail, open_catalog, out, set_option, settings
 from retro_ops.cli.corpus import corpus_app
@@ -24,8 +28,42 @@ from retro_ops.cli.runs import print_outcomes, run_materializations
 from retro_ops.cli.serve import serve_command
 from retro_ops.cli.ui import ui
 
+#: The commands in the order of the flow (corpora in, data materialized, sets, exclusions and
+#: retrieval, models, serving, then the audit trail and the tools), each with a line that fits
+#: 80 columns in `retro-ops --help`; `retro-ops COMMAND --help` and the README's table say more.
+FLOW: dict[str, str] = {
+    "demo": "Run the whole flow on the shipped corpora.",
+    "corpus": "Register, list and move corpora.",
+    "materialize": "Build documents, chunks, embeddings, indices (Dagster).",
+    "retrieval-set": "Define and list retrieval sets.",
+    "retrieve": "Nearest chunks of a text, with their sources.",
+    "exclude": "Keep chunks, texts or documents out of retrieval.",
+    "train": "Train RETRO, its baseline and a RETROfit (Dagster).",
+    "eval": "Bits per byte with and without retrieval.",
+    "models": "Trained models and the data behind them.",
+    "generate": "Continue a prompt; show what each chunk retrieved.",
+    "serve": "Serve generation and retrieval over HTTP.",
+    "generations": "The log of served generations.",
+    "lineage": "Which documents fed a model; where a document went.",
+    "audit": "Read-only SQL over the lineage views.",
+    "ui": "The Dagster UI on this home's instance.",
+    "db": "The databases of a deployment (prod profile).",
+}
+
+
+class FlowGroup(TyperGroup):
+    """Lists its commands in FLOW order (typer lists commands before groups, click by name)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        order = list(FLOW)
+        return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
+
+
+# Help in click's plain layout: at 80 columns an option's help gets 48 columns (a long option
+# name takes a line of its own) where rich's table left it about 20 beside name and type columns.
 app = typer.Typer(
-    name="retro-ops", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="retro-ops", cls=FlowGroup, no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Manage RETRO data and models together: corpora -> chunks -> embeddings -> indices -> "
          "models, with lineage. State lives under $RETRO_OPS_HOME (default ./.retro_ops).",
 )
@@ -40,20 +78,13 @@ def _setup(profile: ProfileOpt = None) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
 
 
-app.add_typer(corpus_app, name="corpus")
-app.add_typer(retrieval_set_app, name="retrieval-set")
-app.add_typer(models_app, name="models")
-app.add_typer(lineage_app, name="lineage")
-app.add_typer(audit_app, name="audit")
-app.add_typer(exclude_app, name="exclude")
-app.add_typer(generations_app, name="generations")
-app.add_typer(db_app, name="db")
-app.command()(retrieve)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("generate")(generate_command)
-app.command("serve")(serve_command)
-app.command("ui")(ui)
+for _name, _group in (("corpus", corpus_app), ("retrieval-set", retrieval_set_app), ("exclude", exclude_app),
+                      ("models", models_app), ("generations", generations_app), ("lineage", lineage_app),
+                      ("audit", audit_app), ("db", db_app)):
+    app.add_typer(_group, name=_name, short_help=FLOW[_name])
+for _name, _command in (("retrieve", retrieve), ("train", train_command), ("eval", eval_command),
+                        ("generate", generate_command), ("serve", serve_command), ("ui", ui)):
+    app.command(_name, short_help=FLOW[_name])(_command)
 
 
 DEMO_STEPS = 300  # per model: RETRO learns to read neighbours between 150 and 300 (README)
@@ -89,7 +120,7 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
     return jobs
 
 
-@app.command()
+@app.command(short_help=FLOW["materialize"])
 def materialize(
     corpus: Annotated[list[str] | None, corpus_option(
         "Its documents, chunks and embeddings are materialized.", repeatable=True)] = None,
@@ -114,8 +145,16 @@ def materialize(
         raise typer.Exit(1)
 
 
-@app.command()
-def demo(json_out: JsonOpt = False) -> None:
+# For tests: small corpora under the demo's names and a short training, through the same steps.
+DemoCorporaOpt = Annotated[Optional[Path], typer.Option(
+    "--corpora", hidden=True, exists=True, file_okay=False,
+    help="A folder with one folder per demo corpus (kjv_nt/, asv_nt/, moby_dick/) read in place of "
+         "the shipped ones.")]
+DemoStepsOpt = Annotated[int, typer.Option("--steps", hidden=True, min=1, help="Training steps per model.")]
+
+
+@app.command(short_help=FLOW["demo"])
+def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoStepsOpt = DEMO_STEPS) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
     from assets.launch import MODELS, WHOLE, dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
@@ -126,7 +165,7 @@ def demo(json_out: JsonOpt = False) -> None:
     catalog = open_catalog(resolved)
     instance = dagster_instance(resolved)
     for name, (location, purpose) in DEFAULT_CORPORA.items():
-        catalog.add_corpus(name, str(location))
+        catalog.add_corpus(name, str(corpora / name if corpora else location))
         catalog.create_retrieval_set(name, [name], purpose)  # one retrieval set per corpus
         ensure_partition(instance, CORPUS_PARTITIONS, name)
         ensure_partition(instance, RETRIEVAL_SET_PARTITIONS, name)
@@ -138,8 +177,9 @@ def demo(json_out: JsonOpt = False) -> None:
         outcomes += run_materializations(
             [(MODELS, "models")], DEMO_MODEL_ASSETS, json_out,
             training=TrainingResource(corpus=DEMO_CORPUS, retrieval_set=DEMO_RETRIEVAL_SET,
-                                      steps=DEMO_STEPS))
-    print_outcomes(outcomes, json_out)
+                                      steps=steps))
+    print_outcomes(outcomes, json_out, full_tables_to=resolved.home / "reports" /
+                   f"demo-{time.strftime('%Y%m%d-%H%M%S')}.txt")
     if not json_out:
         out.print(
             f"\n[bold]Built under {resolved.home}[/bold]\n"

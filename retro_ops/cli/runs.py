@@ -1,37 +1,34 @@
-"""Run materializations through Dagster with progress bars, and summarise their outcomes."""
+"""Run materializations through Dagster with progress (bars on a terminal, lines in a log),
+and summarise their outcomes."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from retro_ops.cli.common import emit_json, err, fail, out, settings
-from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
+from retro_ops.cli.common import emit_json, err, fail, file_console, out, settings
+from retro_ops.cli.progress import progress_for
+from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows, print_eval_summary
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
                          json_out: bool, asset_config: dict | None = None, training=None) -> list:
     """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
-    from assets.launch import (
-        ASSETS_BY_PARTITION,
-        TerminalProgress,
-        dagster_instance,
-        materialize_partition,
-    )
+    from assets.launch import ASSETS_BY_PARTITION, ReportedProgress, dagster_instance, materialize_partition
 
     instance = dagster_instance(settings())
     outcomes = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=json_out) as bar:
-        for partitions, key in jobs:
+    with progress_for(err, transient=json_out) as progress:
+        for index, (partitions, key) in enumerate(jobs, start=1):
             names = ASSETS_BY_PARTITION[partitions]
             chosen = [s for s in selection if s in names] if selection else None
+            progress.run(index, len(jobs), key, chosen or names)
             try:
                 outcomes.append(materialize_partition(
                     instance, partitions, key, selection=chosen, asset_config=asset_config,
-                    progress=TerminalProgress().attach(bar), training=training))
+                    progress=ReportedProgress().attach(progress), on_step=progress.step, training=training))
             except ValueError as exc:
                 fail(str(exc))
     return outcomes
@@ -59,10 +56,16 @@ def _row(asset) -> tuple[str, str, str, str]:
     return str(rows), str(new), note, str(version)
 
 
-def print_outcomes(outcomes, json_out: bool) -> None:
+EVALUATIONS = ("evaluation", "swap_evaluation")
+
+
+def print_outcomes(outcomes, json_out: bool, *, full_tables_to: Path | None = None) -> None:
+    """A table per run; then each evaluation's tables, or (with `full_tables_to`) a short
+    summary, the full tables going to that file."""
     if json_out:
         emit_json([asdict(o) for o in outcomes])
         return
+    evaluations = []
     for o in outcomes:
         status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.error}"
         out.print(f"\n[bold]{o.partition}[/bold] run {o.run_id[:8]} {status}")
@@ -74,12 +77,26 @@ def print_outcomes(outcomes, json_out: bool) -> None:
             rows, new, note, version = _row(a)
             table.add_row(a.asset, rows, new, note, version, checks)
         out.print(table)
-        for a in o.assets:
-            if a.asset in ("evaluation", "swap_evaluation") and a.metadata.get("rows"):
-                print_eval_rows(a.metadata["rows"], f"bits per byte on {a.metadata.get('text', '')}")
-                print_alpha_deciles(a.metadata["rows"])
-                print_comparisons(a.metadata.get("comparisons") or [])
+        evaluations += [a.metadata for a in o.assets if a.asset in EVALUATIONS and a.metadata.get("rows")]
         issues = next((a.metadata.get("issue_list") for a in o.assets if a.asset == "documents"), "")
         if issues and issues != "none":
             out.print("[yellow]read issues[/yellow] (these inputs were skipped or repaired):")
             out.print(issues, markup=False, highlight=False)
+    if full_tables_to is None or not evaluations:
+        for md in evaluations:
+            _print_evaluation(md, out)
+        return
+    full_tables_to.parent.mkdir(parents=True, exist_ok=True)
+    with full_tables_to.open("w", encoding="utf-8") as sink:
+        for md in evaluations:
+            _print_evaluation(md, file_console(sink))
+    out.print()
+    print_eval_summary(evaluations)
+    out.print(f"Full tables (alpha buckets and deciles, controls, every paired difference): "
+              f"{full_tables_to}", highlight=False, soft_wrap=True)
+
+
+def _print_evaluation(md: dict, console) -> None:
+    print_eval_rows(md["rows"], f"bits per byte on {md.get('text', '')}", console)
+    print_alpha_deciles(md["rows"], console)
+    print_comparisons(md.get("comparisons") or [], console)
