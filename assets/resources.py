@@ -130,6 +130,7 @@ class TrainingResource(dg.ConfigurableResource):
     self_neighbour_shift: int = _TRAIN.self_neighbour_shift
     self_neighbour_noise: float = _TRAIN.self_neighbour_noise
     no_neighbour_share: float = _TRAIN.no_neighbour_share
+    distractor_share: float = _TRAIN.distractor_share
 
     def spec(self) -> TrainingSpec:
         return TrainingSpec(
@@ -138,7 +139,8 @@ class TrainingResource(dg.ConfigurableResource):
                               self_neighbours=self.self_neighbours,
                               self_neighbour_shift=self.self_neighbour_shift,
                               self_neighbour_noise=self.self_neighbour_noise,
-                              no_neighbour_share=self.no_neighbour_share),
+                              no_neighbour_share=self.no_neighbour_share,
+                              distractor_share=self.distractor_share),
             neighbours=NeighbourConfig(k=self.k),
             split=SplitConfig(heldout_fraction=self.heldout_fraction, seed=self.seed,
                               validation_share=self.validation_share, group_by=self.group_by))

@@ -24,7 +24,9 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from _common import RESULTS_DIR, Column, base_parser, environment, log, parse_int_list, report_tables
+from _common import (
+    RESULTS_DIR, Column, base_parser, environment, log, parse_int_list, report_tables, write_results,
+)
 
 
 def parse_naturals(text: str) -> list[int]:
@@ -73,11 +75,15 @@ def main() -> None:
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help="NAME=FIELD=VALUE,... (repeatable; default: one variant of the defaults)")
     parser.add_argument("--retrofit", action="store_true", help="also RETROfit each seed's baseline")
+    parser.add_argument("--no-retro", action="store_true",
+                        help="with --retrofit: skip RETRO trained from scratch (half the time)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--plot", action="store_true", help="write the first seed's decile curves (PNG)")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
+    if args.no_retro and not args.retrofit:
+        parser.error("--no-retro needs --retrofit (nothing would be trained but the baseline)")
     if len(args.seeds) < 2:
         log("one seed: no seed-level interval")
 
@@ -161,7 +167,8 @@ def main() -> None:
                 tc = replace(base_tc, **{k: v for k, v in overrides.items() if k in train_fields})
                 config = replace(model_config("retro", data), **{k: v for k, v in overrides.items()
                                                                  if k not in train_fields})
-                kinds = [("retro", None)] + ([("retrofit", baseline)] if args.retrofit else [])
+                kinds = ([] if args.no_retro else [("retro", None)]) + (
+                    [("retrofit", baseline)] if args.retrofit else [])
                 for kind, parent in kinds:
                     model, result = fit(config, tc, True, parent)
                     none, scored = score(model, plain), {s: score(model, feed) for s, feed in inputs.items()}
@@ -186,6 +193,7 @@ def main() -> None:
                     curves[(steps, seed)][f"{kind} {name} oracle"] = [scored["set oracle"].bits_per_byte(r)
                                                                       for r in buckets.decile_rows]
                     per_seed.append(row)
+                    write_results("retrieval_learning_partial", {"args": vars(args) | {"variant": None}}, per_seed)
                     log(f"steps={steps} seed={seed} {kind} {name}: " + ", ".join(
                         f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                         if k not in ("variant", "kind", "steps", "seed")))
@@ -193,7 +201,7 @@ def main() -> None:
     summary = []
     for steps in args.steps:
         for name, _ in variants:
-            for kind in ["retro"] + (["retrofit"] if args.retrofit else []):
+            for kind in ([] if args.no_retro else ["retro"]) + (["retrofit"] if args.retrofit else []):
                 group = [r for r in per_seed if (r["variant"], r["kind"], r["steps"]) == (name, kind, steps)]
                 entry = {"variant": name, "kind": kind, "steps": steps, "seeds": len(group),
                          "tokens_per_s_ratio": float(np.mean([r["tokens_per_s"] / r["baseline_tokens_per_s"]

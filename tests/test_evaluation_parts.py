@@ -145,3 +145,17 @@ def test_training_neighbours_never_come_from_a_held_out_group_in_another_corpus(
     assert not edition_chunks & set(used.ids[used.mask].tolist())
     loose = by_document.train_neighbours.neighbours
     assert edition_chunks & set(loose.ids[loose.mask].tolist()), "precondition: the edition is retrieved"
+
+
+def test_distractors_and_withheld_neighbours_touch_only_their_share():
+    from retro_ops.training.neighbours import with_distractors, withheld_neighbours
+
+    table = _table([f"d{i}" for i in range(50)], 4)
+    neighbours = replace(_neighbours(table), tokens=np.arange(200 * 2 * 8).reshape(200, 2, 8))
+    moved = with_distractors(neighbours, 0.3, seed=0)
+    changed = (moved.tokens != neighbours.tokens).any(axis=(1, 2))
+    assert 0.2 < changed.mean() < 0.4  # about the share (a row may draw itself)
+    assert sorted(map(tuple, moved.tokens.reshape(200, -1))) == sorted(map(tuple, neighbours.tokens.reshape(200, -1)))
+    assert with_distractors(neighbours, 0.0, seed=0) is neighbours
+    withheld = withheld_neighbours(neighbours, 0.25, seed=0)
+    assert 0.15 < (~withheld.mask.any(axis=1)).mean() < 0.35 and (withheld.tokens == neighbours.tokens).all()

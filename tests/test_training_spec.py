@@ -20,7 +20,7 @@ def test_the_resource_and_the_cli_give_the_library_defaults():
     assert (spec.train, spec.split, spec.neighbours) == (TrainConfig(), SplitConfig(), NeighbourConfig())
     cli = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
     shared = set(cli) & set(TrainingResource.model_fields)
-    assert {"steps", "batch_size", "k", "seed", "self_neighbours", "no_neighbour_share"} <= shared
+    assert {"steps", "batch_size", "k", "seed", "self_neighbours", "no_neighbour_share", "distractor_share"} <= shared
     assert {name: cli[name] for name in shared} == {name: getattr(resource, name) for name in shared}
 
 
@@ -29,10 +29,12 @@ def test_every_training_knob_of_the_resource_reaches_the_spec():
 
     changed = TrainingResource(steps=7, batch_size=3, lr=1e-3, k=3, seed=4, heldout_fraction=0.3,
                                validation_share=0.4, group_by="document", self_neighbours=0.2,
-                               self_neighbour_shift=5, self_neighbour_noise=0.1, no_neighbour_share=0.15)
+                               self_neighbour_shift=5, self_neighbour_noise=0.1, no_neighbour_share=0.15,
+                               distractor_share=0.3)
     spec = changed.spec()
     assert spec.train == TrainConfig(steps=7, batch_size=3, lr=1e-3, seed=4, self_neighbours=0.2,
-                                     self_neighbour_shift=5, self_neighbour_noise=0.1, no_neighbour_share=0.15)
+                                     self_neighbour_shift=5, self_neighbour_noise=0.1, no_neighbour_share=0.15,
+                                     distractor_share=0.3)
     assert spec.split == SplitConfig(heldout_fraction=0.3, seed=4, validation_share=0.4, group_by="document")
     assert spec.neighbours == NeighbourConfig(k=3)
 

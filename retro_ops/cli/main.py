@@ -178,9 +178,12 @@ def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoS
             [(MODELS, "models")], DEMO_MODEL_ASSETS, json_out,
             training=TrainingResource(corpus=DEMO_CORPUS, retrieval_set=DEMO_RETRIEVAL_SET,
                                       steps=steps))
-    print_outcomes(outcomes, json_out, full_tables_to=resolved.home / "reports" /
-                   f"demo-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    print_outcomes(outcomes, json_out, full_tables_to=resolved.home / "reports" / f"demo-{stamp}.txt")
+    curve = _alpha_curve(outcomes, resolved.home / "reports" / f"demo-{stamp}-alpha.png")
     if not json_out:
+        if curve:
+            out.print(f"\nbpb by overlap alpha (does the model read its neighbours?): {curve}")
         out.print(
             f"\n[bold]Built under {resolved.home}[/bold]\n"
             f"  catalog:   {resolved.catalog_url}\n"
@@ -201,6 +204,19 @@ def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoS
         )
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
+
+
+def _alpha_curve(outcomes, path: Path) -> Path | None:
+    """The evaluation's bpb-by-alpha picture as a PNG file (None when no evaluation ran)."""
+    from retro_ops.evaluation.plots import alpha_curve_png
+
+    for o in outcomes:
+        for a in o.assets:
+            if a.asset == "evaluation" and a.metadata.get("rows"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(alpha_curve_png(a.metadata["rows"], a.metadata.get("text", "evaluation")))
+                return path
+    return None
 
 
 if __name__ == "__main__":

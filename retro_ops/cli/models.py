@@ -40,6 +40,9 @@ def train_command(
     no_neighbour_share: Annotated[float, typer.Option(
         min=0.0, max=0.99, help="Withhold every neighbour of this share of training chunks, so "
                                 "RETRO also predicts well with nothing retrieved.")] = TrainConfig.no_neighbour_share,
+    distractor_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Give this share of training chunks another chunk's neighbours, so "
+                               "RETRO learns to ignore neighbours that do not match.")] = TrainConfig.distractor_share,
     select: Annotated[Optional[str], typer.Option(
         help="Comma-separated model assets (default: all of training_neighbours, "
              "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
@@ -54,7 +57,7 @@ def train_command(
                                 batch_size=batch_size, k=k, seed=seed,
                                 self_neighbours=self_neighbours, self_neighbour_shift=self_neighbour_shift,
                                 self_neighbour_noise=self_neighbour_noise,
-                                no_neighbour_share=no_neighbour_share)
+                                no_neighbour_share=no_neighbour_share, distractor_share=distractor_share)
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
     print_outcomes(outcomes, json_out)

@@ -20,7 +20,10 @@ class TrainConfig:
     three seeds (README, "A demo where retrieval pays off").
     no_neighbour_share: share of training chunks whose neighbours RETRO never sees (all withheld,
     self-neighbour included), so its decoder also stands alone: a RETRO served without retrieval
-    (or with none found) should be no worse than its baseline (issue #24)."""
+    (or with none found) should be no worse than its baseline (issue #24).
+    distractor_share: share of training chunks given another chunk's neighbours instead of their
+    own (`neighbours.with_distractors`), so the model learns to ignore neighbours that do not
+    match: without them it trusts any neighbour, and an unrelated set costs more than none."""
 
     steps: int = 300
     batch_size: int = 8
@@ -34,6 +37,7 @@ class TrainConfig:
     self_neighbour_shift: int = 32  # half a chunk (README, "A demo where retrieval pays off")
     self_neighbour_noise: float = 0.3
     no_neighbour_share: float = 0.0
+    distractor_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -41,6 +45,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.warmup_steps is not None and self.warmup_steps < 1:
             raise ValueError(f"warmup_steps must be at least 1 (or None), got {self.warmup_steps!r}")
+        if not 0.0 <= self.distractor_share <= 1.0:
+            raise ValueError(f"distractor_share is a share of chunks in [0, 1], got {self.distractor_share!r}")
         if not 0.0 <= self.no_neighbour_share < 1.0:
             raise ValueError(f"no_neighbour_share is a share of chunks in [0, 1), got "
                              f"{self.no_neighbour_share!r}")

@@ -144,6 +144,25 @@ def shuffled_neighbours(neighbours: Neighbours, seed: int) -> Neighbours:
 
 _SHUFFLE_STREAM = 11
 _WITHHELD_STREAM = 13
+_DISTRACTOR_STREAM = 17
+
+
+def with_distractors(neighbours: Neighbours, share: float, seed: int) -> Neighbours:
+    """A seeded `share` of the chunks get the neighbours of other chunks of that share (shuffled
+    among themselves): training only. A model that only ever saw useful neighbours trusts any,
+    and unrelated ones then cost it more than none (issue #24's controls); these teach it to
+    read a neighbour only where it matches the text at hand."""
+    if share <= 0.0:
+        return neighbours
+    rng = np.random.default_rng([seed, _DISTRACTOR_STREAM])
+    rows = np.flatnonzero(rng.random(len(neighbours.chunk_ids)) < share)
+    if len(rows) < 2:
+        return neighbours
+    moved = rows[rng.permutation(len(rows))]
+    out = {name: getattr(neighbours, name).copy() for name in ("ids", "scores", "tokens", "mask")}
+    for name, values in out.items():
+        values[rows] = getattr(neighbours, name)[moved]
+    return replace(neighbours, **out)
 
 
 def withheld_neighbours(neighbours: Neighbours, share: float, seed: int) -> Neighbours:

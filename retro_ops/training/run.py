@@ -27,7 +27,7 @@ from retro_ops.catalog.mlflow_runs import DatasetRef, Tracking, code_version
 from retro_ops.errors import RetroOpsError
 from retro_ops.training.checkpoint import VOCAB_FILE, CheckpointFiles, read_checkpoint
 from retro_ops.training.data import make_sequences
-from retro_ops.training.neighbours import with_self_neighbours, withheld_neighbours
+from retro_ops.training.neighbours import with_distractors, with_self_neighbours, withheld_neighbours
 from retro_ops.training.prepare import PreparedData, encode_neighbours, encode_table, model_key
 from retro_ops.training.reads import neighbour_chunk_ids, record_model_reads
 from retro_ops.training.trainer import TrainingData, TrainResult, retrofit_model, seeded_model, train
@@ -57,8 +57,8 @@ def model_config(kind: Kind, data: PreparedData) -> RetroConfig:
 
 def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = False) -> TrainingData:
     """Sequences (and neighbours) of the train or held-out chunks, in the model's vocabulary.
-    Training neighbours include the spec's share of self-neighbours and withhold its share of
-    chunks' neighbours; held-out ones are as retrieved."""
+    Training neighbours include the spec's shares of self-neighbours, of distractors (another
+    chunk's neighbours) and of chunks with none; held-out ones are as retrieved."""
     table = data.heldout_table if heldout else data.train_table
     sequences = make_sequences(encode_table(table, data.vocab), data.spec.model.n_chunks)
     if not with_neighbours:
@@ -67,10 +67,10 @@ def training_data(data: PreparedData, with_neighbours: bool, heldout: bool = Fal
         neighbours = data.heldout_neighbours.neighbours
     else:
         train = data.spec.train
-        neighbours = withheld_neighbours(
-            with_self_neighbours(data.train_neighbours.neighbours, table, train.self_neighbours, train.seed,
-                                 train.self_neighbour_shift, train.self_neighbour_noise),
-            train.no_neighbour_share, train.seed)
+        neighbours = with_self_neighbours(data.train_neighbours.neighbours, table, train.self_neighbours,
+                                          train.seed, train.self_neighbour_shift, train.self_neighbour_noise)
+        neighbours = withheld_neighbours(with_distractors(neighbours, train.distractor_share, train.seed),
+                                         train.no_neighbour_share, train.seed)
     return TrainingData(sequences, encode_neighbours(neighbours, data.vocab))
 
 
