@@ -177,9 +177,6 @@ def test_piped_demo_prints_a_line_per_step_and_each_table_once(home: Settings, t
             + [(RETRIEVAL_SET_PARTITIONS, n) for n in names], start=1)),
         f"run 1/1: models ({', '.join(DEMO_MODEL_ASSETS)})"]
     _each_started_and_done(steps, lines)
-    if result.exit_code != 0 and "holds a pickle, not safetensors" in result.output:
-        pytest.xfail("training/checkpoint.py takes a safetensors file whose header length is 128 mod "
-                     "256 (the demo model's RETROfit optimizer: 0x1b80) for a pickle and refuses it")
     assert result.exit_code == 0, result.output
     spec = next(line.split()[0] for line in lines if line.endswith("training_neighbours: started"))
     _each_started_and_done([(spec, a) for a in DEMO_MODEL_ASSETS], lines)

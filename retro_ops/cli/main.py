@@ -183,7 +183,7 @@ def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoS
     curve = _alpha_curve(outcomes, resolved.home / "reports" / f"demo-{stamp}-alpha.png")
     if not json_out:
         if curve:
-            out.print(f"\nbpb by overlap alpha (does the model read its neighbours?): {curve}")
+            out.print(f"\nthe copy curve (bpb against the share of each chunk found in its neighbours): {curve}")
         out.print(
             f"\n[bold]Built under {resolved.home}[/bold]\n"
             f"  catalog:   {resolved.catalog_url}\n"
