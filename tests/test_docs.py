@@ -116,9 +116,16 @@ def test_the_readme_names_only_real_make_targets_paths_and_assets():
     from assets.definitions import ALL_ASSETS
     from assets.sharded import SHARDED_ASSETS
 
-    targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][\w-]*):", makefile, re.M))
     named = set(re.findall(r"\bmake ([a-z][\w-]*)", README))
     assert named and named <= targets
+    assert re.search(r"^demo:.*\n\t\$\(BIN\)/retro-ops demo$", makefile, re.M)  # "make demo runs retro-ops demo"
+    assert (REPO / ".ci" / "run").read_text(encoding="utf-8").rstrip().endswith("make test")  # "what CI runs"
+    assert 'testpaths = ["tests"]' in (REPO / "pyproject.toml").read_text(encoding="utf-8")  # bench/ is not run
+    mocks = [p.name for p in (REPO / "tests").glob("*.py") if p.name != Path(__file__).name  # "on real parts"
+             and re.search(r"unittest\.mock|MagicMock|monkeypatch\.setattr", p.read_text(encoding="utf-8"))]
+    assert mocks == []
     layout = next(b.text for b in fenced_blocks(_section(README, "Layout")) if b.lang == "text")
     paths = [line.split()[0] for line in layout.splitlines() if line.strip()]
     assert [p for p in paths if not (REPO / p).exists()] == []
@@ -162,3 +169,19 @@ def test_the_policy_example_loads(tmp_path: Path):
     (tmp_path / "safety.toml").write_text(example, encoding="utf-8")
     policy = load_policy(tmp_path / "safety.toml")
     assert policy.name == "safety-v1" and len(policy.rules) == 3
+
+
+def test_the_library_imports_no_dagster():
+    """The README's layout says so: only the code location (`assets/`) and the command line
+    (`retro_ops/cli/`, which launches runs and renders the asset reference) import Dagster."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "retro_ops").rglob("*.py")):
+        if "cli" in path.relative_to(REPO / "retro_ops").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(REPO)}:{node.lineno}" for n in names if n.split(".")[0] == "dagster"]
+    assert found == []

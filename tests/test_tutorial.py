@@ -6,6 +6,7 @@ line fails here. Tiny settings (a few short chapters, two training steps) keep i
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ def _fresh_env(home_dir: Path) -> dict[str, str]:
 
 
 def test_the_tutorial_runs_on_a_fresh_home(tmp_path: Path, capsys):
+    assert shutil.which("curl"), "the tutorial calls its server with curl: apt-get install curl (.ci/run does)"
     work = tmp_path / "clone"
     work.mkdir()
     (work / "corpora").symlink_to(REPO / "corpora")  # what a fresh clone has beside the reader
