@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench ui lint clean
+.PHONY: install demo test bench ui lint docs reference screenshots clean
 
 # torch goes first and pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/retro-ops demo
@@ -28,8 +30,20 @@ bench: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/retro-ops ui
 
+# The documentation site (mkdocs.yml): strict, so a broken link or anchor fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean --site-dir site
+
+# Regenerate docs/reference/ from the code (tests/test_docs.py fails when it is out of date).
+reference: $(STAMP)
+	$(BIN)/python -m retro_ops.cli.reference docs/reference
+
+# Retake the tutorial's Dagster UI screenshots (docs/images/ui/) with the browser test.
+screenshots: $(STAMP)
+	RETRO_OPS_DOCS_SCREENSHOTS=docs/images/ui $(BIN)/pytest tests/test_browser.py -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check retro_ops assets tests bench
 
 clean:
-	rm -rf $(VENV) .retro_ops
+	rm -rf $(VENV) .retro_ops site

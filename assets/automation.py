@@ -22,9 +22,9 @@ import os
 
 import dagster as dg
 
-AUTOMATION_ENV = "RETRO_OPS_AUTOMATION"
-INTERVAL_ENV = "RETRO_OPS_AUTOMATION_INTERVAL"
-SHARDED_ENV = "RETRO_OPS_SHARDED_AUTOMATION"
+AUTOMATION_ENV = "RETRO_OPS_AUTOMATION"  # 1: the automation sensors start on (`retro-ops ui --automation`)
+INTERVAL_ENV = "RETRO_OPS_AUTOMATION_INTERVAL"  # seconds between the automation sensors' ticks (30)
+SHARDED_ENV = "RETRO_OPS_SHARDED_AUTOMATION"  # 1: the scale-out assets are automated too
 DEFAULT_INTERVAL_SECONDS = 30
 
 AC = dg.AutomationCondition

@@ -47,6 +47,7 @@ def default_resources() -> dict:
     }
 
 
+#: 0: the code location leaves out the scale-out assets (`retro-ops ui` sets it unless --scale-out)
 SCALE_OUT_ENV = "RETRO_OPS_SCALE_OUT"
 
 

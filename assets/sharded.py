@@ -45,7 +45,7 @@ from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.settings import DAGSTER_STORAGE_ENV, HOME_ENV, Settings
 
 GROUP = SCALE_OUT
-SHARDS_ENV = "RETRO_OPS_SHARDS"
+SHARDS_ENV = "RETRO_OPS_SHARDS"  # document shards of the scale-out route (default 2)
 #: how many shards run at once on this machine (`launch_shards` sets it; default: all of them)
 PARALLEL_ENV = "RETRO_OPS_SHARDS_AT_ONCE"
 DEFAULT_SHARDS = 2

@@ -15,7 +15,7 @@ Three parts, each against a baseline measured in the same run:
             return the same neighbours and only the filter's cost differs), interleaved.
 
     python bench/filter.py --n 1000000
-    python bench/filter.py --n 200000 --parts rebuild     (what the README reports: a shared host)
+    python bench/filter.py --n 200000 --parts rebuild     (docs/results/2026-12-01-exclusions.md: a shared host)
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def query_rows(args) -> list[dict]:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS on a shared host (README, Indices)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS on a shared host (docs/results/2026-11-26-index.md)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

@@ -4,7 +4,7 @@ them the demo (and every default that names a corpus or set) uses.
 The demo trains on the King James New Testament and retrieves from the American Standard
 Version's: a database of related text the model never trains on (a later revision of the same
 translation, so many phrases are shared and many are reworded), which is where retrieval pays off
-at demo scale (issue #14, README "A demo where retrieval pays off"). Ten chapters of
+at demo scale (docs/results/retrieval.md). Ten chapters of
 `moby_dick` are the unrelated set of the evaluation's control row. `web_nt` (a modern
 translation, far less shared wording), `sotu` and the rest of `moby_dick` stay shipped for the
 tests and benchmarks.

@@ -20,17 +20,19 @@ from pathlib import Path
 
 from retro_ops.errors import SettingsError
 
-HOME_ENV = "RETRO_OPS_HOME"
-CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"
-LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"
-EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"
-EMBEDDER_PRECISION_ENV = "RETRO_OPS_EMBEDDER_PRECISION"
-EMBEDDER_STREAMS_ENV = "RETRO_OPS_EMBEDDER_STREAMS"
-MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"
+HOME_ENV = "RETRO_OPS_HOME"  # the home every store hangs off (default ./.retro_ops)
+CATALOG_URL_ENV = "RETRO_OPS_CATALOG_URL"  # the catalog database (SQLAlchemy URL; default SQLite under the home)
+LANCEDB_URI_ENV = "RETRO_OPS_LANCEDB_URI"  # the LanceDB feature store (default <home>/lancedb)
+EMBEDDER_PATH_ENV = "RETRO_OPS_EMBEDDER_PATH"  # a local Hugging Face model folder (default: the packaged MiniLM)
+EMBEDDER_PRECISION_ENV = "RETRO_OPS_EMBEDDER_PRECISION"  # fp32 | bf16 | int8, each its own embedding space
+EMBEDDER_STREAMS_ENV = "RETRO_OPS_EMBEDDER_STREAMS"  # batches embedded at once, one torch thread each (default 1)
+MLFLOW_URI_ENV = "RETRO_OPS_MLFLOW_URI"  # MLflow tracking + registry (default SQLite under <home>/mlflow)
+#: Postgres for Dagster's runs, event log and schedules (default SQLite under <home>/dagster);
+#: dagster.yaml names this variable, never the URL
 DAGSTER_STORAGE_ENV = "RETRO_OPS_DAGSTER_STORAGE_URL"
-PROFILE_ENV = "RETRO_OPS_PROFILE"
-PG_URL_ENV = "RETRO_OPS_PG_URL"
-ARTIFACTS_DIR_ENV = "RETRO_OPS_ARTIFACTS_DIR"
+PROFILE_ENV = "RETRO_OPS_PROFILE"  # local | prod (prod: the databases derive from RETRO_OPS_PG_URL)
+PG_URL_ENV = "RETRO_OPS_PG_URL"  # the prod profile's Postgres server; its database part is the name prefix
+ARTIFACTS_DIR_ENV = "RETRO_OPS_ARTIFACTS_DIR"  # MLflow artifacts (default <home>/mlflow/artifacts)
 DEFAULT_HOME = ".retro_ops"
 PROFILES = ("local", "prod")
 DEFAULT_PG_PREFIX = "retro_ops"
@@ -105,9 +107,9 @@ def _streams(raw: str) -> int:
 class Settings:
     """Resolved locations of every store. Build with `Settings.from_env()` or directly in tests."""
 
-    home: Path
-    catalog_url: str = ""
-    lancedb_uri: str = ""
+    home: Path  # every location below hangs off it unless set on its own
+    catalog_url: str = ""  # SQLAlchemy URL; "" = SQLite at <home>/catalog.db
+    lancedb_uri: str = ""  # "" = <home>/lancedb
     embedder_path: str = ""  # a local Hugging Face model folder; "" = the packaged MiniLM
     embedder_precision: str = "fp32"  # fp32 | bf16 | int8: each its own embedding space
     embedder_streams: int = 1  # batches embedded at once, one torch thread each (torch paths)
@@ -115,7 +117,7 @@ class Settings:
     dagster_storage_url: str = ""  # postgresql://... for Dagster's runs/events/schedules; "" = SQLite
     artifacts_dir: str = ""  # MLflow artifacts (checkpoints); "" = `<home>/mlflow/artifacts`
     profile: str = "local"  # "prod": the databases above derive from RETRO_OPS_PG_URL
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)  # free-form; retro-ops itself reads none of it
 
     def __post_init__(self) -> None:
         home = Path(self.home).expanduser().resolve()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docs_helpers import REPO, SCREENSHOTS
 from helpers import free_port, graphql, start_ui, wait_for_asset_graph
 
 from assets.launch import dagster_instance, ensure_corpus_partition
@@ -23,6 +24,8 @@ from retro_ops.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS_ENV = "RETRO_OPS_TEST_ARTIFACTS"
+DOCS_ENV = "RETRO_OPS_DOCS_SCREENSHOTS"  # a folder (relative to the repository) for the tutorial's copies
+GRAPH, EXPANDED, LAUNCH, METADATA = SCREENSHOTS
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GROUPS = ["corpora", "features", "governance", "retrieval", "models", "evaluation"]
@@ -85,13 +88,13 @@ def test_materialize_a_corpus_by_clicking(home: Settings, tmp_path: Path, capsys
             _dismiss_first_visit_dialog(page)
             for group in GROUPS:
                 page.get_by_text(group, exact=True).first.wait_for()
-            page.screenshot(path=shots / "1-asset-graph.png")
+            page.screenshot(path=shots / GRAPH)
             for group in GROUPS:  # expand each group of the graph's sidebar tree
                 page.get_by_text(group, exact=True).first.dblclick()
             for asset in ("corpus_files", "documents", "chunks", "chunk_embeddings", "chunk_scores",
                           "exclusions", "retrieval_set", "faiss_index", "retro_checkpoint", "evaluation"):
                 page.get_by_text(asset, exact=True).first.wait_for()
-            page.screenshot(path=shots / "2-asset-groups-expanded.png")
+            page.screenshot(path=shots / EXPANDED)
 
             # asset page -> Materialize -> all (one) partitions -> Launch 1 run
             page.goto(f"{base}/assets/documents")
@@ -100,7 +103,7 @@ def test_materialize_a_corpus_by_clicking(home: Settings, tmp_path: Path, capsys
             dialog = page.get_by_role("dialog")
             dialog.get_by_role("button", name="All", exact=True).click()
             dialog.get_by_text("1 partition").wait_for()
-            page.screenshot(path=shots / "3-launch-dialog.png")
+            page.screenshot(path=shots / LAUNCH)
             dialog.get_by_role("button", name="Launch 1 run").click()
             run = _wait_for_run(port)
             assert run["status"] == "SUCCESS", f"run {run['runId']} {run['status']}; see {log}"
@@ -111,11 +114,26 @@ def test_materialize_a_corpus_by_clicking(home: Settings, tmp_path: Path, capsys
             page.get_by_text(digest).wait_for()
             for name in ("dagster/row_count", "corpus_digest", "lancedb_version"):
                 assert page.get_by_text(name, exact=True).count(), name
-            page.screenshot(path=shots / "4-materialization-metadata.png", full_page=True)
+            page.screenshot(path=shots / METADATA, full_page=True)
             browser.close()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     with capsys.disabled():
         print(f"\nscreenshots in {shots}: {', '.join(sorted(p.name for p in shots.glob('*.png')))}")
-    assert len(list(shots.glob("*.png"))) == 4
+    assert sorted(p.name for p in shots.glob("*.png")) == sorted(SCREENSHOTS)
+    if os.environ.get(DOCS_ENV):
+        _copy_for_the_docs(shots, REPO / os.environ[DOCS_ENV])
+
+
+def _copy_for_the_docs(shots: Path, folder: Path, width: int = 1200) -> None:
+    """Each screenshot scaled to `width` and reduced to a 256-colour palette: small enough to
+    commit (tests/test_docs.py holds them under 300 kB), sharp enough to read."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SCREENSHOTS:
+        with Image.open(shots / name) as image:
+            image = image.convert("RGB")
+            image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+            image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(folder / name, optimize=True)

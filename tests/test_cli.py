@@ -215,3 +215,15 @@ def test_no_dagster_beta_warning_in_cli_output(home: Settings):
                          text=True, env={**os.environ, "RETRO_OPS_HOME": str(home.home)}, timeout=300)
     assert run.returncode == 2 and "nothing to materialize" in run.stderr, run.stderr
     assert "Warning" not in run.stderr, run.stderr
+
+
+def test_a_freshly_built_index_is_not_called_reused():
+    """Every faiss_index materialization carries `reused` (True or False): the run table said
+    "reused" for freshly built indices too, whatever their recall."""
+    from assets.launch import AssetOutcome
+    from retro_ops.cli.runs import _row
+
+    built = {"ntotal": 136, "reused": False, "factory": "IDMap,Flat", "recall_at_10": 1.0, "p50_ms": 0.05,
+             "batch_qps": 9000.0}
+    assert _row(AssetOutcome("faiss_index", built))[2] == "IDMap,Flat: recall@10 1.000, p50 0.05 ms, 9,000 q/s"
+    assert _row(AssetOutcome("faiss_index", {**built, "reused": True}))[2] == "reused (same config and inputs)"

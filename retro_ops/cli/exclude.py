@@ -74,8 +74,8 @@ def exclude_doc(path_or_id: Annotated[str, typer.Argument(help="A doc id or a re
 
     resolved = settings()
     try:
-        doc_ids = resolve_documents(AuditDB(open_catalog(resolved), FeatureStore(resolved.lancedb_uri)),
-                                    path_or_id)
+        with AuditDB(open_catalog(resolved), FeatureStore(resolved.lancedb_uri)) as db:
+            doc_ids = resolve_documents(db, path_or_id)
     except RetroOpsError as exc:
         fail(str(exc))
     if purge:
@@ -187,9 +187,9 @@ def exclude_report(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
     from retro_ops.cli.lineage import _db, _report
     from retro_ops.lineage.audit import exclusion_report, with_generations
 
-    db = _db()
     try:
-        found = with_generations(db, exclusion_report(db, exclusion_id))
+        with _db() as db:
+            found = with_generations(db, exclusion_report(db, exclusion_id))
     except RetroOpsError as exc:
         fail(str(exc))
     _report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)

@@ -158,8 +158,11 @@ def generations_affected(
         fail("give exactly one of --exclusion ID or --chunk ID")
     ws = _workspace()
     try:
-        rows = (retrieving(ws.store, [chunk]) if chunk is not None else
-                generations_affected_by_exclusion(AuditDB(ws.catalog, ws.store), exclusion))
+        if chunk is not None:
+            rows = retrieving(ws.store, [chunk])
+        else:
+            with AuditDB(ws.catalog, ws.store) as db:
+                rows = generations_affected_by_exclusion(db, exclusion)
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:

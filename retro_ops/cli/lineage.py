@@ -88,7 +88,8 @@ def lineage_model(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-I
     from retro_ops.lineage.audit import backward
 
     try:
-        found = backward(_db(), ref)
+        with _db() as db:
+            found = backward(db, ref)
     except RetroOpsError as exc:
         fail(str(exc))
     _report(f"lineage of {found.summary['model']}", found.summary, found.lists, json_out, csv_dir)
@@ -101,9 +102,9 @@ def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or
     and the logged generations that retrieved one of its chunks."""
     from retro_ops.lineage.audit import forward_document, resolve_documents, with_generations
 
-    db = _db()
     try:
-        found = [with_generations(db, forward_document(db, d)) for d in resolve_documents(db, path_or_doc_id)]
+        with _db() as db:
+            found = [with_generations(db, forward_document(db, d)) for d in resolve_documents(db, path_or_doc_id)]
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -121,9 +122,9 @@ def lineage_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")],
     and the logged generations that retrieved it."""
     from retro_ops.lineage.audit import forward_chunk, with_generations
 
-    db = _db()
     try:
-        found = with_generations(db, forward_chunk(db, chunk_id))
+        with _db() as db:
+            found = with_generations(db, forward_chunk(db, chunk_id))
     except RetroOpsError as exc:
         fail(str(exc))
     _report(f"chunk {chunk_id}", found.summary, found.lists, json_out, csv_dir)
@@ -137,7 +138,8 @@ def lineage_diff(ref_a: Annotated[str, typer.Argument(help="A model, or set:NAME
     from retro_ops.lineage.diff import diff
 
     try:
-        found = diff(_db(), ref_a, ref_b)
+        with _db() as db:
+            found = diff(db, ref_a, ref_b)
     except RetroOpsError as exc:
         fail(str(exc))
     names = ("documents_added", "documents_removed", "chunks_added", "chunks_removed")
@@ -155,7 +157,8 @@ def lineage_verify(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-
     from retro_ops.lineage.verify import verify
 
     try:
-        report = verify(_db(), ref)
+        with _db() as db:
+            report = verify(db, ref)
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -188,7 +191,8 @@ def audit_sql(query: Annotated[str, typer.Argument(help="One SELECT over the vie
 
     limits = AuditLimits(memory_limit_mib=memory_limit_mib, threads=threads, timeout_s=timeout)
     try:
-        rows = run_sql(_db(limits), query).to_pylist()
+        with _db(limits) as db:
+            rows = run_sql(db, query).to_pylist()
     except RetroOpsError as exc:
         fail(str(exc))
     if csv_file is not None:

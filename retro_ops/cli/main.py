@@ -30,7 +30,7 @@ from retro_ops.cli.ui import ui
 
 #: The commands in the order of the flow (corpora in, data materialized, sets, exclusions and
 #: retrieval, models, serving, then the audit trail and the tools), each with a line that fits
-#: 80 columns in `retro-ops --help`; `retro-ops COMMAND --help` and the README's table say more.
+#: 80 columns in `retro-ops --help`; `retro-ops COMMAND --help` and docs/reference/cli.md say more.
 FLOW: dict[str, str] = {
     "demo": "Run the whole flow on the shipped corpora.",
     "corpus": "Register, list and move corpora.",
@@ -87,7 +87,7 @@ for _name, _command in (("retrieve", retrieve), ("train", train_command), ("eval
     app.command(_name, short_help=FLOW[_name])(_command)
 
 
-DEMO_STEPS = 300  # per model: RETRO learns to read neighbours between 150 and 300 (README)
+DEMO_STEPS = 300  # per model (docs/results/retrieval.md)
 DEMO_MODEL_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint",
                      "retrofit_checkpoint", "evaluation", "swap_evaluation"]
 

@@ -16,6 +16,10 @@ from retro_ops.errors import RetroOpsError
 from retro_ops.training.config import NeighbourConfig, TrainConfig
 
 models_app = typer.Typer(no_args_is_help=True, help="List trained models and their lineage.")
+#: what `train` materializes by default: the demo's swap evaluation (`swap_evaluation`) reads the
+#: demo corpora's names, so on a home of your own it is run only when `--select` names it
+TRAIN_ASSETS = ["training_neighbours", "baseline_checkpoint", "retro_checkpoint", "retrofit_checkpoint",
+                "evaluation"]
 SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with each one swapped in.",
                                                      repeatable=True)]
 
@@ -44,8 +48,8 @@ def train_command(
         min=0.0, max=1.0, help="Give this share of training chunks another chunk's neighbours, so "
                                "RETRO learns to ignore neighbours that do not match.")] = TrainConfig.distractor_share,
     select: Annotated[Optional[str], typer.Option(
-        help="Comma-separated model assets (default: all of training_neighbours, "
-             "baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, evaluation).")] = None,
+        help=f"Comma-separated model assets (default: {', '.join(TRAIN_ASSETS)}; "
+             "swap_evaluation only when named).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train RETRO, its baseline and a RETROfit through Dagster, then evaluate them."""
@@ -58,7 +62,7 @@ def train_command(
                                 self_neighbours=self_neighbours, self_neighbour_shift=self_neighbour_shift,
                                 self_neighbour_noise=self_neighbour_noise,
                                 no_neighbour_share=no_neighbour_share, distractor_share=distractor_share)
-    selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
+    selection = [s.strip() for s in select.split(",") if s.strip()] if select else TRAIN_ASSETS
     outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
     print_outcomes(outcomes, json_out)
     if not all(o.success for o in outcomes):

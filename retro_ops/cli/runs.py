@@ -45,7 +45,7 @@ def _row(asset) -> tuple[str, str, str, str]:
         note = f"{md['tokens_per_second']:,.0f} tokens/s"
     elif "final_loss" in md:
         note = f"loss {md['final_loss']:.3f}, {md['tokens_per_second']:,.0f} tokens/s"
-    elif "reused" in md:
+    elif md.get("reused") is True:  # an index or model built before from the same inputs
         note = "reused (same config and inputs)"
     elif "recall_at_10" in md:
         note = (f"{md['factory']}: recall@10 {md['recall_at_10']:.3f}, p50 {md['p50_ms']:.2f} ms, "

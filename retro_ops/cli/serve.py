@@ -14,6 +14,8 @@ from retro_ops.default_corpora import DEMO_RETRIEVAL_SET
 from retro_ops.errors import AdminTokenError, RetroOpsError, SettingsError
 from retro_ops.serving.security import check_admin_token, check_bind
 
+#: the admin bearer token of PUT /deployment/retrieval-set (16+ characters; without it, or
+#: --token-file, that endpoint is disabled)
 TOKEN_ENV = "RETRO_OPS_ADMIN_TOKEN"
 
 

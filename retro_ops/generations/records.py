@@ -25,8 +25,12 @@ from retro_ops.ids import sha256_hex
 GENERATIONS = "generations"  # the LanceDB table
 Source = Literal["http", "cli", "pyfunc"]
 
-ENV_PREFIX = "RETRO_OPS_GENERATION_LOG"
-RETENTION_ENV = "RETRO_OPS_GENERATION_RETENTION_DAYS"
+ENV_PREFIX = "RETRO_OPS_GENERATION_LOG"  # on | off: keep every generation (default on)
+HASH_ENV = "RETRO_OPS_GENERATION_LOG_HASH"  # on | off: store sha256 of prompt and output, not their text
+FLUSH_EVERY_ENV = "RETRO_OPS_GENERATION_LOG_FLUSH_EVERY"  # rows per committed batch (default 32)
+FLUSH_SECONDS_ENV = "RETRO_OPS_GENERATION_LOG_FLUSH_SECONDS"  # commit a batch once its oldest row is this old (2)
+TRACES_ENV = "RETRO_OPS_GENERATION_LOG_TRACES"  # on | off: also write each generation as an MLflow trace
+RETENTION_ENV = "RETRO_OPS_GENERATION_RETENTION_DAYS"  # delete generations older than this when a writer starts
 _ON, _OFF = {"1", "on", "true", "yes"}, {"0", "off", "false", "no"}
 
 
@@ -73,10 +77,10 @@ class GenerationLogConfig:
         retention = env.get(RETENTION_ENV, "").strip()
         return cls(
             enabled=_flag(env, ENV_PREFIX, default.enabled),
-            hash_text=_flag(env, f"{ENV_PREFIX}_HASH", default.hash_text),
-            flush_every=int(_number(env, f"{ENV_PREFIX}_FLUSH_EVERY", default.flush_every, int)),
-            flush_seconds=_number(env, f"{ENV_PREFIX}_FLUSH_SECONDS", default.flush_seconds, float),
-            traces=_flag(env, f"{ENV_PREFIX}_TRACES", default.traces),
+            hash_text=_flag(env, HASH_ENV, default.hash_text),
+            flush_every=int(_number(env, FLUSH_EVERY_ENV, default.flush_every, int)),
+            flush_seconds=_number(env, FLUSH_SECONDS_ENV, default.flush_seconds, float),
+            traces=_flag(env, TRACES_ENV, default.traces),
             retention_days=_number(env, RETENTION_ENV, None, float) if retention else None,
         )
 

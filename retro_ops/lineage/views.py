@@ -168,3 +168,13 @@ class AuditDB:
 
     def close(self) -> None:
         self.con.close()
+
+    def __enter__(self) -> "AuditDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Closed while the interpreter is whole: a DuckDB connection (a sealed one holding many
+        # Arrow views above all) left to interpreter shutdown aborted the process about one run
+        # in three ("terminate called ... FATAL: exception not rethrown", exit 134) after the
+        # answer was printed.
+        self.close()

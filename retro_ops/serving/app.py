@@ -50,6 +50,18 @@ class Limits:
     drain_bytes: int = 1024 * 1024  # read (and drop) this much of an oversized body, then 413
 
 
+#: status codes besides 200 that the routes answer, as the OpenAPI schema (and /docs) lists them
+TOO_LARGE = {413: {"description": "Body or prompt over its cap (bytes actually received; prompt tokens)"}}
+INVALID = {422: {"description": "A field out of its bounds (the error says which field, never echoes the value)"}}
+BUSY = {503: {"description": "Overloaded (with Retry-After, in ms), or the exclusion list unreadable "
+                             "(retrieval fails closed)"},
+        504: {"description": "Past the time limit (--generate-timeout / --retrieve-timeout); its slot is freed"}}
+ADMIN = {401: {"description": "Missing or wrong bearer token"},
+         403: {"description": "Admin endpoints disabled: the server was started without a token"},
+         404: {"description": "No such retrieval set; the old set keeps serving"},
+         409: {"description": "The set's index fails its checks; the old set keeps serving"}}
+
+
 class GenerateRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int = Field(default=64, ge=1)
@@ -181,6 +193,8 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
 
     @app.get("/health")
     async def health() -> dict:  # on the event loop: never waits for a worker thread
+        """Liveness and what is served: model, retrieval-set version, requests admitted, the
+        generation log's and the batcher's counters. Answers while every worker computes."""
         logged = generation_log.stats.as_dict() if generation_log is not None else None
         batched = {"encoder_calls": batcher.batches, "queries": batcher.queries} if batcher else None
         return {"status": "ok", "admitted": gate.admitted, **holder.current.describe(),
@@ -188,10 +202,13 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
 
     @app.get("/deployment")
     async def deployment() -> dict:
+        """The model version and the exact retrieval-set version serving now."""
         return holder.current.describe()
 
-    @app.post("/retrieve")
+    @app.post("/retrieve", responses={**TOO_LARGE, **INVALID, **BUSY})
     async def retrieve(body: RetrieveRequest) -> JSONResponse:
+        """The k nearest chunks of a text in the served retrieval set (excluded chunks never
+        come back), each with its score, source and neighbour value (chunk + continuation)."""
         if body.k > limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {limits.max_k}")
         limit = gate.config.retrieve_timeout_s
@@ -220,8 +237,10 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         place.release()
         return _retrieved(current, neighbours)
 
-    @app.post("/generate")
+    @app.post("/generate", responses={**TOO_LARGE, **INVALID, **BUSY})
     async def generate(body: GenerateRequest) -> dict:
+        """Continue a prompt. The answer names the request id (its generation-log row), the model
+        version, the retrieval-set version and the neighbours each completed chunk read."""
         if body.max_new_tokens > limits.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens={body.max_new_tokens} exceeds the limit of "
                                      f"{limits.max_new_tokens}")
@@ -232,8 +251,10 @@ def create_app(holder: DeploymentHolder, *, admin_token: str | None, limits: Lim
         finally:
             place.release()
 
-    @app.put("/deployment/retrieval-set")
+    @app.put("/deployment/retrieval-set", responses={**ADMIN, **INVALID})
     def swap(body: SwapRequest, token: str = Depends(admin)) -> dict:
+        """Swap the served retrieval set (admin: bearer token). The new set's index is loaded and
+        verified completely first; requests in flight finish on the old set; the swap is recorded."""
         old = holder.current.describe()
         try:
             new = holder.swap(body.retrieval_set, token)

@@ -37,7 +37,8 @@ class BatchConfig:
         together come back together, but over several ms over HTTP: each response is written,
         read and followed by a new request in turn), and never longer than this in all, so a
         client that does not come back cannot hold a batch back. Off by default: at 16 HTTP
-        clients 20 ms doubled the queries per encoder call (8.3 -> 15.6) but not req/s (README).
+        clients 20 ms doubled the queries per encoder call (8.3 -> 15.6) but not req/s
+        (docs/results/2026-12-02-batched-serving.md).
     max_pending: queries queued beyond it get 503 at once, as the gate's own waiting room does.
     """
 

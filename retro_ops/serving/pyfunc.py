@@ -40,6 +40,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 log = logging.getLogger(__name__)
+#: 1: the MLflow pyfunc serves a checkpoint the catalog does not know (warned, never logged)
 ALLOW_UNKNOWN_ENV = "RETRO_OPS_PYFUNC_ALLOW_UNKNOWN_CHECKPOINT"
 
 
