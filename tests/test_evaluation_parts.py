@@ -159,3 +159,9 @@ def test_distractors_and_withheld_neighbours_touch_only_their_share():
     assert with_distractors(neighbours, 0.0, seed=0) is neighbours
     withheld = withheld_neighbours(neighbours, 0.25, seed=0)
     assert 0.15 < (~withheld.mask.any(axis=1)).mean() < 0.35 and (withheld.tokens == neighbours.tokens).all()
+
+
+def test_groups_of_one_document_split_as_the_documents_would():
+    docs = [f"doc-{i}" for i in range(30)]
+    by_document = split_documents(docs, SplitConfig())
+    assert split_documents(docs, SplitConfig(), {d: f"stem-{d}" for d in docs}) == by_document

@@ -87,8 +87,9 @@ class DocumentSplit:
 
 def split_documents(doc_ids: list[str], config: SplitConfig = SplitConfig(),
                     groups: dict[str, str] | None = None) -> DocumentSplit:
-    """Groups (default: one per document) ordered by a seeded hash, the last fraction held out;
-    the held-out groups ordered by a second hash, the first validation_share to validation."""
+    """Groups (default: one per document) ordered by a seeded hash of their first document, the
+    last fraction held out; the held-out groups ordered by a second hash, the first
+    validation_share to validation."""
     if len(doc_ids) < 2:
         raise ValueError(f"need at least 2 documents to hold one out, got {len(doc_ids)}")
     groups = groups or {}
@@ -97,9 +98,12 @@ def split_documents(doc_ids: list[str], config: SplitConfig = SplitConfig(),
         members.setdefault(groups.get(d, d), []).append(d)
     if len(members) < 2:
         raise ValueError(f"need at least 2 document groups to hold one out, got {len(members)}")
-    ranked = sorted(members, key=lambda g: sha256_hex(f"{config.seed}:{g}"))
+    # a group is ranked by its first document, so a group of one ranks as that document would
+    # ungrouped: grouping changes a split only where documents share a group
+    first = {g: min(ds) for g, ds in members.items()}
+    ranked = sorted(members, key=lambda g: sha256_hex(f"{config.seed}:{first[g]}"))
     n_held = min(len(ranked) - 1, max(config.min_heldout, round(config.heldout_fraction * len(ranked))))
-    held = sorted(ranked[-n_held:], key=lambda g: sha256_hex(f"{config.seed}:validation:{g}"))
+    held = sorted(ranked[-n_held:], key=lambda g: sha256_hex(f"{config.seed}:validation:{first[g]}"))
     n_val = min(n_held - 1, round(config.validation_share * n_held)) if config.validation_share else 0
 
     def docs(keys) -> list[str]:
