@@ -126,7 +126,8 @@ def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationCon
     baseline = find_model(ws, data, "baseline")  # the paired row: same text, no retrieval (#14)
     text = heldout_text(ws, config.on, spec.split, spec.model.chunk_size, part="test")
     report = evaluate_models(ws, [info] + ([baseline] if baseline else []), text, list(config.sets),
-                             k=info.config["n_neighbours"], dagster_run_id=context.run.run_id)
+                             k=info.config["n_neighbours"], dagster_run_id=context.run.run_id,
+                             controls=False)  # the controls are the evaluation asset's
     return dg.MaterializeResult(metadata={
         "text": report.text, "documents": len(text.doc_ids), "model": info.ref,
         "mlflow_run_id": report.mlflow_run_id, **_report_metadata(report), **_run_link(ws, report.mlflow_run_id),

@@ -226,8 +226,10 @@ def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: P
     rows = trained["evaluation"].metadata["rows"]
     assert [(r["kind"], r["setting"]) for r in rows] == [
         ("baseline", "no retrieval"), ("retro", "no retrieval"), ("retro", "set small_set"),
-        ("retrofit", "no retrieval"), ("retrofit", "set small_set")]
-    assert rows[0]["bits_per_byte"] == rows[3]["bits_per_byte"]  # RETROfit without retrieval = baseline
+        ("retro", "control: small_set shuffled"), ("retro", "control: oracle"),
+        ("retrofit", "no retrieval"), ("retrofit", "set small_set"),
+        ("retrofit", "control: small_set shuffled"), ("retrofit", "control: oracle")]
+    assert rows[0]["bits_per_byte"] == rows[5]["bits_per_byte"]  # RETROfit without retrieval = baseline
     swapped = trained["swap_evaluation"].metadata["rows"]
     assert [(r["kind"], r["setting"]) for r in swapped] == [
         ("retro", "no retrieval"), ("retro", "set small_set"), ("baseline", "no retrieval")]

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from retro_ops.model import RetroConfig
 from retro_ops.training.checkpoint import CheckpointError, load_checkpoint
 from retro_ops.evaluation.compare import evaluate_models, heldout_text
-from retro_ops.training.neighbours import with_self_neighbours
+from retro_ops.training.neighbours import with_distractors, with_self_neighbours
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model, training_data
 from retro_ops.training.trainer import TrainConfig, seeded_model, train
@@ -71,8 +71,11 @@ def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
     vocab, train = data.vocab, data.spec.train
     assert (train.self_neighbours, train.self_neighbour_shift, train.self_neighbour_noise) == (
         TrainConfig.self_neighbours, TrainConfig.self_neighbour_shift, TrainConfig.self_neighbour_noise)
-    expected = with_self_neighbours(real, table, train.self_neighbours, seed=train.seed,
-                                    shift=train.self_neighbour_shift, noise=train.self_neighbour_noise)
+    expected = with_distractors(with_self_neighbours(real, table, train.self_neighbours, seed=train.seed,
+                                                     shift=train.self_neighbour_shift,
+                                                     noise=train.self_neighbour_noise),
+                                train.distractor_share, train.seed)
+    assert train.distractor_share == TrainConfig.distractor_share
     assert (training_data(data, True).neighbours.tokens == vocab.encode(expected.tokens)).all()
     heldout = data.heldout_neighbours.neighbours
     assert (training_data(data, True, heldout=True).neighbours.tokens == vocab.encode(heldout.tokens)).all()

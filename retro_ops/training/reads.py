@@ -46,9 +46,10 @@ def reads_digest(training_chunk_ids: np.ndarray, neighbour_chunk_ids: np.ndarray
 
 
 def neighbour_chunk_ids(ids: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray:
-    """The retrieved chunks among (N, k) neighbour ids: not padding (-1), not the chunk itself
-    (a self-neighbour slot carries the chunk's own id: that is training text, not retrieval)."""
-    real = (ids >= 0) & (ids != chunk_ids[:, None])
+    """The retrieved chunks among (N, k) neighbour ids: not padding (-1), not a training chunk (a
+    self-neighbour slot carries its chunk's id, and a distractor may carry another training
+    chunk's self-neighbour: that is training text, recorded as such, not retrieval)."""
+    real = (ids >= 0) & ~np.isin(ids, chunk_ids)
     return np.unique(ids[real])
 
 
