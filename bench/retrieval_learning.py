@@ -118,7 +118,8 @@ def main() -> None:
     table = replace(data.heldout_table, **{f.name: getattr(data.heldout_table, f.name)[rows_of_part]
                                            for f in fields(data.heldout_table) if f.name != "dropped"})
     found = data.heldout_neighbours.neighbours
-    found = replace(found, **{f.name: getattr(found, f.name)[rows_of_part] for f in fields(found)})
+    found = replace(found, **{f.name: getattr(found, f.name)[rows_of_part] for f in fields(found)
+                              if getattr(found, f.name) is not None})
     sequences = make_sequences(encode_table(table, vocab), data.spec.model.n_chunks)
     sizes = token_bytes(ws.store, Chunker(ws.embedder.tokenizer), table)
     alpha = overlap_alpha(table, sequences, found)

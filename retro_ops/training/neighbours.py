@@ -33,10 +33,11 @@ class Neighbours:
     scores: np.ndarray  # (N, k) float32
     tokens: np.ndarray  # (N, k, 2m) int64, pad_id where absent
     mask: np.ndarray  # (N, k) bool: True = a real neighbour
+    copied: np.ndarray | None = None  # (N, k) bool: a self-neighbour slot (training text, not retrieval)
 
     def save(self, path: Path, manifest: dict) -> None:
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v for k, v in asdict(self).items()})
+        np.savez(tmp, **{k: v for k, v in asdict(self).items() if v is not None})
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
@@ -130,7 +131,9 @@ def with_self_neighbours(neighbours: Neighbours, table: ChunkTable, fraction: fl
                                     neighbours.tokens.dtype)
     mask[chosen, k - 1] = True
     ids[chosen, k - 1] = table.chunk_ids[chosen]  # lineage: this slot is the chunk's own text
-    return replace(neighbours, tokens=tokens, mask=mask, ids=ids)
+    copied = np.zeros_like(mask) if neighbours.copied is None else neighbours.copied.copy()
+    copied[chosen, k - 1] = True
+    return replace(neighbours, tokens=tokens, mask=mask, ids=ids, copied=copied)
 
 
 def shuffled_neighbours(neighbours: Neighbours, seed: int) -> Neighbours:
@@ -139,7 +142,8 @@ def shuffled_neighbours(neighbours: Neighbours, seed: int) -> Neighbours:
     the set's style, not from reading what its neighbours say (issue #24's control)."""
     order = np.random.default_rng([seed, _SHUFFLE_STREAM]).permutation(len(neighbours.chunk_ids))
     return replace(neighbours, ids=neighbours.ids[order], scores=neighbours.scores[order],
-                   tokens=neighbours.tokens[order], mask=neighbours.mask[order])
+                   tokens=neighbours.tokens[order], mask=neighbours.mask[order],
+                   copied=None if neighbours.copied is None else neighbours.copied[order])
 
 
 _SHUFFLE_STREAM = 11
@@ -159,7 +163,8 @@ def with_distractors(neighbours: Neighbours, share: float, seed: int) -> Neighbo
     if len(rows) < 2:
         return neighbours
     moved = rows[rng.permutation(len(rows))]
-    out = {name: getattr(neighbours, name).copy() for name in ("ids", "scores", "tokens", "mask")}
+    out = {name: getattr(neighbours, name).copy() for name in ("ids", "scores", "tokens", "mask", "copied")
+           if getattr(neighbours, name) is not None}
     for name, values in out.items():
         values[rows] = getattr(neighbours, name)[moved]
     return replace(neighbours, **out)

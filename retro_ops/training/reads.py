@@ -45,11 +45,16 @@ def reads_digest(training_chunk_ids: np.ndarray, neighbour_chunk_ids: np.ndarray
     return sha256_hex(parts[0] + b"|" + parts[1])
 
 
-def neighbour_chunk_ids(ids: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray:
-    """The retrieved chunks among (N, k) neighbour ids: not padding (-1), not a training chunk (a
-    self-neighbour slot carries its chunk's id, and a distractor may carry another training
-    chunk's self-neighbour: that is training text, recorded as such, not retrieval)."""
-    real = (ids >= 0) & ~np.isin(ids, chunk_ids)
+def neighbour_chunk_ids(ids: np.ndarray, chunk_ids: np.ndarray, copied: np.ndarray | None = None,
+                        mask: np.ndarray | None = None) -> np.ndarray:
+    """The retrieved chunks among (N, k) neighbour ids: not padding (-1) or withheld (`mask`
+    False), not the chunk itself, not a self-neighbour slot (`copied`; a distractor may have moved
+    one to another chunk): a self-neighbour is training text, recorded as such, not retrieval."""
+    real = (ids >= 0) & (ids != chunk_ids[:, None])
+    if copied is not None:
+        real &= ~copied
+    if mask is not None:
+        real &= mask
     return np.unique(ids[real])
 
 

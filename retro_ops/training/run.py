@@ -224,7 +224,8 @@ def _index_build_id(ws: Workspace, data: PreparedData) -> int | None:
 def _record_reads(ws: Workspace, info: ModelInfo, data: PreparedData, inputs: TrainingData) -> ModelInfo:
     """Write the chunk ids the model read (text and neighbours) and point its catalog row at them."""
     chunk_ids = data.train_table.chunk_ids
-    neighbours = (neighbour_chunk_ids(inputs.neighbours.ids, inputs.neighbours.chunk_ids)
+    neighbours = (neighbour_chunk_ids(inputs.neighbours.ids, inputs.neighbours.chunk_ids,
+                                      inputs.neighbours.copied, inputs.neighbours.mask)
                   if inputs.neighbours is not None else np.empty(0, dtype=np.int64))
     reads = record_model_reads(ws.store, info.id, chunk_ids, neighbours)
     return ws.catalog.set_model_reads(info.id, table=reads.table, lance_version=reads.lance_version,
