@@ -165,3 +165,19 @@ def test_groups_of_one_document_split_as_the_documents_would():
     docs = [f"doc-{i}" for i in range(30)]
     by_document = split_documents(docs, SplitConfig())
     assert split_documents(docs, SplitConfig(), {d: f"stem-{d}" for d in docs}) == by_document
+
+
+def test_model_reads_count_retrieved_neighbours_never_a_moved_self_copy():
+    from retro_ops.training.neighbours import with_distractors, withheld_neighbours
+    from retro_ops.training.reads import neighbour_chunk_ids
+
+    table = _table([f"d{i}" for i in range(30)], 4)
+    real = replace(_neighbours(table), ids=np.arange(1000, 1240).reshape(120, 2))  # retrieved ids
+    mixed = with_distractors(with_self_neighbours(real, table, 0.5, seed=0), 0.4, seed=0)
+    assert (mixed.ids[mixed.copied] != np.repeat(table.chunk_ids[:, None], 2, 1)[mixed.copied]).any(), \
+        "precondition: a distractor moved a self-copy to another chunk"
+    read = neighbour_chunk_ids(mixed.ids, mixed.chunk_ids, mixed.copied, mixed.mask)
+    kept = set(real.ids[:, 0]) | set(real.ids[~with_self_neighbours(real, table, 0.5, seed=0).copied[:, 1], 1])
+    assert set(read.tolist()) == kept and not set(read.tolist()) & set(table.chunk_ids.tolist())
+    withheld = withheld_neighbours(mixed, 0.5, seed=0)
+    assert len(neighbour_chunk_ids(withheld.ids, withheld.chunk_ids, withheld.copied, withheld.mask)) < len(read)
