@@ -269,14 +269,16 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, ModelCatalogMixin):
         return sorted(set(_public_sources(rows, self.resolved_path)))
 
     def documents_sources(self, doc_ids: Iterable[str]) -> dict[str, list[str]]:
-        """`document_sources` of many documents in one query (documents with none are absent)."""
-        wanted, found = set(doc_ids), {}
+        """`document_sources` of many documents, queried in batches of ids (documents with none
+        are absent)."""
+        wanted, found = sorted(set(doc_ids)), {}
         with self.session() as s:
-            rows = s.execute(select(m.DocumentSource.doc_id, m.DocumentSource.source_uri, m.Corpus.source_uri)
-                             .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)).tuples().all()
-        for doc_id, source, corpus_source in rows:
-            if doc_id in wanted:
-                found.setdefault(doc_id, []).append((source, corpus_source))
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(select(m.DocumentSource.doc_id, m.DocumentSource.source_uri, m.Corpus.source_uri)
+                                 .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)
+                                 .where(m.DocumentSource.doc_id.in_(wanted[start:start + 500]))).tuples()
+                for doc_id, source, corpus_source in rows:
+                    found.setdefault(doc_id, []).append((source, corpus_source))
         return {d: sorted(set(_public_sources(r, self.resolved_path))) for d, r in found.items()}
 
     # -- features ----------------------------------------------------------------------------

@@ -140,10 +140,19 @@ def shuffled_neighbours(neighbours: Neighbours, seed: int) -> Neighbours:
     """Every chunk's neighbours given to another chunk (a seeded permutation): the same tokens,
     read where they do not belong. A model that gains from these gains from capacity or from
     the set's style, not from reading what its neighbours say (issue #24's control)."""
-    order = np.random.default_rng([seed, _SHUFFLE_STREAM]).permutation(len(neighbours.chunk_ids))
-    return replace(neighbours, ids=neighbours.ids[order], scores=neighbours.scores[order],
-                   tokens=neighbours.tokens[order], mask=neighbours.mask[order],
-                   copied=None if neighbours.copied is None else neighbours.copied[order])
+    rows = np.arange(len(neighbours.chunk_ids))
+    return _moved(neighbours, rows, np.random.default_rng([seed, _SHUFFLE_STREAM]).permutation(rows))
+
+
+def _moved(neighbours: Neighbours, rows: np.ndarray, sources: np.ndarray) -> Neighbours:
+    """Row rows[i] takes the neighbours (ids, scores, tokens, mask, self-copy marks) of sources[i]."""
+    out = {}
+    for name in ("ids", "scores", "tokens", "mask", "copied"):
+        values = getattr(neighbours, name)
+        if values is not None:
+            out[name] = values.copy()
+            out[name][rows] = values[sources]
+    return replace(neighbours, **out)
 
 
 _SHUFFLE_STREAM = 11
@@ -162,12 +171,7 @@ def with_distractors(neighbours: Neighbours, share: float, seed: int) -> Neighbo
     rows = np.flatnonzero(rng.random(len(neighbours.chunk_ids)) < share)
     if len(rows) < 2:
         return neighbours
-    moved = rows[rng.permutation(len(rows))]
-    out = {name: getattr(neighbours, name).copy() for name in ("ids", "scores", "tokens", "mask", "copied")
-           if getattr(neighbours, name) is not None}
-    for name, values in out.items():
-        values[rows] = getattr(neighbours, name)[moved]
-    return replace(neighbours, **out)
+    return _moved(neighbours, rows, rows[rng.permutation(len(rows))])
 
 
 def withheld_neighbours(neighbours: Neighbours, share: float, seed: int) -> Neighbours:

@@ -153,9 +153,10 @@ def forbidden_neighbour_docs(ws: Workspace, retriever: Retriever, heldout_ids: l
     near = near_duplicates_of({d: texts[d] for d in heldout_ids if d in texts},
                               {d: texts[d] for d in candidates if d in texts}, dedup)
     grouped: set[str] = set()
-    if split.group_by != "document":
-        held_groups = set(document_groups(ws, heldout_ids, split).values())
-        grouped = {d for d, g in document_groups(ws, candidates, split).items() if g in held_groups}
+    if split.group_by != "document":  # one lookup of sources for both sides
+        groups = document_groups(ws, sorted(set(heldout_ids) | set(candidates)), split)
+        held_groups = {groups[d] for d in heldout_ids}
+        grouped = {d for d in candidates if groups[d] in held_groups}
     return frozenset(heldout_ids) | frozenset(near) | frozenset(grouped)
 
 
