@@ -41,3 +41,17 @@ def write_fsynced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a reader, or a writer killed at any instant, sees the
+    old bytes or the new ones, never a mix: a temp file beside it (named for this process, so two
+    writers never share one), fsynced, renamed over it, and the folder fsynced for the rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_fsynced(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)
