@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +46,10 @@ def write_fsynced(path: Path, data: bytes) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a reader, or a writer killed at any instant, sees the
-    old bytes or the new ones, never a mix: a temp file beside it (named for this process, so two
-    writers never share one), fsynced, renamed over it, and the folder fsynced for the rename."""
+    old bytes or the new ones, never a mix: a temp file beside it (named for this process and thread, so
+    two writers never share one), fsynced, renamed over it, and the folder fsynced for the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         write_fsynced(tmp, data)
         os.replace(tmp, path)
