@@ -40,8 +40,8 @@ from assets.retrieval import retrieval_set
 from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
-from retro_ops.retrieval import index_shards
-from retro_ops.retrieval.index_build import IndexConfig
+from retro_ops.retrieval.index import shards as index_shards
+from retro_ops.retrieval.index.build import IndexConfig
 from retro_ops.settings import DAGSTER_STORAGE_ENV, HOME_ENV, Settings
 
 GROUP = SCALE_OUT

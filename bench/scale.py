@@ -79,8 +79,8 @@ def library_path(root: Path, corpus: Path, factory: str) -> dict:
     from retro_ops.features.embedder import Embedder
     from retro_ops.features.pipeline import chunk_corpus, embed_corpus, ingest_documents
     from retro_ops.features.store import FeatureStore
-    from retro_ops.retrieval.index_build import IndexConfig
-    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.index.build import IndexConfig
+    from retro_ops.retrieval.index.route import index_retrieval_set
     from retro_ops.retrieval.sets import build_retrieval_set_version
 
     settings, catalog = _home(root, "library", corpus)

@@ -24,9 +24,9 @@ from retro_ops.errors import IndexBuildError
 from retro_ops.features import pipeline
 from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_per_shard
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
-from retro_ops.retrieval import index_shards
-from retro_ops.retrieval.index_build import IndexConfig, build_index
-from retro_ops.retrieval.index_publish import load_current
+from retro_ops.retrieval.index import shards as index_shards
+from retro_ops.retrieval.index.build import IndexConfig, build_index
+from retro_ops.retrieval.index.publish import load_current
 from retro_ops.retrieval.retriever import index_root
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.settings import Settings

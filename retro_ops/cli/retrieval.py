@@ -42,7 +42,7 @@ def retrieval_set_create(
 
 
 def _current_index(name: str) -> dict | None:
-    from retro_ops.retrieval.index_publish import current_build, read_manifest
+    from retro_ops.retrieval.index.publish import current_build, read_manifest
     from retro_ops.retrieval.retriever import index_root
 
     root = index_root(settings().indices_dir, name)

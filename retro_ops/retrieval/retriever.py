@@ -27,9 +27,9 @@ from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.embedder import Embedder
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.index_build import apply_search_params
+from retro_ops.retrieval.index.build import apply_search_params
 from retro_ops.ids import chunk_id, content_hash, validate_name
-from retro_ops.retrieval.index_publish import IndexManifest, check_ntotal, current_build, load_current
+from retro_ops.retrieval.index.publish import IndexManifest, check_ntotal, current_build, load_current
 
 NEIGHBOUR_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",
                      "continuation_text", "continuation_token_ids"]

@@ -38,7 +38,7 @@ import numpy as np
 from retro_ops.durable import file_lock, fsync_path, write_fsynced
 from retro_ops.errors import CrashMode, IndexIntegrityError, SimulatedCrash
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.disk_refine import (
+from retro_ops.retrieval.index.disk_refine import (
     IDS_FILE, VECTORS_FILE, DiskRefinedIndex, file_sha256, is_disk_refined, open_disk_refined, write_npy,
 )
 

@@ -1,7 +1,7 @@
 """A retrieval set's index built in shards: trained once on a sample, filled per shard in
 parallel, merged (how the RETRO Pile and Megatron builds scale FAISS past one machine's time).
 
-The training sample is drawn exactly as `index_build.build_index` draws it (same seed, same
+The training sample is drawn exactly as `build.build_index` draws it (same seed, same
 positions in chunk-id order), so the merged index has the same quantizer as a single-process
 build and its lists hold the same vectors: the two return the same neighbours. Shards follow the
 feature shards (`features.shards`, by document), so a shard's vectors come from one process.
@@ -32,15 +32,15 @@ from retro_ops.durable import fsync_path, write_fsynced
 from retro_ops.errors import IndexBuildError
 from retro_ops.features.shards import ShardSpec, shard_of
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.index_build import (
+from retro_ops.retrieval.index.build import (
     IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params, validate_vectors,
 )
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.index_publish import (
+from retro_ops.retrieval.index.publish import (
     IndexManifest, PublishedIndex, recover_publish, serialize,
 )
-from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.indexing import build_key, record_and_publish
+from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
+from retro_ops.retrieval.index.route import build_key, record_and_publish
 from retro_ops.retrieval.retriever import index_root
 from retro_ops.retrieval.sets import retrieval_set_vectors
 

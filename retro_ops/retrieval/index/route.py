@@ -2,7 +2,7 @@
 
 The build takes the cheapest correct route: when the new version only lost a few chunks
 (exclusions) since the published index's version, that index minus their ids
-(`index_incremental`); otherwise, or when recall after removal fails the check, a full build.
+(`incremental`); otherwise, or when recall after removal fails the check, a full build.
 The manifest names the route and why. The build is recorded in the catalog with its index and
 manifest digests (which is what makes it trusted, for this set only) before CURRENT flips, and
 measured on the in-memory index right after: recall@10 against exact search and latency. Each
@@ -23,15 +23,15 @@ from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.disk_refine import npy_sha256, sidecar_arrays
-from retro_ops.retrieval.index_build import BuiltIndex, IndexConfig, apply_search_params, build_index
-from retro_ops.retrieval.index_incremental import (
+from retro_ops.retrieval.index.disk_refine import npy_sha256, sidecar_arrays
+from retro_ops.retrieval.index.build import BuiltIndex, IndexConfig, apply_search_params, build_index
+from retro_ops.retrieval.index.incremental import (
     IncrementalConfig, Route, count_blocker, full_route, incremental_build,
 )
-from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.index_tuning import fixed_by, tune_to_recall
+from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
+from retro_ops.retrieval.index.tuning import fixed_by, tune_to_recall
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
-from retro_ops.retrieval.index_publish import (
+from retro_ops.retrieval.index.publish import (
     CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
     read_manifest, recover_publish, serialize,
 )
