@@ -25,10 +25,10 @@ from retro_ops.errors import CheckpointError, IndexIntegrityError
 from retro_ops.retrieval.index.build import IndexConfig, build_index
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index.publish import (
-    CURRENT, INDEX_FILE, MANIFEST_FILE, IndexManifest, current_build, publish_index, serialize,
+    CURRENT, INDEX_FILE, MANIFEST_FILE, IndexManifest, current_build, index_root, publish_index, serialize,
 )
 from retro_ops.retrieval.index.route import index_retrieval_set
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.retriever import Retriever
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.training.checkpoint import (
     MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, load_checkpoint, save_checkpoint,

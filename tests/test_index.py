@@ -9,10 +9,10 @@ import pytest
 
 from retro_ops.errors import IndexBuildError, IndexIntegrityError
 from retro_ops.retrieval.index.build import IndexConfig, build_index, choose_factory
-from retro_ops.retrieval.index.publish import CURRENT, INDEX_FILE, current_build
+from retro_ops.retrieval.index.publish import CURRENT, INDEX_FILE, current_build, index_root
 from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.retriever import Retriever
 
 IVF = IndexConfig(factory="IVF3,Flat", nprobe=2)  # ~150 chunks support 3 lists
 

@@ -26,8 +26,7 @@ from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_p
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
 from retro_ops.retrieval.index import shards as index_shards
 from retro_ops.retrieval.index.build import IndexConfig, build_index
-from retro_ops.retrieval.index.publish import load_current
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.index.publish import index_root, load_current
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.settings import Settings
 

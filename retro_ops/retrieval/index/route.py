@@ -32,11 +32,11 @@ from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
 from retro_ops.retrieval.index.tuning import fixed_by, tune_to_recall
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
 from retro_ops.retrieval.index.publish import (
-    CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
+    CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, index_root, load_current,
+    publish_index,
     read_manifest, recover_publish, serialize,
 )
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
-from retro_ops.retrieval.retriever import index_root
 
 
 @dataclass(frozen=True)

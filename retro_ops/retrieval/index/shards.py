@@ -37,11 +37,10 @@ from retro_ops.retrieval.index.build import (
 )
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index.publish import (
-    IndexManifest, PublishedIndex, recover_publish, serialize,
+    IndexManifest, PublishedIndex, index_root, recover_publish, serialize,
 )
 from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
 from retro_ops.retrieval.index.route import build_key, record_and_publish
-from retro_ops.retrieval.retriever import index_root
 from retro_ops.retrieval.sets import retrieval_set_vectors
 
 TRAINED = "trained.faiss"
