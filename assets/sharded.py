@@ -37,6 +37,7 @@ from assets.resources import (
     CatalogResource, EmbedderResource, FeatureStoreResource, IndexStoreResource, ProgressResource,
 )
 from assets.retrieval import retrieval_set
+from retro_ops.durable import write_atomic
 from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
@@ -174,7 +175,7 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
         dim = cat.embedding_space_dim(version.embedding_space_id)
         ids, vectors = index_shards.shard_vectors(feature_store.open(), version, dim, shard)
         data = index_shards.fill_shard(index_shards.load_trained(folder).data, ids, vectors)
-        index_shards.write_atomic(index_shards.shard_file(folder, shard), data)
+        write_atomic(index_shards.shard_file(folder, shard), data)
         return dg.MaterializeResult(metadata={
             "vectors": len(ids), "bytes": len(data), "seconds": round(time.perf_counter() - started, 3),
             "retrieval_set_version_id": version.id})

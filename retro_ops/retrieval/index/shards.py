@@ -5,7 +5,8 @@ The training sample is drawn exactly as `build.build_index` draws it (same seed,
 positions in chunk-id order), so the merged index has the same quantizer as a single-process
 build and its lists hold the same vectors: the two return the same neighbours. Shards follow the
 feature shards (`features.shards`, by document), so a shard's vectors come from one process.
-Each file is written to a temp name and renamed: a killed filler leaves no half shard.
+Each file is written by `durable.write_atomic` (temp, fsync, rename): a killed filler leaves no
+half shard.
 
 Merging: `merge_from` in memory (IVF lists moved, flat codes appended), or, for an IVF larger
 than memory, `faiss.contrib.ondisk.merge_ondisk` into one `OnDiskInvertedLists` file. A refine
@@ -15,7 +16,6 @@ stage (`RFlat`) cannot be merged by FAISS: such factories are refused here by na
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ import pyarrow as pa
 from datetime import UTC, datetime
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.durable import fsync_path, write_fsynced
+from retro_ops.durable import write_atomic
 from retro_ops.errors import IndexBuildError
 from retro_ops.features.shards import ShardSpec, shard_of
 from retro_ops.features.store import FeatureStore
@@ -81,14 +81,6 @@ def load_trained(folder: Path) -> TrainedIndex:
 
 def shard_file(folder: Path, shard: ShardSpec) -> Path:
     return folder / f"shard-{shard.key}.faiss"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_fsynced(tmp, data)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def _members(store: FeatureStore, version: RetrievalSetVersionInfo) -> pa.Table:
