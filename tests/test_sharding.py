@@ -6,6 +6,7 @@ the same neighbours on a fixed query sample (with nprobe < nlist, so the quantiz
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_p
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
 from retro_ops.retrieval.index import shards as index_shards
 from retro_ops.retrieval.index.build import IndexConfig, build_index
-from retro_ops.retrieval.index.publish import index_root, load_current
+from retro_ops.retrieval.index.publish import MANIFEST_FILE, IndexManifest, index_root, load_current
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.settings import Settings
 
@@ -68,6 +70,31 @@ def test_refine_stage_is_refused(ws):
     version = ws.catalog.latest_retrieval_set_version("small")
     with pytest.raises(IndexBuildError, match="has a refine stage, which FAISS cannot merge"):
         index_shards.train_index(ws.store, version, 384, IndexConfig(factory="IDMap,IVF4,Flat,RFlat"))
+
+
+#: what differs between two builds of the same inputs: when, how long, which route (key and note)
+#: and the bytes (a merged IVF lists the same vectors in shard order, not chunk-id order)
+PER_BUILD = {"created_at", "build_seconds", "build_key", "notes", "sha256"}
+
+
+def test_single_process_and_sharded_routes_write_the_same_manifest(ws, tmp_path: Path):
+    """One constructor makes every manifest: the sharded route records the same fields as the
+    single-process one, with the same values wherever the inputs are the same."""
+    config = IndexConfig(**FACTORY)
+    single = index_retrieval_set(ws.catalog, ws.store, tmp_path / "single", "small", 384, config=config)
+    version = ws.catalog.latest_retrieval_set_version("small")
+    trained = index_shards.train_index(ws.store, version, 384, config)
+    filled = [index_shards.fill_shard(trained.data, *index_shards.shard_vectors(ws.store, version, 384, shard))
+              for shard in all_shards(N_SHARDS)]
+    merged = index_shards.merge_shards(trained.data, filled, trained.factory, config)
+    sharded = index_shards.publish_merged(ws.catalog, ws.store, tmp_path / "sharded", version, merged, trained,
+                                          shards=N_SHARDS, seconds=0.5, config=config)
+    written = [json.loads((build.published.path / MANIFEST_FILE).read_text()) for build in (single, sharded)]
+    assert written[0].keys() == written[1].keys() == IndexManifest.__dataclass_fields__.keys()
+    same = {name: value for name, value in written[0].items() if name not in PER_BUILD}
+    assert {name: written[1][name] for name in same} == same
+    assert same["route"] == "full" and same["full_build_ntotal"] == version.n_chunks == same["ntotal"]
+    assert "filled in 2 shards" in written[1]["notes"][-1]
 
 
 def _materialize(instance, selection: str, key: str, config: dict | None = None):

@@ -4,6 +4,6 @@
 `incremental` reuses the published index when the set only lost chunks, `quality` measures
 recall and latency, `tuning` deepens the search until recall passes the gate, `shards` trains
 once, fills per shard and merges, `publish` writes builds atomically and loads only trusted
-ones, and `route` ties them together. Serving reads what this publishes
-(`retrieval.retriever`), never the reverse.
+ones, and `route` ties them together: every route, single-process or sharded, ends in its
+`publish_build`. Serving reads what this publishes (`retrieval.retriever`), never the reverse.
 """

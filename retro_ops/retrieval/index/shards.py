@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
-
-from datetime import UTC, datetime
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.durable import write_atomic
@@ -33,14 +30,12 @@ from retro_ops.errors import IndexBuildError
 from retro_ops.features.shards import ShardSpec, shard_of
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index.build import (
-    IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params, validate_vectors,
+    BuiltIndex, IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params,
+    validate_vectors,
 )
-from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.index.publish import (
-    IndexManifest, PublishedIndex, index_root, recover_publish, serialize,
-)
-from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.index.route import build_key, record_and_publish
+from retro_ops.retrieval.index.incremental import full_route
+from retro_ops.retrieval.index.publish import index_root, recover_publish
+from retro_ops.retrieval.index.route import IndexBuildResult, build_key, publish_build
 from retro_ops.retrieval.sets import retrieval_set_vectors
 
 TRAINED = "trained.faiss"
@@ -163,38 +158,23 @@ def merge_shards_ondisk(trained_path: Path, shard_paths: list[Path], ivfdata_pat
     return index
 
 
-@dataclass(frozen=True)
-class MergedBuild:
-    manifest: IndexManifest
-    quality: IndexQuality
-    build_id: int
-    published: PublishedIndex | None  # None: recall below min_recall, the old index stays current
-
-
 def publish_merged(catalog: Catalog, store: FeatureStore, indices_dir: Path,
                    version: RetrievalSetVersionInfo, merged: faiss.Index, trained: TrainedIndex, *,
                    shards: int, seconds: float, config: IndexConfig = IndexConfig(),
                    run_id: str | None = None, eval_queries: int = 500,
-                   min_recall: float = 0.0) -> MergedBuild:
-    """Record, measure and publish a merged index exactly as a single-process build is (same
-    manifest, same trust record, same atomic CURRENT flip), so the retriever serves either."""
+                   min_recall: float = 0.0) -> IndexBuildResult:
+    """Tune, record, measure and publish a merged index through the single-process route's own
+    `publish_build` (same manifest, recall tuning, trust record and atomic CURRENT flip), so the
+    retriever serves either."""
     if merged.ntotal != version.n_chunks:
         raise IndexBuildError(f"merged index holds {merged.ntotal} vectors; retrieval set "
                               f"{version.retrieval_set!r} version {version.id} has {version.n_chunks}")
-    data = serialize(merged)
-    manifest = IndexManifest(
-        factory=trained.factory, metric="inner_product", dim=merged.d, ntotal=int(merged.ntotal),
-        embedding_space_id=version.embedding_space_id, retrieval_set=version.retrieval_set,
-        retrieval_set_version_id=version.id, retrieval_set_digest=version.digest,
-        train_size=trained.train_size, sha256=sha256_hex(data), index_bytes=len(data),
-        build_seconds=round(seconds, 3), search_params=default_search_params(trained.factory, config),
-        faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
-        notes=[*trained.notes, f"trained once, filled in {shards} shards, merged"],
-        build_key=f"sharded-{shards}-{build_key(version, config)}", config=asdict(config))
     ids, vectors = retrieval_set_vectors(store, version, merged.d)
-    quality = evaluate_index(merged, vectors, ids, queries=eval_queries)
+    built = BuiltIndex(merged, trained.factory, trained.train_size, seconds,
+                       default_search_params(trained.factory, config), list(trained.notes))
     root = index_root(indices_dir, version.retrieval_set)
     recover_publish(root)
-    build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
-                                             run_id=run_id, min_recall=min_recall)
-    return MergedBuild(manifest, quality, build_id, published)
+    return publish_build(catalog, root, version, built,
+                         full_route(f"trained once, filled in {shards} shards, merged", len(ids)), ids, vectors,
+                         key=f"sharded-{shards}-{build_key(version, config)}", config=config,
+                         eval_queries=eval_queries, min_recall=min_recall, run_id=run_id)
