@@ -130,9 +130,11 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS, default_resources
-    from assets.launch import dagster_instance, ensure_partition, materialize_corpus
+    from assets.launch import (
+        FEATURES_JOB, INDEX_JOB, dagster_instance, ensure_partition, launch_shards, materialize_corpus,
+    )
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
-    from assets.sharded import FEATURES_JOB, INDEX_JOB, launch_shards, sharded_assets
+    from assets.sharded import sharded_assets
     from retro_ops.settings import HOME_ENV
 
     settings, _ = _home(root, f"shards{n_shards}", corpus)

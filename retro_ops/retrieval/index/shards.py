@@ -27,7 +27,7 @@ import pyarrow as pa
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.durable import write_atomic
 from retro_ops.errors import IndexBuildError
-from retro_ops.features.shards import ShardSpec, shard_of
+from retro_ops.features.shards import ShardSpec, all_shards, shard_of
 from retro_ops.features.store import FeatureStore
 from retro_ops.retrieval.index.build import (
     BuiltIndex, IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params,
@@ -178,3 +178,54 @@ def publish_merged(catalog: Catalog, store: FeatureStore, indices_dir: Path,
                          full_route(f"trained once, filled in {shards} shards, merged", len(ids)), ids, vectors,
                          key=f"sharded-{shards}-{build_key(version, config)}", config=config,
                          eval_queries=eval_queries, min_recall=min_recall, run_id=run_id)
+
+
+# The three steps of the sharded route, one per asset (`assets/sharded.py`), each on the set's
+# latest version: train once, fill each shard (in parallel, one process each), merge and publish.
+
+def train_and_save(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                   config: IndexConfig = IndexConfig()) -> tuple[RetrievalSetVersionInfo, TrainedIndex, Path]:
+    """(the version, its trained index, where it was saved): the training step."""
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    trained = train_index(store, version, catalog.embedding_space_dim(version.embedding_space_id), config)
+    return version, trained, save_trained(shards_dir(indices_dir, version), trained)
+
+
+@dataclass(frozen=True)
+class FilledShard:
+    version: RetrievalSetVersionInfo
+    path: Path
+    vectors: int
+    bytes: int
+    seconds: float
+
+
+def fill_and_save(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                  shard: ShardSpec) -> FilledShard:
+    """The trained index filled with one shard's vectors, written atomically beside it."""
+    started = time.perf_counter()
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    folder = shards_dir(indices_dir, version)
+    ids, vectors = shard_vectors(store, version, catalog.embedding_space_dim(version.embedding_space_id), shard)
+    data = fill_shard(load_trained(folder).data, ids, vectors)
+    write_atomic(shard_file(folder, shard), data)
+    return FilledShard(version, shard_file(folder, shard), len(ids), len(data), time.perf_counter() - started)
+
+
+def merge_and_publish(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                      n_shards: int, *, config: IndexConfig = IndexConfig(), run_id: str | None = None,
+                      eval_queries: int = 500, min_recall: float = 0.0) -> IndexBuildResult:
+    """Every shard file merged into one index, published as the set's index (`publish_merged`);
+    FileNotFoundError names the shards not filled yet."""
+    started = time.perf_counter()
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    folder = shards_dir(indices_dir, version)
+    trained = load_trained(folder)
+    files = [shard_file(folder, s) for s in all_shards(n_shards)]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"shards not filled yet: {', '.join(missing)} (materialize index_shard)")
+    merged = merge_shards(trained.data, [f.read_bytes() for f in files], trained.factory, config)
+    return publish_merged(catalog, store, indices_dir, version, merged, trained, shards=n_shards,
+                          seconds=time.perf_counter() - started, config=config, run_id=run_id,
+                          eval_queries=eval_queries, min_recall=min_recall)
