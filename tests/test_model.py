@@ -357,7 +357,7 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     """The pointer's sparse update equals the dense mixture (1 - g) softmax + g * scatter(attn)
     over the neighbour tokens, duplicates and masked neighbours included, and sums to one."""
     from retro_ops.model.matching import match_lengths
-    from retro_ops.model.retro import EVIDENCE_GAIN, NeighbourCopy
+    from retro_ops.model.retro import NeighbourCopy
 
     model = make_model()
     with torch.no_grad():
@@ -391,11 +391,11 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
         has = valid.any(1)
         length = match_lengths(history, tokens, token_mask)
         scores = (self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)
-                  + EVIDENCE_GAIN * self.length_score[length]).masked_fill(
+                  + self.gain * self.length_score[length]).masked_fill(
             ~(valid | ~has[:, None])[:, None, :], float("-inf"))
         evidence = self.length_gate[length.masked_fill(~valid[:, None, :], 0).amax(-1)] \
             + self.agreement_gate * agreement[:, None]
-        g = torch.sigmoid(self.gate(h).squeeze(-1) + EVIDENCE_GAIN * evidence
+        g = torch.sigmoid(self.gate(h).squeeze(-1) + self.gain * evidence
                           + self.gate_match * scores.amax(-1))[..., None]
         copied = torch.zeros_like(logp).scatter_add(2, values[:, None].expand(-1, logp.shape[1], -1),
                                                     scores.softmax(-1))

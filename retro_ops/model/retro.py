@@ -21,8 +21,6 @@ from retro_ops.model.layers import MLP, CrossAttention, Rope, SelfAttention, lay
 from retro_ops.model.matching import MAX_MATCH, NO_TOKEN, bigram_agreement, histories, match_lengths
 
 IGNORE_INDEX = -100
-EVIDENCE_GAIN = 4.0  # scalar evidence weights move at ~lr per step: a gain lets 300 steps reach
-# the few units of logit a gate needs (AdamW steps are about lr whatever the gradient's size)
 
 
 class DecoderBlock(nn.Module):
@@ -60,13 +58,14 @@ class ChunkedCrossAttention(nn.Module):
                                    config.dropout)
         # with match_gate, the branch of group u is scaled by sigmoid(gain (a + b agreement_u)):
         # a neighbour that shares none of its chunk's bigrams can be shut out (starts at 0.88)
-        self.trust = nn.Parameter(torch.tensor([0.5, 0.0])) if config.match_gate else None
+        self.gain = config.evidence_gain
+        self.trust = nn.Parameter(torch.tensor([2.0 / self.gain, 0.0])) if config.match_gate else None
 
     def scale(self, agreement: Tensor | None) -> Tensor | None:
         """agreement (...) -> the branch's scale (...), or None without match_gate."""
         if self.trust is None or agreement is None:
             return None
-        return torch.sigmoid(EVIDENCE_GAIN * (self.trust[0] + self.trust[1] * agreement))
+        return torch.sigmoid(self.gain * (self.trust[0] + self.trust[1] * agreement))
 
     def forward(self, x: Tensor, encoded: Tensor, token_mask: Tensor,
                 agreement: Tensor | None = None) -> Tensor:
@@ -196,8 +195,9 @@ class NeighbourCopy(nn.Module):
         self.gate_match = nn.Parameter(torch.zeros(1))
         nn.init.constant_(self.gate.bias, self.GATE_INIT)
         self.matching = config.match_gate
-        if self.matching:  # in units of EVIDENCE_GAIN; a matched token starts worth 2 in a score
-            self.length_score = nn.Parameter(0.5 * torch.arange(MAX_MATCH + 1, dtype=torch.float))
+        self.gain = config.evidence_gain
+        if self.matching:  # in units of the gain; a matched token starts worth 2 in a score
+            self.length_score = nn.Parameter(2.0 / self.gain * torch.arange(MAX_MATCH + 1, dtype=torch.float))
             self.length_gate = nn.Parameter(torch.zeros(MAX_MATCH + 1))
             self.agreement_gate = nn.Parameter(torch.zeros(1))
 
@@ -252,9 +252,9 @@ class NeighbourCopy(nn.Module):
         z = self.gate(h).squeeze(-1)  # (N, Tq)
         if self.matching:
             length = match_lengths(history, tokens, token_mask)  # (N, Tq, K)
-            scores = scores + EVIDENCE_GAIN * self.length_score[length]
+            scores = scores + self.gain * self.length_score[length]
             longest = length.masked_fill(~valid[:, None, :], 0).amax(dim=-1)  # (N, Tq)
-            z = z + EVIDENCE_GAIN * (self.length_gate[longest] + self.agreement_gate * agreement[:, None])
+            z = z + self.gain * (self.length_gate[longest] + self.agreement_gate * agreement[:, None])
         scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
         attn = scores.softmax(dim=-1)  # (N, Tq, K)
         z = z + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
