@@ -4,7 +4,9 @@ retrieval costs during training (precomputed neighbours) and during generation (
 Model: `retro_ops.training.prepare.demo_model_config()` with vocab_size = the trimmed vocabulary
 (`store_vocabulary(ws).size` of the home; 15,834 without one), seq_len `--seq-len` (256) and k
 `--k` (2) neighbours per chunk. The baseline is the same config with `retrieval=False`: the very
-same decoder, no encoder, no chunked cross-attention. Both are initialised from the same seed.
+same decoder, no encoder, no chunked cross-attention. "RETRO before #24" is the model before
+issue #24 (no copy head, no match evidence, no standalone loss): RETRO's cost per token was to
+grow at most 1.5x over it. All are initialised from the same seed.
 
 Training (tokens/s): real data when `--home` holds the trained corpus (`prepare_training` with
 `TrainingSpec(corpus, retrieval_set)`, neighbours precomputed and loaded from the home's cache,
@@ -12,8 +14,9 @@ then `retro_ops.training.run.training_data`); otherwise (or with `--synthetic`) 
 tokens and neighbours of the same shapes. Each step does what `trainer.train` does: build the
 batch of rows `batch_rows(seed, step, ...)` (same rows for both models; RETRO's batch also
 gathers its (B, n/m, k, 2m) neighbour tokens), forward + loss, zero_grad, backward,
-clip_grad_norm_, AdamW step (the trainer's lr, betas and weight decay; constant lr). The two
-models alternate step by step (order flipped every step) so that machine noise hits both alike;
+clip_grad_norm_, AdamW step (the trainer's lr, betas and weight decay; constant lr); RETRO adds
+the standalone loss of `TrainConfig.standalone_weight` as the trainer does. The models alternate
+step by step (order flipped every step) so that machine noise hits both alike;
 `--warmup-steps` (1) untimed steps each first, then `--steps` (5) timed ones. tokens/s = target
 tokens (targets != -100, as the trainer counts them) / wall seconds of the timed steps, batch
 building included. Ratio = RETRO seconds per step / baseline seconds per step (>1: retrieval
@@ -184,7 +187,9 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
 
     tc = TrainConfig(batch_size=args.batch_size, seed=args.seed)
     variants = {"RETRO": replace(s.config, retrieval=True),
+                "RETRO before #24": replace(s.config, retrieval=True, copy_head=False, match_gate=False),
                 "baseline": replace(s.config, retrieval=False)}
+    standalone = {"RETRO": tc.standalone_weight, "RETRO before #24": 0.0, "baseline": 0.0}
     state = {}
     for name, config in variants.items():
         model = seeded_model(config, args.seed)
@@ -199,10 +204,13 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
         model, params, optimizer, make_batch = state[name]
         batch_t, (input_ids, targets, neighbours, mask) = time_call(lambda: make_batch(i))
 
-        def optimize() -> float:
+        def optimize() -> float:  # as trainer.train, the standalone loss included
             _, loss = model(input_ids, neighbours, mask, targets)
+            objective = loss
+            if standalone[name] > 0:
+                objective = loss + standalone[name] * model(input_ids, None, None, targets)[1]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
             return loss.item()
@@ -235,10 +243,11 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
             "loss_first": r[0]["loss"], "loss_last": r[-1]["loss"],
             "step_ms_each": [round(1e3 * (x["batch_s"] + x["step_s"]), 1) for x in r],
         })
-    base = rows[1]
+    base, before = rows[2], rows[1]
     for row in rows:
         row["time_ratio_vs_baseline"] = row["ms_per_step"] / base["ms_per_step"]
         row["median_ratio_vs_baseline"] = row["median_ms_per_step"] / base["median_ms_per_step"]
+        row["median_ratio_vs_before_24"] = row["median_ms_per_step"] / before["median_ms_per_step"]
     return rows, {name: config.to_dict() for name, config in variants.items()}
 
 
@@ -366,11 +375,12 @@ def main(argv: list[str] | None = None) -> None:
         Column("median_ms_per_step", "ms/step (median)", "{:.0f}"),
         Column("batch_ms", "of which batch build ms", "{:.1f}"),
         Column("time_ratio_vs_baseline", "time/step vs baseline", "{:.2f}x"),
+        Column("median_ratio_vs_before_24", "median vs RETRO before #24", "{:.2f}x"),
         Column("cores_busy", "cores busy", "{:.2f}"),
     ]
     tables = [(f"Training (B={args.batch_size}, n={c.seq_len}, k={c.n_neighbours}, "
                f"{args.steps} timed AdamW steps each)", train_cols, train_rows)]
-    r, b = train_rows[0], train_rows[1]
+    r, b = train_rows[0], train_rows[2]
     notes = [
         (f"Training: RETRO/baseline time per step = {r['time_ratio_vs_baseline']:.2f}x (mean), "
          f"{r['median_ratio_vs_baseline']:.2f}x (median); baseline/RETRO tokens/s = "
