@@ -23,7 +23,7 @@ from helpers import free_port, serve_in_thread, tiny_spec
 from typer.testing import CliRunner
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import ExclusionError, ExclusionListError

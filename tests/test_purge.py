@@ -400,7 +400,7 @@ def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:
     """The catalog half of a purge on one backend: intent, new corpus version, scrub, done."""
     from sqlalchemy import select
 
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
     from retro_ops.corpus import Document
     from retro_ops.errors import ExclusionError
 

@@ -20,7 +20,7 @@ from typing import Literal
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.errors import ExclusionError, ExclusionListError
 from retro_ops.ids import set_digest, sha256_hex
 
@@ -83,7 +83,7 @@ class NewExclusion:
 
 @dataclass(frozen=True)
 class PurgeRecord:
-    """One purged document (hashes and ids only; see `models.PurgedDocument`)."""
+    """One purged document (hashes and ids only; see `tables.PurgedDocument`)."""
 
     id: int
     doc_id: str

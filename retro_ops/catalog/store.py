@@ -27,7 +27,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.exclusions import ExclusionCatalogMixin
 from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin

@@ -31,7 +31,7 @@ from lancedb.expr import col
 from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.exclusions import PurgeRecord
 from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock

@@ -18,7 +18,7 @@ from lancedb.expr import col, lit
 from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.features.store import MEMBERS, FeatureStore
 
 #: Tables that keep a purged document's rows: they hold ids and hashes, never text.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.store import corpus_root
 from retro_ops.catalog.exclusions import PurgeRecord
 from retro_ops.corpus.readers import read_corpus
