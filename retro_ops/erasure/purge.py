@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog import tables as m
-from retro_ops.catalog.exclusions import PurgeRecord
+from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock
 from retro_ops.errors import CrashMode, IndexIntegrityError, RetroOpsError, SimulatedCrash
