@@ -29,9 +29,9 @@ from typer.testing import CliRunner
 from retro_ops.catalog import Catalog
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.erasure.store import snapshot_document
 from retro_ops.features import pipeline
 from retro_ops.features.store import CHUNKS, FeatureStore
-from retro_ops.governance.purge import snapshot_document
 from retro_ops.ids import document_id, normalise_text
 from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.retrieval.index_publish import current_build, read_manifest

@@ -5,7 +5,7 @@ row per document (its chunk ids and content hashes, the retrieval-set versions t
 hashes of its source paths) together with a document exclusion, so from that moment no query
 returns it; (2) every later step is idempotent, and each purge call first finishes the purges
 left pending, so a rerun after a kill ends as an uninterrupted run would. The steps: delete its
-rows from every LanceDB table (`governance.purge`); record a new version of each corpus without
+rows from every LanceDB table (`erasure.store`); record a new version of each corpus without
 it (so training and set builds stop naming it); rebuild the retrieval-set versions and indices
 that held it; remove index builds and neighbour caches that still hold its vectors or tokens;
 remove every older LanceDB version of the tables it was in (compaction + cleanup; a tag pinning
@@ -35,10 +35,10 @@ from retro_ops.catalog import tables as m
 from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock
+from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
 from retro_ops.errors import CrashMode, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
-from retro_ops.governance.purge import erase_documents, snapshot_document, text_tables
 from retro_ops.retrieval.index_publish import LOCK_FILE, current_build, read_manifest
 from retro_ops.retrieval.index_build import IndexConfig
 from retro_ops.retrieval.indexing import index_retrieval_set

@@ -7,7 +7,6 @@ table added later is covered too: every table with a `doc_id` column loses the d
 (documents, chunks, retrieval-set members, ...), and every other table with a `content_hash`
 column (embeddings of each space, chunk scores, ...) loses the rows of the document's texts that
 no remaining chunk still has. `model_reads` is kept: ids only, it is the audit of who read what.
-This module sits below `retrieval`, so the rebuild of sets and indices lives in `erasure`.
 """
 
 from __future__ import annotations
