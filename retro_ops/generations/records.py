@@ -46,8 +46,8 @@ class GenerationLogConfig:
     max_queue: rows waiting for the writer; beyond it a record is dropped and counted, never
         blocking a request (the writer sustains far more rows/s than a server generates).
     traces: also write each generation as an MLflow trace (RETRIEVER span per completed chunk).
-    retention_days: generations older than this are deleted (and their text purged from the
-        table's files) when a writer starts and by `retro-ops generations purge`; None keeps all.
+    retention_days: generations older than this are deleted (and their text removed from the
+        table's files) when a writer starts and by `retro-ops generations prune`; None keeps all.
     nice: the writer thread's niceness increment (Linux, per thread; threads it starts, such as
         MLflow's trace exporters, inherit it): its embedding and trace work yields the cores to
         the requests it logs. 0 leaves it at the server's priority.
