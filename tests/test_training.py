@@ -256,7 +256,7 @@ def test_cached_generation_equals_full_forward_windows(ws, data, trained):
     """The Generator's cached decoding gives the tokens a full forward pass over each window
     gives (the way it generated before the caches), across a window slide, with retrieval."""
     from retro_ops.features.chunking import load_tokenizer
-    from retro_ops.serving.generation import Generator
+    from retro_ops.serving.generator import Generator
 
     model = load_checkpoint(Path(trained["retro"].info.checkpoint_dir))
     tokenizer = load_tokenizer(ws.embedder.space.model_path)

@@ -30,7 +30,7 @@ from retro_ops.features.chunking import load_tokenizer
 from retro_ops.model import Retro
 from retro_ops.retrieval.retriever import Retriever
 from retro_ops.serving.admission import AdmissionConfig, ComputeGate
-from retro_ops.serving.generation import Fetch, Generator
+from retro_ops.serving.generator import Fetch, Generator
 from retro_ops.serving.security import token_id, token_key
 from retro_ops.training.verified import load_verified
 from retro_ops.training.vocab import Vocabulary
