@@ -396,6 +396,17 @@ def test_a_purge_of_a_default_index_removes_ids_instead_of_rebuilding(pristine, 
     assert manifest.config == asdict(IndexConfig()) and manifest.route == "incremental", manifest.notes
 
 
+def test_a_purge_without_a_reason_is_refused_before_anything_is_recorded(home):
+    """The library checks the reason itself (the CLI only shows its message): a blank reason
+    names the documents and leaves no intent, exclusion or new corpus version behind."""
+    from retro_ops.erasure.purge import purge_documents
+    from retro_ops.errors import ExclusionError
+
+    ws = Workspace.open(home)
+    with pytest.raises(ExclusionError, match=r"^a purge needs a reason \(none given for 0123abcd\)$"):
+        purge_documents(ws, ["0123abcd"], reason="  ", actor="dpo")
+    assert ws.catalog.purges() == [] and ws.catalog.list_exclusions() == []
+
 def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:
     """The catalog half of a purge on one backend: intent, new corpus version, scrub, done."""
     from sqlalchemy import select

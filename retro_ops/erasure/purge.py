@@ -36,7 +36,7 @@ from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock
 from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
-from retro_ops.errors import CrashMode, IndexIntegrityError, RetroOpsError, SimulatedCrash
+from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
 from retro_ops.retrieval.index_publish import LOCK_FILE, current_build, read_manifest
@@ -212,7 +212,11 @@ def _corpus_files(catalog: Catalog, uris: list[str]) -> list[str]:
 
 def purge_documents(ws: Workspace, doc_ids: list[str], *, reason: str, actor: str,
                     crash_at: str | None = None, crash_mode: CrashMode = "raise") -> PurgeReport:
-    """Purge `doc_ids` (and finish any purge left pending); returns what was done."""
+    """Purge `doc_ids` (and finish any purge left pending); returns what was done. A purge is
+    irreversible, so it needs a reason, checked before anything is read or recorded."""
+    if not reason.strip():
+        named = ", ".join(doc_ids[:3]) + (f" and {len(doc_ids) - 3} more" if len(doc_ids) > 3 else "")
+        raise ExclusionError(f"a purge needs a reason (none given for {named or 'the pending purges'})")
     catalog, store, report = ws.catalog, ws.store, PurgeReport()
     files: list[str] = []
     for doc_id in doc_ids:
