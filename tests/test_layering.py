@@ -48,8 +48,8 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, module) of every run-time import of retro_ops or assets, lazy ones included."""
+def imported_modules(tree: ast.AST, packages: tuple[str, ...] = ("retro_ops", "assets")) -> list[tuple[int, str]]:
+    """(line, module) of every run-time import of `packages`, lazy ones included."""
     found: list[tuple[int, str]] = []
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -66,7 +66,7 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
                           for a in node.names]
             else:
                 found.append((node.lineno, node.module))
-    return sorted((line, mod) for line, mod in found if mod.split(".")[0] in ("retro_ops", "assets"))
+    return sorted((line, mod) for line, mod in found if mod.split(".")[0] in packages)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -91,6 +91,22 @@ def upward_imports(root: Path) -> list[str]:
                 elif RANK[imported] > RANK[importer]:
                     problems.append(f"{path.relative_to(root)}:{line}: {importer} imports {target} "
                                     f"(a later layer: {imported})")
+    return problems
+
+
+def dagster_imports(root: Path) -> list[str]:
+    """Every run-time import of Dagster (or of a dagster-* package) by a stage of the library:
+    only the command line (`cli`), above every stage, may launch runs."""
+    problems = []
+    for path in sorted((root / "retro_ops").rglob("*.py")):
+        if unit_of(module_name(path, root)) == "cli":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        dagster = tuple(n.split(".")[0] for n in names if n.split(".")[0].startswith("dagster"))
+        problems += [f"{path.relative_to(root)}:{line}: imports {mod}"
+                     for line, mod in imported_modules(tree, dagster)]
     return problems
 
 
@@ -123,3 +139,31 @@ def test_an_upward_import_is_caught(tmp_path):
         "retro_ops/features/store.py:6: features imports retro_ops.training.run (a later layer: training)",
         "retro_ops/features/store.py:7: features imports assets.definitions (a later layer: assets)",
     ]
+
+
+def test_no_stage_imports_dagster():
+    """What README's layout says: Dagster is imported by `assets/` and the command line only."""
+    assert dagster_imports(REPO) == []
+
+
+def test_an_upward_import_into_a_moved_module_is_caught(tmp_path):
+    """The modules issue #26 moved are checked like the rest: the purge records in `catalog`
+    reaching up to `erasure`, the generation log's records reaching up to the generator they
+    once duck-typed, and a stage importing Dagster are all reported."""
+    for package in ("catalog", "generations", "erasure"):
+        (tmp_path / "retro_ops" / package).mkdir(parents=True)
+        (tmp_path / "retro_ops" / package / "__init__.py").write_text("")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "retro_ops" / "__init__.py").write_text("")
+    (tmp_path / "retro_ops" / "catalog" / "purges.py").write_text(
+        "from retro_ops.catalog import tables as m\nfrom retro_ops.erasure.store import erase_documents\n")
+    (tmp_path / "retro_ops" / "generations" / "records.py").write_text(
+        "def record_of(result):\n    from retro_ops.serving.generator import Generation\n")
+    (tmp_path / "retro_ops" / "erasure" / "store.py").write_text(
+        "from retro_ops.features.store import FeatureStore\nimport dagster as dg\n")
+    assert upward_imports(tmp_path) == [
+        "retro_ops/catalog/purges.py:2: catalog imports retro_ops.erasure.store (a later layer: erasure)",
+        "retro_ops/generations/records.py:2: generations imports retro_ops.serving.generator "
+        "(a later layer: serving)",
+    ]
+    assert dagster_imports(tmp_path) == ["retro_ops/erasure/store.py:2: imports dagster"]
