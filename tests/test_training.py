@@ -52,6 +52,20 @@ def test_neighbours_exclude_own_document_and_are_cached(ws, data):
     assert set(data.train_doc_ids).isdisjoint(data.heldout_doc_ids)
 
 
+def test_a_neighbour_cache_is_present_only_once_its_arrays_are_whole(data, tmp_path):
+    """The manifest is written before the arrays: a crash between the two leaves a manifest
+    alone, which is not a cache (recomputed, the manifest rewritten); no temp file stays."""
+    from retro_ops.training.neighbours import cached_neighbours
+
+    nb = data.train_neighbours.neighbours
+    (tmp_path / "k.json").write_text('{"left": "by a crash"}')  # what a crash between the two leaves
+    got, computed = cached_neighbours(tmp_path, "k", lambda: (nb, {"chunks": len(nb.ids)}))
+    assert computed and got is nb
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json", "k.npz"]
+    assert json.loads((tmp_path / "k.json").read_text()) == {"chunks": len(nb.ids)}
+    again, computed = cached_neighbours(tmp_path, "k", lambda: pytest.fail("the cache is whole"))
+    assert not computed and (again.ids == nb.ids).all() and (again.tokens == nb.tokens).all()
+
 def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
     """A seeded half of the training chunks read their own text + true continuation in the last
     slot; the first slot keeps the real neighbour; held-out neighbours are untouched."""

@@ -21,7 +21,6 @@ names the purge), `model_reads` (ids only: who read what), and corpus files outs
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from retro_ops.catalog import Catalog
 from retro_ops.catalog import tables as m
 from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.catalog.store import corpus_root
-from retro_ops.durable import file_lock
+from retro_ops.durable import file_lock, write_atomic
 from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
 from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
@@ -191,9 +190,7 @@ def _scrub_lineage_artifacts(mlflow_dir: Path, doc_ids: set[str]) -> int:
         fixed = [f'{line.split(",", 1)[0]},"purged",{",".join(line.rsplit(",", 3)[-3:])}'
                  if line.split(",", 1)[0] in doc_ids else line for line in lines]
         if fixed != lines:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("\n".join(fixed) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, ("\n".join(fixed) + "\n").encode())
             changed += 1
     return changed
 

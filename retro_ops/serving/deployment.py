@@ -154,7 +154,9 @@ class ServingLease:
     exclusive flock for the holder's life. The kernel drops the lock when the process dies, by
     SIGKILL too, so "unlocked" means "no live server holds these rows". The file is locked before
     it gets its `.lease` name, so no reaper can ever see it unlocked while its holder lives.
-    flock needs a local folder (or NFS with locks); leases cover the servers of one home."""
+    flock needs a local folder (or NFS with locks); leases cover the servers of one home.
+    Not `durable.write_atomic`: the rename names a locked file its holder keeps open and appends
+    to; it publishes no finished bytes."""
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
