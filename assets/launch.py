@@ -3,10 +3,16 @@
 The CLI never runs the pipeline around Dagster: it registers corpora as dynamic partitions and
 materializes the assets in-process against `$RETRO_OPS_HOME/dagster`, so every CLI run, its
 logs, metadata and check results appear in `dagster dev` exactly like a run started there.
+`launch_shards` starts the scale-out runs (`assets/sharded.py`), one process per shard.
 """
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +26,14 @@ from assets.definitions import (
 )
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS, TRAINING_SPEC_PARTITIONS
 from assets.resources import ProgressResource, TrainingResource
+from assets.sharded import PARALLEL_ENV, SHARD, SHARDS_ENV
 from assets.specs import register_spec
 from assets.generations import generation_log_observation
 from assets.sources import observe_sources
 from retro_ops.catalog import Catalog
+from retro_ops.features.shards import ShardSpec, all_shards
 from retro_ops.features.store import FeatureStore
-from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
+from retro_ops.settings import DAGSTER_STORAGE_ENV, HOME_ENV, Settings
 
 MODELS = TRAINING_SPEC_PARTITIONS  # the model assets: one partition per training spec
 WHOLE = "whole"  # the unpartitioned assets that read every corpus (near-duplicates)
@@ -225,3 +233,53 @@ class ReportedProgress(ProgressResource):
             return super().tracker(context, label)
         partition = context.partition_key if context.has_partition_key else ""
         return self._reporter.tracker(partition, context.asset_key.to_user_string(), label)
+
+
+FEATURES_JOB = "sharded_features"  # chunk and embed each shard of a corpus
+INDEX_JOB = "sharded_index_fill"  # fill each shard of a retrieval set's trained index
+#: what each scale-out step materializes per shard
+SHARD_SELECTIONS = {FEATURES_JOB: "chunk_shard,embedding_shard", INDEX_JOB: "index_shard"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    partition: str
+    run_id: str
+    success: bool
+    wall_s: float  # its process, start to exit (what Dagster adds shows against library seconds)
+    output: str  # the tail of the run's console output, for a failure message
+
+
+def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
+                  parallel: int | None = None) -> list[ShardRun]:
+    """One Dagster run per shard of `key` (a corpus for FEATURES_JOB, a retrieval set for
+    INDEX_JOB), `parallel` at once (default: all): each is `dagster asset materialize` in its own
+    process on the home's instance, its steps under the multiprocess executor; what a backfill
+    launched from the UI does, without needing the daemon. (In-process runs on threads are no
+    substitute: Dagster's log set-up is not thread-safe and deadlocks.)"""
+    dimension = CORPUS_PARTITIONS if job == FEATURES_JOB else RETRIEVAL_SET_PARTITIONS
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), HOME_ENV: str(settings.home),
+           SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(min(parallel or n_shards, n_shards))}
+    if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
+        env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
+
+    def run(shard: ShardSpec) -> tuple[str, float, subprocess.CompletedProcess]:
+        partition = str(dg.MultiPartitionKey({dimension: key, SHARD: shard.key}))
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "assets.definitions",
+             "-d", str(REPO), "--select", SHARD_SELECTIONS[job], "--partition", partition],
+            cwd=REPO, env=env, capture_output=True, text=True)
+        return partition, time.perf_counter() - started, done
+
+    with ThreadPoolExecutor(max_workers=parallel or n_shards) as pool:  # threads only wait here
+        finished = list(pool.map(run, all_shards(n_shards)))
+    with dagster_instance(settings) as instance:
+        runs = []
+        for partition, wall_s, done in finished:
+            found = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}), limit=1)
+            run_id = found[0].run_id if found else ""
+            success = done.returncode == 0 and bool(found) and found[0].is_success
+            runs.append(ShardRun(partition, run_id, success, wall_s, (done.stdout + done.stderr)[-2000:]))
+        return runs

@@ -25,8 +25,8 @@ from assets.resources import (
     FeatureStoreResource,
     IndexStoreResource,
 )
-from retro_ops.retrieval.index_build import IndexConfig
-from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.index.build import IndexConfig
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.store import MEMBERS
 from retro_ops.retrieval.sets import build_retrieval_set_version

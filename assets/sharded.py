@@ -2,14 +2,15 @@
 
 A corpus splits into shards by document (`retro_ops.features.shards`): `chunk_shard` and
 `embedding_shard` are partitioned by corpus x shard, so each shard is its own run and Dagster
-runs shards at once (a backfill from the UI, `launch_shards` from code), every step in its own
-process under the multiprocess executor; in a cluster the Celery or Kubernetes executor and run
-launcher do the same (deploy/). Shards write the shared LanceDB tables through FeatureStore's
+runs shards at once (a backfill from the UI, `assets.launch.launch_shards` from code), every
+step in its own process under the multiprocess executor; in a cluster the Celery or Kubernetes
+executor and run launcher do the same (deploy/). Shards write the shared LanceDB tables through FeatureStore's
 per-table writer lock (`features/locks.py`), so concurrent shards never store a key twice.
 
 A retrieval set's index is trained once (`index_training`), filled per shard in parallel
 (`index_shard`, retrieval set x shard) and merged and published (`sharded_faiss_index`) like a
-single-process build. The shard count of this code location is RETRO_OPS_SHARDS (default 2):
+single-process build; the library does each step (`retro_ops.retrieval.index.shards`), the
+assets only report. The shard count of this code location is RETRO_OPS_SHARDS (default 2):
 it changes which documents a shard holds, never the chunks, vectors or neighbours. With
 RETRO_OPS_SHARDED_AUTOMATION=1 they carry the unsharded assets' automation conditions: a corpus's
 new documents re-chunk and re-embed its shards, a set whose content changed re-trains, re-fills
@@ -17,13 +18,7 @@ and re-merges its index (`assets/automation.py`).
 """
 
 import os
-import subprocess
-import sys
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
@@ -40,9 +35,8 @@ from assets.retrieval import retrieval_set
 from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
-from retro_ops.retrieval import index_shards
-from retro_ops.retrieval.index_build import IndexConfig
-from retro_ops.settings import DAGSTER_STORAGE_ENV, HOME_ENV, Settings
+from retro_ops.retrieval.index.build import IndexConfig
+from retro_ops.retrieval.index.shards import fill_and_save, merge_and_publish, train_and_save
 
 GROUP = SCALE_OUT
 SHARDS_ENV = "RETRO_OPS_SHARDS"  # document shards of the scale-out route (default 2)
@@ -50,8 +44,6 @@ SHARDS_ENV = "RETRO_OPS_SHARDS"  # document shards of the scale-out route (defau
 PARALLEL_ENV = "RETRO_OPS_SHARDS_AT_ONCE"
 DEFAULT_SHARDS = 2
 SHARD = "shard"
-FEATURES_JOB = "sharded_features"
-INDEX_JOB = "sharded_index_fill"
 
 
 def shard_count(env: dict[str, str] | None = None) -> int:
@@ -76,7 +68,7 @@ class EmbeddingShardConfig(dg.Config):
 
 
 class ShardedIndexConfig(dg.Config):
-    """factory: "" chooses by size (refine stages cannot be merged; see index_shards);
+    """factory: "" chooses by size (refine stages cannot be merged; see retrieval/index/shards.py);
     nprobe: lists searched (0 = default)."""
 
     factory: str = ""
@@ -149,12 +141,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                        catalog: CatalogResource, feature_store: FeatureStoreResource,
                        index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The set's index structure trained once, on the same seeded sample a single build uses."""
-        cat = catalog.open()
-        version = cat.latest_retrieval_set_version(context.partition_key)
-        trained = index_shards.train_index(feature_store.open(), version,
-                                           cat.embedding_space_dim(version.embedding_space_id),
-                                           config.index_config())
-        path = index_shards.save_trained(index_shards.shards_dir(index_store.path(), version), trained)
+        version, trained, path = train_and_save(catalog.open(), feature_store.open(), index_store.path(),
+                                                context.partition_key, config.index_config())
         return dg.MaterializeResult(data_version=dg.DataVersion(f"{version.digest[:8]}-{trained.factory}"), metadata={
             "factory": trained.factory, "train_size": trained.train_size,
             "seconds": round(trained.seconds, 3), "path": str(path), "notes": "; ".join(trained.notes),
@@ -167,17 +155,10 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                     feature_store: FeatureStoreResource, index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The trained index filled with one shard's vectors (a file beside the trained index)."""
         name, shard = _shard(context)
-        started = time.perf_counter()
-        cat = catalog.open()
-        version = cat.latest_retrieval_set_version(name)
-        folder = index_shards.shards_dir(index_store.path(), version)
-        dim = cat.embedding_space_dim(version.embedding_space_id)
-        ids, vectors = index_shards.shard_vectors(feature_store.open(), version, dim, shard)
-        data = index_shards.fill_shard(index_shards.load_trained(folder).data, ids, vectors)
-        index_shards.write_atomic(index_shards.shard_file(folder, shard), data)
+        filled = fill_and_save(catalog.open(), feature_store.open(), index_store.path(), name, shard)
         return dg.MaterializeResult(metadata={
-            "vectors": len(ids), "bytes": len(data), "seconds": round(time.perf_counter() - started, 3),
-            "retrieval_set_version_id": version.id})
+            "vectors": filled.vectors, "bytes": filled.bytes, "seconds": round(filled.seconds, 3),
+            "retrieval_set_version_id": filled.version.id})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
               deps=[dg.AssetDep(index_shard, partition_mapping=of_set)], code_version="1",
@@ -186,20 +167,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                             catalog: CatalogResource, feature_store: FeatureStoreResource,
                             index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The shards merged into one index, measured and published as the set's index."""
-        started = time.perf_counter()
-        cat = catalog.open()
-        version = cat.latest_retrieval_set_version(context.partition_key)
-        folder = index_shards.shards_dir(index_store.path(), version)
-        trained = index_shards.load_trained(folder)
-        files = [index_shards.shard_file(folder, s) for s in all_shards(n_shards)]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise FileNotFoundError(f"shards not filled yet: {', '.join(missing)} (materialize index_shard)")
-        merged = index_shards.merge_shards(trained.data, [f.read_bytes() for f in files], trained.factory,
-                                           config.index_config())
-        build = index_shards.publish_merged(cat, feature_store.open(), index_store.path(), version, merged,
-                                            trained, shards=n_shards, seconds=time.perf_counter() - started,
-                                            config=config.index_config(), run_id=context.run.run_id)
+        build = merge_and_publish(catalog.open(), feature_store.open(), index_store.path(), context.partition_key,
+                                  n_shards, config=config.index_config(), run_id=context.run.run_id)
         m = build.manifest
         return dg.MaterializeResult(data_version=dg.DataVersion(m.sha256[:16]), metadata={
             "factory": m.factory, "ntotal": m.ntotal, "shards": n_shards, "sha256": m.sha256,
@@ -207,56 +176,6 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
             **build.quality.as_metadata()})
 
     return [chunk_shard, embedding_shard, index_training, index_shard, sharded_faiss_index]
-
-
-#: what each scale-out step materializes per shard
-SHARD_SELECTIONS = {FEATURES_JOB: "chunk_shard,embedding_shard", INDEX_JOB: "index_shard"}
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class ShardRun:
-    partition: str
-    run_id: str
-    success: bool
-    wall_s: float  # its process, start to exit (what Dagster adds shows against library seconds)
-    output: str  # the tail of the run's console output, for a failure message
-
-
-def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
-                  parallel: int | None = None) -> list[ShardRun]:
-    """One Dagster run per shard of `key` (a corpus for FEATURES_JOB, a retrieval set for
-    INDEX_JOB), `parallel` at once (default: all): each is `dagster asset materialize` in its own
-    process on the home's instance, its steps under the multiprocess executor; what a backfill
-    launched from the UI does, without needing the daemon. (In-process runs on threads are no
-    substitute: Dagster's log set-up is not thread-safe and deadlocks.)"""
-    dimension = CORPUS_PARTITIONS if job == FEATURES_JOB else RETRIEVAL_SET_PARTITIONS
-    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), HOME_ENV: str(settings.home),
-           SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(min(parallel or n_shards, n_shards))}
-    if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
-        env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
-
-    def run(shard: ShardSpec) -> tuple[str, float, subprocess.CompletedProcess]:
-        partition = str(dg.MultiPartitionKey({dimension: key, SHARD: shard.key}))
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "assets.definitions",
-             "-d", str(REPO), "--select", SHARD_SELECTIONS[job], "--partition", partition],
-            cwd=REPO, env=env, capture_output=True, text=True)
-        return partition, time.perf_counter() - started, done
-
-    from assets.launch import dagster_instance  # (it imports the definitions, which import us)
-
-    with ThreadPoolExecutor(max_workers=parallel or n_shards) as pool:  # threads only wait here
-        finished = list(pool.map(run, all_shards(n_shards)))
-    with dagster_instance(settings) as instance:
-        runs = []
-        for partition, wall_s, done in finished:
-            found = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}), limit=1)
-            run_id = found[0].run_id if found else ""
-            success = done.returncode == 0 and bool(found) and found[0].is_success
-            runs.append(ShardRun(partition, run_id, success, wall_s, (done.stdout + done.stderr)[-2000:]))
-        return runs
 
 
 SHARDED_ASSETS = sharded_assets(shard_count(), automated=sharded_automation())

@@ -93,7 +93,7 @@ def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> 
 
 def _manifest(built, n: int):
     """The published manifest the incremental route reads (only its build fields matter here)."""
-    from retro_ops.retrieval.index_publish import IndexManifest
+    from retro_ops.retrieval.index.publish import IndexManifest
 
     return IndexManifest(factory=built.factory, metric="inner_product", dim=built.index.d, ntotal=n,
                          embedding_space_id="synthetic", retrieval_set="bench", retrieval_set_version_id=0,
@@ -112,10 +112,10 @@ def rebuild_rows(args) -> list[dict]:
     import faiss
 
     from retro_ops.ids import sha256_hex
-    from retro_ops.retrieval.index_build import build_index
-    from retro_ops.retrieval.index_incremental import IncrementalConfig, count_blocker, incremental_build
-    from retro_ops.retrieval.index_publish import serialize
-    from retro_ops.retrieval.index_quality import evaluate_index
+    from retro_ops.retrieval.index.build import build_index
+    from retro_ops.retrieval.index.incremental import IncrementalConfig, count_blocker, incremental_build
+    from retro_ops.retrieval.index.publish import serialize
+    from retro_ops.retrieval.index.quality import evaluate_index
 
     log(f"rebuild: drawing {args.n:,} vectors")
     vectors, ids = clustered_vectors(args.n, 384), np.arange(1, args.n + 1, dtype=np.int64) * 11
@@ -171,7 +171,7 @@ def query_rows(args) -> list[dict]:
     from retro_ops.features.chunking import Chunker
     from retro_ops.features.embedder import Embedder
     from retro_ops.features.store import FeatureStore
-    from retro_ops.retrieval.indexing import publish_retrieval_set
+    from retro_ops.retrieval.index.route import publish_retrieval_set
     from retro_ops.retrieval.retriever import Retriever
     from retro_ops.settings import Settings
 

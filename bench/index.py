@@ -7,7 +7,7 @@ Datasets:
              <home>/lancedb (column `vector`, fixed-size list float32[dim]). Queries: a seeded
              sample of the database vectors themselves (`--real-queries`, 500); each query's own
              id is dropped from both the exact and the approximate answers (as
-             `retro_ops.retrieval.index_quality` does), so the trivial self-match never counts.
+             `retro_ops.retrieval.index.quality` does), so the trivial self-match never counts.
   synthetic  N vectors (`--synthetic`, 1,000,000) drawn to look like the real ones, plus
              `--queries` (1,000) held-out vectors drawn the same way but not in the database.
              Model, fitted to the real vectors: C Gaussian clusters (`--clusters`, 4,000) whose
@@ -22,7 +22,7 @@ Datasets:
              query-to-neighbour cosines.
 
 Methods (each on both datasets; FAISS ones are built with the project's
-`retro_ops.retrieval.index_build.build_index`, inner product on normalised vectors = cosine):
+`retro_ops.retrieval.index.build.build_index`, inner product on normalised vectors = cosine):
   exact      IndexFlatIP (`IndexConfig(factory="IDMap,Flat")`); also the ground truth.
   default    `build_index(vectors, ids)`: `choose_factory` by size, `default_search_params`.
              Every build is first tried on a 2,000-vector sample of the same factory: a factory
@@ -147,7 +147,7 @@ class Dataset:
         return K + 1 if self.own is not None else K
 
     def clean(self, found: np.ndarray) -> list[set[int]]:
-        from retro_ops.retrieval.index_quality import _without_self
+        from retro_ops.retrieval.index.quality import _without_self
 
         own = self.own if self.own is not None else np.full(len(found), -2, dtype=np.int64)
         return _without_self(found, own, K)
@@ -305,7 +305,7 @@ def faiss_bytes(index) -> int:
     """Serialized bytes of what stays in RAM (a disk-refined index: its codes and ids only)."""
     import faiss
 
-    from retro_ops.retrieval.disk_refine import DiskRefinedIndex
+    from retro_ops.retrieval.index.disk_refine import DiskRefinedIndex
 
     if isinstance(index, DiskRefinedIndex):
         index = index.coarse
@@ -355,7 +355,7 @@ def sweep_faiss(built, data: Dataset, truth, args, method: str, base: dict[str, 
     """Re-set nprobe (and k_factor_rf) on the built index; one row per setting."""
     import re
 
-    from retro_ops.retrieval.index_build import IndexConfig, apply_search_params, default_search_params
+    from retro_ops.retrieval.index.build import IndexConfig, apply_search_params, default_search_params
 
     match = re.search(r"IVF(\d+)", built.factory)
     if not match:
@@ -404,7 +404,7 @@ def on_disk(built, folder: Path):
     the measured re-rank reads them through the page cache, not from the build's RAM copy."""
     from dataclasses import replace
 
-    from retro_ops.retrieval.disk_refine import DiskRefinedIndex, open_disk_refined, sidecar_arrays, write_npy
+    from retro_ops.retrieval.index.disk_refine import DiskRefinedIndex, open_disk_refined, sidecar_arrays, write_npy
 
     if not isinstance(built.index, DiskRefinedIndex):
         return built
@@ -421,7 +421,7 @@ def build_checked(data: Dataset, factory: str = ""):
     a trial build of the same factory on a small sample. If the trial fails because the index
     cannot take ids, build "IDMap," + factory instead; returns (built, trial error or None)."""
     from retro_ops.errors import IndexBuildError
-    from retro_ops.retrieval.index_build import IndexConfig, build_index, choose_factory
+    from retro_ops.retrieval.index.build import IndexConfig, build_index, choose_factory
 
     chosen = choose_factory(len(data.vectors), data.vectors.shape[1], IndexConfig(factory=factory))
     m = min(len(data.vectors), PROBE_VECTORS)
@@ -441,7 +441,7 @@ def build_checked(data: Dataset, factory: str = ""):
 
 def run_faiss(data: Dataset, args) -> tuple[list[dict], list[dict], list[set[int]]]:
     """Headline rows, sweep rows and the exact truth for one dataset."""
-    from retro_ops.retrieval.index_build import IndexConfig, build_index
+    from retro_ops.retrieval.index.build import IndexConfig, build_index
 
     n = len(data.vectors)
     headline: list[dict] = []
@@ -508,7 +508,7 @@ def run_faiss(data: Dataset, args) -> tuple[list[dict], list[dict], list[set[int
 
 def _remeasure(built, row: dict, data: Dataset, truth, args) -> dict:
     """The chosen sweep setting measured again, batch best of --runs (less noise than the sweep)."""
-    from retro_ops.retrieval.index_build import apply_search_params
+    from retro_ops.retrieval.index.build import apply_search_params
 
     apply_search_params(built.index, row["params"])
     again = measure(faiss_search(built.index), data, truth, args.latency_queries, args.runs)

@@ -79,7 +79,7 @@ def build_home(home: Path, chapters: int, steps: int) -> None:
 
     from retro_ops.features import pipeline
     from retro_ops.features.chunking import Chunker
-    from retro_ops.retrieval.indexing import publish_retrieval_set
+    from retro_ops.retrieval.index.route import publish_retrieval_set
     from retro_ops.settings import Settings
     from retro_ops.training.neighbours import NeighbourConfig
     from retro_ops.training.prepare import TrainingSpec, prepare_training

@@ -79,8 +79,8 @@ def library_path(root: Path, corpus: Path, factory: str) -> dict:
     from retro_ops.features.embedder import Embedder
     from retro_ops.features.pipeline import chunk_corpus, embed_corpus, ingest_documents
     from retro_ops.features.store import FeatureStore
-    from retro_ops.retrieval.index_build import IndexConfig
-    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.index.build import IndexConfig
+    from retro_ops.retrieval.index.route import index_retrieval_set
     from retro_ops.retrieval.sets import build_retrieval_set_version
 
     settings, catalog = _home(root, "library", corpus)
@@ -130,9 +130,11 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS, default_resources
-    from assets.launch import dagster_instance, ensure_partition, materialize_corpus
+    from assets.launch import (
+        FEATURES_JOB, INDEX_JOB, dagster_instance, ensure_partition, launch_shards, materialize_corpus,
+    )
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
-    from assets.sharded import FEATURES_JOB, INDEX_JOB, launch_shards, sharded_assets
+    from assets.sharded import sharded_assets
     from retro_ops.settings import HOME_ENV
 
     settings, _ = _home(root, f"shards{n_shards}", corpus)

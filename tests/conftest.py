@@ -85,7 +85,7 @@ def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
 @pytest.fixture(scope="module")
 def ws(indexed_home, embedder):
     """The indexed home as a Workspace, with the `small` set's index built and published."""
-    from retro_ops.retrieval.indexing import publish_retrieval_set
+    from retro_ops.retrieval.index.route import publish_retrieval_set
     from retro_ops.workspace import Workspace
 
     settings, catalog, store = indexed_home

@@ -22,13 +22,13 @@ import torch
 from safetensors.torch import load_file
 
 from retro_ops.errors import CheckpointError, IndexIntegrityError
-from retro_ops.retrieval.index_build import IndexConfig, build_index
+from retro_ops.retrieval.index.build import IndexConfig, build_index
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.index_publish import (
-    CURRENT, INDEX_FILE, MANIFEST_FILE, IndexManifest, current_build, publish_index, serialize,
+from retro_ops.retrieval.index.publish import (
+    CURRENT, INDEX_FILE, MANIFEST_FILE, IndexManifest, current_build, index_root, publish_index, serialize,
 )
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.index.route import index_retrieval_set
+from retro_ops.retrieval.retriever import Retriever
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.training.checkpoint import (
     MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, load_checkpoint, save_checkpoint,
@@ -60,8 +60,8 @@ import sys
 from pathlib import Path
 from retro_ops.catalog import Catalog
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.index_build import IndexConfig
+from retro_ops.retrieval.index.route import index_retrieval_set
+from retro_ops.retrieval.index.build import IndexConfig
 catalog_url, lancedb_uri, indices, point = sys.argv[1:]
 index_retrieval_set(Catalog.open(catalog_url), FeatureStore(lancedb_uri), Path(indices), "small",
                     384, config=IndexConfig(factory="IVF3,Flat", nprobe=2), crash_at=point,

@@ -175,8 +175,7 @@ def test_definitions_validate_from_workspace():
 
 
 def test_retrieval_set_and_index_through_dagster(home: Settings, small_corpus: Path):
-    from retro_ops.retrieval.index_publish import current_build
-    from retro_ops.retrieval.retriever import index_root
+    from retro_ops.retrieval.index.publish import current_build, index_root
 
     catalog = Catalog.open(home.catalog_url)
     catalog.add_corpus("small", str(small_corpus))

@@ -138,7 +138,7 @@ def leaky(ws, tmp_path_factory):
     on; set `leaky` = the training chapters plus P1 again with other case and whitespace (a
     near-duplicate the exact doc id misses). A tiny RETRO trained on `small` reads them."""
     from retro_ops.features import pipeline
-    from retro_ops.retrieval.indexing import publish_retrieval_set
+    from retro_ops.retrieval.index.route import publish_retrieval_set
 
     root = tmp_path_factory.mktemp("leaky")
     speech = json.loads((CORPORA_DIR / "sotu" / "sotu_1990_2021.jsonl").read_text().splitlines()[0])["text"]

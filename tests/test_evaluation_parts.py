@@ -121,7 +121,7 @@ def test_training_neighbours_never_come_from_a_held_out_group_in_another_corpus(
     training neighbour under a by-document split, and never under a grouped one."""
     from retro_ops.features import pipeline
     from retro_ops.features.chunking import Chunker
-    from retro_ops.retrieval.indexing import publish_retrieval_set
+    from retro_ops.retrieval.index.route import publish_retrieval_set
     from retro_ops.training.prepare import corpus_split, prepare_training
 
     version = ws.catalog.latest_corpus_version("small")

@@ -24,7 +24,7 @@ from retro_ops.features.store import FeatureStore
 from retro_ops.ids import content_hash, document_id, normalise_text
 from retro_ops.lineage.audit import backward
 from retro_ops.lineage.views import AuditDB
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.settings import HOME_ENV, Settings
 from retro_ops.workspace import Workspace
 

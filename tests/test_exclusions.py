@@ -29,7 +29,7 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import ExclusionError, ExclusionListError
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.settings import HOME_ENV, Settings

@@ -32,7 +32,8 @@ from retro_ops.errors import (
 from retro_ops.features.pipeline import ingest_documents
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import document_id, normalise_text
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.index.publish import index_root
+from retro_ops.retrieval.retriever import Retriever
 
 INJECTION = "x' OR '1'='1"
 runner = CliRunner()

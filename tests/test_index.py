@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from retro_ops.errors import IndexBuildError, IndexIntegrityError
-from retro_ops.retrieval.index_build import IndexConfig, build_index, choose_factory
-from retro_ops.retrieval.index_publish import CURRENT, INDEX_FILE, current_build
-from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.index.build import IndexConfig, build_index, choose_factory
+from retro_ops.retrieval.index.publish import CURRENT, INDEX_FILE, current_build, index_root
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.retriever import Retriever
 
 IVF = IndexConfig(factory="IVF3,Flat", nprobe=2)  # ~150 chunks support 3 lists
 
@@ -125,7 +125,7 @@ def test_untrusted_or_escaping_pointer_is_refused(indexed_home, embedder, built,
 
 def test_index_not_in_catalog_is_refused(indexed_home, embedder, built, tmp_path):
     from retro_ops.catalog import Catalog
-    from retro_ops.retrieval.index_publish import load_current
+    from retro_ops.retrieval.index.publish import load_current
 
     settings, _, _ = indexed_home
     stranger = Catalog.open(f"sqlite:///{tmp_path / 'other.db'}")  # never built anything
@@ -146,7 +146,7 @@ def test_nan_and_wrong_dimension_are_rejected_before_add(indexed_home, built):
     with pytest.raises(IndexBuildError, match=r"^3 of \d+ vectors contain NaN or Inf"):
         build_index(broken, ids)
     with pytest.raises(IndexBuildError, match=r"shape \(\d+, 100\); the index expects \(n, 384\)"):
-        from retro_ops.retrieval.index_build import validate_vectors
+        from retro_ops.retrieval.index.build import validate_vectors
         validate_vectors(vectors[:, :100], ids, 384)
     with pytest.raises(IndexBuildError, match="no vectors"):
         build_index(np.zeros((0, 384), np.float32), np.zeros(0, np.int64))
@@ -183,7 +183,7 @@ def test_the_at_scale_factory_builds_with_chunk_ids(indexed_home, built):
 def test_a_chosen_graph_index_gets_its_own_search_depth(indexed_home, built):
     """`IDMap,HNSW16` (the graph is the index, no IVF): its depth is `efSearch`, which the recall
     gate may deepen unless the config fixed it (it used to set `quantizer_efSearch` and fail)."""
-    from retro_ops.retrieval.index_tuning import deeper, fixed_by
+    from retro_ops.retrieval.index.tuning import deeper, fixed_by
 
     _, _, store = indexed_home
     ids, vectors = retrieval_set_vectors(store, built[0], 384)

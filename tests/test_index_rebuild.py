@@ -21,11 +21,11 @@ from helpers import free_port, serve_in_thread, tiny_spec
 
 from retro_ops.catalog.exclusions import NewExclusion
 from retro_ops.errors import SimulatedCrash
-from retro_ops.retrieval.index_build import IndexConfig, build_index
-from retro_ops.retrieval.index_incremental import removal_blocker, remove_ids
-from retro_ops.retrieval.index_publish import current_build
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.retriever import Retriever, index_root
+from retro_ops.retrieval.index.build import IndexConfig, build_index
+from retro_ops.retrieval.index.incremental import removal_blocker, remove_ids
+from retro_ops.retrieval.index.publish import current_build, index_root
+from retro_ops.retrieval.index.route import index_retrieval_set
+from retro_ops.retrieval.retriever import Retriever
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder

@@ -1,7 +1,9 @@
 """The library is laid out the way the data flows, and no stage imports a later one.
 
 The allowed order is written once, in LAYERS: a module may import its own layer and any layer
-before it, never one after. Imports under `if TYPE_CHECKING:` are type hints only (they never
+before it, never one after. A package whose parts are ordered too names them as sub-layers
+(`retrieval.index`): the index route builds from retrieval sets and the retriever serves what it
+publishes, never the reverse. Imports under `if TYPE_CHECKING:` are type hints only (they never
 run), so they are not dependencies. `assets` (Dagster) and `cli` sit above the whole library.
 """
 
@@ -18,7 +20,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("catalog",),           # the records every stage writes: SQL catalog + MLflow runs
     ("features",),          # documents -> chunks -> embeddings (LanceDB)
     ("governance",),        # chunk texts -> scores (LanceDB) -> policies -> exclusions
-    ("retrieval",),         # embeddings -> retrieval sets -> FAISS indices -> neighbours
+    ("retrieval", "retrieval.sets"),  # embeddings -> retrieval sets (pinned versions of chunks)
+    ("retrieval.index",),   # a retrieval-set version -> a published FAISS index
+    ("retrieval.retriever",),  # the published index -> neighbours of a query (serving side)
     ("workspace",),         # one handle on a home's stores
     ("erasure",),           # purges: delete text from every store, rebuild the sets that held it
     ("model",),             # the RETRO network
@@ -35,11 +39,20 @@ RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
 def unit_of(module: str) -> str:
-    """`retro_ops.features.store` -> `features`; `assets.training` -> `assets`."""
+    """`retro_ops.features.store` -> `features`; `assets.training` -> `assets`; a sub-layer
+    where LAYERS names one: `retro_ops.retrieval.index.route` -> `retrieval.index`."""
     parts = module.split(".")
     if parts[0] == "assets":
         return "assets"
-    return parts[1] if len(parts) > 1 else "retro_ops"
+    sub = ".".join(parts[1:3])
+    return sub if sub in RANK else parts[1] if len(parts) > 1 else "retro_ops"
+
+
+def _imported(module: str, name: str) -> str:
+    """What `from module import name` depends on: `module.name` where that is a sub-layer of its
+    own (`from retro_ops.retrieval import retriever`), else `module`."""
+    named = f"{module}.{name}"
+    return named if unit_of(named) in RANK and unit_of(named) != unit_of(module) else module
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -65,7 +78,7 @@ def imported_modules(tree: ast.AST, packages: tuple[str, ...] = ("retro_ops", "a
                 found += [(node.lineno, "retro_ops" if a.name.startswith("__") else f"retro_ops.{a.name}")
                           for a in node.names]
             else:
-                found.append((node.lineno, node.module))
+                found += sorted({(node.lineno, _imported(node.module, a.name)) for a in node.names})
     return sorted((line, mod) for line, mod in found if mod.split(".")[0] in packages)
 
 
@@ -167,3 +180,33 @@ def test_an_upward_import_into_a_moved_module_is_caught(tmp_path):
         "(a later layer: serving)",
     ]
     assert dagster_imports(tmp_path) == ["retro_ops/erasure/store.py:2: imports dagster"]
+
+
+def test_an_upward_import_into_the_index_route_is_caught(tmp_path):
+    """The index route is a sub-layer: retrieval sets (below it) and features may not import it,
+    it may not import the retriever (above it) however the import is spelled, and it may import
+    retrieval sets."""
+    for folder in ("features", "retrieval", "retrieval/index"):
+        (tmp_path / "retro_ops" / folder).mkdir(parents=True)
+        (tmp_path / "retro_ops" / folder / "__init__.py").write_text("")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "retro_ops" / "__init__.py").write_text("")
+    (tmp_path / "retro_ops" / "features" / "store.py").write_text(
+        "from retro_ops.retrieval.index.publish import index_root\n")
+    (tmp_path / "retro_ops" / "retrieval" / "sets.py").write_text(
+        "from retro_ops.retrieval.index import route\n")
+    (tmp_path / "retro_ops" / "retrieval" / "index" / "route.py").write_text(
+        "from retro_ops.retrieval.sets import retrieval_set_vectors\n"
+        "from retro_ops.retrieval.index.build import IndexConfig\n"
+        "from retro_ops.retrieval import retriever\n"
+        "def f():\n    from retro_ops.retrieval.retriever import Retriever\n")
+    assert upward_imports(tmp_path) == [
+        "retro_ops/features/store.py:1: features imports retro_ops.retrieval.index.publish "
+        "(a later layer: retrieval.index)",
+        "retro_ops/retrieval/index/route.py:3: retrieval.index imports retro_ops.retrieval.retriever "
+        "(a later layer: retrieval.retriever)",
+        "retro_ops/retrieval/index/route.py:5: retrieval.index imports retro_ops.retrieval.retriever "
+        "(a later layer: retrieval.retriever)",
+        "retro_ops/retrieval/sets.py:1: retrieval.sets imports retro_ops.retrieval.index "
+        "(a later layer: retrieval.index)",
+    ]

@@ -31,7 +31,7 @@ from retro_ops.lineage.limits import AuditLimits
 from retro_ops.lineage.sql import run_sql
 from retro_ops.lineage.verify import verify
 from retro_ops.lineage.views import AuditDB
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.settings import Settings
 from retro_ops.training.data import split_documents
 from retro_ops.workspace import Workspace
@@ -486,9 +486,9 @@ def _index_dir(site, info) -> str:
 def test_verify_checks_the_disk_refine_sidecars(site, db):
     """A model served from a disk-refined index (the at-scale structure forced onto a small set
     of `a` and `b`): a flipped byte in the vectors or ids mapped beside index.faiss is drift."""
-    from retro_ops.retrieval.disk_refine import IDS_FILE, VECTORS_FILE
-    from retro_ops.retrieval.index_build import IndexConfig
-    from retro_ops.retrieval.indexing import index_retrieval_set
+    from retro_ops.retrieval.index.disk_refine import IDS_FILE, VECTORS_FILE
+    from retro_ops.retrieval.index.build import IndexConfig
+    from retro_ops.retrieval.index.route import index_retrieval_set
     from retro_ops.retrieval.sets import build_retrieval_set_version
     from retro_ops.training.prepare import prepare_training
     from retro_ops.training.run import train_model

@@ -329,7 +329,13 @@ def test_incremental_decoding_gives_the_full_forward_logits(positions: bool):
     ids, neighbours = make_batch(config, batch=1)
     neighbours[0, 2] = 0  # chunk 2 retrieved nothing: all padding
     neighbours[0, 5, 1, 7:] = 0  # a short second neighbour
-    with torch.no_grad():
+    neighbours[0, 1, 0] = ids[0, M:3 * M]  # chunk 1 and its continuation: agreement, long matches
+    with torch.no_grad():  # every evidence weight away from its start
+        model.copy.length_gate.copy_(torch.linspace(-1.0, 1.0, len(model.copy.length_gate)))
+        model.copy.agreement_gate.fill_(1.5)
+        for block in model.transformer.h:
+            if block.cca is not None:
+                block.cca.trust.copy_(torch.tensor([-0.5, 2.0]))
         full, _ = model(ids, neighbours)
         plain, _ = model(ids)
     decoder = IncrementalDecoder(model)
@@ -350,11 +356,14 @@ def test_incremental_decoding_gives_the_full_forward_logits(positions: bool):
 def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     """The pointer's sparse update equals the dense mixture (1 - g) softmax + g * scatter(attn)
     over the neighbour tokens, duplicates and masked neighbours included, and sums to one."""
-    from retro_ops.model.retro import NeighbourCopy
+    from retro_ops.model.matching import match_lengths
+    from retro_ops.model.retro import EVIDENCE_GAIN, NeighbourCopy
 
     model = make_model()
     with torch.no_grad():
         model.copy.gate.bias.fill_(0.5)  # copy enough to matter
+        model.copy.length_gate.copy_(torch.linspace(-0.5, 0.5, len(model.copy.length_gate)))
+        model.copy.agreement_gate.fill_(0.3)  # every evidence weight away from its start
     ids, _ = make_batch()
     neighbours = torch.randint(1, 20, (2, TINY.n_chunks, 2, TINY.neighbour_len),
                                generator=torch.Generator().manual_seed(5))  # many repeated tokens
@@ -362,25 +371,32 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     mask = torch.ones(neighbours.shape[:3], dtype=torch.bool)
     mask[1, 3], mask[0, 2, 0] = False, False
 
-    def dense_forward(logp, h, encoded, tokens, token_mask):  # grouped, dense, then laid back
+    def dense_forward(logp, h, encoded, tokens, token_mask, history, agreement):  # grouped, dense, laid back
         B, T, V = logp.shape
         nc, m = encoded.shape[1], M
         att = min(T - (m - 1), nc * m)
 
-        def grouped(t):
-            return torch.nn.functional.pad(t[:, m - 1:m - 1 + att], (0, 0, 0, nc * m - att)).reshape(B * nc, m, -1)
+        def grouped(t, fill=0):
+            return torch.nn.functional.pad(t[:, m - 1:m - 1 + att], (0, 0, 0, nc * m - att),
+                                           value=fill).reshape(B * nc, m, -1)
 
         mixed = dense(model.copy, grouped(logp), grouped(h), encoded.flatten(0, 1), tokens.flatten(0, 1),
-                      token_mask.flatten(0, 1)).reshape(B, nc * m, V)[:, :att]
+                      token_mask.flatten(0, 1), grouped(history, -1), agreement.flatten()
+                      ).reshape(B, nc * m, V)[:, :att]
         return torch.cat([logp[:, :m - 1], mixed, logp[:, m - 1 + att:]], dim=1)
 
-    def dense(self, logp, h, encoded, tokens, token_mask):
+    def dense(self, logp, h, encoded, tokens, token_mask, history, agreement):
         keys, values = self.k(encoded[:, :, :-1]).flatten(1, 2), tokens[:, :, 1:].flatten(1)
         valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)
         has = valid.any(1)
-        scores = (self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)).masked_fill(
+        length = match_lengths(history, tokens, token_mask)
+        scores = (self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)
+                  + EVIDENCE_GAIN * self.length_score[length]).masked_fill(
             ~(valid | ~has[:, None])[:, None, :], float("-inf"))
-        g = torch.sigmoid(self.gate(h).squeeze(-1) + self.gate_match * scores.amax(-1))[..., None]
+        evidence = self.length_gate[length.masked_fill(~valid[:, None, :], 0).amax(-1)] \
+            + self.agreement_gate * agreement[:, None]
+        g = torch.sigmoid(self.gate(h).squeeze(-1) + EVIDENCE_GAIN * evidence
+                          + self.gate_match * scores.amax(-1))[..., None]
         copied = torch.zeros_like(logp).scatter_add(2, values[:, None].expand(-1, logp.shape[1], -1),
                                                     scores.softmax(-1))
         return torch.where(has[:, None, None], ((1 - g) * logp.exp() + g * copied).log(), logp)

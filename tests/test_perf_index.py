@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from retro_ops.errors import IndexIntegrityError
-from retro_ops.retrieval.disk_refine import IDS_FILE, VECTORS_FILE, DiskRefinedIndex, file_sha256
-from retro_ops.retrieval.index_build import IndexConfig, build_index, choose_factory
-from retro_ops.retrieval.index_publish import serialize
-from retro_ops.retrieval.index_quality import exact_neighbours
-from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.index.disk_refine import IDS_FILE, VECTORS_FILE, DiskRefinedIndex, file_sha256
+from retro_ops.retrieval.index.build import IndexConfig, build_index, choose_factory
+from retro_ops.retrieval.index.publish import serialize
+from retro_ops.retrieval.index.quality import exact_neighbours
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 
 # The at-scale structure forced onto a small real set (nlist 2: the ~150 chunks train it).

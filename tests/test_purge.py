@@ -33,10 +33,9 @@ from retro_ops.erasure.store import snapshot_document
 from retro_ops.features import pipeline
 from retro_ops.features.store import CHUNKS, FeatureStore
 from retro_ops.ids import document_id, normalise_text
-from retro_ops.retrieval.index_build import IndexConfig
-from retro_ops.retrieval.index_publish import current_build, read_manifest
-from retro_ops.retrieval.indexing import index_retrieval_set, publish_retrieval_set
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.index.build import IndexConfig
+from retro_ops.retrieval.index.publish import current_build, index_root, read_manifest
+from retro_ops.retrieval.index.route import index_retrieval_set, publish_retrieval_set
 from retro_ops.settings import HOME_ENV, Settings
 from retro_ops.workspace import Workspace
 

@@ -24,7 +24,7 @@ from retro_ops.corpus import Document
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import pipeline
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.settings import Settings, resolve_stored, stored_path
 from retro_ops.workspace import Workspace
 

@@ -13,7 +13,7 @@ from helpers import free_port, serve_in_thread, tiny_spec
 
 from retro_ops.features import pipeline
 from retro_ops.default_corpora import CORPORA_DIR
-from retro_ops.retrieval.indexing import publish_retrieval_set
+from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.serving.app import Limits, create_app
 from retro_ops.serving.deployment import DeploymentHolder
 from retro_ops.training.prepare import prepare_training

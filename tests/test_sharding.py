@@ -6,6 +6,7 @@ the same neighbours on a fixed query sample (with nprobe < nlist, so the quantiz
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,18 +17,18 @@ import pyarrow.compute as pc
 import pytest
 
 from assets.definitions import ALL_ASSETS, default_resources
-from assets.launch import dagster_instance, ensure_partition, materialize_corpus
+from assets.launch import FEATURES_JOB, dagster_instance, ensure_partition, launch_shards, materialize_corpus
 from assets.partitions import RETRIEVAL_SET_PARTITIONS
-from assets.sharded import FEATURES_JOB, launch_shards, shard_count, sharded_assets
+from assets.sharded import shard_count, sharded_assets
 from retro_ops.catalog import Catalog
 from retro_ops.errors import IndexBuildError
 from retro_ops.features import pipeline
 from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_per_shard
 from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
-from retro_ops.retrieval import index_shards
-from retro_ops.retrieval.index_build import IndexConfig, build_index
-from retro_ops.retrieval.index_publish import load_current
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.index.build import IndexConfig, build_index
+from retro_ops.retrieval.index.publish import MANIFEST_FILE, IndexManifest, index_root, load_current
+from retro_ops.retrieval.index.route import index_retrieval_set
+from retro_ops.retrieval.index.shards import fill_and_save, merge_and_publish, train_and_save, train_index
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
 from retro_ops.settings import Settings
 
@@ -68,7 +69,30 @@ def test_shards_at_once_share_the_cores(monkeypatch: pytest.MonkeyPatch):
 def test_refine_stage_is_refused(ws):
     version = ws.catalog.latest_retrieval_set_version("small")
     with pytest.raises(IndexBuildError, match="has a refine stage, which FAISS cannot merge"):
-        index_shards.train_index(ws.store, version, 384, IndexConfig(factory="IDMap,IVF4,Flat,RFlat"))
+        train_index(ws.store, version, 384, IndexConfig(factory="IDMap,IVF4,Flat,RFlat"))
+
+
+#: what differs between two builds of the same inputs: when, how long, which route (key and note)
+#: and the bytes (a merged IVF lists the same vectors in shard order, not chunk-id order)
+PER_BUILD = {"created_at", "build_seconds", "build_key", "notes", "sha256"}
+
+
+def test_single_process_and_sharded_routes_write_the_same_manifest(ws, tmp_path: Path):
+    """One constructor makes every manifest: the sharded route records the same fields as the
+    single-process one, with the same values wherever the inputs are the same."""
+    config = IndexConfig(**FACTORY)
+    single = index_retrieval_set(ws.catalog, ws.store, tmp_path / "single", "small", 384, config=config)
+    indices = tmp_path / "sharded"  # the sharded route's three steps, as its assets call them
+    version = train_and_save(ws.catalog, ws.store, indices, "small", config)[0]
+    for shard in all_shards(N_SHARDS):
+        fill_and_save(ws.catalog, ws.store, indices, "small", shard)
+    sharded = merge_and_publish(ws.catalog, ws.store, indices, "small", N_SHARDS, config=config)
+    written = [json.loads((build.published.path / MANIFEST_FILE).read_text()) for build in (single, sharded)]
+    assert written[0].keys() == written[1].keys() == IndexManifest.__dataclass_fields__.keys()
+    same = {name: value for name, value in written[0].items() if name not in PER_BUILD}
+    assert {name: written[1][name] for name in same} == same
+    assert same["route"] == "full" and same["full_build_ntotal"] == version.n_chunks == same["ntotal"]
+    assert "filled in 2 shards" in written[1]["notes"][-1]
 
 
 def _materialize(instance, selection: str, key: str, config: dict | None = None):

@@ -315,3 +315,32 @@ def test_a_safetensors_header_of_128_mod_256_bytes_is_not_taken_for_a_pickle(tmp
     path.write_bytes(b"\x80\x04K\x01." + b"\x00" * 20)
     with pytest.raises(CheckpointError, match="holds a pickle"):
         _check_safetensors(path)
+
+
+def test_standalone_weight_trains_retros_decoder_alone_and_leaves_a_retrofit_unchanged(data, tmp_path):
+    """The standalone loss (the same batch without neighbours) changes what RETRO from scratch
+    learns, toward a decoder that predicts better alone; a RETROfit's decoder is frozen, so
+    the weight changes nothing there, bit for bit."""
+    config = RetroConfig.from_dict({**TINY.to_dict(), "vocab_size": data.vocab.size})
+    plain_batches = training_data(data, False)
+    rows = np.arange(min(8, len(plain_batches.sequences)))
+
+    def fit(weight: float, trainable: bool) -> torch.nn.Module:
+        model = seeded_model(config, 0)
+        spec = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, standalone_weight=weight)
+        train(model, training_data(data, True), tmp_path / f"{weight}-{trainable}", spec,
+              trainable=model.retrieval_parameters() if trainable else None)
+        return model
+
+    def alone(model) -> float:
+        input_ids, targets, _, _ = plain_batches.batch(rows)
+        with torch.no_grad():
+            return float(model(input_ids, None, None, targets)[1])
+
+    without, with_standalone = fit(0.0, False), fit(1.0, False)
+    assert alone(with_standalone) < alone(without)
+    frozen_a, frozen_b = fit(0.0, True), fit(1.0, True)
+    for (name, a), (_, b) in zip(frozen_a.state_dict().items(), frozen_b.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="standalone_weight"):
+        TrainConfig(standalone_weight=-1.0)

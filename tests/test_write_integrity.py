@@ -25,7 +25,7 @@ from retro_ops.features.store import (
     FeatureStore,
     embeddings_table_name,
 )
-from retro_ops.retrieval.indexing import index_retrieval_set
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version
 from retro_ops.settings import Settings
 from write_workers import (

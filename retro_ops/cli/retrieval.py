@@ -42,8 +42,7 @@ def retrieval_set_create(
 
 
 def _current_index(name: str) -> dict | None:
-    from retro_ops.retrieval.index_publish import current_build, read_manifest
-    from retro_ops.retrieval.retriever import index_root
+    from retro_ops.retrieval.index.publish import current_build, index_root, read_manifest
 
     root = index_root(settings().indices_dir, name)
     found = current_build(root)

@@ -38,10 +38,9 @@ from retro_ops.erasure.store import erase_documents, snapshot_document, text_tab
 from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
-from retro_ops.retrieval.index_publish import LOCK_FILE, current_build, read_manifest
-from retro_ops.retrieval.index_build import IndexConfig
-from retro_ops.retrieval.indexing import index_retrieval_set
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.index.publish import LOCK_FILE, current_build, index_root, read_manifest
+from retro_ops.retrieval.index.build import IndexConfig
+from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version
 from retro_ops.workspace import Workspace
 

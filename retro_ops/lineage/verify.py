@@ -30,8 +30,8 @@ from retro_ops.erasure.purge import models_affected
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS
 from retro_ops.ids import document_id
 from retro_ops.lineage.views import AuditDB
-from retro_ops.retrieval.disk_refine import file_sha256
-from retro_ops.retrieval.index_publish import INDEX_FILE, MANIFEST_FILE
+from retro_ops.retrieval.index.disk_refine import file_sha256
+from retro_ops.retrieval.index.publish import INDEX_FILE, MANIFEST_FILE
 from retro_ops.errors import RetroOpsError
 from retro_ops.training.checkpoint import MODEL_FILES, OPTIMIZER_FILE, STATE_FILE, read_checkpoint
 from retro_ops.training.verified import file_checks

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from retro_ops.model.layers import rotary_tables
+from retro_ops.model.matching import MAX_MATCH, NO_TOKEN, bigram_agreement
 from retro_ops.model.retro import Retro
 
 
@@ -33,7 +34,9 @@ class IncrementalDecoder:
         self.position = 0
         self.caches = [([], []) for _ in self.model.transformer.h]  # per layer: keys, values
         self.hidden: list[Tensor] = []  # (1, 1, d) at the first CCA layer, for the encoder
-        self.encoded: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # chunk -> (encoded, mask, tokens)
+        self.tokens: list[int] = []  # fed so far: the chunk's own text and the match history
+        # chunk -> (encoded, mask, tokens, agreement or None)
+        self.encoded: dict[int, tuple[Tensor, Tensor, Tensor, Tensor | None]] = {}
 
     @torch.inference_mode()
     def step(self, token: int, neighbours: Tensor | None = None) -> Tensor:
@@ -46,6 +49,7 @@ class IncrementalDecoder:
         completes = (p + 1) % m == 0
         if neighbours is not None and not completes:
             raise ValueError(f"token at position {p} completes no chunk: it takes no neighbours")
+        self.tokens.append(int(token))
         x = self.model.transformer.wte(torch.tensor([[token]], device=self.device))  # (1, 1, d)
         rope = (self.rope[0][p:p + 1], self.rope[1][p:p + 1])
         for i, block in enumerate(self.model.transformer.h):
@@ -61,8 +65,14 @@ class IncrementalDecoder:
         h = self.model.transformer.ln_f(x)  # (1, 1, d)
         logp = torch.log_softmax(self.model.lm_head(h), dim=-1)
         if self.model.copy is not None and p >= m - 1 and (p - m + 1) // m in self.encoded:
-            encoded, valid, tokens = self.encoded[(p - m + 1) // m]
-            logp = self.model.copy.mix(logp, h, encoded[0], tokens[0], valid[0])
+            encoded, valid, tokens, agreement = self.encoded[(p - m + 1) // m]
+            history = None
+            if agreement is not None:
+                recent = self.tokens[::-1][:MAX_MATCH]
+                history = torch.tensor([[recent + [NO_TOKEN] * (MAX_MATCH - len(recent))]],
+                                       device=self.device)  # (1, 1, MAX_MATCH)
+            logp = self.model.copy.mix(logp, h, encoded[0], tokens[0], valid[0], history,
+                                       None if agreement is None else agreement[0])
         return logp[0, 0]
 
     def _encode(self, chunk: int, neighbours: Tensor) -> None:
@@ -70,7 +80,12 @@ class IncrementalDecoder:
         hidden = torch.cat(self.hidden[chunk * m:(chunk + 1) * m], dim=1)  # (1, m, d): H_u
         tokens = neighbours[None, None]  # (1, 1, k, r)
         valid = tokens != self.config.pad_token_id
-        self.encoded[chunk] = (model.encoder(model.transformer.wte(tokens), hidden, valid), valid, tokens)
+        agreement = None
+        if self.config.match_gate:
+            own = torch.tensor(self.tokens[chunk * m:(chunk + 1) * m], device=self.device)
+            agreement = bigram_agreement(own[None, None], tokens, valid, self.config.pad_token_id)
+        self.encoded[chunk] = (model.encoder(model.transformer.wte(tokens), hidden, valid), valid,
+                               tokens, agreement)
 
     def _cross_attend(self, cca, x: Tensor, p: int) -> Tensor:
         """The CCA branch for the token at p: it reads the neighbours of chunk (p - m + 1) // m."""
@@ -78,11 +93,11 @@ class IncrementalDecoder:
         if p < m - 1 or (p - m + 1) // m not in self.encoded:
             return torch.zeros_like(x)
         chunk, i = divmod(p - m + 1, m)
-        encoded, valid, _ = self.encoded[chunk]
+        encoded, valid, _, agreement = self.encoded[chunk]
         rope = None
         if cca.positions:
             shape = tuple(encoded.shape[2:4])  # (k, r)
             if shape not in self.cca_rope:
                 self.cca_rope[shape] = cca.rope_tables(*shape, self.device)
             rope = self.cca_rope[shape]
-        return cca.attend_one(x, encoded, valid, i, rope)
+        return cca.attend_one(x, encoded, valid, i, rope, agreement)

@@ -18,8 +18,11 @@ from torch import Tensor, nn
 
 from retro_ops.model.config import RetroConfig
 from retro_ops.model.layers import MLP, CrossAttention, Rope, SelfAttention, layer_norm, rotary_tables
+from retro_ops.model.matching import MAX_MATCH, NO_TOKEN, bigram_agreement, histories, match_lengths
 
 IGNORE_INDEX = -100
+EVIDENCE_GAIN = 4.0  # scalar evidence weights move at ~lr per step: a gain lets 300 steps reach
+# the few units of logit a gate needs (AdamW steps are about lr whatever the gradient's size)
 
 
 class DecoderBlock(nn.Module):
@@ -55,9 +58,20 @@ class ChunkedCrossAttention(nn.Module):
         self.ln = layer_norm(config.d_model)
         self.attn = CrossAttention(config.d_model, config.enc_d_model, config.n_head,
                                    config.dropout)
+        # with match_gate, the branch of group u is scaled by sigmoid(gain (a + b agreement_u)):
+        # a neighbour that shares none of its chunk's bigrams can be shut out (starts at 0.88)
+        self.trust = nn.Parameter(torch.tensor([0.5, 0.0])) if config.match_gate else None
 
-    def forward(self, x: Tensor, encoded: Tensor, token_mask: Tensor) -> Tensor:
-        """x (B, T, d), encoded (B, l, k, r, d_enc), token_mask (B, l, k, r) -> (B, T, d)."""
+    def scale(self, agreement: Tensor | None) -> Tensor | None:
+        """agreement (...) -> the branch's scale (...), or None without match_gate."""
+        if self.trust is None or agreement is None:
+            return None
+        return torch.sigmoid(EVIDENCE_GAIN * (self.trust[0] + self.trust[1] * agreement))
+
+    def forward(self, x: Tensor, encoded: Tensor, token_mask: Tensor,
+                agreement: Tensor | None = None) -> Tensor:
+        """x (B, T, d), encoded (B, l, k, r, d_enc), token_mask (B, l, k, r), agreement (B, l)
+        -> (B, T, d)."""
         B, T, C = x.shape
         _, nc, k, r, C_enc = encoded.shape  # nc: l in the paper, chunks
         m = self.chunk_size
@@ -68,19 +82,24 @@ class ChunkedCrossAttention(nn.Module):
                       encoded.reshape(B * nc, k * r, C_enc),  # (B*l, k*r, d_enc): its neighbours
                       token_mask.reshape(B * nc, k * r),
                       self.rope_tables(k, r, x.device) if self.positions else None)  # (B*l, m, d)
+        scale = self.scale(agreement)
+        if scale is not None:
+            y = y * scale.reshape(B * nc, 1, 1)
         y = y.view(B, nc * m, C)[:, :attending]  # (B, attending, d)
         return F.pad(y, (0, 0, m - 1, T - (m - 1) - attending))  # (B, T, d): zero elsewhere
 
     def attend_one(self, x: Tensor, encoded: Tensor, token_mask: Tensor, i: int,
-                   rope: tuple[Rope, Rope] | None) -> Tensor:
+                   rope: tuple[Rope, Rope] | None, agreement: Tensor | None = None) -> Tensor:
         """The branch for one token, the i-th (0..m-1) of the group reading chunk u's
         neighbours: x (1, 1, d), encoded (1, 1, k, r, d_enc), token_mask (1, 1, k, r), rope
-        from `rope_tables` (None without positions) -> (1, 1, d)."""
+        from `rope_tables` (None without positions), agreement (1, 1) -> (1, 1, d)."""
         _, _, k, r, width = encoded.shape
         if rope is not None:
             (cos, sin), keys = rope
             rope = ((cos[i:i + 1], sin[i:i + 1]), keys)
-        return self.attn(self.ln(x), encoded.reshape(1, k * r, width), token_mask.reshape(1, k * r), rope)
+        y = self.attn(self.ln(x), encoded.reshape(1, k * r, width), token_mask.reshape(1, k * r), rope)
+        scale = self.scale(agreement)
+        return y if scale is None else y * scale.reshape(1, 1, 1)
 
     def rope_tables(self, k: int, r: int, device: torch.device) -> tuple[Rope, Rope]:
         """Query i of group u is token m-1+i counted from chunk u's start; neighbour token j is
@@ -161,6 +180,9 @@ class NeighbourCopy(nn.Module):
     the current token against v_{j-1} and emitting v_j is one head's work, whatever the offset of
     the copy, where CCA must route a copied value through later layers into the right logit.
     The gate g reads the state and the best match score, so an unmatched neighbour is ignored.
+    With match_gate, exact token evidence (`matching`) joins in: each key's score gains a learned
+    weight of its match length, and the gate one of the longest match and of the chunk's bigram
+    agreement with its neighbours, so a neighbour of other text is not copied from.
     Groups and causality are CCA's: the m tokens from chunk u's last read chunk u's neighbours."""
 
     GATE_INIT = -3.0  # starts mostly the vocabulary distribution: g = 0.05
@@ -173,11 +195,18 @@ class NeighbourCopy(nn.Module):
         self.gate = nn.Linear(config.d_model, 1)
         self.gate_match = nn.Parameter(torch.zeros(1))
         nn.init.constant_(self.gate.bias, self.GATE_INIT)
+        self.matching = config.match_gate
+        if self.matching:  # in units of EVIDENCE_GAIN; a matched token starts worth 2 in a score
+            self.length_score = nn.Parameter(0.5 * torch.arange(MAX_MATCH + 1, dtype=torch.float))
+            self.length_gate = nn.Parameter(torch.zeros(MAX_MATCH + 1))
+            self.agreement_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
-                token_mask: Tensor) -> Tensor:
+                token_mask: Tensor, history: Tensor | None = None,
+                agreement: Tensor | None = None) -> Tensor:
         """logp (B, T, V) log-softmax of the decoder, h (B, T, d) its final normalised state,
-        encoded (B, l, k, r, d_enc), tokens (B, l, k, r) model ids, token_mask (B, l, k, r)
+        encoded (B, l, k, r, d_enc), tokens (B, l, k, r) model ids, token_mask (B, l, k, r);
+        with match_gate, history (B, T, MAX_MATCH) from `matching.histories` and agreement (B, l)
         -> (B, T, V) log-probabilities of the mixture; unchanged before any neighbour is read.
         The pointer is computed per group of m queries (small: K = k(r-1) keys each) and laid
         back on the T positions, so the vocabulary-sized work is one add and a sparse update."""
@@ -188,8 +217,12 @@ class NeighbourCopy(nn.Module):
             return logp
         queries = h[:, m - 1:m - 1 + attending]
         queries = F.pad(queries, (0, 0, 0, nc * m - attending)).reshape(B * nc, m, -1)
+        if history is not None:
+            history = F.pad(history[:, m - 1:m - 1 + attending], (0, 0, 0, nc * m - attending),
+                            value=NO_TOKEN).reshape(B * nc, m, -1)
         z, mass, values, first = self.pointer(queries, encoded.flatten(0, 1), tokens.flatten(0, 1),
-                                              token_mask.flatten(0, 1))
+                                              token_mask.flatten(0, 1), history,
+                                              None if agreement is None else agreement.flatten())
 
         def on_positions(t: Tensor, fill: float | bool) -> Tensor:  # (B*l, m, ...) -> (B, T, ...)
             t = t.reshape(B, nc * m, *t.shape[2:])[:, :attending]
@@ -203,18 +236,28 @@ class NeighbourCopy(nn.Module):
 
     NO_COPY = -1e4  # a gate logit whose g is 0 and 1 - g is 1 exactly in float32
 
-    def pointer(self, h: Tensor, encoded: Tensor, tokens: Tensor, token_mask: Tensor):
+    def pointer(self, h: Tensor, encoded: Tensor, tokens: Tensor, token_mask: Tensor,
+                history: Tensor | None = None, agreement: Tensor | None = None):
         """One group per row: h (N, Tq, d), encoded (N, k, r, d_enc), tokens and token_mask
-        (N, k, r) -> gate logits z (N, Tq), copy mass of each key's token (N, Tq, K), the key's
-        token (N, K), and whether the key is its token's first valid occurrence (N, K)."""
+        (N, k, r), history (N, Tq, MAX_MATCH), agreement (N,) -> gate logits z (N, Tq), copy
+        mass of each key's token (N, Tq, K), the key's token (N, K), and whether the key is its
+        token's first valid occurrence (N, K). history and agreement are needed with match_gate."""
+        if self.matching and (history is None or agreement is None):
+            raise ValueError("a copy head with match_gate needs the history and the agreement")
         keys = self.k(encoded[:, :, :-1]).flatten(1, 2)  # (N, K, w): token j-1 keys value j
         values = tokens[:, :, 1:].flatten(1)  # (N, K)
         valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)  # (N, K)
         has = valid.any(dim=1)  # (N,): a group with nothing to copy keeps logp exactly
         scores = self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)  # (N, Tq, K)
+        z = self.gate(h).squeeze(-1)  # (N, Tq)
+        if self.matching:
+            length = match_lengths(history, tokens, token_mask)  # (N, Tq, K)
+            scores = scores + EVIDENCE_GAIN * self.length_score[length]
+            longest = length.masked_fill(~valid[:, None, :], 0).amax(dim=-1)  # (N, Tq)
+            z = z + EVIDENCE_GAIN * (self.length_gate[longest] + self.agreement_gate * agreement[:, None])
         scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
         attn = scores.softmax(dim=-1)  # (N, Tq, K)
-        z = self.gate(h).squeeze(-1) + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
+        z = z + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
         z = torch.where(has[:, None], z, torch.full_like(z, self.NO_COPY))
         same = (values[:, :, None] == values[:, None, :]) & valid[:, None, :] & valid[:, :, None]
         mass = attn @ same.to(attn.dtype)  # (N, Tq, K): copy mass of each key's token
@@ -232,11 +275,12 @@ class NeighbourCopy(nn.Module):
         delta = torch.where(first, copied - at_values, torch.zeros_like(copied))
         return kept.scatter_add(-1, index, delta)
 
-    def mix(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
-            token_mask: Tensor) -> Tensor:
+    def mix(self, logp: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor, token_mask: Tensor,
+            history: Tensor | None = None, agreement: Tensor | None = None) -> Tensor:
         """The mixture for groups given directly (token-by-token decoding): logp (N, Tq, V),
-        h (N, Tq, d), encoded (N, k, r, d_enc), tokens and token_mask (N, k, r) -> (N, Tq, V)."""
-        z, mass, values, first = self.pointer(h, encoded, tokens, token_mask)
+        h (N, Tq, d), encoded (N, k, r, d_enc), tokens and token_mask (N, k, r), history
+        (N, Tq, MAX_MATCH), agreement (N,) -> (N, Tq, V)."""
+        z, mass, values, first = self.pointer(h, encoded, tokens, token_mask, history, agreement)
         Tq, K = h.shape[1], values.shape[-1]
         return self.apply_pointer(logp, z, mass, values[:, None, :].expand(-1, Tq, K),
                                   first[:, None, :].expand(-1, Tq, K))
@@ -281,7 +325,7 @@ class Retro(nn.Module):
         rope = rotary_tables(T, cfg.d_model // cfg.n_head, input_ids.device)
         x = self.transformer.drop(self.transformer.wte(input_ids))  # (B, T, d)
         retrieve = self.encoder is not None and neighbours is not None and neighbours.shape[1] > 0
-        encoded = token_mask = None
+        encoded = token_mask = agreement = None
         for block in self.transformer.h:
             x = block.attend(x, rope)
             if retrieve and block.cca is not None:
@@ -290,12 +334,17 @@ class Retro(nn.Module):
                     encoded = self.encoder(self.transformer.wte(neighbours), x, token_valid)
                     token_mask = token_valid if neighbour_mask is None else (
                         token_valid & neighbour_mask[..., None])  # (B, l, k, r)
-                x = x + block.cca(x, encoded, token_mask)
+                    if cfg.match_gate:
+                        nc, m = neighbours.shape[1], cfg.chunk_size
+                        agreement = bigram_agreement(input_ids[:, :nc * m].reshape(B, nc, m),
+                                                     neighbours, token_mask, cfg.pad_token_id)
+                x = x + block.cca(x, encoded, token_mask, agreement)
             x = block.feed_forward(x)
         h = self.transformer.ln_f(x)
         logits = F.log_softmax(self.lm_head(h), dim=-1)  # (B, T, vocab)
         if encoded is not None and self.copy is not None:
-            logits = self.copy(logits, h, encoded, neighbours, token_mask)
+            logits = self.copy(logits, h, encoded, neighbours, token_mask,
+                               histories(input_ids) if cfg.match_gate else None, agreement)
         loss = None
         if targets is not None:
             loss = F.nll_loss(logits.view(-1, logits.size(-1)), targets.reshape(-1),

@@ -25,7 +25,10 @@ class TrainConfig:
     (or with none found) should be no worse than its baseline (issue #24).
     distractor_share: share of training chunks given another chunk's neighbours instead of their
     own (`neighbours.with_distractors`), so the model learns to ignore neighbours that do not
-    match: without them it trusts any neighbour, and an unrelated set costs more than none."""
+    match: without them it trusts any neighbour, and an unrelated set costs more than none.
+    standalone_weight: RETRO trained from scratch adds this times the loss of the same batch
+    without neighbours (one more decoder pass per step), so its decoder also stands alone;
+    a RETROfit's decoder is frozen and is not affected."""
 
     steps: int = 300
     batch_size: int = 8
@@ -40,6 +43,7 @@ class TrainConfig:
     self_neighbour_noise: float = 0.3
     no_neighbour_share: float = 0.0
     distractor_share: float = 0.4
+    standalone_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -52,6 +56,8 @@ class TrainConfig:
         if not 0.0 <= self.no_neighbour_share < 1.0:
             raise ValueError(f"no_neighbour_share is a share of chunks in [0, 1), got "
                              f"{self.no_neighbour_share!r}")
+        if not 0.0 <= self.standalone_weight:
+            raise ValueError(f"standalone_weight is a loss weight >= 0, got {self.standalone_weight!r}")
         if not 0.0 <= self.self_neighbours <= 1.0:
             raise ValueError(f"self_neighbours is a share of chunks in [0, 1], got {self.self_neighbours!r}")
         if self.self_neighbour_shift < 0:

@@ -97,6 +97,8 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
     start, losses = state.step, list(state.losses)
     tokens, started = 0, time.perf_counter()
     device = next(model.parameters()).device  # batches follow the model (CPU, or a GPU)
+    # a RETROfit's decoder is frozen: its standalone loss has nothing to train
+    standalone = config.standalone_weight > 0 and trainable is None and model.encoder is not None
     model.train()
     for step in range(start, config.steps):
         if crash_at_step is not None and step == crash_at_step and crash_in_save is None:
@@ -106,8 +108,11 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
         input_ids, targets, neighbours, mask = data.batch(
             batch_rows(config.seed, step, len(data.sequences), config.batch_size), device)
         _, loss = model(input_ids, neighbours, mask, targets)
+        objective = loss
+        if standalone and neighbours is not None:  # the same batch read without neighbours
+            objective = loss + config.standalone_weight * model(input_ids, None, None, targets)[1]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         tokens += int((targets != -100).sum())

@@ -22,9 +22,9 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from retro_ops.retrieval.disk_refine import DiskRefinedIndex
-from retro_ops.retrieval.index_build import BuiltIndex, apply_search_params
-from retro_ops.retrieval.index_publish import IndexManifest
+from retro_ops.retrieval.index.disk_refine import DiskRefinedIndex
+from retro_ops.retrieval.index.build import BuiltIndex, apply_search_params
+from retro_ops.retrieval.index.publish import IndexManifest
 
 RouteName = Literal["full", "incremental"]
 _IN_MEMORY_LISTS = ("ArrayInvertedLists", "BlockInvertedLists")  # ids are a plain array per list

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from retro_ops.errors import IndexBuildError
-from retro_ops.retrieval.disk_refine import MARKER, DiskRefinedIndex, coarse_factory, is_disk_refined
+from retro_ops.retrieval.index.disk_refine import MARKER, DiskRefinedIndex, coarse_factory, is_disk_refined
 
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this; k-means is poorly fitted
 

@@ -37,8 +37,8 @@ import numpy as np
 
 from retro_ops.durable import file_lock, fsync_path, write_fsynced
 from retro_ops.errors import CrashMode, IndexIntegrityError, SimulatedCrash
-from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.disk_refine import (
+from retro_ops.ids import sha256_hex, validate_name
+from retro_ops.retrieval.index.disk_refine import (
     IDS_FILE, VECTORS_FILE, DiskRefinedIndex, file_sha256, is_disk_refined, open_disk_refined, write_npy,
 )
 
@@ -52,6 +52,11 @@ CrashPoint = Literal["mid_index_write", "after_index_write", "before_flip", "mid
                      "after_flip"]
 # (retrieval set, its version id, index sha256, manifest sha256) -> did the catalog record it?
 TrustCheck = Callable[[str, int, str, str], bool]
+
+
+def index_root(indices_dir: Path, retrieval_set: str) -> Path:
+    """The set's folder under `indices_dir`; a name like `../x` never becomes a path."""
+    return indices_dir / validate_name(retrieval_set, "retrieval set")
 
 
 @dataclass(frozen=True)

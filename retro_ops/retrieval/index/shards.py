@@ -1,11 +1,12 @@
 """A retrieval set's index built in shards: trained once on a sample, filled per shard in
 parallel, merged (how the RETRO Pile and Megatron builds scale FAISS past one machine's time).
 
-The training sample is drawn exactly as `index_build.build_index` draws it (same seed, same
+The training sample is drawn exactly as `build.build_index` draws it (same seed, same
 positions in chunk-id order), so the merged index has the same quantizer as a single-process
 build and its lists hold the same vectors: the two return the same neighbours. Shards follow the
 feature shards (`features.shards`, by document), so a shard's vectors come from one process.
-Each file is written to a temp name and renamed: a killed filler leaves no half shard.
+Each file is written by `durable.write_atomic` (temp, fsync, rename): a killed filler leaves no
+half shard.
 
 Merging: `merge_from` in memory (IVF lists moved, flat codes appended), or, for an IVF larger
 than memory, `faiss.contrib.ondisk.merge_ondisk` into one `OnDiskInvertedLists` file. A refine
@@ -15,33 +16,26 @@ stage (`RFlat`) cannot be merged by FAISS: such factories are refused here by na
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
-from datetime import UTC, datetime
-
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.durable import fsync_path, write_fsynced
+from retro_ops.durable import write_atomic
 from retro_ops.errors import IndexBuildError
-from retro_ops.features.shards import ShardSpec, shard_of
+from retro_ops.features.shards import ShardSpec, all_shards, shard_of
 from retro_ops.features.store import FeatureStore
-from retro_ops.retrieval.index_build import (
-    IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params, validate_vectors,
+from retro_ops.retrieval.index.build import (
+    BuiltIndex, IndexConfig, _fit_nlist, apply_search_params, choose_factory, default_search_params,
+    validate_vectors,
 )
-from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.index_publish import (
-    IndexManifest, PublishedIndex, recover_publish, serialize,
-)
-from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.indexing import build_key, record_and_publish
-from retro_ops.retrieval.retriever import index_root
+from retro_ops.retrieval.index.incremental import full_route
+from retro_ops.retrieval.index.publish import index_root, recover_publish
+from retro_ops.retrieval.index.route import IndexBuildResult, build_key, publish_build
 from retro_ops.retrieval.sets import retrieval_set_vectors
 
 TRAINED = "trained.faiss"
@@ -82,14 +76,6 @@ def load_trained(folder: Path) -> TrainedIndex:
 
 def shard_file(folder: Path, shard: ShardSpec) -> Path:
     return folder / f"shard-{shard.key}.faiss"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_fsynced(tmp, data)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def _members(store: FeatureStore, version: RetrievalSetVersionInfo) -> pa.Table:
@@ -172,38 +158,74 @@ def merge_shards_ondisk(trained_path: Path, shard_paths: list[Path], ivfdata_pat
     return index
 
 
-@dataclass(frozen=True)
-class MergedBuild:
-    manifest: IndexManifest
-    quality: IndexQuality
-    build_id: int
-    published: PublishedIndex | None  # None: recall below min_recall, the old index stays current
-
-
 def publish_merged(catalog: Catalog, store: FeatureStore, indices_dir: Path,
                    version: RetrievalSetVersionInfo, merged: faiss.Index, trained: TrainedIndex, *,
                    shards: int, seconds: float, config: IndexConfig = IndexConfig(),
                    run_id: str | None = None, eval_queries: int = 500,
-                   min_recall: float = 0.0) -> MergedBuild:
-    """Record, measure and publish a merged index exactly as a single-process build is (same
-    manifest, same trust record, same atomic CURRENT flip), so the retriever serves either."""
+                   min_recall: float = 0.0) -> IndexBuildResult:
+    """Tune, record, measure and publish a merged index through the single-process route's own
+    `publish_build` (same manifest, recall tuning, trust record and atomic CURRENT flip), so the
+    retriever serves either."""
     if merged.ntotal != version.n_chunks:
         raise IndexBuildError(f"merged index holds {merged.ntotal} vectors; retrieval set "
                               f"{version.retrieval_set!r} version {version.id} has {version.n_chunks}")
-    data = serialize(merged)
-    manifest = IndexManifest(
-        factory=trained.factory, metric="inner_product", dim=merged.d, ntotal=int(merged.ntotal),
-        embedding_space_id=version.embedding_space_id, retrieval_set=version.retrieval_set,
-        retrieval_set_version_id=version.id, retrieval_set_digest=version.digest,
-        train_size=trained.train_size, sha256=sha256_hex(data), index_bytes=len(data),
-        build_seconds=round(seconds, 3), search_params=default_search_params(trained.factory, config),
-        faiss_version=faiss.__version__, created_at=datetime.now(UTC).isoformat(),
-        notes=[*trained.notes, f"trained once, filled in {shards} shards, merged"],
-        build_key=f"sharded-{shards}-{build_key(version, config)}", config=asdict(config))
     ids, vectors = retrieval_set_vectors(store, version, merged.d)
-    quality = evaluate_index(merged, vectors, ids, queries=eval_queries)
+    built = BuiltIndex(merged, trained.factory, trained.train_size, seconds,
+                       default_search_params(trained.factory, config), list(trained.notes))
     root = index_root(indices_dir, version.retrieval_set)
     recover_publish(root)
-    build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
-                                             run_id=run_id, min_recall=min_recall)
-    return MergedBuild(manifest, quality, build_id, published)
+    return publish_build(catalog, root, version, built,
+                         full_route(f"trained once, filled in {shards} shards, merged", len(ids)), ids, vectors,
+                         key=f"sharded-{shards}-{build_key(version, config)}", config=config,
+                         eval_queries=eval_queries, min_recall=min_recall, run_id=run_id)
+
+
+# The three steps of the sharded route, one per asset (`assets/sharded.py`), each on the set's
+# latest version: train once, fill each shard (in parallel, one process each), merge and publish.
+
+def train_and_save(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                   config: IndexConfig = IndexConfig()) -> tuple[RetrievalSetVersionInfo, TrainedIndex, Path]:
+    """(the version, its trained index, where it was saved): the training step."""
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    trained = train_index(store, version, catalog.embedding_space_dim(version.embedding_space_id), config)
+    return version, trained, save_trained(shards_dir(indices_dir, version), trained)
+
+
+@dataclass(frozen=True)
+class FilledShard:
+    version: RetrievalSetVersionInfo
+    path: Path
+    vectors: int
+    bytes: int
+    seconds: float
+
+
+def fill_and_save(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                  shard: ShardSpec) -> FilledShard:
+    """The trained index filled with one shard's vectors, written atomically beside it."""
+    started = time.perf_counter()
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    folder = shards_dir(indices_dir, version)
+    ids, vectors = shard_vectors(store, version, catalog.embedding_space_dim(version.embedding_space_id), shard)
+    data = fill_shard(load_trained(folder).data, ids, vectors)
+    write_atomic(shard_file(folder, shard), data)
+    return FilledShard(version, shard_file(folder, shard), len(ids), len(data), time.perf_counter() - started)
+
+
+def merge_and_publish(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
+                      n_shards: int, *, config: IndexConfig = IndexConfig(), run_id: str | None = None,
+                      eval_queries: int = 500, min_recall: float = 0.0) -> IndexBuildResult:
+    """Every shard file merged into one index, published as the set's index (`publish_merged`);
+    FileNotFoundError names the shards not filled yet."""
+    started = time.perf_counter()
+    version = catalog.latest_retrieval_set_version(retrieval_set)
+    folder = shards_dir(indices_dir, version)
+    trained = load_trained(folder)
+    files = [shard_file(folder, s) for s in all_shards(n_shards)]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"shards not filled yet: {', '.join(missing)} (materialize index_shard)")
+    merged = merge_shards(trained.data, [f.read_bytes() for f in files], trained.factory, config)
+    return publish_merged(catalog, store, indices_dir, version, merged, trained, shards=n_shards,
+                          seconds=time.perf_counter() - started, config=config, run_id=run_id,
+                          eval_queries=eval_queries, min_recall=min_recall)

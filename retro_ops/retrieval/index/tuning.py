@@ -1,6 +1,6 @@
 """Deepen an index's search until it meets the recall gate, within a bound.
 
-The default search depth (`index_build.default_search_params`) was measured on MiniLM vectors;
+The default search depth (`build.default_search_params`) was measured on MiniLM vectors;
 data with a few tight clusters can need more candidates for the same recall (seen: 0.899 against
 the 0.9 gate on 10 clusters in 32 dimensions, k_factor 64). Rather than refuse a build whose
 structure is fine, the build doubles the refine depth and the probed lists, at most twice, and
@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from retro_ops.retrieval.index_build import BuiltIndex, apply_search_params, nlist_of
-from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
+from retro_ops.retrieval.index.build import BuiltIndex, apply_search_params, nlist_of
+from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
 
 MAX_DOUBLINGS = 2
 

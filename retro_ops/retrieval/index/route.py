@@ -2,41 +2,43 @@
 
 The build takes the cheapest correct route: when the new version only lost a few chunks
 (exclusions) since the published index's version, that index minus their ids
-(`index_incremental`); otherwise, or when recall after removal fails the check, a full build.
+(`incremental`); otherwise, or when recall after removal fails the check, a full build.
 The manifest names the route and why. The build is recorded in the catalog with its index and
 manifest digests (which is what makes it trusted, for this set only) before CURRENT flips, and
 measured on the in-memory index right after: recall@10 against exact search and latency. Each
 run first cleans up after a publisher that was killed midway, so a rerun ends as an
-uninterrupted run would have.
+uninterrupted run would have. Every route ends in `publish_build`, the sharded one
+(`shards.publish_merged`) included: one recall tuning, one manifest, one trust record.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
-from retro_ops.retrieval.disk_refine import npy_sha256, sidecar_arrays
-from retro_ops.retrieval.index_build import BuiltIndex, IndexConfig, apply_search_params, build_index
-from retro_ops.retrieval.index_incremental import (
+from retro_ops.retrieval.index.disk_refine import npy_sha256, sidecar_arrays
+from retro_ops.retrieval.index.build import BuiltIndex, IndexConfig, apply_search_params, build_index
+from retro_ops.retrieval.index.incremental import (
     IncrementalConfig, Route, count_blocker, full_route, incremental_build,
 )
-from retro_ops.retrieval.index_quality import IndexQuality, evaluate_index
-from retro_ops.retrieval.index_tuning import fixed_by, tune_to_recall
+from retro_ops.retrieval.index.quality import IndexQuality, evaluate_index
+from retro_ops.retrieval.index.tuning import fixed_by, tune_to_recall
 from retro_ops.errors import IndexIntegrityError, RetrievalSetError
-from retro_ops.retrieval.index_publish import (
-    CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, load_current, publish_index,
-    read_manifest, recover_publish, serialize,
+from retro_ops.retrieval.index.publish import (
+    CrashMode, CrashPoint, IndexManifest, PublishedIndex, current_build, index_root, load_current,
+    publish_index, read_manifest, recover_publish, serialize,
 )
 from retro_ops.retrieval.sets import build_retrieval_set_version, retrieval_set_vectors
-from retro_ops.retrieval.retriever import index_root
 
 
 @dataclass(frozen=True)
@@ -102,21 +104,17 @@ def _incremental(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo,
     return incremental_build(index, manifest, ids, incremental)
 
 
-def _build(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, config: IndexConfig,
-           incremental: IncrementalConfig, ids, vectors, eval_queries: int,
-           min_recall: float) -> tuple[BuiltIndex, IndexQuality, Route]:
-    """The incremental route when it is correct and passes the recall check, else a full build."""
-    built, route = _incremental(catalog, root, version, config, incremental, ids)
-    if built is not None:
-        built, quality = tune_to_recall(built, vectors, ids, min_recall=min_recall, queries=eval_queries,
-                                        fixed=fixed_by(config))
-        if quality.recall_at_k >= min_recall:
-            return built, quality, route
-        route = full_route(f"recall@{quality.k} {quality.recall_at_k:.3f} after removing ids is below "
-                           f"{min_recall}", len(ids))
-    built, quality = tune_to_recall(build_index(vectors, ids, config), vectors, ids,
-                                    min_recall=min_recall, queries=eval_queries, fixed=fixed_by(config))
-    return built, quality, route
+#: (the failed build's quality) -> (a build to take instead, its route)
+Fallback = Callable[[IndexQuality], tuple[BuiltIndex, Route]]
+
+
+def _full_build_instead(ids: np.ndarray, vectors: np.ndarray, config: IndexConfig,
+                        min_recall: float) -> Fallback:
+    """A full build, for when the published index minus removed ids fails the recall check."""
+    def fallback(quality: IndexQuality) -> tuple[BuiltIndex, Route]:
+        return build_index(vectors, ids, config), full_route(
+            f"recall@{quality.k} {quality.recall_at_k:.3f} after removing ids is below {min_recall}", len(ids))
+    return fallback
 
 
 def index_retrieval_set(
@@ -135,12 +133,25 @@ def index_retrieval_set(
         if reused is not None:
             return reused
     ids, vectors = retrieval_set_vectors(store, version, dim)
-    built, quality, route = _build(catalog, root, version, config, incremental, ids, vectors,
-                                   eval_queries, min_recall)
-    data, extra = serialize(built.index), sidecar_arrays(built.index)
-    manifest = IndexManifest(
-        factory=built.factory, metric="inner_product", dim=dim, ntotal=int(built.index.ntotal),
-        embedding_space_id=version.embedding_space_id, retrieval_set=retrieval_set,
+    built, route = _incremental(catalog, root, version, config, incremental, ids)
+    fallback = None
+    if built is None:
+        built = build_index(vectors, ids, config)
+    else:  # the published index minus removed ids, unless its recall fails the check
+        fallback = _full_build_instead(ids, vectors, config, min_recall)
+    return publish_build(catalog, root, version, built, route, ids, vectors, key=key, config=config,
+                         eval_queries=eval_queries, min_recall=min_recall, fallback=fallback,
+                         run_id=run_id, crash_at=crash_at, crash_mode=crash_mode)
+
+
+def index_manifest(built: BuiltIndex, data: bytes, extra: Mapping[str, np.ndarray],
+                   version: RetrievalSetVersionInfo, config: IndexConfig, *, route: Route,
+                   key: str) -> IndexManifest:
+    """The one place an index manifest is made, so the routes cannot drift apart in what they
+    record. data: the serialized index; extra: its sidecar arrays (`sidecar_arrays`)."""
+    return IndexManifest(
+        factory=built.factory, metric="inner_product", dim=int(built.index.d), ntotal=int(built.index.ntotal),
+        embedding_space_id=version.embedding_space_id, retrieval_set=version.retrieval_set,
         retrieval_set_version_id=version.id, retrieval_set_digest=version.digest,
         train_size=built.train_size, sha256=sha256_hex(data), index_bytes=len(data),
         build_seconds=round(built.seconds, 3), search_params=built.search_params,
@@ -149,30 +160,39 @@ def index_retrieval_set(
         full_build_ntotal=route.full_build_ntotal,
         extra_files={name: npy_sha256(array) for name, array in extra.items()}, config=asdict(config),
     )
-    build_id, published = record_and_publish(catalog, root, version, data, manifest, quality,
-                                             run_id=run_id, min_recall=min_recall, extra=extra,
-                                             crash_at=crash_at, crash_mode=crash_mode)
-    return IndexBuildResult(version, manifest, quality, build_id, published)
 
 
-def record_and_publish(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, data: bytes,
-                       manifest: IndexManifest, quality: IndexQuality, *, run_id: str | None,
-                       min_recall: float, extra: dict | None = None,
-                       crash_at: CrashPoint | None = None,
-                       crash_mode: CrashMode = "raise") -> tuple[int, PublishedIndex | None]:
-    """Record a build in the catalog (its trust record), then publish it atomically only when
-    recall@10 >= min_recall; (build id, None) leaves the previous index serving. Every route to
-    an index (single process, incremental, sharded and merged) ends here."""
+def publish_build(catalog: Catalog, root: Path, version: RetrievalSetVersionInfo, built: BuiltIndex,
+                  route: Route, ids: np.ndarray, vectors: np.ndarray, *, key: str, config: IndexConfig,
+                  eval_queries: int, min_recall: float, fallback: Fallback | None = None,
+                  run_id: str | None = None, crash_at: CrashPoint | None = None,
+                  crash_mode: CrashMode = "raise") -> IndexBuildResult:
+    """Where every route to an index (single process, incremental, sharded and merged) ends:
+    search deepened until recall@10 passes the gate (`tuning`), or, when it still fails and
+    there is a `fallback`, that build instead; then the manifest, the catalog's record (its
+    trust record) and, only when recall@10 >= min_recall, the atomic publish. A build below the
+    gate is recorded unpublished and the previous index keeps serving."""
+    built, quality = _tuned(built, ids, vectors, config, min_recall, eval_queries)
+    if quality.recall_at_k < min_recall and fallback is not None:
+        built, route = fallback(quality)
+        built, quality = _tuned(built, ids, vectors, config, min_recall, eval_queries)
+    data, extra = serialize(built.index), sidecar_arrays(built.index)
+    manifest = index_manifest(built, data, extra, version, config, route=route, key=key)
     build_id = catalog.record_index_build(
         version.id, build_dir="", factory=manifest.factory, ntotal=manifest.ntotal,
         sha256=manifest.sha256, manifest_sha256=manifest.digest(),
         manifest={**manifest.__dict__, **quality.as_metadata()}, run_id=run_id)
     if quality.recall_at_k < min_recall:
-        return build_id, None
-    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode,
-                              extra=extra)
+        return IndexBuildResult(version, manifest, quality, build_id, None)
+    published = publish_index(root, data, manifest, crash_at=crash_at, crash_mode=crash_mode, extra=extra)
     catalog.mark_index_published(build_id, str(published.path))
-    return build_id, published
+    return IndexBuildResult(version, manifest, quality, build_id, published)
+
+
+def _tuned(built: BuiltIndex, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig, min_recall: float,
+           eval_queries: int) -> tuple[BuiltIndex, IndexQuality]:
+    return tune_to_recall(built, vectors, ids, min_recall=min_recall, queries=eval_queries,
+                          fixed=fixed_by(config))
 
 
 def publish_retrieval_set(catalog: Catalog, store: FeatureStore, indices_dir: Path, retrieval_set: str,
