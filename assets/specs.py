@@ -8,14 +8,13 @@ that file, whoever launched it (the CLI, the UI's Materialize button, automation
 """
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
 
 from assets.partitions import TRAINING_SPEC_PARTITIONS
 from assets.resources import TrainingResource
-from retro_ops.durable import fsync_path, write_fsynced
+from retro_ops.durable import write_atomic
 from retro_ops.ids import sha256_hex, validate_name
 from retro_ops.settings import Settings
 
@@ -45,11 +44,7 @@ def save_spec(settings: Settings, training: TrainingResource, name: str | None =
         if json.loads(path.read_bytes()) != json.loads(data):
             raise ValueError(f"training spec {name!r} already exists with other settings ({path})")
         return name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    write_fsynced(tmp, data)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    write_atomic(path, data)
     return name
 
 

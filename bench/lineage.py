@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Column, base_parser, best_of, environment, log, report_tables  # noqa: E402
 
 from retro_ops.catalog import Catalog  # noqa: E402
-from retro_ops.catalog import models as m  # noqa: E402
+from retro_ops.catalog import tables as m  # noqa: E402
 from retro_ops.corpus import Document  # noqa: E402
 from retro_ops.features.chunking import Chunk  # noqa: E402
 from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore  # noqa: E402

@@ -22,7 +22,7 @@ tokens (targets != -100, as the trainer counts them) / wall seconds of the timed
 building included. Ratio = RETRO seconds per step / baseline seconds per step (>1: retrieval
 costs that much extra training time per token).
 
-Generation (ms per 64 new tokens): `retro_ops.serving.generation.Generator` with freshly initialised,
+Generation (ms per 64 new tokens): `retro_ops.serving.generator.Generator` with freshly initialised,
 untrained models (timing does not depend on the weights; the text is gibberish), the trimmed
 vocabulary, the embedder's tokenizer, and the home's retriever for `--retrieval-set` (or none).
 Prompt: the first ~`--prompt-tokens` (100) tokens of the first document of the repo's sotu corpus,
@@ -282,7 +282,7 @@ def retrieval_breakdown(retriever, texts: list[str], k: int, runs: int = 3) -> d
 
 def bench_generation(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict]:
     from retro_ops.features.chunking import load_tokenizer
-    from retro_ops.serving.generation import Generator
+    from retro_ops.serving.generator import Generator
     from retro_ops.training.prepare import store_vocabulary
     from retro_ops.training.trainer import seeded_model
 

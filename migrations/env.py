@@ -7,7 +7,7 @@ Run from the repo (`alembic upgrade head`) it migrates the catalog the settings 
 from alembic import context
 from sqlalchemy import create_engine
 
-from retro_ops.catalog.models import Base
+from retro_ops.catalog.tables import Base
 from retro_ops.settings import Settings
 
 config = context.config

@@ -44,15 +44,25 @@ def write_fsynced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader, or a writer killed at any instant, sees the
-    old bytes or the new ones, never a mix: a temp file beside it (named for this process and thread, so
-    two writers never share one), fsynced, renamed over it, and the folder fsynced for the rename."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that makes the file itself (numpy, ONNX): when the
+    block ends the temp is fsynced, renamed over `path`, and the folder fsynced for the rename;
+    on an error it is removed and `path` left as it was. Named for this process and thread, so
+    two writers never share one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        write_fsynced(tmp, data)
+        yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a reader, or a writer killed at any instant, sees the
+    old bytes or the new ones, never a mix (`atomic_path`: a temp beside it, fsynced, renamed)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

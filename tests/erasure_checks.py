@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lancedb.expr import col, lit
 
+from retro_ops.erasure.store import KEEP_TABLES
 from retro_ops.features.store import FeatureStore
-from retro_ops.governance.purge import KEEP_TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 

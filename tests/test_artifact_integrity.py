@@ -187,7 +187,7 @@ def test_an_index_is_trusted_only_under_its_own_set(indexed_home, embedder, publ
 def test_build_recorded_without_a_manifest_digest_is_refused_until_rebuilt(indexed_home, embedder,
                                                                           published):
     """Builds recorded before migration 0005 carry no manifest digest: fail closed, then heal."""
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
 
     settings, catalog, store = indexed_home
     index_retrieval_set(catalog, store, settings.indices_dir, "small", 384)

@@ -23,7 +23,7 @@ from helpers import free_port, serve_in_thread, tiny_spec
 from typer.testing import CliRunner
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import ExclusionError, ExclusionListError
@@ -267,3 +267,18 @@ def test_an_unreadable_exclusion_list_fails_closed(site):
             c.execute(sa.text("ALTER TABLE exclusions_hidden RENAME TO exclusions"))
         engine.dispose()
     assert requests.post(f"{base}/retrieve", json={"text": text, "k": 3}, timeout=60).status_code == 200
+
+
+def test_the_library_checks_what_a_person_asks_to_exclude(catalog, store):
+    """The checks the CLI shows live in the library: a chunk that is not in the store and an
+    empty text are refused, naming the input, and nothing is recorded."""
+    from retro_ops.governance.exclude import exclude_chunk, exclude_text
+
+    with pytest.raises(ExclusionError, match="^no chunk 123 in the feature store$"):
+        exclude_chunk(catalog, store, 123, reason="request 7", actor="pytest")
+    with pytest.raises(ExclusionError, match="^empty text: give the exact text of the chunk to exclude$"):
+        exclude_text(catalog, " \n", reason="request 7", actor="pytest")
+    assert catalog.list_exclusions() == []
+    digest, exclusion_id = exclude_text(catalog, TOXIC, reason="toxic language", actor="pytest")
+    assert [(e.id, e.scope, e.target) for e in catalog.list_exclusions()] == [
+        (exclusion_id, "content_hash", digest)]

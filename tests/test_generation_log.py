@@ -31,7 +31,7 @@ from retro_ops.generations.log import GenerationLog, open_log
 from retro_ops.generations.records import (
     GENERATIONS, GenerationLogConfig, GenerationRecord, NeighbourUse, new_request_id,
 )
-from retro_ops.generations.retention import purge_older_than
+from retro_ops.generations.retention import prune_older_than
 from retro_ops.generations.search import retrieving, search, show
 from retro_ops.generations.traces import EXPERIMENT
 from retro_ops.ids import sha256_hex
@@ -187,8 +187,8 @@ def test_cli_generations_show_search_and_bad_inputs(site, monkeypatch):
     assert found.exit_code == 0 and json.loads(found.stdout)[0]["score"] > 0.999
     for args, message in ((["show", "nope"], "no generation with request id 'nope'"),
                           (["search", " "], "empty search text"),
-                          (["purge", "--older-than", "0d"], "--older-than '0d'"),
-                          (["purge", "--older-than", "soon"], "--older-than 'soon'"),
+                          (["prune", "--older-than", "0d"], "--older-than '0d'"),
+                          (["prune", "--older-than", "soon"], "--older-than 'soon'"),
                           (["affected"], "give exactly one of --exclusion ID or --chunk ID"),
                           (["affected", "--exclusion", "999999"], "no exclusion 999999")):
         result = runner.invoke(cli, ["generations", *args])
@@ -331,9 +331,24 @@ def _record(text: str, when: datetime) -> GenerationRecord:
         neighbours=[NeighbourUse(0, [11, 12], ["d1", "d2"], [0.9, 0.8])])
 
 
+def test_generations_purge_is_a_hidden_deprecated_alias_of_prune(home, monkeypatch):
+    """The old name still runs `prune` (same output, same errors) after a one-line notice on
+    stderr; `--help` lists only `prune` ("purge" is a document's erasure)."""
+    monkeypatch.delenv("RETRO_OPS_GENERATION_RETENTION_DAYS", raising=False)
+    pruned = runner.invoke(cli, ["generations", "prune", "--older-than", "30d", "--json"])
+    alias = runner.invoke(cli, ["generations", "purge", "--older-than", "30d", "--json"])
+    assert pruned.exit_code == alias.exit_code == 0, alias.output
+    assert "deprecated; use `retro-ops generations prune`" in alias.stderr
+    assert "deprecated" not in pruned.stderr
+    assert json.loads(alias.stdout)["deleted"] == json.loads(pruned.stdout)["deleted"] == 0
+    bad = runner.invoke(cli, ["generations", "purge", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "--older-than 'soon'" in bad.stderr
+    listed = runner.invoke(cli, ["generations", "--help"]).stdout
+    assert " prune " in listed and " purge " not in listed
+
 def test_retention_removes_old_rows_and_their_text_from_every_file(tmp_path, embedder):
     """One old row among 40 new ones in one fragment (below LanceDB's 10% rewrite threshold) and
-    a batch of only old rows: after the purge no file under the table's folder holds old text."""
+    a batch of only old rows: after pruning no file under the table's folder holds old text."""
     store = FeatureStore(str(tmp_path / "lancedb"))
     now = datetime.now(timezone.utc)
     log = GenerationLog(store, embedder, GenerationLogConfig(flush_every=1000, flush_seconds=600))
@@ -348,14 +363,14 @@ def test_retention_removes_old_rows_and_their_text_from_every_file(tmp_path, emb
     folder = tmp_path / "lancedb" / f"{GENERATIONS}.lance"
     assert grep(folder, "ancient-secret-0") and grep(folder, "ancient-secret-3")
 
-    report = purge_older_than(store, now - timedelta(days=30))
+    report = prune_older_than(store, now - timedelta(days=30))
     assert (report.deleted, report.kept) == (4, 40)
     assert {r["request_id"] for r in log_rows(store)} == {r.request_id for r in fresh}
     for record in old:
         assert grep(folder, record.prompt) == [] and grep(folder, record.output) == []
         assert grep(folder, record.request_id) == []
     assert grep(folder, "recent-text-7")  # the grep does see text that is there
-    assert purge_older_than(store, now - timedelta(days=30)).deleted == 0  # nothing left to purge
+    assert prune_older_than(store, now - timedelta(days=30)).deleted == 0  # nothing left to prune
 
 
 def test_generation_log_is_an_observed_source_asset(site, monkeypatch):

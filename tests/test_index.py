@@ -215,7 +215,7 @@ def test_unchanged_set_gets_no_new_version_and_exclusions_are_never_retrieved(
         assert victim["chunk_id"] not in {h.chunk_id for h in hits}
         assert victim["text"] not in {h.continuation_text for h in hits}
     finally:
-        from retro_ops.catalog import models as m
+        from retro_ops.catalog import tables as m
         with catalog.session() as s:
             s.query(m.Exclusion).delete()
         build_retrieval_set_version(catalog, store, "small", embedder.space)

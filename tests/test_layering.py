@@ -61,8 +61,8 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, module) of every run-time import of retro_ops or assets, lazy ones included."""
+def imported_modules(tree: ast.AST, packages: tuple[str, ...] = ("retro_ops", "assets")) -> list[tuple[int, str]]:
+    """(line, module) of every run-time import of `packages`, lazy ones included."""
     found: list[tuple[int, str]] = []
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -79,7 +79,7 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
                           for a in node.names]
             else:
                 found += sorted({(node.lineno, _imported(node.module, a.name)) for a in node.names})
-    return sorted((line, mod) for line, mod in found if mod.split(".")[0] in ("retro_ops", "assets"))
+    return sorted((line, mod) for line, mod in found if mod.split(".")[0] in packages)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -107,6 +107,37 @@ def upward_imports(root: Path) -> list[str]:
     return problems
 
 
+def dagster_imports(root: Path) -> list[str]:
+    """Every run-time import of Dagster (or of a dagster-* package) by a stage of the library:
+    only the command line (`cli`), above every stage, may launch runs."""
+    problems = []
+    for path in sorted((root / "retro_ops").rglob("*.py")):
+        if unit_of(module_name(path, root)) == "cli":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        dagster = tuple(n.split(".")[0] for n in names if n.split(".")[0].startswith("dagster"))
+        problems += [f"{path.relative_to(root)}:{line}: imports {mod}"
+                     for line, mod in imported_modules(tree, dagster)]
+    return problems
+
+
+def plant(root: Path, sources: dict[str, str]) -> Path:
+    """A tree to check under `root`: each `sources` path holds its text, every folder above it
+    is a package, and `assets/` exists (as `upward_imports` expects)."""
+    (root / "assets").mkdir(exist_ok=True)
+    for rel, text in sources.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in [path.parent, *path.parent.parents]:
+            if folder == root:
+                break
+            (folder / "__init__.py").touch()
+        path.write_text(text)
+    return root
+
+
 def test_no_stage_imports_a_later_stage():
     assert upward_imports(REPO) == []
 
@@ -121,16 +152,12 @@ def test_every_unit_of_the_package_has_a_layer():
 def test_an_upward_import_is_caught(tmp_path):
     """The checker itself can fail: a features module importing training is reported, lazy or
     not, while the same import under TYPE_CHECKING and a downward import are not."""
-    (tmp_path / "retro_ops" / "features").mkdir(parents=True)
-    (tmp_path / "assets").mkdir()
-    (tmp_path / "retro_ops" / "__init__.py").write_text("")
-    (tmp_path / "retro_ops" / "features" / "__init__.py").write_text("")
-    (tmp_path / "retro_ops" / "features" / "store.py").write_text(
+    plant(tmp_path, {"retro_ops/features/store.py": (
         "from typing import TYPE_CHECKING\n"
         "from retro_ops.corpus import Document\n"
         "if TYPE_CHECKING:\n    from retro_ops.serving.app import create_app\n"
         "def f():\n    from retro_ops.training.run import train_model\n"
-        "import assets.definitions\n")
+        "import assets.definitions\n")})
     problems = upward_imports(tmp_path)
     assert problems == [
         "retro_ops/features/store.py:6: features imports retro_ops.training.run (a later layer: training)",
@@ -138,24 +165,43 @@ def test_an_upward_import_is_caught(tmp_path):
     ]
 
 
+def test_no_stage_imports_dagster():
+    """What README's layout says: Dagster is imported by `assets/` and the command line only."""
+    assert dagster_imports(REPO) == []
+
+
+def test_an_upward_import_into_a_moved_module_is_caught(tmp_path):
+    """The modules issue #26 moved are checked like the rest: the purge records in `catalog`
+    reaching up to `erasure`, the generation log's records reaching up to the generator they
+    once duck-typed, and a stage importing Dagster are all reported."""
+    plant(tmp_path, {
+        "retro_ops/catalog/purges.py":
+            "from retro_ops.catalog import tables as m\nfrom retro_ops.erasure.store import erase_documents\n",
+        "retro_ops/generations/records.py":
+            "def record_of(result):\n    from retro_ops.serving.generator import Generation\n",
+        "retro_ops/erasure/store.py": "from retro_ops.features.store import FeatureStore\nimport dagster as dg\n",
+    })
+    assert upward_imports(tmp_path) == [
+        "retro_ops/catalog/purges.py:2: catalog imports retro_ops.erasure.store (a later layer: erasure)",
+        "retro_ops/generations/records.py:2: generations imports retro_ops.serving.generator "
+        "(a later layer: serving)",
+    ]
+    assert dagster_imports(tmp_path) == ["retro_ops/erasure/store.py:2: imports dagster"]
+
+
 def test_an_upward_import_into_the_index_route_is_caught(tmp_path):
     """The index route is a sub-layer: retrieval sets (below it) and features may not import it,
     it may not import the retriever (above it) however the import is spelled, and it may import
     retrieval sets."""
-    for folder in ("features", "retrieval", "retrieval/index"):
-        (tmp_path / "retro_ops" / folder).mkdir(parents=True)
-        (tmp_path / "retro_ops" / folder / "__init__.py").write_text("")
-    (tmp_path / "assets").mkdir()
-    (tmp_path / "retro_ops" / "__init__.py").write_text("")
-    (tmp_path / "retro_ops" / "features" / "store.py").write_text(
-        "from retro_ops.retrieval.index.publish import index_root\n")
-    (tmp_path / "retro_ops" / "retrieval" / "sets.py").write_text(
-        "from retro_ops.retrieval.index import route\n")
-    (tmp_path / "retro_ops" / "retrieval" / "index" / "route.py").write_text(
-        "from retro_ops.retrieval.sets import retrieval_set_vectors\n"
-        "from retro_ops.retrieval.index.build import IndexConfig\n"
-        "from retro_ops.retrieval import retriever\n"
-        "def f():\n    from retro_ops.retrieval.retriever import Retriever\n")
+    plant(tmp_path, {
+        "retro_ops/features/store.py": "from retro_ops.retrieval.index.publish import index_root\n",
+        "retro_ops/retrieval/sets.py": "from retro_ops.retrieval.index import route\n",
+        "retro_ops/retrieval/index/route.py": (
+            "from retro_ops.retrieval.sets import retrieval_set_vectors\n"
+            "from retro_ops.retrieval.index.build import IndexConfig\n"
+            "from retro_ops.retrieval import retriever\n"
+            "def f():\n    from retro_ops.retrieval.retriever import Retriever\n"),
+    })
     assert upward_imports(tmp_path) == [
         "retro_ops/features/store.py:1: features imports retro_ops.retrieval.index.publish "
         "(a later layer: retrieval.index)",

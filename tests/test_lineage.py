@@ -110,7 +110,7 @@ def test_training_records_reads_index_build_and_sources(site):
     (as text and as neighbours, digest-pinned in LanceDB), and sources per corpus version."""
     from sqlalchemy import select
 
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
     from retro_ops.training.reads import read_model_reads, reads_digest
 
     ws, m1 = site["ws"], _refresh(site, site["m1"])
@@ -477,7 +477,7 @@ def test_verify_catches_tampered_checkpoint_index_and_cleaned_lancedb_version(si
 def _index_dir(site, info) -> str:
     from sqlalchemy import select
 
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
 
     with site["ws"].catalog.session() as s:
         return s.scalar(select(m.IndexBuild.build_dir).where(m.IndexBuild.id == info.index_build_id))

@@ -29,9 +29,9 @@ from typer.testing import CliRunner
 from retro_ops.catalog import Catalog
 from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
+from retro_ops.erasure.store import snapshot_document
 from retro_ops.features import pipeline
 from retro_ops.features.store import CHUNKS, FeatureStore
-from retro_ops.governance.purge import snapshot_document
 from retro_ops.ids import document_id, normalise_text
 from retro_ops.retrieval.index.build import IndexConfig
 from retro_ops.retrieval.index.publish import current_build, index_root, read_manifest
@@ -395,11 +395,22 @@ def test_a_purge_of_a_default_index_removes_ids_instead_of_rebuilding(pristine, 
     assert manifest.config == asdict(IndexConfig()) and manifest.route == "incremental", manifest.notes
 
 
+def test_a_purge_without_a_reason_is_refused_before_anything_is_recorded(home):
+    """The library checks the reason itself (the CLI only shows its message): a blank reason
+    names the documents and leaves no intent, exclusion or new corpus version behind."""
+    from retro_ops.erasure.purge import purge_documents
+    from retro_ops.errors import ExclusionError
+
+    ws = Workspace.open(home)
+    with pytest.raises(ExclusionError, match=r"^a purge needs a reason \(none given for 0123abcd\)$"):
+        purge_documents(ws, ["0123abcd"], reason="  ", actor="dpo")
+    assert ws.catalog.purges() == [] and ws.catalog.list_exclusions() == []
+
 def _purge_records(catalog: Catalog, corpus_folder: Path) -> None:
     """The catalog half of a purge on one backend: intent, new corpus version, scrub, done."""
     from sqlalchemy import select
 
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
     from retro_ops.corpus import Document
     from retro_ops.errors import ExclusionError
 

@@ -19,7 +19,7 @@ from helpers import tiny_spec
 from sqlalchemy import func, select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.corpus import Document
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import pipeline

@@ -173,7 +173,7 @@ def test_mlflow_pyfunc_swaps_the_retrieval_set_at_predict_time(served):
 def test_models_switch_without_rebuilding_anything(served, ws):
     """A second model trained against another retrieval set, and a second embedding space, live
     beside the first: serving one model after the other rebuilds no index and writes no feature."""
-    from retro_ops.catalog import models as m
+    from retro_ops.catalog import tables as m
     from retro_ops.features.embedder import Embedder
     from retro_ops.features.store import embeddings_table_name
 

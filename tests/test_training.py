@@ -52,6 +52,20 @@ def test_neighbours_exclude_own_document_and_are_cached(ws, data):
     assert set(data.train_doc_ids).isdisjoint(data.heldout_doc_ids)
 
 
+def test_a_neighbour_cache_is_present_only_once_its_arrays_are_whole(data, tmp_path):
+    """The manifest is written before the arrays: a crash between the two leaves a manifest
+    alone, which is not a cache (recomputed, the manifest rewritten); no temp file stays."""
+    from retro_ops.training.neighbours import cached_neighbours
+
+    nb = data.train_neighbours.neighbours
+    (tmp_path / "k.json").write_text('{"left": "by a crash"}')  # what a crash between the two leaves
+    got, computed = cached_neighbours(tmp_path, "k", lambda: (nb, {"chunks": len(nb.ids)}))
+    assert computed and got is nb
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json", "k.npz"]
+    assert json.loads((tmp_path / "k.json").read_text()) == {"chunks": len(nb.ids)}
+    again, computed = cached_neighbours(tmp_path, "k", lambda: pytest.fail("the cache is whole"))
+    assert not computed and (again.ids == nb.ids).all() and (again.tokens == nb.tokens).all()
+
 def test_self_neighbours_hold_the_very_text_to_predict_in_training_only(data):
     """A seeded half of the training chunks read their own text + true continuation in the last
     slot; the first slot keeps the real neighbour; held-out neighbours are untouched."""
@@ -256,7 +270,7 @@ def test_cached_generation_equals_full_forward_windows(ws, data, trained):
     """The Generator's cached decoding gives the tokens a full forward pass over each window
     gives (the way it generated before the caches), across a window slide, with retrieval."""
     from retro_ops.features.chunking import load_tokenizer
-    from retro_ops.serving.generation import Generator
+    from retro_ops.serving.generator import Generator
 
     model = load_checkpoint(Path(trained["retro"].info.checkpoint_dir))
     tokenizer = load_tokenizer(ws.embedder.space.model_path)

@@ -21,7 +21,7 @@ from safetensors.torch import save_model
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.cli.main import app
 from retro_ops.errors import ModelIntegrityError
 from retro_ops.lineage.verify import verify

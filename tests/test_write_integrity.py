@@ -247,3 +247,22 @@ def test_lock_folder_is_local_only():
 def test_unique_keys_of_an_unknown_table_is_refused(tmp_path: Path):
     with pytest.raises(KeyError, match="no key columns known for feature-store table 'nope'"):
         FeatureStore(str(tmp_path / "lancedb")).duplicate_keys("nope")
+
+
+def test_atomic_path_publishes_whole_files_or_nothing(tmp_path: Path):
+    """`durable.atomic_path`, under every hand-made file (specs, neighbour caches, int8
+    encoders, lineage CSVs): the new bytes replace the old only when the writer finished; a
+    writer that fails leaves the old file and no temp file."""
+    from retro_ops.durable import atomic_path, write_atomic
+
+    target = tmp_path / "folder" / "spec.json"
+    write_atomic(target, b"old")
+    with pytest.raises(RuntimeError, match="writer died"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half of the n")
+            raise RuntimeError("writer died")
+    assert target.read_bytes() == b"old"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name != target.name
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in target.parent.iterdir()] == ["spec.json"]

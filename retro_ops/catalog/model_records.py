@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from retro_ops.catalog import models as m
-from retro_ops.catalog.models import utcnow
+from retro_ops.catalog import tables as m
+from retro_ops.catalog.tables import utcnow
 from retro_ops.errors import UnknownModelError
 
 

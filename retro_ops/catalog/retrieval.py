@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.errors import RetrievalSetError, UnknownRetrievalSetError
 from retro_ops.ids import validate_name
 

@@ -27,9 +27,10 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.exclusions import ExclusionCatalogMixin
 from retro_ops.catalog.model_records import ModelCatalogMixin
+from retro_ops.catalog.purges import PurgeCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
 from retro_ops.corpus import Document
 from retro_ops.corpus.readers import SUPPORTED_SUFFIXES
@@ -119,7 +120,7 @@ class CorpusVersionInfo:
     created_at: datetime
 
 
-class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, ModelCatalogMixin):
+class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, ModelCatalogMixin):
     def __init__(self, engine: Engine, home: Path | None = None):
         """`home`: the folder recorded paths are relative to (None: store and read them as given)."""
         self.engine = engine

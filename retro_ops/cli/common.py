@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from retro_ops.settings import Settings
+
+if TYPE_CHECKING:
+    from retro_ops.lineage.limits import AuditLimits
+    from retro_ops.lineage.views import AuditDB
 
 PIPED_WIDTH = 160  # tables written to a file or a pipe: wide enough that no cell is cut to "…"
 
@@ -69,6 +73,17 @@ def open_catalog(resolved: Settings | None = None):
 
     resolved = resolved or settings()
     return Catalog.open(resolved.catalog_url, home=resolved.home)
+
+
+def audit_db(limits: AuditLimits | None = None) -> AuditDB:
+    """The audit views (DuckDB over the catalog and the feature store) of the home, within
+    `limits` (an `AuditLimits`; None: its defaults)."""
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.lineage.limits import AuditLimits
+    from retro_ops.lineage.views import AuditDB
+
+    resolved = settings()
+    return AuditDB(open_catalog(resolved), FeatureStore(resolved.lancedb_uri), limits or AuditLimits())
 
 
 def reader(actor: str) -> str:

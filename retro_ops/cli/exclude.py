@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import (
-    ActorOpt, JsonOpt, emit_json, excluded_note, fail, open_catalog, out, reader, set_option, settings,
+    ActorOpt, JsonOpt, audit_db, emit_json, excluded_note, fail, open_catalog, out, reader, set_option, settings,
 )
+from retro_ops.cli.reports import print_report
 from retro_ops.errors import RetroOpsError
 
 exclude_app = typer.Typer(no_args_is_help=True, help=(
@@ -29,6 +30,10 @@ def _record(scope: str, targets: list[str], reason: str, actor: str, json_out: b
             [NewExclusion(scope, t, reason) for t in targets], actor=reader(actor))
     except RetroOpsError as exc:
         fail(str(exc))
+    _recorded(scope, targets, ids, json_out)
+
+
+def _recorded(scope: str, targets: list[str], ids: list[int], json_out: bool) -> None:
     if json_out:
         emit_json({"scope": scope, "targets": targets, "exclusion_ids": ids})
     else:
@@ -41,10 +46,15 @@ def exclude_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")], 
                   actor: ActorOpt = "", json_out: JsonOpt = False) -> None:
     """Exclude one chunk."""
     from retro_ops.features.store import FeatureStore
+    from retro_ops.governance.exclude import exclude_chunk as exclude
 
-    if not FeatureStore(settings().lancedb_uri).chunks_by_id([chunk_id], ["chunk_id"]):
-        fail(f"no chunk {chunk_id} in the feature store")
-    _record("chunk", [str(chunk_id)], reason, actor, json_out)
+    resolved = settings()
+    try:
+        exclusion_id = exclude(open_catalog(resolved), FeatureStore(resolved.lancedb_uri), chunk_id,
+                               reason=reason, actor=reader(actor))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _recorded("chunk", [str(chunk_id)], [exclusion_id], json_out)
 
 
 @exclude_app.command("text")
@@ -52,11 +62,13 @@ def exclude_text(text: Annotated[str, typer.Argument(help="A chunk's exact text.
                  reason: ReasonOpt = "excluded text", actor: ActorOpt = "",
                  json_out: JsonOpt = False) -> None:
     """Exclude a text by its content hash: every chunk with it, in every document, now and later."""
-    from retro_ops.ids import content_hash
+    from retro_ops.governance.exclude import exclude_text as exclude
 
-    if not text.strip():
-        fail("empty text: give the exact text of the chunk to exclude")
-    _record("content_hash", [content_hash(text)], reason, actor, json_out)
+    try:
+        digest, exclusion_id = exclude(open_catalog(), text, reason=reason, actor=reader(actor))
+    except RetroOpsError as exc:
+        fail(str(exc))
+    _recorded("content_hash", [digest], [exclusion_id], json_out)
 
 
 @exclude_app.command("doc")
@@ -68,13 +80,10 @@ def exclude_doc(path_or_id: Annotated[str, typer.Argument(help="A doc id or a re
                     "refuse the document at every later materialization. Irreversible."))] = False,
                 json_out: JsonOpt = False) -> None:
     """Take down a whole document (every document read from that path); --purge erases it."""
-    from retro_ops.features.store import FeatureStore
     from retro_ops.lineage.audit import resolve_documents
-    from retro_ops.lineage.views import AuditDB
 
-    resolved = settings()
     try:
-        with AuditDB(open_catalog(resolved), FeatureStore(resolved.lancedb_uri)) as db:
+        with audit_db() as db:
             doc_ids = resolve_documents(db, path_or_id)
     except RetroOpsError as exc:
         fail(str(exc))
@@ -88,8 +97,6 @@ def _purge(doc_ids: list[str], reason: str, actor: str, json_out: bool) -> None:
     from retro_ops.erasure.purge import purge_documents
     from retro_ops.workspace import Workspace
 
-    if not reason.strip():
-        fail("a purge needs a reason (--reason)")
     try:
         report = purge_documents(Workspace.open(settings()), doc_ids, reason=reason, actor=reader(actor))
     except RetroOpsError as exc:
@@ -184,12 +191,11 @@ def exclude_report(exclusion_id: Annotated[int, typer.Argument(help="An exclusio
     """What one exclusion covers: its chunks, the set versions, indices and deployments that held
     them before, the models that read them as text or as neighbours (may need retraining), and
     the logged generations that retrieved them."""
-    from retro_ops.cli.lineage import _db, _report
     from retro_ops.lineage.audit import exclusion_report, with_generations
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             found = with_generations(db, exclusion_report(db, exclusion_id))
     except RetroOpsError as exc:
         fail(str(exc))
-    _report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)
+    print_report(f"exclusion {exclusion_id}", found.summary, found.lists, json_out, None)

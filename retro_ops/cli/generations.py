@@ -1,11 +1,11 @@
-"""`retro-ops generations search|show|purge|affected`: the log of every served answer.
+"""`retro-ops generations search|show|prune|affected`: the log of every served answer.
 
 Every `/generate`, `retro-ops generate` and pyfunc call is logged (LanceDB table `generations`
 under the home, plus an MLflow trace) unless opted out. Settings, from the environment:
 RETRO_OPS_GENERATION_LOG=off (no log), RETRO_OPS_GENERATION_LOG_HASH=on (sha256 of prompt and
 output instead of their text), RETRO_OPS_GENERATION_LOG_FLUSH_EVERY (32 rows) and
 RETRO_OPS_GENERATION_LOG_FLUSH_SECONDS (2), RETRO_OPS_GENERATION_LOG_TRACES=off (no MLflow
-traces), RETRO_OPS_GENERATION_RETENTION_DAYS (purge older generations when a writer starts).
+traces), RETRO_OPS_GENERATION_RETENTION_DAYS (prune older generations when a writer starts).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import (
-    ActorOpt, IncludeExcludedOpt, JsonOpt, emit_json, excluded_note, fail, out, reader, settings,
+    ActorOpt, IncludeExcludedOpt, JsonOpt, emit_json, err, excluded_note, fail, out, reader, settings,
 )
 from retro_ops.errors import RetroOpsError
 
@@ -110,8 +110,8 @@ def generations_show(request_id: Annotated[str, typer.Argument(help="A request i
             out.print(f"  ({n['score']:.3f}) {n['chunk_id']} {text}{where}", highlight=False)
 
 
-@generations_app.command("purge")
-def generations_purge(
+@generations_app.command("prune")
+def generations_prune(
     older_than: Annotated[Optional[str], typer.Option(
         "--older-than", help="Age such as 30d or 12h (default: $RETRO_OPS_GENERATION_RETENTION_DAYS).")] = None,
     json_out: JsonOpt = False,
@@ -121,7 +121,7 @@ def generations_purge(
     from dataclasses import asdict
 
     from retro_ops.generations.records import RETENTION_ENV
-    from retro_ops.generations.retention import cutoff_days, purge_older_than
+    from retro_ops.generations.retention import cutoff_days, prune_older_than
 
     period = older_than or (f"{os.environ[RETENTION_ENV]}d" if os.environ.get(RETENTION_ENV) else None)
     if period is None:
@@ -132,7 +132,7 @@ def generations_purge(
     days = float(found.group(1)) / (24 if found.group(2) == "h" else 1)
     ws = _workspace()
     try:
-        report = purge_older_than(ws.store, cutoff_days(days), settings=ws.settings)
+        report = prune_older_than(ws.store, cutoff_days(days), settings=ws.settings)
     except RetroOpsError as exc:
         fail(str(exc))
     if json_out:
@@ -141,6 +141,17 @@ def generations_purge(
         out.print(f"deleted {report.deleted} generations older than {report.cutoff:%Y-%m-%d %H:%M} UTC "
                   f"({report.kept} kept, table version {report.version}); "
                   f"{report.traces_deleted} MLflow traces deleted")
+
+
+@generations_app.command("purge", hidden=True)
+def generations_purge(
+    older_than: Annotated[Optional[str], typer.Option("--older-than", help="As for `prune`.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Deprecated: the old name of `generations prune` ("purge" is the erasure of a document)."""
+    err.print("note: `retro-ops generations purge` is deprecated; use `retro-ops generations prune`",
+              highlight=False)
+    generations_prune(older_than, json_out)
 
 
 @generations_app.command("affected")

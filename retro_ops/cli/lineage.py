@@ -6,7 +6,6 @@ A summary on screen (or the whole answer with --json); with --csv DIR the full r
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, emit_json, fail, out, settings
+from retro_ops.cli.common import JsonOpt, audit_db, emit_json, fail, out
+from retro_ops.cli.reports import print_report, write_csv
 from retro_ops.errors import RetroOpsError
 from retro_ops.lineage.limits import AuditLimits
 
@@ -27,60 +27,6 @@ CsvOpt = Annotated[Optional[Path], typer.Option("--csv", help="Write the full li
                                                               "into this folder.")]
 
 
-def _db(limits: AuditLimits = AUDIT_LIMITS):
-    from retro_ops.features.store import FeatureStore
-    from retro_ops.lineage.views import AuditDB
-    from retro_ops.catalog import Catalog
-
-    resolved = settings()
-    return AuditDB(Catalog.open(resolved.catalog_url, home=resolved.home),
-                   FeatureStore(resolved.lancedb_uri), limits)
-
-
-def write_csv(folder: Path, name: str, rows: list[dict]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
-    columns = list(rows[0]) if rows else []
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def _summary_table(title: str, summary: dict) -> Table:
-    table = Table("field", "value", title=title, show_header=False)
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = "; ".join(map(str, value[:10])) + (f" (+{len(value) - 10})" if len(value) > 10 else "")
-        table.add_row(key, "-" if value is None else str(value))
-    return table
-
-
-def _report(title: str, summary: dict, lists: dict[str, list[dict]], json_out: bool,
-            csv_dir: Path | None) -> None:
-    if csv_dir is not None:
-        for name, rows in lists.items():
-            write_csv(csv_dir, name, rows)
-    if json_out:
-        emit_json({"summary": summary, **lists})
-        return
-    out.print(_summary_table(title, summary))
-    if summary.get("may_need_retraining"):
-        out.print(f"[yellow]read by {', '.join(summary['may_need_retraining'])}: they may need "
-                  "retraining without it (their weights learned from it)[/yellow]")
-    for name, rows in lists.items():
-        if rows and name not in ("documents", "training_chunks", "neighbour_chunks", "chunks"):
-            table = Table(*rows[0].keys(), title=name)
-            for row in rows[:20]:
-                table.add_row(*("-" if v is None else str(v) for v in row.values()))
-            out.print(table)
-    if csv_dir is not None:
-        out.print(f"full lists: {', '.join(f'{n}.csv' for n in lists)} in {csv_dir}")
-
-
 @lineage_app.command("model")
 def lineage_model(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-ID, or a kind.")],
                   json_out: JsonOpt = False, csv_dir: CsvOpt = None) -> None:
@@ -88,11 +34,11 @@ def lineage_model(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-I
     from retro_ops.lineage.audit import backward
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             found = backward(db, ref)
     except RetroOpsError as exc:
         fail(str(exc))
-    _report(f"lineage of {found.summary['model']}", found.summary, found.lists, json_out, csv_dir)
+    print_report(f"lineage of {found.summary['model']}", found.summary, found.lists, json_out, csv_dir)
 
 
 @lineage_app.command("doc")
@@ -103,7 +49,7 @@ def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or
     from retro_ops.lineage.audit import forward_document, resolve_documents, with_generations
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             found = [with_generations(db, forward_document(db, d)) for d in resolve_documents(db, path_or_doc_id)]
     except RetroOpsError as exc:
         fail(str(exc))
@@ -111,7 +57,7 @@ def lineage_doc(path_or_doc_id: Annotated[str, typer.Argument(help="A doc id, or
         emit_json([{"summary": f.summary, **f.lists} for f in found])
         return
     for f in found:
-        _report(f"document {f.summary['doc_id']}", f.summary, f.lists, False,
+        print_report(f"document {f.summary['doc_id']}", f.summary, f.lists, False,
                 csv_dir / f.summary["doc_id"] if csv_dir else None)
 
 
@@ -123,11 +69,11 @@ def lineage_chunk(chunk_id: Annotated[int, typer.Argument(help="A chunk id.")],
     from retro_ops.lineage.audit import forward_chunk, with_generations
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             found = with_generations(db, forward_chunk(db, chunk_id))
     except RetroOpsError as exc:
         fail(str(exc))
-    _report(f"chunk {chunk_id}", found.summary, found.lists, json_out, csv_dir)
+    print_report(f"chunk {chunk_id}", found.summary, found.lists, json_out, csv_dir)
 
 
 @lineage_app.command("diff")
@@ -138,7 +84,7 @@ def lineage_diff(ref_a: Annotated[str, typer.Argument(help="A model, or set:NAME
     from retro_ops.lineage.diff import diff
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             found = diff(db, ref_a, ref_b)
     except RetroOpsError as exc:
         fail(str(exc))
@@ -147,7 +93,7 @@ def lineage_diff(ref_a: Annotated[str, typer.Argument(help="A model, or set:NAME
         emit_json({"summary": found.summary(), **{n: getattr(found, n) for n in names}})
         return
     lists = {n: [{"id": v} for v in getattr(found, n)] for n in names}
-    _report(f"{found.a} -> {found.b}", found.summary(), lists if csv_dir else {}, False, csv_dir)
+    print_report(f"{found.a} -> {found.b}", found.summary(), lists if csv_dir else {}, False, csv_dir)
 
 
 @lineage_app.command("verify")
@@ -157,7 +103,7 @@ def lineage_verify(ref: Annotated[str, typer.Argument(help="NAME/VERSION, model-
     from retro_ops.lineage.verify import verify
 
     try:
-        with _db() as db:
+        with audit_db() as db:
             report = verify(db, ref)
     except RetroOpsError as exc:
         fail(str(exc))
@@ -191,7 +137,7 @@ def audit_sql(query: Annotated[str, typer.Argument(help="One SELECT over the vie
 
     limits = AuditLimits(memory_limit_mib=memory_limit_mib, threads=threads, timeout_s=timeout)
     try:
-        with _db(limits) as db:
+        with audit_db(limits) as db:
             rows = run_sql(db, query).to_pylist()
     except RetroOpsError as exc:
         fail(str(exc))

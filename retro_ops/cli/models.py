@@ -139,7 +139,7 @@ def generate_command(
 ) -> None:
     """Continue a prompt and show the neighbours each chunk retrieved (explainability)."""
     from retro_ops.features.chunking import load_tokenizer
-    from retro_ops.serving.generation import Generator
+    from retro_ops.serving.generator import Generator
     from retro_ops.training.verified import load_verified
 
     from retro_ops.cli.generations import open_generation_log

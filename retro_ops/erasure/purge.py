@@ -5,7 +5,7 @@ row per document (its chunk ids and content hashes, the retrieval-set versions t
 hashes of its source paths) together with a document exclusion, so from that moment no query
 returns it; (2) every later step is idempotent, and each purge call first finishes the purges
 left pending, so a rerun after a kill ends as an uninterrupted run would. The steps: delete its
-rows from every LanceDB table (`governance.purge`); record a new version of each corpus without
+rows from every LanceDB table (`erasure.store`); record a new version of each corpus without
 it (so training and set builds stop naming it); rebuild the retrieval-set versions and indices
 that held it; remove index builds and neighbour caches that still hold its vectors or tokens;
 remove every older LanceDB version of the tables it was in (compaction + cleanup; a tag pinning
@@ -21,7 +21,6 @@ names the purge), `model_reads` (ids only: who read what), and corpus files outs
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,14 +30,14 @@ from lancedb.expr import col
 from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
-from retro_ops.catalog.exclusions import PurgeRecord
+from retro_ops.catalog import tables as m
+from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.catalog.store import corpus_root
-from retro_ops.durable import file_lock
-from retro_ops.errors import CrashMode, IndexIntegrityError, RetroOpsError, SimulatedCrash
+from retro_ops.durable import file_lock, write_atomic
+from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
+from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.embedder import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
-from retro_ops.governance.purge import erase_documents, snapshot_document, text_tables
 from retro_ops.retrieval.index.publish import LOCK_FILE, current_build, index_root, read_manifest
 from retro_ops.retrieval.index.build import IndexConfig
 from retro_ops.retrieval.index.route import index_retrieval_set
@@ -190,9 +189,7 @@ def _scrub_lineage_artifacts(mlflow_dir: Path, doc_ids: set[str]) -> int:
         fixed = [f'{line.split(",", 1)[0]},"purged",{",".join(line.rsplit(",", 3)[-3:])}'
                  if line.split(",", 1)[0] in doc_ids else line for line in lines]
         if fixed != lines:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("\n".join(fixed) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, ("\n".join(fixed) + "\n").encode())
             changed += 1
     return changed
 
@@ -211,7 +208,11 @@ def _corpus_files(catalog: Catalog, uris: list[str]) -> list[str]:
 
 def purge_documents(ws: Workspace, doc_ids: list[str], *, reason: str, actor: str,
                     crash_at: str | None = None, crash_mode: CrashMode = "raise") -> PurgeReport:
-    """Purge `doc_ids` (and finish any purge left pending); returns what was done."""
+    """Purge `doc_ids` (and finish any purge left pending); returns what was done. A purge is
+    irreversible, so it needs a reason, checked before anything is read or recorded."""
+    if not reason.strip():
+        named = ", ".join(doc_ids[:3]) + (f" and {len(doc_ids) - 3} more" if len(doc_ids) > 3 else "")
+        raise ExclusionError(f"a purge needs a reason (none given for {named or 'the pending purges'})")
     catalog, store, report = ws.catalog, ws.store, PurgeReport()
     files: list[str] = []
     for doc_id in doc_ids:

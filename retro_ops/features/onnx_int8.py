@@ -10,7 +10,6 @@ the embedding-space id, so a change of recipe or of ONNX Runtime is another spac
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retro_ops.durable import fsync_path
+from retro_ops.durable import atomic_path
 from retro_ops.errors import EmbedderError
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -54,13 +53,13 @@ def _ffn_down_projections(path: Path) -> list[str]:
 
 
 def export_int8(model: torch.nn.Module, example: dict[str, torch.Tensor], target: Path) -> None:
-    """Write the quantized encoder to `target` (a temp file renamed into place: a killed export
-    leaves no half-written model under the name a later run would load)."""
+    """Write the quantized encoder to `target` (ONNX Runtime writes a temp file, renamed into
+    place: a killed export leaves no half-written model under the name a later run would load)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_path(target) as int8:
+        fp32 = Path(tmp) / "fp32.onnx"  # the export quantized from; never published
         axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "hidden")}
         with warnings.catch_warnings():  # tracer notes on shape checks that hold for BERT
             warnings.simplefilter("ignore")
@@ -70,9 +69,6 @@ def export_int8(model: torch.nn.Module, example: dict[str, torch.Tensor], target
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_exclude=_ffn_down_projections(fp32),
                          extra_options={"DefaultTensorType": 1})  # 1 = float: shapes onnx cannot infer
-        fsync_path(int8)
-        os.replace(int8, target)
-        fsync_path(target.parent)
 
 
 class OrtEncoder:

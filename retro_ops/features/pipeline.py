@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.catalog import Catalog, CorpusVersionInfo
-from retro_ops.catalog.exclusions import source_hash
+from retro_ops.catalog.purges import source_hash
 from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
 from retro_ops.corpus.documents import CorpusSnapshot

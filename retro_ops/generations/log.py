@@ -162,9 +162,9 @@ def open_log(store: FeatureStore, embedder, config: GenerationLogConfig, setting
     if not config.enabled:
         return None
     if config.retention_days is not None:
-        from retro_ops.generations.retention import purge_older_than, cutoff_days
+        from retro_ops.generations.retention import cutoff_days, prune_older_than
 
-        purge_older_than(store, cutoff_days(config.retention_days), settings=settings)
+        prune_older_than(store, cutoff_days(config.retention_days), settings=settings)
     tracer = None
     if config.traces and settings is not None:
         from retro_ops.generations.traces import TraceRecorder

@@ -1,4 +1,7 @@
-"""What one generation leaves behind: its config, its record, and the LanceDB schema of the log.
+"""What one generation is, and what it leaves behind: its config, its record, the log's schema.
+
+`Generation` is what `serving.generator.Generator` returns; it is defined here, below serving,
+so that the log reads a typed result rather than guessing at one it cannot import.
 
 A record names everything needed to trace an answer back: the request id, when, the model (and
 its catalog id), the exact retrieval-set version, the deployment row that served it, the
@@ -15,12 +18,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
 from retro_ops.errors import GenerationLogError
 from retro_ops.ids import sha256_hex
+
+if TYPE_CHECKING:  # type hints only: the log never needs FAISS or the catalog to build a record
+    from retro_ops.catalog import ModelInfo
+    from retro_ops.retrieval.retriever import Neighbour, Retriever
 
 GENERATIONS = "generations"  # the LanceDB table
 Source = Literal["http", "cli", "pyfunc"]
@@ -46,8 +53,8 @@ class GenerationLogConfig:
     max_queue: rows waiting for the writer; beyond it a record is dropped and counted, never
         blocking a request (the writer sustains far more rows/s than a server generates).
     traces: also write each generation as an MLflow trace (RETRIEVER span per completed chunk).
-    retention_days: generations older than this are deleted (and their text purged from the
-        table's files) when a writer starts and by `retro-ops generations purge`; None keeps all.
+    retention_days: generations older than this are deleted (and their text removed from the
+        table's files) when a writer starts and by `retro-ops generations prune`; None keeps all.
     nice: the writer thread's niceness increment (Linux, per thread; threads it starts, such as
         MLflow's trace exporters, inherit it): its embedding and trace work yields the cores to
         the requests it logs. 0 leaves it at the server's priority.
@@ -105,6 +112,26 @@ def _number(env: Mapping[str, str], name: str, default, kind):
 
 
 @dataclass(frozen=True)
+class ChunkRetrieval:
+    chunk: int  # index of the completed chunk in the whole text (prompt + generated)
+    text: str  # the chunk as the model saw it (decoded tokens)
+    neighbours: list[Neighbour]
+
+
+@dataclass
+class Generation:
+    """One generated continuation, with what it read: the generator's result."""
+
+    prompt: str
+    text: str  # the generated continuation only
+    prompt_tokens: int
+    new_tokens: int
+    retrievals: list[ChunkRetrieval] = field(default_factory=list)
+    retrieval_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class NeighbourUse:
     """The neighbours one completed chunk read (in rank order)."""
 
@@ -143,11 +170,10 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def record_of(result, *, source: Source, model_info, retriever, params: dict,
-              request_id: str | None = None, started: datetime | None = None,
+def record_of(result: Generation, *, source: Source, model_info: ModelInfo, retriever: Retriever | None,
+              params: dict, request_id: str | None = None, started: datetime | None = None,
               deployment_id: int | None = None) -> GenerationRecord:
-    """The record of a `serving.generation.Generation` (duck-typed: serving sits above this
-    package). `retriever` is None for a generation without retrieval."""
+    """The record of a generation; `retriever` is None for a generation without retrieval."""
     version = retriever.version if retriever is not None else None
     return GenerationRecord(
         request_id=request_id or new_request_id(),

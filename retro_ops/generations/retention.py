@@ -1,9 +1,12 @@
-"""Retention: generations older than a cutoff are deleted, and their text leaves the disk.
+"""Retention: generations older than a cutoff are pruned, and their text leaves the disk.
+
+"Prune", not "purge": a purge (`retro_ops.erasure`) erases one document's text from every store;
+pruning keeps the generation log to a retention age.
 
 A LanceDB delete only marks rows deleted; their bytes stay in the data files (and in every old
 version) until compaction rewrites the fragment and cleanup removes the old files. Compaction
 through LanceDB's Python API rewrites a fragment only when more than 10% of it is deleted
-(measured: 1 old row among 50 kept its text after delete + optimize). So the purge rewrites the
+(measured: 1 old row among 50 kept its text after delete + optimize). So pruning rewrites the
 rows it keeps as a new version and then removes every older version's files: the deleted text
 is provably gone (a test greps every file under the table's folder). It costs a rewrite of the
 kept rows, which is why it runs at writer start and on command, not per request. It holds the
@@ -23,11 +26,11 @@ from retro_ops.generations.records import GENERATIONS
 
 
 @dataclass(frozen=True)
-class PurgeReport:
+class PruneReport:
     cutoff: datetime
     deleted: int
     kept: int
-    version: int  # the table's version after the purge (0: no table)
+    version: int  # the table's version after pruning (0: no table)
     traces_deleted: int = 0
 
 
@@ -37,8 +40,8 @@ def cutoff_days(days: float, now: datetime | None = None) -> datetime:
     return (now or datetime.now(timezone.utc)) - timedelta(days=days)
 
 
-def purge_older_than(store: FeatureStore, cutoff: datetime, *, settings=None) -> PurgeReport:
-    """Delete generations created before `cutoff` (UTC) and purge them from storage; with
+def prune_older_than(store: FeatureStore, cutoff: datetime, *, settings=None) -> PruneReport:
+    """Delete generations created before `cutoff` (UTC) and remove them from storage; with
     `settings`, also delete the home's MLflow traces of generations older than it."""
     if cutoff.tzinfo is None:
         raise GenerationLogError(f"cutoff {cutoff} has no time zone: give a UTC time")
@@ -48,15 +51,15 @@ def purge_older_than(store: FeatureStore, cutoff: datetime, *, settings=None) ->
 
         traces = delete_traces_before(settings, cutoff)
     if GENERATIONS not in set(store.db.list_tables().tables):
-        return PurgeReport(cutoff, 0, 0, 0, traces)
+        return PruneReport(cutoff, 0, 0, 0, traces)
     old = (col("created_at") < lit(cutoff.astimezone(timezone.utc).replace(tzinfo=None))).to_sql()
     with store.lock(GENERATIONS):
         table = store.db.open_table(GENERATIONS)
         doomed = table.count_rows(old)
         if doomed == 0:
-            return PurgeReport(cutoff, 0, table.count_rows(), table.version, traces)
+            return PruneReport(cutoff, 0, table.count_rows(), table.version, traces)
         keep = (col("created_at") >= lit(cutoff.astimezone(timezone.utc).replace(tzinfo=None))).to_sql()
         kept = table.search().where(keep).limit(None).to_arrow().cast(table.schema)
         table.add(kept, mode="overwrite")  # one commit: the kept rows in fresh files
     store.erase_old_versions(GENERATIONS)  # the older versions' files held the deleted text
-    return PurgeReport(cutoff, doomed, kept.num_rows, store.db.open_table(GENERATIONS).version, traces)
+    return PruneReport(cutoff, doomed, kept.num_rows, store.db.open_table(GENERATIONS).version, traces)

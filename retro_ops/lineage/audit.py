@@ -23,7 +23,7 @@ from lancedb.expr import col, lit
 from sqlalchemy import select
 
 from retro_ops.catalog import ModelInfo
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.store import corpus_root, source_in_corpus
 from retro_ops.errors import LineageError
 from retro_ops.features.store import CHUNKS, MEMBERS

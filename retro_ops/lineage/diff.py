@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from lancedb.expr import col, lit
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.errors import LineageError
 from retro_ops.features.store import CHUNKS, MEMBERS
 from retro_ops.lineage.audit import model_reads_view

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.catalog.store import corpus_root
-from retro_ops.catalog.exclusions import PurgeRecord
+from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.corpus.readers import read_corpus
 from retro_ops.erasure.purge import models_affected
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS

@@ -23,7 +23,7 @@ import pyarrow as pa
 from sqlalchemy import Boolean, DateTime, Float, Integer, BigInteger, JSON, select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.errors import AuditLimitError
 from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS, FeatureStore
 from retro_ops.lineage.limits import AuditLimits

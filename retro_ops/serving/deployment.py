@@ -30,7 +30,7 @@ from retro_ops.features.chunking import load_tokenizer
 from retro_ops.model import Retro
 from retro_ops.retrieval.retriever import Retriever
 from retro_ops.serving.admission import AdmissionConfig, ComputeGate
-from retro_ops.serving.generation import Fetch, Generator
+from retro_ops.serving.generator import Fetch, Generator
 from retro_ops.serving.security import token_id, token_key
 from retro_ops.training.verified import load_verified
 from retro_ops.training.vocab import Vocabulary
@@ -154,7 +154,9 @@ class ServingLease:
     exclusive flock for the holder's life. The kernel drops the lock when the process dies, by
     SIGKILL too, so "unlocked" means "no live server holds these rows". The file is locked before
     it gets its `.lease` name, so no reaper can ever see it unlocked while its holder lives.
-    flock needs a local folder (or NFS with locks); leases cover the servers of one home."""
+    flock needs a local folder (or NFS with locks); leases cover the servers of one home.
+    Not `durable.write_atomic`: the rename names a locked file its holder keeps open and appends
+    to; it publishes no finished bytes."""
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)

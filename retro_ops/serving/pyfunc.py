@@ -79,7 +79,7 @@ class RetroPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from retro_ops.generations.records import record_of
-        from retro_ops.serving.generation import Generator
+        from retro_ops.serving.generator import Generator
 
         params = dict(params or {})
         max_new_tokens = int(params.get("max_new_tokens", 64))

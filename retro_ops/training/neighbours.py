@@ -11,7 +11,6 @@ changed corpus, set, index or k computes anew, never an existing file by mere pr
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from retro_ops.catalog import RetrievalSetVersionInfo
 from retro_ops.catalog.exclusions import ActiveExclusions
+from retro_ops.durable import atomic_path, write_atomic
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.training.config import NeighbourConfig
@@ -36,10 +36,13 @@ class Neighbours:
     copied: np.ndarray | None = None  # (N, k) bool: a self-neighbour slot (training text, not retrieval)
 
     def save(self, path: Path, manifest: dict) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v for k, v in asdict(self).items() if v is not None})
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        """The manifest sidecar first, then the arrays, each replaced whole and fsynced. The
+        `.npz` is what makes the cache present, so a crash between the two leaves a manifest
+        without arrays (ignored: the next call computes them and rewrites it), never arrays
+        whose manifest is missing or half written."""
+        write_atomic(path.with_suffix(".json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: savez adds no suffix
+            np.savez(handle, **{k: v for k, v in asdict(self).items() if v is not None})
 
     @classmethod
     def load(cls, path: Path) -> "Neighbours":

@@ -4,42 +4,25 @@ Each time the text completes a chunk of m tokens, that chunk is decoded, embedde
 frozen BERT exactly like database chunks, and its k neighbours (chunk + continuation) are
 fetched; they condition every later token through chunked cross-attention. Tokens go through
 the model one at a time with cached keys, values and encoded neighbours (`IncrementalDecoder`):
-the logits of a full pass over the window, without recomputing it for every token. The result says
-which neighbours each chunk used, so every generation is explainable.
+the logits of a full pass over the window, without recomputing it for every token. The result (a
+`Generation`, defined with the log that records it) says which neighbours each chunk used, so
+every generation is explainable.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from retro_ops.errors import GenerationTimeoutError
+from retro_ops.generations.records import ChunkRetrieval, Generation
 from retro_ops.model import Retro
 from retro_ops.model.decoding import IncrementalDecoder
 from retro_ops.retrieval.retriever import Neighbour, Retriever
 from retro_ops.training.vocab import Vocabulary
-
-
-@dataclass(frozen=True)
-class ChunkRetrieval:
-    chunk: int  # index of the completed chunk in the whole text (prompt + generated)
-    text: str  # the chunk as the model saw it (decoded tokens)
-    neighbours: list[Neighbour]
-
-
-@dataclass
-class Generation:
-    prompt: str
-    text: str  # the generated continuation only
-    prompt_tokens: int
-    new_tokens: int
-    retrievals: list[ChunkRetrieval] = field(default_factory=list)
-    retrieval_seconds: float = 0.0
-    model_seconds: float = 0.0
 
 
 Fetch = Callable[[str, int], list[Neighbour]]  # (chunk text, k) -> its neighbours, best first

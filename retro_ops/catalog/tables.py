@@ -1,6 +1,7 @@
 """The catalog schema: what exists, which version of it, and where it came from.
 
-Alembic owns the schema (`migrations/`); these models mirror it. Later issues add retrieval
+Alembic owns the schema (`migrations/`); these SQLAlchemy tables mirror it (the module is `tables`,
+not `models`: a "model" here is a trained RETRO checkpoint). Later issues add retrieval
 sets, exclusions, index builds, models and deployments as new tables with their own migrations.
 """
 

@@ -7,7 +7,6 @@ table added later is covered too: every table with a `doc_id` column loses the d
 (documents, chunks, retrieval-set members, ...), and every other table with a `content_hash`
 column (embeddings of each space, chunk scores, ...) loses the rows of the document's texts that
 no remaining chunk still has. `model_reads` is kept: ids only, it is the audit of who read what.
-This module sits below `retrieval`, so the rebuild of sets and indices lives in `erasure`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from lancedb.expr import col, lit
 from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
-from retro_ops.catalog import models as m
+from retro_ops.catalog import tables as m
 from retro_ops.features.store import MEMBERS, FeatureStore
 
 #: Tables that keep a purged document's rows: they hold ids and hashes, never text.
