@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--plot", action="store_true", help="write the first seed's decile curves (PNG)")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--name", default="retrieval_learning",
+                        help="results file stem under bench/results (runs side by side need their own)")
     args = parser.parse_args()
     if args.no_retro and not args.retrofit:
         parser.error("--no-retro needs --retrofit (nothing would be trained but the baseline)")
@@ -194,7 +196,7 @@ def main() -> None:
                     curves[(steps, seed)][f"{kind} {name} oracle"] = [scored["set oracle"].bits_per_byte(r)
                                                                       for r in buckets.decile_rows]
                     per_seed.append(row)
-                    write_results("retrieval_learning_partial", {"args": vars(args) | {"variant": None}}, per_seed)
+                    write_results(f"{args.name}_partial", {"args": vars(args) | {"variant": None}}, per_seed)
                     log(f"steps={steps} seed={seed} {kind} {name}: " + ", ".join(
                         f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                         if k not in ("variant", "kind", "steps", "seed")))
@@ -222,7 +224,7 @@ def main() -> None:
         from retro_ops.evaluation.plots import alpha_curve_png
 
         (steps, seed), series = next(iter(curves.items()))
-        png = RESULTS_DIR / "retrieval_learning_alpha.png"
+        png = RESULTS_DIR / f"{args.name}_alpha.png"
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         png.write_bytes(alpha_curve_png(
             [{"model": label, "setting": "oracle" if label.endswith("oracle") else args.part,
@@ -255,7 +257,7 @@ def main() -> None:
                for label, values in next(iter(curves.values())).items()] if curves else []
     decile_cols = [Column("model", "model (first seed)"),
                    *(Column(f"d{i}", lab, f4) for i, lab in enumerate(Buckets.decile_labels()))]
-    report_tables("retrieval_learning", [
+    report_tables(args.name, [
         (f"per seed ({args.corpus} {args.part}, set {args.retrieval_set}; bpb differences, negative = better)",
          seed_cols, per_seed),
         ("across seeds: mean [95% t interval over seeds]", summary_cols, summary),
