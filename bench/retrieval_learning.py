@@ -63,6 +63,57 @@ BUCKETS = ("all", "first chunks", "reads", "reads, alpha>50%")
 KEYS = {"all": "all", "first chunks": "first", "reads": "reads", "reads, alpha>50%": "high"}
 
 
+SUMMARY_KEYS = ("set_vs_base_reads", "set_vs_base_high", "set_vs_base_all", "set_vs_base_first",
+                "none_vs_base_all", "set_vs_none_reads", "shuffled_vs_none_reads", "oracle_vs_none_reads",
+                "unrelated_vs_none_reads")
+
+
+def across_seeds(per_seed: list[dict]) -> list[dict]:
+    """Per (variant, model, steps): the mean of each paired difference over seeds with its 95%
+    Student-t interval (seeds are the unit: what survives retraining)."""
+    import numpy as np
+
+    from retro_ops.evaluation.intervals import seed_interval
+
+    summary = []
+    for variant, kind, steps in dict.fromkeys((r["variant"], r["kind"], r["steps"]) for r in per_seed):
+        group = [r for r in per_seed if (r["variant"], r["kind"], r["steps"]) == (variant, kind, steps)]
+        entry = {"variant": variant, "kind": kind, "steps": steps, "seeds": len(group),
+                 "seed_list": ",".join(str(r["seed"]) for r in group),
+                 "tokens_per_s_ratio": float(np.mean([r["tokens_per_s"] / r["baseline_tokens_per_s"]
+                                                      for r in group]))}
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in group if key in r]
+            if len(values) >= 2:
+                iv = seed_interval(values)
+                entry[key] = f"{iv.difference:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
+            elif values:
+                entry[key] = f"{values[0]:+.4f}"
+        summary.append(entry)
+    return summary
+
+
+def combine(paths: list[str], name: str) -> None:
+    """Runs of other seeds side by side (`--name`) read back and summarised as one run."""
+    import json
+
+    rows = [r for path in paths for r in json.loads(Path(path).read_text())["rows"]
+            if r.get("table", "").startswith("per seed")]
+    report_tables(name, [("across seeds: mean [95% t interval over seeds]", SUMMARY_COLUMNS,
+                          across_seeds(rows))], {"combined": paths})
+
+
+SUMMARY_COLUMNS = [Column("variant", "variant"), Column("kind", "model"), Column("steps", "steps"),
+                   Column("seed_list", "seeds"), Column("set_vs_base_reads", "reads: - baseline [95% t, seeds]"),
+                   Column("set_vs_base_high", "α>50%: - baseline"), Column("set_vs_base_all", "all: - baseline"),
+                   Column("set_vs_base_first", "first chunks: - baseline"),
+                   Column("none_vs_base_all", "no retrieval - baseline"),
+                   Column("shuffled_vs_none_reads", "shuffled - none"),
+                   Column("unrelated_vs_none_reads", "unrelated - none"),
+                   Column("oracle_vs_none_reads", "oracle - none"),
+                   Column("tokens_per_s_ratio", "train tok/s vs baseline", "{:.2f}x")]
+
+
 def main() -> None:
     parser = base_parser(__doc__, "retro-ops home holding the trained corpus and its retrieval set")
     parser.add_argument("--corpus", default="kjv_nt")
@@ -83,7 +134,12 @@ def main() -> None:
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--name", default="retrieval_learning",
                         help="results file stem under bench/results (runs side by side need their own)")
+    parser.add_argument("--combine", default="",
+                        help="FILE,FILE: summarise the per-seed rows of earlier runs' results files "
+                             "over all their seeds (nothing is trained)")
     args = parser.parse_args()
+    if args.combine:
+        return combine(args.combine.split(","), args.name)
     if args.no_retro and not args.retrofit:
         parser.error("--no-retro needs --retrofit (nothing would be trained but the baseline)")
     if len(args.seeds) < 2:
@@ -94,7 +150,7 @@ def main() -> None:
 
     from retro_ops.evaluation.bits_per_byte import evaluate
     from retro_ops.evaluation.compare import control_neighbours
-    from retro_ops.evaluation.intervals import paired_bootstrap, seed_interval
+    from retro_ops.evaluation.intervals import paired_bootstrap
     from retro_ops.evaluation.overlap import Buckets, overlap_alpha, reads_neighbours
     from retro_ops.evaluation.token_bytes import token_bytes
     from retro_ops.features.chunking import Chunker
@@ -201,24 +257,7 @@ def main() -> None:
                         f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                         if k not in ("variant", "kind", "steps", "seed")))
 
-    summary = []
-    for steps in args.steps:
-        for name, _ in variants:
-            for kind in ([] if args.no_retro else ["retro"]) + (["retrofit"] if args.retrofit else []):
-                group = [r for r in per_seed if (r["variant"], r["kind"], r["steps"]) == (name, kind, steps)]
-                entry = {"variant": name, "kind": kind, "steps": steps, "seeds": len(group),
-                         "tokens_per_s_ratio": float(np.mean([r["tokens_per_s"] / r["baseline_tokens_per_s"]
-                                                              for r in group]))}
-                for key in ("set_vs_base_reads", "set_vs_base_high", "set_vs_base_all", "none_vs_base_all",
-                            "set_vs_none_reads", "shuffled_vs_none_reads", "oracle_vs_none_reads",
-                            *(["unrelated_vs_none_reads"] if args.unrelated_set else [])):
-                    values = [r[key] for r in group]
-                    if len(values) >= 2:
-                        iv = seed_interval(values)
-                        entry[key] = f"{iv.difference:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
-                    else:
-                        entry[key] = f"{values[0]:+.4f}"
-                summary.append(entry)
+    summary = across_seeds(per_seed)
 
     if args.plot and curves:
         from retro_ops.evaluation.plots import alpha_curve_png
@@ -245,14 +284,7 @@ def main() -> None:
                  Column("oracle_vs_none_reads", "oracle - none (reads)", d4),
                  Column("tokens_per_s", "train tok/s", "{:.0f}"),
                  Column("baseline_tokens_per_s", "baseline tok/s", "{:.0f}")]
-    summary_cols = [Column("variant", "variant"), Column("kind", "model"), Column("steps", "steps"),
-                    Column("seeds", "seeds"), Column("set_vs_base_reads", "reads: - baseline [95% t, seeds]"),
-                    Column("set_vs_base_high", "α>50%: - baseline"), Column("set_vs_base_all", "all: - baseline"),
-                    Column("none_vs_base_all", "no retrieval - baseline"),
-                    Column("shuffled_vs_none_reads", "shuffled - none"),
-                    *([Column("unrelated_vs_none_reads", "unrelated - none")] if args.unrelated_set else []),
-                    Column("oracle_vs_none_reads", "oracle - none"),
-                    Column("tokens_per_s_ratio", "train tok/s vs baseline", "{:.2f}x")]
+    summary_cols = SUMMARY_COLUMNS
     deciles = [{"model": label, **{f"d{i}": v for i, v in enumerate(values)}}
                for label, values in next(iter(curves.values())).items()] if curves else []
     decile_cols = [Column("model", "model (first seed)"),
