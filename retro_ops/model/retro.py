@@ -171,6 +171,16 @@ class NeighbourEncoder(nn.Module):
         return self.ln_f(e).view(B, nc, k, r, -1)
 
 
+def per_length(weights: Tensor, length: Tensor) -> Tensor:
+    """weights[length] as a sum of masks: the backward of an indexed read accumulates with
+    index_put, whose order on CPU threads is not fixed, and a resumed training run must be bit
+    for bit the run it continues (tests/test_artifact_integrity.py)."""
+    out = torch.zeros(length.shape, dtype=weights.dtype, device=weights.device)
+    for value in range(weights.shape[0]):
+        out = out + (length == value).to(weights.dtype) * weights[value]
+    return out
+
+
 class NeighbourCopy(nn.Module):
     """A pointer over the neighbour tokens (See et al. 2017's copy mechanism over retrieved text):
     p(next) = (1 - g) softmax(logits) + g sum_j a_j [v_j = next], where a attends from the
@@ -252,9 +262,9 @@ class NeighbourCopy(nn.Module):
         z = self.gate(h).squeeze(-1)  # (N, Tq)
         if self.matching:
             length = match_lengths(history, tokens, token_mask)  # (N, Tq, K)
-            scores = scores + self.gain * self.length_score[length]
+            scores = scores + self.gain * per_length(self.length_score, length)
             longest = length.masked_fill(~valid[:, None, :], 0).amax(dim=-1)  # (N, Tq)
-            z = z + self.gain * (self.length_gate[longest] + self.agreement_gate * agreement[:, None])
+            z = z + self.gain * (per_length(self.length_gate, longest) + self.agreement_gate * agreement[:, None])
         scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
         attn = scores.softmax(dim=-1)  # (N, Tq, K)
         z = z + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
