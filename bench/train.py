@@ -188,8 +188,10 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
     tc = TrainConfig(batch_size=args.batch_size, seed=args.seed)
     variants = {"RETRO": replace(s.config, retrieval=True),
                 "RETRO before #24": replace(s.config, retrieval=True, copy_head=False, match_gate=False),
-                "baseline": replace(s.config, retrieval=False)}
-    standalone = {"RETRO": tc.standalone_weight, "RETRO before #24": 0.0, "baseline": 0.0}
+                "baseline": replace(s.config, retrieval=False),
+                "RETRO without the standalone loss": replace(s.config, retrieval=True)}
+    standalone = {"RETRO": tc.standalone_weight, "RETRO before #24": 0.0, "baseline": 0.0,
+                  "RETRO without the standalone loss": 0.0}
     state = {}
     for name, config in variants.items():
         model = seeded_model(config, args.seed)
