@@ -183,7 +183,7 @@ def setup(args: argparse.Namespace) -> Setup:
 def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict]:
     import torch
 
-    from retro_ops.training.trainer import TrainConfig, seeded_model
+    from retro_ops.training.trainer import TrainConfig, seeded_model, training_objective
 
     tc = TrainConfig(batch_size=args.batch_size, seed=args.seed)
     variants = {"RETRO": replace(s.config, retrieval=True),
@@ -207,10 +207,8 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
         batch_t, (input_ids, targets, neighbours, mask) = time_call(lambda: make_batch(i))
 
         def optimize() -> float:  # as trainer.train, the standalone loss included
-            _, loss = model(input_ids, neighbours, mask, targets)
-            objective = loss
-            if standalone[name] > 0:
-                objective = loss + standalone[name] * model(input_ids, None, None, targets)[1]
+            loss, objective = training_objective(model, input_ids, targets, neighbours, mask,
+                                                 standalone[name])
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -245,7 +243,8 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
             "loss_first": r[0]["loss"], "loss_last": r[-1]["loss"],
             "step_ms_each": [round(1e3 * (x["batch_s"] + x["step_s"]), 1) for x in r],
         })
-    base, before = rows[2], rows[1]
+    by_model = {row["model"]: row for row in rows}
+    base, before = by_model["baseline"], by_model["RETRO before #24"]
     for row in rows:
         row["time_ratio_vs_baseline"] = row["ms_per_step"] / base["ms_per_step"]
         row["median_ratio_vs_baseline"] = row["median_ms_per_step"] / base["median_ms_per_step"]
@@ -382,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     tables = [(f"Training (B={args.batch_size}, n={c.seq_len}, k={c.n_neighbours}, "
                f"{args.steps} timed AdamW steps each)", train_cols, train_rows)]
-    r, b = train_rows[0], train_rows[2]
+    by_model = {row["model"]: row for row in train_rows}
+    r, b = by_model["RETRO"], by_model["baseline"]
     notes = [
         (f"Training: RETRO/baseline time per step = {r['time_ratio_vs_baseline']:.2f}x (mean), "
          f"{r['median_ratio_vs_baseline']:.2f}x (median); baseline/RETRO tokens/s = "

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from retro_ops.model.layers import rotary_tables
-from retro_ops.model.matching import MAX_MATCH, NO_TOKEN, bigram_agreement
+from retro_ops.model.matching import MAX_MATCH, bigram_agreement, histories
 from retro_ops.model.retro import Retro
 
 
@@ -67,10 +67,9 @@ class IncrementalDecoder:
         if self.model.copy is not None and p >= m - 1 and (p - m + 1) // m in self.encoded:
             encoded, valid, tokens, agreement = self.encoded[(p - m + 1) // m]
             history = None
-            if agreement is not None:
-                recent = self.tokens[::-1][:MAX_MATCH]
-                history = torch.tensor([[recent + [NO_TOKEN] * (MAX_MATCH - len(recent))]],
-                                       device=self.device)  # (1, 1, MAX_MATCH)
+            if agreement is not None:  # the full pass's history at this position
+                recent = torch.tensor([self.tokens[-MAX_MATCH:]], device=self.device)
+                history = histories(recent)[:, -1:]  # (1, 1, MAX_MATCH)
             logp = self.model.copy.mix(logp, h, encoded[0], tokens[0], valid[0], history,
                                        None if agreement is None else agreement[0])
         return logp[0, 0]

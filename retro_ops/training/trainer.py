@@ -76,6 +76,17 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def training_objective(model: Retro, input_ids: torch.Tensor, targets: torch.Tensor,
+                       neighbours: torch.Tensor | None, mask: torch.Tensor | None,
+                       standalone_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to log, the loss to minimise): a RETRO reading neighbours also minimises
+    `standalone_weight` times the same batch's loss without them (`TrainConfig`)."""
+    _, loss = model(input_ids, neighbours, mask, targets)
+    if standalone_weight > 0 and neighbours is not None and model.encoder is not None:
+        return loss, loss + standalone_weight * model(input_ids, None, None, targets)[1]
+    return loss, loss
+
+
 def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *,
           trainable: list[torch.nn.Parameter] | None = None, progress: Progress | None = None,
           crash_at_step: int | None = None, on_log: Callable[[int, float], None] | None = None,
@@ -98,7 +109,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
     tokens, started = 0, time.perf_counter()
     device = next(model.parameters()).device  # batches follow the model (CPU, or a GPU)
     # a RETROfit's decoder is frozen: its standalone loss has nothing to train
-    standalone = config.standalone_weight > 0 and trainable is None and model.encoder is not None
+    standalone = config.standalone_weight if trainable is None else 0.0
     model.train()
     for step in range(start, config.steps):
         if crash_at_step is not None and step == crash_at_step and crash_in_save is None:
@@ -107,10 +118,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
             group["lr"] = learning_rate(config, step)
         input_ids, targets, neighbours, mask = data.batch(
             batch_rows(config.seed, step, len(data.sequences), config.batch_size), device)
-        _, loss = model(input_ids, neighbours, mask, targets)
-        objective = loss
-        if standalone and neighbours is not None:  # the same batch read without neighbours
-            objective = loss + config.standalone_weight * model(input_ids, None, None, targets)[1]
+        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, standalone)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
