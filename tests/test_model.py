@@ -421,3 +421,32 @@ def test_copy_head_gradients_are_finite_when_every_neighbour_is_masked():
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.copy.q.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [{}, {"copy_head": False}, {"retrieval": False}])
+def test_training_loss_reads_the_mixture_at_the_targets_as_the_full_forward_does(overrides: dict):
+    """`Retro.loss` (what training calls) skips the (B, T, vocab) mixture yet gives the loss and
+    the gradients of `forward`, with repeated neighbour tokens (duplicate keys), a masked
+    neighbour, ignored targets and targets no neighbour holds."""
+    config = RetroConfig.from_dict({**TINY.to_dict(), **overrides})
+    ids, _ = make_batch(config)
+    neighbours = torch.randint(1, 20, (2, config.n_chunks, 2, config.neighbour_len),
+                               generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(neighbours.shape[:3], dtype=torch.bool)
+    mask[1, 3] = False
+    targets = torch.randint(1, 40, ids.shape, generator=torch.Generator().manual_seed(6))
+    targets[0, 70:90] = -100
+    grads = []
+    for full in (True, False):
+        model = make_model(config).train()
+        if model.copy is not None:
+            with torch.no_grad():
+                model.copy.gate.bias.fill_(0.5)  # copy enough to matter
+        loss = model(ids, neighbours, mask, targets)[1] if full else model.loss(ids, neighbours, mask, targets)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full_loss, full_grads), (loss, loss_grads) = grads
+    torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=1e-5)
+    assert full_grads.keys() == loss_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(loss_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -220,11 +220,37 @@ class NeighbourCopy(nn.Module):
         -> (B, T, V) log-probabilities of the mixture; unchanged before any neighbour is read.
         The pointer is computed per group of m queries (small: K = k(r-1) keys each) and laid
         back on the T positions, so the vocabulary-sized work is one add and a sparse update."""
-        B, T, V = logp.shape
+        laid = self.on_positions(h, encoded, tokens, token_mask, history, agreement)
+        return logp if laid is None else self.apply_pointer(logp, *laid)
+
+    def at_targets(self, logp_target: Tensor, h: Tensor, encoded: Tensor, tokens: Tensor,
+                   token_mask: Tensor, targets: Tensor, history: Tensor | None = None,
+                   agreement: Tensor | None = None) -> Tensor:
+        """The mixture's log-probability of each target alone: logp_target (B, T) the decoder's
+        log-probability of the target, targets (B, T) model ids (any value where ignored), the
+        rest as `forward` -> (B, T). Equal to `forward(...)` read at the targets, without the
+        vocabulary-sized tensors: training needs nothing else, and those were most of the copy
+        head's cost per step (issue #24: at most 1.5x the cost per token before it)."""
+        laid = self.on_positions(h, encoded, tokens, token_mask, history, agreement)
+        if laid is None:
+            return logp_target
+        z, mass, index, first = laid
+        kept = logp_target + F.logsigmoid(-z)  # (B, T): (1 - g) p_vocab(target)
+        hit = (index == targets[..., None]) & first  # (B, T, K): the target's one key entry
+        copy = (mass * hit).sum(dim=-1)  # (B, T): its copy mass
+        copied = torch.logaddexp(kept, F.logsigmoid(z) + copy.clamp_min(1e-30).log())
+        return torch.where(hit.any(dim=-1), copied, kept)
+
+    def on_positions(self, h: Tensor, encoded: Tensor, tokens: Tensor, token_mask: Tensor,
+                     history: Tensor | None, agreement: Tensor | None):
+        """The pointer of every group laid back on the T positions: gate logits z (B, T), copy
+        mass (B, T, K), key tokens (B, T, K) and first occurrences (B, T, K); None when no
+        position reads neighbours."""
+        B, T, _ = h.shape
         nc, m = encoded.shape[1], self.chunk_size
         attending = min(T - (m - 1), nc * m)  # positions u*m + m-1 + i
         if attending <= 0:
-            return logp
+            return None
         queries = h[:, m - 1:m - 1 + attending]
         queries = F.pad(queries, (0, 0, 0, nc * m - attending)).reshape(B * nc, m, -1)
         if history is not None:
@@ -234,15 +260,14 @@ class NeighbourCopy(nn.Module):
                                               token_mask.flatten(0, 1), history,
                                               None if agreement is None else agreement.flatten())
 
-        def on_positions(t: Tensor, fill: float | bool) -> Tensor:  # (B*l, m, ...) -> (B, T, ...)
+        def laid(t: Tensor, fill: float | bool) -> Tensor:  # (B*l, m, ...) -> (B, T, ...)
             t = t.reshape(B, nc * m, *t.shape[2:])[:, :attending]
             pad = [0, 0] * (t.dim() - 2) + [m - 1, T - (m - 1) - attending]
             return F.pad(t, pad, value=fill)
 
         K = values.shape[-1]
-        return self.apply_pointer(logp, on_positions(z, self.NO_COPY), on_positions(mass, 0.0),
-                                  on_positions(values[:, None, :].expand(-1, m, K), 0),
-                                  on_positions(first[:, None, :].expand(-1, m, K), False))
+        return (laid(z, self.NO_COPY), laid(mass, 0.0), laid(values[:, None, :].expand(-1, m, K), 0),
+                laid(first[:, None, :].expand(-1, m, K), False))
 
     NO_COPY = -1e4  # a gate logit whose g is 0 and 1 - g is 1 exactly in float32
 
@@ -330,6 +355,35 @@ class Retro(nn.Module):
         -> log-probabilities (B, T, vocab), mean cross-entropy or None.
         Neighbours are ignored by a baseline (retrieval=False)."""
         self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
+        h, read = self._trunk(input_ids, neighbours, neighbour_mask)
+        logits = F.log_softmax(self.lm_head(h), dim=-1)  # (B, T, vocab)
+        if read is not None:
+            logits = self.copy(logits, h, *read)
+        loss = None
+        if targets is not None:
+            loss = F.nll_loss(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                              ignore_index=IGNORE_INDEX)  # logits are log-probabilities
+        return logits, loss
+
+    def loss(self, input_ids: Tensor, neighbours: Tensor | None, neighbour_mask: Tensor | None,
+             targets: Tensor) -> Tensor:
+        """`forward`'s loss without its (B, T, vocab) output: the copy head's mixture is read
+        at the targets only (`NeighbourCopy.at_targets`). What training calls."""
+        self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
+        h, read = self._trunk(input_ids, neighbours, neighbour_mask)
+        logits = self.lm_head(h)  # (B, T, vocab)
+        if read is None:
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        scored = targets != IGNORE_INDEX
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                              ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+        mixed = self.copy.at_targets(-nll, h, *read[:3], targets.masked_fill(~scored, 0), *read[3:])
+        return -(mixed * scored).sum() / scored.sum()
+
+    def _trunk(self, input_ids: Tensor, neighbours: Tensor | None, neighbour_mask: Tensor | None):
+        """The decoder's final normalised state h (B, T, d), and what the copy head reads
+        (encoded, neighbour tokens, token mask, match history, agreement), None without it."""
         cfg = self.config
         B, T = input_ids.shape
         rope = rotary_tables(T, cfg.d_model // cfg.n_head, input_ids.device)
@@ -351,15 +405,10 @@ class Retro(nn.Module):
                 x = x + block.cca(x, encoded, token_mask, agreement)
             x = block.feed_forward(x)
         h = self.transformer.ln_f(x)
-        logits = F.log_softmax(self.lm_head(h), dim=-1)  # (B, T, vocab)
-        if encoded is not None and self.copy is not None:
-            logits = self.copy(logits, h, encoded, neighbours, token_mask,
-                               histories(input_ids) if cfg.match_gate else None, agreement)
-        loss = None
-        if targets is not None:
-            loss = F.nll_loss(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                              ignore_index=IGNORE_INDEX)  # logits are log-probabilities
-        return logits, loss
+        if encoded is None or self.copy is None:
+            return h, None
+        return h, (encoded, neighbours, token_mask,
+                   histories(input_ids) if cfg.match_gate else None, agreement)
 
     def retrieval_modules(self) -> list[nn.Module]:
         """The encoder and every CCA: what a RETROfitted baseline has to learn."""

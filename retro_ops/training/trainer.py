@@ -78,12 +78,16 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def training_objective(model: Retro, input_ids: torch.Tensor, targets: torch.Tensor,
                        neighbours: torch.Tensor | None, mask: torch.Tensor | None,
-                       standalone_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       standalone_weight: float, standalone_rows: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to log, the loss to minimise): a RETRO reading neighbours also minimises
-    `standalone_weight` times the same batch's loss without them (`TrainConfig`)."""
-    _, loss = model(input_ids, neighbours, mask, targets)
+    `standalone_weight` times the loss without them of the batch's first `standalone_rows` share
+    of rows (`TrainConfig`; rows are drawn at random, so the first ones are a random subset)."""
+    loss = model.loss(input_ids, neighbours, mask, targets)
     if standalone_weight > 0 and neighbours is not None and model.encoder is not None:
-        return loss, loss + standalone_weight * model(input_ids, None, None, targets)[1]
+        rows = max(1, round(standalone_rows * input_ids.shape[0]))
+        alone = model.loss(input_ids[:rows], None, None, targets[:rows])
+        return loss, loss + standalone_weight * alone
     return loss, loss
 
 
@@ -118,7 +122,8 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
             group["lr"] = learning_rate(config, step)
         input_ids, targets, neighbours, mask = data.batch(
             batch_rows(config.seed, step, len(data.sequences), config.batch_size), device)
-        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, standalone)
+        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, standalone,
+                                             config.standalone_rows)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
