@@ -15,8 +15,7 @@ tokens and neighbours of the same shapes. Each step does what `trainer.train` do
 batch of rows `batch_rows(seed, step, ...)` (same rows for both models; RETRO's batch also
 gathers its (B, n/m, k, 2m) neighbour tokens), forward + loss, zero_grad, backward,
 clip_grad_norm_, AdamW step (the trainer's lr, betas and weight decay; constant lr); RETRO adds
-the standalone loss of `TrainConfig.standalone_weight` over its `standalone_rows` as the trainer
-does. The models alternate
+the standalone loss of `TrainConfig.standalone_weight` as the trainer does. The models alternate
 step by step (order flipped every step) so that machine noise hits both alike;
 `--warmup-steps` (1) untimed steps each first, then `--steps` (5) timed ones. tokens/s = target
 tokens (targets != -100, as the trainer counts them) / wall seconds of the timed steps, batch
@@ -209,7 +208,7 @@ def bench_training(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, A
 
         def optimize() -> float:  # as trainer.train, the standalone loss included
             loss, objective = training_objective(model, input_ids, targets, neighbours, mask,
-                                                 standalone[name], tc.standalone_rows)
+                                                 standalone[name])
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)

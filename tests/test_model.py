@@ -357,7 +357,6 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
     """The pointer's sparse update equals the dense mixture (1 - g) softmax + g * scatter(attn)
     over the neighbour tokens, duplicates and masked neighbours included, and sums to one."""
     from retro_ops.model.matching import match_lengths
-    from retro_ops.model.retro import NeighbourCopy
 
     model = make_model()
     with torch.no_grad():
@@ -407,7 +406,7 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
         expected, _ = model(ids, neighbours, mask)
     torch.testing.assert_close(sparse, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sparse.exp().sum(-1), torch.ones(sparse.shape[:2]), atol=1e-5, rtol=0)
-    assert NeighbourCopy.GATE_INIT < 0 and RetroConfig().copy_head
+    assert RetroConfig().copy_gate_init < 0 and RetroConfig().copy_head
     old = {k: v for k, v in TINY.to_dict().items() if k != "copy_head"}
     assert RetroConfig.from_dict(old).copy_head is False  # checkpoints from before load without
 
@@ -450,3 +449,28 @@ def test_training_loss_reads_the_mixture_at_the_targets_as_the_full_forward_does
     assert full_grads.keys() == loss_grads.keys()
     for name, grad in full_grads.items():
         torch.testing.assert_close(loss_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_standalone_loss_shares_the_layers_below_the_first_cca_and_equals_two_passes():
+    """`Retro.losses` forks the decoder at the first CCA layer: the loss with the neighbours and
+    the loss without them equal two separate `loss` calls, and so do the gradients of their
+    weighted sum (what training minimises)."""
+    config = RetroConfig.from_dict({**TINY.to_dict(), "cca_start_layer": 2})  # layer 1 shared
+    ids, neighbours = make_batch(config)
+    targets = torch.roll(ids, -1, 1)
+    results = []
+    for forked in (True, False):
+        model = make_model(config).train()
+        if forked:
+            loss, alone = model.losses(ids, neighbours, None, targets)
+        else:
+            loss, alone = model.loss(ids, neighbours, None, targets), model.loss(ids, None, None, targets)
+        (loss + 3.0 * alone).backward()
+        results.append(((loss.detach(), alone.detach()),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (forked_losses, forked_grads), (losses, grads) = results
+    torch.testing.assert_close(forked_losses, losses)
+    assert forked_losses[0] != forked_losses[1]  # the neighbours matter to the first
+    assert forked_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(forked_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)

@@ -17,7 +17,7 @@ from retro_ops.evaluation.compare import evaluate_models, heldout_text
 from retro_ops.training.neighbours import with_distractors, with_self_neighbours
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model, training_data
-from retro_ops.training.trainer import TrainConfig, seeded_model, train, training_objective
+from retro_ops.training.trainer import TrainConfig, seeded_model, train
 from helpers import TINY, tiny_spec
 
 @pytest.fixture(scope="module")
@@ -327,8 +327,7 @@ def test_standalone_weight_trains_retros_decoder_alone_and_leaves_a_retrofit_unc
 
     def fit(weight: float, trainable: bool) -> torch.nn.Module:
         model = seeded_model(config, 0)
-        spec = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, standalone_weight=weight,
-                           standalone_rows=1.0)
+        spec = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, standalone_weight=weight)
         train(model, training_data(data, True), tmp_path / f"{weight}-{trainable}", spec,
               trainable=model.retrieval_parameters() if trainable else None)
         return model
@@ -345,19 +344,3 @@ def test_standalone_weight_trains_retros_decoder_alone_and_leaves_a_retrofit_unc
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="standalone_weight"):
         TrainConfig(standalone_weight=-1.0)
-    with pytest.raises(ValueError, match="standalone_rows"):
-        TrainConfig(standalone_rows=0.0)
-
-
-def test_the_standalone_pass_reads_only_its_share_of_the_batch(data):
-    """standalone_rows = 0.5 of a batch of 4: the objective adds the no-neighbour loss of the
-    first two rows, exactly, and nothing of the other two."""
-    config = RetroConfig.from_dict({**TINY.to_dict(), "vocab_size": data.vocab.size})
-    model = seeded_model(config, 0)
-    input_ids, targets, neighbours, mask = training_data(data, True).batch(np.arange(4))
-    with torch.no_grad():
-        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, 2.0, 0.5)
-        alone = model(input_ids[:2], None, None, targets[:2])[1]
-        everything = model(input_ids, None, None, targets)[1]
-    assert torch.allclose(objective, loss + 2.0 * alone)
-    assert not torch.allclose(alone, everything)

@@ -194,8 +194,6 @@ class NeighbourCopy(nn.Module):
     agreement with its neighbours, so a neighbour of other text is not copied from.
     Groups and causality are CCA's: the m tokens from chunk u's last read chunk u's neighbours."""
 
-    GATE_INIT = -3.0  # starts mostly the vocabulary distribution: g = 0.05
-
     def __init__(self, config: RetroConfig):
         super().__init__()
         self.chunk_size, self.width = config.chunk_size, config.d_model
@@ -203,7 +201,7 @@ class NeighbourCopy(nn.Module):
         self.k = nn.Linear(config.enc_d_model, config.d_model, bias=False)
         self.gate = nn.Linear(config.d_model, 1)
         self.gate_match = nn.Parameter(torch.zeros(1))
-        nn.init.constant_(self.gate.bias, self.GATE_INIT)
+        nn.init.constant_(self.gate.bias, config.copy_gate_init)
         self.matching = config.match_gate
         self.gain = config.evidence_gain
         if self.matching:  # in units of the gain; a matched token starts worth 2 in a score
@@ -340,7 +338,7 @@ class Retro(nn.Module):
         self.copy = NeighbourCopy(config) if config.retrieval and config.copy_head else None
         self.apply(_init_weights)
         if self.copy is not None:  # _init_weights draws every Linear: restore the gate's start
-            nn.init.constant_(self.copy.gate.bias, NeighbourCopy.GATE_INIT)
+            nn.init.constant_(self.copy.gate.bias, config.copy_gate_init)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
                 encoder = name.startswith("encoder.")
@@ -355,7 +353,7 @@ class Retro(nn.Module):
         -> log-probabilities (B, T, vocab), mean cross-entropy or None.
         Neighbours are ignored by a baseline (retrieval=False)."""
         self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
-        h, read = self._trunk(input_ids, neighbours, neighbour_mask)
+        h, read, _ = self._trunk(input_ids, neighbours, neighbour_mask)
         logits = F.log_softmax(self.lm_head(h), dim=-1)  # (B, T, vocab)
         if read is not None:
             logits = self.copy(logits, h, *read)
@@ -370,7 +368,20 @@ class Retro(nn.Module):
         """`forward`'s loss without its (B, T, vocab) output: the copy head's mixture is read
         at the targets only (`NeighbourCopy.at_targets`). What training calls."""
         self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
-        h, read = self._trunk(input_ids, neighbours, neighbour_mask)
+        h, read, _ = self._trunk(input_ids, neighbours, neighbour_mask)
+        return self._loss_at(h, read, targets)
+
+    def losses(self, input_ids: Tensor, neighbours: Tensor, neighbour_mask: Tensor | None,
+               targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(the loss with the neighbours, the loss without them) in one pass: below the first
+        CCA layer the decoder does not depend on the neighbours, so both share those layers and
+        part ways there. The same values and gradients as `loss` called twice (with dropout,
+        one mask below the fork), for about a third less of the second call's work."""
+        self._check_inputs(input_ids, neighbours, neighbour_mask, targets)
+        h, read, alone = self._trunk(input_ids, neighbours, neighbour_mask, fork=True)
+        return self._loss_at(h, read, targets), self._loss_at(alone if alone is not None else h, None, targets)
+
+    def _loss_at(self, h: Tensor, read: tuple | None, targets: Tensor) -> Tensor:
         logits = self.lm_head(h)  # (B, T, vocab)
         if read is None:
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
@@ -381,19 +392,24 @@ class Retro(nn.Module):
         mixed = self.copy.at_targets(-nll, h, *read[:3], targets.masked_fill(~scored, 0), *read[3:])
         return -(mixed * scored).sum() / scored.sum()
 
-    def _trunk(self, input_ids: Tensor, neighbours: Tensor | None, neighbour_mask: Tensor | None):
-        """The decoder's final normalised state h (B, T, d), and what the copy head reads
-        (encoded, neighbour tokens, token mask, match history, agreement), None without it."""
+    def _trunk(self, input_ids: Tensor, neighbours: Tensor | None, neighbour_mask: Tensor | None,
+               fork: bool = False):
+        """The decoder's final normalised state h (B, T, d); what the copy head reads (encoded,
+        neighbour tokens, token mask, match history, agreement), None without it; with `fork`,
+        the final state of the same decoder reading nothing (None if nothing was read)."""
         cfg = self.config
         B, T = input_ids.shape
         rope = rotary_tables(T, cfg.d_model // cfg.n_head, input_ids.device)
         x = self.transformer.drop(self.transformer.wte(input_ids))  # (B, T, d)
         retrieve = self.encoder is not None and neighbours is not None and neighbours.shape[1] > 0
-        encoded = token_mask = agreement = None
+        encoded = token_mask = agreement = alone = None
         for block in self.transformer.h:
             x = block.attend(x, rope)
+            if alone is not None:
+                alone = block.attend(alone, rope)
             if retrieve and block.cca is not None:
                 if encoded is None:  # the first CCA layer: condition the encoder on H here
+                    alone = x if fork else None  # the decoder without neighbours goes on from here
                     token_valid = neighbours != cfg.pad_token_id  # (B, l, k, r)
                     encoded = self.encoder(self.transformer.wte(neighbours), x, token_valid)
                     token_mask = token_valid if neighbour_mask is None else (
@@ -404,11 +420,14 @@ class Retro(nn.Module):
                                                      neighbours, token_mask, cfg.pad_token_id)
                 x = x + block.cca(x, encoded, token_mask, agreement)
             x = block.feed_forward(x)
+            if alone is not None:
+                alone = block.feed_forward(alone)
         h = self.transformer.ln_f(x)
+        alone = None if alone is None else self.transformer.ln_f(alone)
         if encoded is None or self.copy is None:
-            return h, None
+            return h, None, alone
         return h, (encoded, neighbours, token_mask,
-                   histories(input_ids) if cfg.match_gate else None, agreement)
+                   histories(input_ids) if cfg.match_gate else None, agreement), alone
 
     def retrieval_modules(self) -> list[nn.Module]:
         """The encoder and every CCA: what a RETROfitted baseline has to learn."""

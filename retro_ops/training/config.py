@@ -30,10 +30,9 @@ class TrainConfig:
     without neighbours (one more decoder pass per step), so its decoder also stands alone: without
     it RETRO served without retrieval was 0.29 bpb worse than its baseline, with 1.0 0.04-0.05,
     with 3.0 equal (validation, docs/results/retrieval.md). A RETROfit's decoder is frozen and is
-    not affected.
-    standalone_rows: the share of each batch's rows that pass runs on: a quarter costs a quarter
-    of a decoder pass per step instead of a whole one (RETRO's cost per token was to grow at
-    most 1.5x in issue #24), and stood alone as well on validation (docs/results/retrieval.md)."""
+    not affected. The pass shares the decoder layers below the first CCA with the main one
+    (`Retro.losses`); on a part of the batch only it was cheaper but did not stand alone (+0.07
+    bpb with half the rows, +0.15 with a quarter, whatever the weight: docs/results/retrieval.md)."""
 
     steps: int = 300
     batch_size: int = 8
@@ -49,7 +48,6 @@ class TrainConfig:
     no_neighbour_share: float = 0.0
     distractor_share: float = 0.4
     standalone_weight: float = 3.0
-    standalone_rows: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -64,8 +62,6 @@ class TrainConfig:
                              f"{self.no_neighbour_share!r}")
         if not 0.0 <= self.standalone_weight:
             raise ValueError(f"standalone_weight is a loss weight >= 0, got {self.standalone_weight!r}")
-        if not 0.0 < self.standalone_rows <= 1.0:
-            raise ValueError(f"standalone_rows is a share of batch rows in (0, 1], got {self.standalone_rows!r}")
         if not 0.0 <= self.self_neighbours <= 1.0:
             raise ValueError(f"self_neighbours is a share of chunks in [0, 1], got {self.self_neighbours!r}")
         if self.self_neighbour_shift < 0:

@@ -78,16 +78,14 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def training_objective(model: Retro, input_ids: torch.Tensor, targets: torch.Tensor,
                        neighbours: torch.Tensor | None, mask: torch.Tensor | None,
-                       standalone_weight: float, standalone_rows: float = 1.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       standalone_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to log, the loss to minimise): a RETRO reading neighbours also minimises
-    `standalone_weight` times the loss without them of the batch's first `standalone_rows` share
-    of rows (`TrainConfig`; rows are drawn at random, so the first ones are a random subset)."""
-    loss = model.loss(input_ids, neighbours, mask, targets)
+    `standalone_weight` times the same batch's loss without them (`TrainConfig`), the two
+    sharing the decoder layers below the first CCA (`Retro.losses`)."""
     if standalone_weight > 0 and neighbours is not None and model.encoder is not None:
-        rows = max(1, round(standalone_rows * input_ids.shape[0]))
-        alone = model.loss(input_ids[:rows], None, None, targets[:rows])
+        loss, alone = model.losses(input_ids, neighbours, mask, targets)
         return loss, loss + standalone_weight * alone
+    loss = model.loss(input_ids, neighbours, mask, targets)
     return loss, loss
 
 
@@ -122,8 +120,7 @@ def train(model: Retro, data: TrainingData, folder: Path, config: TrainConfig, *
             group["lr"] = learning_rate(config, step)
         input_ids, targets, neighbours, mask = data.batch(
             batch_rows(config.seed, step, len(data.sequences), config.batch_size), device)
-        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, standalone,
-                                             config.standalone_rows)
+        loss, objective = training_objective(model, input_ids, targets, neighbours, mask, standalone)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
