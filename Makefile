@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench ui lint docs reference screenshots clean
+.PHONY: install demo test check bench ui lint docs reference screenshots clean
 
 # torch goes first and pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The edit loop: the suite less the tests marked `heavy` (a daemon, a UI or server process, a
+# browser, the demo or the tutorial; see pyproject.toml): about a minute and a half on 2 cores.
+check: $(STAMP)
+	$(BIN)/pytest -m 'not slow and not bench and not heavy'
 
 bench: $(STAMP)
 	$(BIN)/python bench/chunking.py

@@ -13,10 +13,7 @@ from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features.embedder import Embedder
 from retro_ops.features.store import FeatureStore
 from retro_ops.settings import HOME_ENV, Settings
-
-# Short real chapters of Moby-Dick: a few hundred chunks, embedded in seconds on 2 cores.
-SMALL_CHAPTERS = ["chapter_2.txt", "chapter_5.txt", "chapter_6.txt", "chapter_8.txt",
-                  "chapter_11.txt", "chapter_12.txt"]
+from sites import SMALL_CHAPTERS, Sites
 
 
 @pytest.fixture
@@ -61,25 +58,19 @@ def small_corpus(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def indexed_home(tmp_path_factory, embedder: Embedder, chunker: Chunker):
-    """A home whose corpus `small` (6 real chapters) is chunked and embedded, with a retrieval
-    set `small` over it: built once per test module through the library pipeline."""
-    from retro_ops.features import pipeline
+@pytest.fixture(scope="session")
+def sites(tmp_path_factory, embedder: Embedder, chunker: Chunker) -> Sites:
+    """The session's built sites (tests/sites.py): each built once, copied for each user."""
+    return Sites(tmp_path_factory.mktemp("sites"), embedder, chunker)
 
-    root = tmp_path_factory.mktemp("indexed")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for name in SMALL_CHAPTERS:
-        shutil.copy(CORPORA_DIR / "moby_dick" / name, corpus / name)
+
+@pytest.fixture(scope="module")
+def indexed_home(sites: Sites, tmp_path_factory):
+    """A home whose corpus `small` (6 real chapters) is chunked and embedded, with a retrieval
+    set `small` over it: the session's built site, copied once per test module."""
+    root = sites.copy("small", tmp_path_factory.mktemp("indexed"))
     settings = Settings(home=root / "home")
-    settings.ensure_dirs()
-    catalog = Catalog.open(settings.catalog_url, home=settings.home)
-    store = FeatureStore(settings.lancedb_uri)
-    catalog.add_corpus("small", str(corpus))
-    pipeline.materialize_corpus(catalog, store, chunker, embedder, "small")
-    catalog.create_retrieval_set("small", ["small"])
-    return settings, catalog, store
+    return settings, Catalog.open(settings.catalog_url, home=settings.home), FeatureStore(settings.lancedb_uri)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +84,63 @@ def ws(indexed_home, embedder):
     return Workspace(settings, catalog, store, embedder)
 
 
+@pytest.fixture(scope="module")
+def trained_ws(sites: Sites, tmp_path_factory, embedder: Embedder):
+    """A Workspace on a copy of `small` with its index published and a tiny RETRO trained
+    (helpers.tiny_spec(steps=2)): a module's training of that spec reuses it."""
+    from retro_ops.workspace import Workspace
+
+    root = sites.copy("small_trained", tmp_path_factory.mktemp("trained"))
+    settings = Settings(home=root / "home")
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    yield Workspace(settings, catalog, FeatureStore(settings.lancedb_uri), embedder)
+    catalog.close()
+
+
+@pytest.fixture
+def own_home(sites: Sites, tmp_path: Path):
+    """(settings, catalog, store) of a copy of `small` with its set's index published, for one
+    test that changes its home (exclusions, new sets): nothing it does reaches another test."""
+    root = sites.copy("small_published", tmp_path / "site")
+    settings = Settings(home=root / "home")
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    yield settings, catalog, FeatureStore(settings.lancedb_uri)
+    catalog.close()
+
+
 @pytest.fixture
 def pg_database_url():
     """A throwaway Postgres database (CI must reach the server; elsewhere the test skips)."""
     from postgres import throwaway_database
 
     yield from throwaway_database("retro_ops_test")
+
+
+#: What `make check` leaves out (marked `heavy`): module -> its heavy tests (None: all of them).
+#: Heavy = it starts processes (a daemon, the UI, a server, the CLI, killed children, Dagster
+#: runs), drives a browser, trains models beyond one tiny reused one, or runs the demo or the
+#: tutorial. `make test` runs everything; a new module is in `make check` until listed here.
+HEAVY: dict[str, set[str] | None] = {
+    "test_automation_daemon.py": None, "test_browser.py": None, "test_dagster_ui.py": None,
+    "test_tutorial.py": {"test_the_tutorial_runs_on_a_fresh_home"},
+    "test_cli_progress.py": None, "test_dagster_pipeline.py": None, "test_dagster_automation.py": None,
+    "test_audit_exit.py": None, "test_artifact_integrity.py": None, "test_sharding.py": None,
+    "test_mlflow_parallel.py": None, "test_write_integrity.py": None, "test_copy_capability.py": None,
+    "test_relocatable_home.py": None, "test_purge.py": None, "test_lineage.py": None,
+    "test_exclusions.py": None, "test_exclusion_report.py": None, "test_generation_log.py": None,
+    "test_serving.py": None, "test_serving_limits.py": None, "test_verified_loader.py": None,
+    "test_training.py": None, "test_evaluation.py": None, "test_perf_batching.py": None,
+    "test_perf_spaces.py": None, "test_prod_postgres.py": None, "test_celery.py": None,
+    "test_deploy.py": {"test_cluster_code_locations_validate"},
+    "test_docs.py": {"test_the_site_builds_strictly", "test_generated_reference_pages_match_the_code"},
+    "test_hostile_input.py": {"test_glob_neither_follows_linked_folders_nor_loops"},
+    "test_cli.py": {"test_no_dagster_beta_warning_in_cli_output", "test_add_list_materialize_json",
+                    "test_train_json_is_plain_json", "test_models_eval_generate_cli"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tests = HEAVY.get(item.path.name, set())
+        if tests is None or item.originalname in tests:
+            item.add_marker(pytest.mark.heavy)

@@ -16,6 +16,13 @@ from retro_ops.settings import Settings
 runner = CliRunner()
 
 
+@pytest.fixture(scope="module")
+def ws(trained_ws):
+    """The module's home: a copy of `small` whose tiny RETRO (tiny_spec(steps=2)) is trained
+    already, so training that spec here reuses it (tests/sites.py)."""
+    return trained_ws
+
+
 @pytest.mark.parametrize("args", [[], ["corpus"], ["corpus", "add"], ["corpus", "list"],
                                   ["materialize"], ["demo"], ["ui"], ["retrieval-set"],
                                   ["retrieval-set", "create"], ["retrieval-set", "list"],

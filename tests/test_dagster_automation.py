@@ -8,7 +8,6 @@ same evaluation the automation daemon performs, made deterministic (no clock, no
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -21,7 +20,6 @@ from assets.resources import CatalogResource
 from assets.sources import source_observer
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import NewExclusion
-from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
 
@@ -58,24 +56,13 @@ class Observer:
         return [(e.asset_key.to_user_string(), e.partition) for e in result.asset_events]
 
 
-TINY = {"small": ["chapter_23.txt", "chapter_38.txt"], "other": ["chapter_97.txt"]}  # a few dozen chunks
-
-
 @pytest.fixture
-def two_corpora(home: Settings, tmp_path: Path):
-    catalog = Catalog.open(home.catalog_url, home=home.home)
-    for name, files in TINY.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        for file in files:
-            shutil.copy(CORPORA_DIR / "moby_dick" / file, folder)
-        catalog.add_corpus(name, str(folder))
-        catalog.create_retrieval_set(name, [name])
-    instance = dagster_instance(home)
-    for name in ("small", "other"):
-        assert materialize_corpus(instance, name).success
-        assert materialize_retrieval_set(instance, name).success
-    return catalog, instance
+def two_corpora(home: Settings, tmp_path: Path, sites):
+    """Corpora `small` and `other` (tests/sites.py TWO_CORPORA) at tmp_path/small and
+    tmp_path/other, each materialized with its retrieval set and index through Dagster on the
+    instance under `home`: the session's built site, copied for each test (each changes it)."""
+    sites.copy("two_corpora", tmp_path)
+    return Catalog.open(home.catalog_url, home=home.home), dagster_instance(home)
 
 
 def test_a_changed_file_or_a_new_exclusion_requests_exactly_its_dependents(two_corpora, tmp_path, home):

@@ -43,6 +43,20 @@ TOKEN = "rebuild-test-admin-token"
 _names = itertools.count()
 
 
+@pytest.fixture
+def indexed_home(own_home):
+    """Every test here records exclusions (they apply to every set of a home): each test gets
+    its own copy of the home, with set `small` published."""
+    return own_home
+
+
+@pytest.fixture
+def ws(indexed_home, embedder):
+    from retro_ops.workspace import Workspace
+
+    return Workspace(*indexed_home, embedder)
+
+
 def new_set(indexed_home, embedder, config: IndexConfig, **kwargs):
     """A fresh set over corpus `small` as it stands, fully built and published with `config`."""
     settings, catalog, _ = indexed_home

@@ -20,6 +20,13 @@ from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model
 
 
+@pytest.fixture(scope="module")
+def ws(trained_ws):
+    """The module's home: a copy of `small` whose tiny RETRO (tiny_spec(steps=2)) is trained
+    already, so training that spec here reuses it (tests/sites.py)."""
+    return trained_ws
+
+
 def _queries(ws, n: int) -> list[str]:
     rows = ws.store.members(ws.retriever("small").version.digest, ["text"]).to_pylist()
     return [r["text"][:120] for r in rows[:n]] + ["the whale", "harpoon and boat", "Ishmael"]

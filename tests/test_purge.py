@@ -102,14 +102,17 @@ def _workspace(root: Path, embedder, chunker) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, embedder, chunker):
+def site(tmp_path_factory, pristine, embedder, chunker):
     from retro_ops.governance.policy import apply_policy, load_policy
     from retro_ops.lineage.publish import publish_lineage
     from retro_ops.training.prepare import prepare_training
     from retro_ops.training.run import train_model
 
     root = tmp_path_factory.mktemp("purge")
-    ws = _workspace(root, embedder, chunker)
+    shutil.copytree(pristine, root, dirs_exist_ok=True)  # homes are relocatable: the same start
+    settings = Settings(home=root / "home")
+    ws = Workspace(settings, Catalog.open(settings.catalog_url, home=settings.home),
+                   FeatureStore(settings.lancedb_uri), embedder)
     # the set is served by an index of the user's choice, which the purge's rebuild must keep
     index_retrieval_set(ws.catalog, ws.store, ws.settings.indices_dir, "c", embedder.dim,
                         config=IndexConfig(factory=CHOSEN_FACTORY))

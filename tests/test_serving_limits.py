@@ -42,6 +42,13 @@ PROMPT = (CORPORA_DIR / "moby_dick" / "chapter_2.txt").read_text()[:380]  # ~80 
 
 
 @pytest.fixture(scope="module")
+def ws(trained_ws):
+    """The module's home: a copy of `small` whose tiny RETRO (tiny_spec(steps=2)) is trained
+    already, so training that spec here reuses it (tests/sites.py)."""
+    return trained_ws
+
+
+@pytest.fixture(scope="module")
 def base(ws):
     """A trained tiny RETRO loaded once, and how long a LONG-token generation takes when served
     (measured through a server: torch in a worker thread runs unlike torch in the main one)."""
