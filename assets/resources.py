@@ -40,7 +40,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
         return FeatureStore(self.uri or Settings.from_env().lancedb_uri)
 
 
-_EMBEDDERS: dict[tuple, Embedder] = {}  # this process's loaded embedders (EmbedderResource.load)
+_EMBEDDER: dict[tuple, Embedder] = {}  # the embedder this process loaded last (EmbedderResource.load)
 
 
 def _weights_stamp(folder: Path | None) -> tuple:
@@ -70,10 +70,11 @@ class EmbedderResource(dg.ConfigurableResource):
         folder = Path(path) if path else None
         key = (str(folder), _weights_stamp(folder), self.batch_size, settings.embedder_precision,
                str(settings.home / "embedders"), settings.embedder_streams)
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(path, batch_size=self.batch_size, precision=settings.embedder_precision,
-                                       cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
-        return _EMBEDDERS[key]
+        if key not in _EMBEDDER:  # one kept at a time: a process that switches homes or models reloads
+            _EMBEDDER.clear()
+            _EMBEDDER[key] = Embedder(path, batch_size=self.batch_size, precision=settings.embedder_precision,
+                                      cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
+        return _EMBEDDER[key]
 
     def chunker(self) -> Chunker:
         from retro_ops.features.embedder import default_model_dir
