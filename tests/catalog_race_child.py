@@ -3,7 +3,8 @@
 wall-clock instant as its twin, adds the round's corpus, records the same corpus version and
 registers the same embedding space. Prints what the catalog handed back, one JSON line per round.
 
-python tests/catalog_race_child.py PG_URL SCHEMA ROUNDS START_AT
+python tests/catalog_race_child.py PG_URL SCHEMA ROUNDS, then START_AT (a time.time()) on stdin
+once it has printed "ready".
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import sqlalchemy as sa
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.store import migrate
+from dataclasses import asdict, dataclass
+
 from retro_ops.corpus import Document
-from retro_ops.features.embedder import EmbeddingSpace
 
 ROUND_SECONDS = 0.4
 
@@ -29,8 +31,23 @@ def documents(round_: int) -> list[Document]:
     return [Document(doc_id, f"text of {doc_id}", [f"/corpora/c{round_}/{doc_id}.txt"]) for doc_id in ids]
 
 
-def space(round_: int) -> EmbeddingSpace:
-    return EmbeddingSpace(f"space{round_:02d}", "m", "/m", "0" * 64, "mean", True, 8, 64)
+@dataclass(frozen=True)
+class Space:  # the fields of features.embedder.EmbeddingSpace, without importing torch for them
+    space_id: str
+    model_name: str
+    model_path: str
+    weights_digest: str
+    pooling: str
+    normalize: bool
+    dim: int
+    max_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def space(round_: int) -> Space:
+    return Space(f"space{round_:02d}", "m", "/m", "0" * 64, "mean", True, 8, 64)
 
 
 def until(at: float) -> None:
@@ -38,8 +55,10 @@ def until(at: float) -> None:
         time.sleep(min(left, 0.05))
 
 
-def main(url: str, schema: str, rounds: int, start_at: float) -> None:
+def main(url: str, schema: str, rounds: int) -> None:
     engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())  # the same instant for both, sent once both are ready
     until(start_at)
     migrate(engine)  # both processes at once on a new schema: one migrates, the other waits
     catalog = Catalog(engine)
@@ -53,4 +72,4 @@ def main(url: str, schema: str, rounds: int, start_at: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -46,16 +46,25 @@ def _rows(engine: sa.Engine, table: type[m.Base]) -> int:
 
 @pytest.mark.postgres
 def test_two_processes_register_the_same_versions_once(pg_schema: str):
-    start_at = time.time() + 12  # both have imported everything by then, even on a busy machine
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHILD.parents[1]), str(CHILD.parent)])}
-    children = [subprocess.Popen([sys.executable, str(CHILD), PG_URL, pg_schema, str(ROUNDS), str(start_at)],
+    children = [subprocess.Popen([sys.executable, str(CHILD), PG_URL, pg_schema, str(ROUNDS)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(2)]
-    outputs = []
-    for child in children:
-        out, err = child.communicate(timeout=120 + ROUNDS * ROUND_SECONDS)
-        assert child.returncode == 0, err[-3000:]
-        outputs.append([json.loads(line) for line in out.splitlines()])
+    try:
+        for child in children:  # both have imported everything before the clock starts
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()[-3000:]
+        start_at = time.time() + 1.0
+        outputs = []
+        for child in children:
+            child.stdin.write(f"{start_at}\n")
+            child.stdin.flush()
+        for child in children:
+            out, err = child.communicate(timeout=300 + ROUNDS * ROUND_SECONDS)
+            assert child.returncode == 0, err[-3000:]
+            outputs.append([json.loads(line) for line in out.splitlines()])
+    finally:
+        for child in children:
+            child.kill()
     assert outputs[0] == outputs[1] and len(outputs[0]) == ROUNDS  # the same version ids came back
 
     engine = sa.create_engine(PG_URL, connect_args={"options": f"-csearch_path={pg_schema}"})
@@ -75,9 +84,10 @@ def test_two_processes_register_the_same_versions_once(pg_schema: str):
         engine.dispose()
 
 
-def test_same_digest_is_the_same_version_and_a_new_one_follows(catalog: Catalog):
-    """Recording the latest version's digest again returns that version; another digest, then
-    the first again, are versions 2 and 3 (history is kept, only a repeat of the latest folds)."""
+def test_same_documents_from_the_same_files_are_the_same_version(catalog: Catalog):
+    """Recording the latest version's documents and sources again returns that version; another
+    digest, then the first again, are versions 2 and 3 (history is kept, only a repeat of the
+    latest folds); the same documents from a renamed file are a new version."""
     catalog.add_corpus("c", "/data/c")
     docs = [Document("d1", "one", ["/data/c/a.txt"]), Document("d2", "two", ["/data/c/b.txt"])]
     first = catalog.record_corpus_version("c", docs, "digest1", documents_lance_version=1)
@@ -85,6 +95,9 @@ def test_same_digest_is_the_same_version_and_a_new_one_follows(catalog: Catalog)
     second = catalog.record_corpus_version("c", docs[:1], "digest2", documents_lance_version=3)
     third = catalog.record_corpus_version("c", docs, "digest1", documents_lance_version=4)
     assert first.id < second.id < third.id and catalog.latest_corpus_version("c") == third
-    assert catalog.get_corpus("c").n_versions == 3
+    renamed = [docs[0], Document("d2", "two", ["/data/c/renamed.txt"])]
+    fourth = catalog.record_corpus_version("c", renamed, "digest1", documents_lance_version=4)
+    assert fourth.id > third.id and catalog.get_corpus("c").n_versions == 4
+    assert catalog.document_sources("d2") == ["b.txt", "renamed.txt"]
     with catalog.session() as s:
-        assert sorted(s.scalars(sa.select(m.CorpusVersion.seq))) == [1, 2, 3]
+        assert sorted(s.scalars(sa.select(m.CorpusVersion.seq))) == [1, 2, 3, 4]

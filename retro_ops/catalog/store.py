@@ -212,20 +212,23 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
     ) -> CorpusVersionInfo:
         """Record the documents one materialization found, their sources and the version's digest.
 
-        The same documents as the latest version (same digest) are that version: nothing new is
-        stored. Race-free across processes and machines: documents and sources are inserted with
-        `on conflict do nothing`, and a new version takes the corpus's next number (`seq`, unique
-        per corpus), so of two processes recording the same version at once one stores it and the
-        other returns it; a different version recorded meanwhile is followed by this one."""
+        The same documents from the same files as the latest version (same digest, same sources)
+        are that version: nothing new is stored (a renamed file makes a new version). Race-free
+        across processes and machines: documents and sources are inserted with `on conflict do
+        nothing`, and a new version takes the corpus's next number (`seq`, unique per corpus), so
+        of two processes recording the same version at once one stores it and the other returns
+        it; a different version recorded meanwhile is followed by this one."""
         for _ in range(_VERSION_ATTEMPTS):
             with self.session() as s:
                 row = self._corpus_row(s, corpus)
                 latest = self._latest_version(s, row.id)
-                if latest is not None and latest.digest == digest:
-                    return _version_info(corpus, latest)
                 root = corpus_root(self.resolved_path(row.source_uri))
                 new_sources = sorted({(d.doc_id, source_in_corpus(src, root) or src)
                                       for d in documents for src in d.sources})
+                if latest is not None and latest.digest == digest and new_sources == sorted(s.execute(
+                        select(m.CorpusVersionSource.doc_id, m.CorpusVersionSource.source_uri)
+                        .where(m.CorpusVersionSource.corpus_version_id == latest.id)).tuples()):
+                    return _version_info(corpus, latest)  # the same documents from the same files
                 self._store_documents(s, row.id, root, documents, new_sources)
                 seq = latest.seq + 1 if latest is not None else 1
                 version_id = s.scalar(insert_or_skip(s, m.CorpusVersion).values(
