@@ -40,6 +40,16 @@ class FeatureStoreResource(dg.ConfigurableResource):
         return FeatureStore(self.uri or Settings.from_env().lancedb_uri)
 
 
+_EMBEDDER: dict[tuple, Embedder] = {}  # the embedder this process loaded last (EmbedderResource.load)
+
+
+def _weights_stamp(folder: Path | None) -> tuple:
+    """(name, size, mtime) of a model folder's files; the packaged model's never change."""
+    if folder is None or not folder.is_dir():
+        return ()
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file())
+
+
 class EmbedderResource(dg.ConfigurableResource):
     """The frozen embedder: any local Hugging Face folder; "" = the packaged all-MiniLM-L6-v2."""
 
@@ -51,10 +61,20 @@ class EmbedderResource(dg.ConfigurableResource):
         return self.model_path or Settings.from_env().embedder_path or None
 
     def load(self) -> Embedder:
-        """At the settings' precision (`RETRO_OPS_EMBEDDER_PRECISION`): each is its own space."""
+        """At the settings' precision (`RETRO_OPS_EMBEDDER_PRECISION`): each is its own space.
+        Loaded once per process and kept: a warm process (a Celery worker's pool process, an
+        in-process run of several steps) loads the weights for its first step only. Weights
+        changed on disk (another size or time) load again."""
         settings = Settings.from_env()
-        return Embedder(self._path(), batch_size=self.batch_size, precision=settings.embedder_precision,
-                        cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
+        path = self._path()
+        folder = Path(path) if path else None
+        key = (str(folder), _weights_stamp(folder), self.batch_size, settings.embedder_precision,
+               str(settings.home / "embedders"), settings.embedder_streams)
+        if key not in _EMBEDDER:  # one kept at a time: a process that switches homes or models reloads
+            _EMBEDDER.clear()
+            _EMBEDDER[key] = Embedder(path, batch_size=self.batch_size, precision=settings.embedder_precision,
+                                      cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
+        return _EMBEDDER[key]
 
     def chunker(self) -> Chunker:
         from retro_ops.features.embedder import default_model_dir

@@ -9,6 +9,13 @@ divided by its assets; and, inside the run, step time minus library time per ass
 may be shared: the ratio measured in one run is the number to read, with `load_avg_1min` beside it.
 
     python bench/scale.py --chapters 24 --shards 2
+    python bench/scale.py --chapters 138 --celery    # one Celery worker against two (RabbitMQ)
+
+With --celery the sharded configurations are Dagster's Celery executor (deploy/celery) with one
+and then two `dagster-celery` workers started here (`assets.cluster.CeleryWorkers`, a queue of
+their own, torch threads = cores / workers), both over the same shard runs; the broker is
+DAGSTER_CELERY_BROKER_URL (default the machine's RabbitMQ). Dagster's storage and the catalog
+stay SQLite under each fresh home (one machine: every worker reaches it).
 """
 
 from __future__ import annotations
@@ -176,11 +183,40 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
     return row, overhead
 
 
+def celery_path(root: Path, corpus: Path, n_shards: int, n_workers: int) -> dict:
+    """Chunk + embed of every shard through Celery workers: the shard runs at once, each step
+    on whichever worker is free. Workers start (and import the stack) before the clock starts."""
+    import uuid
+
+    from assets.cluster import BROKER_ENV, QUEUE_ENV, CeleryWorkers
+    from assets.launch import CELERY_LOCATION, FEATURES_JOB, dagster_instance, launch_shards, materialize_corpus
+    from assets.sharded import PARALLEL_ENV, SHARDS_ENV
+    from retro_ops.settings import HOME_ENV
+
+    settings, _ = _home(root, f"celery{n_workers}", corpus)
+    queue = f"retro_ops_bench_{uuid.uuid4().hex[:8]}"
+    os.environ.update({HOME_ENV: str(settings.home), "DAGSTER_HOME": str(settings.dagster_home), QUEUE_ENV: queue,
+                       SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(n_workers), "OMP_NUM_THREADS": "1"})
+    os.environ.setdefault(BROKER_ENV, "pyamqp://guest:guest@127.0.0.1:5672//")
+    instance = dagster_instance(settings)
+    assert materialize_corpus(instance, "bench", selection=["documents"]).success
+    with CeleryWorkers(queue, count=n_workers, logs=root / f"workers{n_workers}", prefix=queue):
+        started = time.perf_counter()
+        runs = launch_shards(settings, FEATURES_JOB, "bench", n_shards, location=CELERY_LOCATION)
+        took = time.perf_counter() - started
+    assert all(r.success for r in runs), [r.output for r in runs if not r.success]
+    seconds = [sum(_asset_metadata(instance, r.run_id, "seconds").values()) for r in runs]
+    return {"path": f"Celery, {n_workers} worker(s), {n_shards} shard runs", "shards": n_shards,
+            "chunk_embed_s": took, "index_s": float("nan"), "total_s": took, "library_in_steps_s": sum(seconds)}
+
+
 def main() -> None:
     parser = base_parser(__doc__, "unused: each configuration gets a fresh temporary home")
     parser.add_argument("--chapters", type=int, default=24, help="Moby-Dick chapters 1..N (default 24)")
     parser.add_argument("--shards", type=int, default=2, help="the sharded configuration (default 2)")
     parser.add_argument("--factory", default="IVF16,Flat", help="index factory (mergeable; default IVF16,Flat)")
+    parser.add_argument("--celery", action="store_true",
+                        help="one Celery worker against two on the shard runs (chunk + embed), not shard counts")
     args = parser.parse_args()
     for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_PROFILE"):
         os.environ.pop(var, None)  # every store under the fresh homes
@@ -192,7 +228,11 @@ def main() -> None:
         started = time.perf_counter()
         rows = [{**library_path(root, corpus, args.factory), **sampler.during(started, time.perf_counter())}]
         overhead: list[dict] = []
-        for n in (1, args.shards):
+        for n in (1, 2) if args.celery else ():
+            log(f"Celery, {n} worker(s)")
+            started = time.perf_counter()
+            rows.append({**celery_path(root, corpus, args.shards, n), **sampler.during(started, time.perf_counter())})
+        for n in () if args.celery else (1, args.shards):
             log(f"Dagster, {n} shard(s)")
             started = time.perf_counter()
             row, per_asset = dagster_path(root, corpus, n, args.factory)

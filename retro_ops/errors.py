@@ -140,3 +140,7 @@ class GenerationLogError(RetroOpsError, ValueError):
 
 class ErasureError(RetroOpsError, RuntimeError):
     """An erasure could not remove every copy it must (an older LanceDB version stays)."""
+
+
+class BrokerUnavailableError(RetroOpsError, ConnectionError):
+    """The message broker a cluster run needs (Celery's) does not answer: said before launching."""

@@ -53,3 +53,23 @@ def test_cluster_executor_and_instance_config(folder: str, monkeypatch: pytest.M
     bad = {**launcher.get("config", {}), "no_such_field": 1}
     assert not process_config(class_from_code_pointer(launcher["module"], launcher["class"]).config_type(),
                               bad).success  # the check bites
+
+
+def test_celery_workers_and_runs_read_one_config(monkeypatch: pytest.MonkeyPatch):
+    """deploy/celery/celery.yaml passes the check `dagster-celery worker start -y` makes, and the
+    code location's executor takes the same block, sending steps to RETRO_OPS_CELERY_QUEUE."""
+    from dagster_celery.cli import get_validated_config
+
+    from assets.cluster import CELERY_YAML, QUEUE_ENV, executor_config, worker_command
+
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "pyamqp://guest@broker.internal//")
+    worker = get_validated_config(str(CELERY_YAML))
+    assert worker["broker"] == "pyamqp://guest@broker.internal//" and worker["backend"] == "rpc://"
+    assert worker["config_source"]["task_acks_late"] is True  # a killed worker's step is redelivered
+    monkeypatch.setenv(QUEUE_ENV, "retro_ops_q1")
+    runs = executor_config()
+    assert runs["config_source"] == {**worker["config_source"], "task_default_queue": "retro_ops_q1"}
+    command = worker_command("retro_ops_q1", "w1")
+    assert command[command.index("-y") + 1] == "deploy/celery/celery.yaml"
+    assert command[command.index("-q") + 1] == "retro_ops_q1"
+    assert command[command.index("-i") + 1] == "assets.definitions"  # the stack imported before the pool forks

@@ -135,7 +135,7 @@ def test_cli_retrieve_and_remateralize_on_the_copy(moved, monkeypatch):
     with Catalog.open(f"sqlite:///{home / 'catalog.db'}").session() as s:
         versions = list(s.scalars(select(m.CorpusVersion.digest).order_by(m.CorpusVersion.id)))
         n_sources = s.scalar(select(func.count()).select_from(m.DocumentSource))
-    assert len(versions) == 2 and versions[0] == versions[1] and n_sources == 6
+    assert len(versions) == 1 and n_sources == 6  # the same documents and sources: the version it had
 
 
 @pytest.fixture(scope="module")

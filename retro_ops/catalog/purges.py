@@ -154,7 +154,7 @@ class PurgeCatalogMixin:
         with self.session() as s:
             for corpus in s.scalars(select(m.Corpus)):
                 latest = s.scalar(select(m.CorpusVersion).where(m.CorpusVersion.corpus_id == corpus.id)
-                                  .order_by(m.CorpusVersion.id.desc()).limit(1))
+                                  .order_by(m.CorpusVersion.seq.desc()).limit(1))
                 if latest is None:
                     continue
                 docs = s.execute(select(m.CorpusVersionDocument.doc_id, m.CorpusVersionDocument.n_bytes)
@@ -162,8 +162,9 @@ class PurgeCatalogMixin:
                 if not gone & {d for d, _ in docs}:
                     continue
                 kept = [(d, n) for d, n in docs if d not in gone]
-                version = m.CorpusVersion(corpus_id=corpus.id, digest=set_digest(d for d, _ in kept),
-                                          n_documents=len(kept), n_issues=latest.n_issues,
+                version = m.CorpusVersion(corpus_id=corpus.id, seq=latest.seq + 1,
+                                          digest=set_digest(d for d, _ in kept), n_documents=len(kept),
+                                          n_issues=latest.n_issues,
                                           documents_lance_version=documents_lance_version, run_id=run_id)
                 s.add(version)
                 s.flush()

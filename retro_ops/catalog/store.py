@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_ops.catalog import tables as m
@@ -32,6 +32,7 @@ from retro_ops.catalog.exclusions import ExclusionCatalogMixin
 from retro_ops.catalog.model_records import ModelCatalogMixin
 from retro_ops.catalog.purges import PurgeCatalogMixin
 from retro_ops.catalog.retrieval import RetrievalCatalogMixin
+from retro_ops.catalog.upserts import insert_missing, insert_or_skip
 from retro_ops.corpus import Document
 from retro_ops.corpus.readers import SUPPORTED_SUFFIXES
 from retro_ops.errors import CatalogError, CorpusError, UnknownCorpusError
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (to
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_MIGRATION_LOCK = 0x7265_7472_6F6D  # Postgres advisory lock key held while the catalog migrates
+_VERSION_ATTEMPTS = 20  # next-number tries when other processes record versions of one corpus at once
 
 
 def corpus_root(source_uri: str) -> str:
@@ -79,6 +82,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (alembic), in one transaction on the given engine."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # processes opening a new catalog at once: one migrates
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -157,17 +162,16 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
 
     # -- corpora -----------------------------------------------------------------------------
     def add_corpus(self, name: str, source_uri: str) -> CorpusInfo:
-        """Register a corpus; re-adding the same name and source is a no-op, another source errs."""
+        """Register a corpus; re-adding the same name and source is a no-op, another source errs.
+        Two processes adding the same corpus at once store one row (insert ... on conflict)."""
         validate_name(name, "corpus")
+        stored = self._stored_source(source_uri)
         with self.session() as s:
-            existing = s.scalar(select(m.Corpus).where(m.Corpus.name == name))
-            stored = self._stored_source(source_uri)
-            if existing is not None:
-                if self.resolved_path(existing.source_uri) != self.resolved_path(stored):
-                    raise CorpusError(f"corpus {name!r} already exists with source "
-                                      f"{self.resolved_path(existing.source_uri)!r}; choose another name")
-            else:
-                s.add(m.Corpus(name=name, source_uri=stored))
+            s.execute(insert_or_skip(s, m.Corpus).values(name=name, source_uri=stored))
+            existing = self._corpus_row(s, name)
+            if self.resolved_path(existing.source_uri) != self.resolved_path(stored):
+                raise CorpusError(f"corpus {name!r} already exists with source "
+                                  f"{self.resolved_path(existing.source_uri)!r}; choose another name")
         return self.get_corpus(name)
 
     def move_corpus(self, name: str, source_uri: str) -> CorpusInfo:
@@ -206,33 +210,59 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
         self, corpus: str, documents: Sequence[Document], digest: str, *,
         documents_lance_version: int, n_issues: int = 0, run_id: str | None = None,
     ) -> CorpusVersionInfo:
-        """Record the documents one materialization found, their sources and the version's digest."""
-        with self.session() as s:
-            row = self._corpus_row(s, corpus)
-            known = set(s.scalars(select(m.Document.doc_id).where(
-                m.Document.doc_id.in_([d.doc_id for d in documents]))))
-            s.add_all(m.Document(doc_id=d.doc_id, n_chars=len(d.text))
-                      for d in documents if d.doc_id not in known)
-            root = corpus_root(self.resolved_path(row.source_uri))
-            have_sources = {(doc_id, source_in_corpus(src, root) or src) for doc_id, src in s.execute(
-                select(m.DocumentSource.doc_id, m.DocumentSource.source_uri)
-                .where(m.DocumentSource.corpus_id == row.id)).tuples()}
-            new_sources = {(d.doc_id, source_in_corpus(src, root) or src)
-                           for d in documents for src in d.sources}
-            s.add_all(m.DocumentSource(doc_id=doc_id, corpus_id=row.id, source_uri=src)
-                      for doc_id, src in sorted(new_sources - have_sources))
-            version = m.CorpusVersion(
-                corpus_id=row.id, digest=digest, n_documents=len(documents), n_issues=n_issues,
-                documents_lance_version=documents_lance_version, run_id=run_id)
-            s.add(version)
-            s.flush()
-            s.add_all(m.CorpusVersionDocument(corpus_version_id=version.id, doc_id=d.doc_id,
-                                              n_bytes=len(d.text.encode("utf-8", "surrogatepass")))
-                      for d in documents)
-            s.add_all(m.CorpusVersionSource(corpus_version_id=version.id, doc_id=doc_id, source_uri=src)
-                      for doc_id, src in sorted(new_sources))
-            return CorpusVersionInfo(version.id, corpus, digest, len(documents),
-                                     documents_lance_version, version.created_at)
+        """Record the documents one materialization found, their sources and the version's digest.
+
+        The same documents from the same files as the latest version (same digest, same sources)
+        are that version: nothing new is stored (a renamed file makes a new version). Race-free
+        across processes and machines: documents and sources are inserted with `on conflict do
+        nothing`, and a new version takes the corpus's next number (`seq`, unique per corpus), so
+        of two processes recording the same version at once one stores it and the other returns
+        it; a different version recorded meanwhile is followed by this one."""
+        for _ in range(_VERSION_ATTEMPTS):
+            with self.session() as s:
+                row = self._corpus_row(s, corpus)
+                latest = self._latest_version(s, row.id)
+                root = corpus_root(self.resolved_path(row.source_uri))
+                new_sources = sorted({(d.doc_id, source_in_corpus(src, root) or src)
+                                      for d in documents for src in d.sources})
+                if latest is not None and latest.digest == digest and new_sources == sorted(s.execute(
+                        select(m.CorpusVersionSource.doc_id, m.CorpusVersionSource.source_uri)
+                        .where(m.CorpusVersionSource.corpus_version_id == latest.id)).tuples()):
+                    return _version_info(corpus, latest)  # the same documents from the same files
+                self._store_documents(s, row.id, root, documents, new_sources)
+                seq = latest.seq + 1 if latest is not None else 1
+                version_id = s.scalar(insert_or_skip(s, m.CorpusVersion).values(
+                    corpus_id=row.id, seq=seq, digest=digest, n_documents=len(documents), n_issues=n_issues,
+                    documents_lance_version=documents_lance_version, run_id=run_id,
+                ).returning(m.CorpusVersion.id))
+                if version_id is None:  # another process took this number first: see what it stored
+                    continue
+                insert_missing(s, m.CorpusVersionDocument, [
+                    {"corpus_version_id": version_id, "doc_id": d.doc_id,
+                     "n_bytes": len(d.text.encode("utf-8", "surrogatepass"))}
+                    for d in sorted(documents, key=lambda d: d.doc_id)])
+                s.add_all(m.CorpusVersionSource(corpus_version_id=version_id, doc_id=doc_id, source_uri=src)
+                          for doc_id, src in new_sources)
+                return _version_info(corpus, s.get(m.CorpusVersion, version_id))
+        raise CatalogError(f"corpus {corpus!r}: no version number free after {_VERSION_ATTEMPTS} attempts "
+                           "(other processes keep recording versions of it)")
+
+    def _latest_version(self, s: Session, corpus_id: int) -> m.CorpusVersion | None:
+        return s.scalar(select(m.CorpusVersion).where(m.CorpusVersion.corpus_id == corpus_id)
+                        .order_by(m.CorpusVersion.seq.desc()).limit(1))
+
+    def _store_documents(self, s: Session, corpus_id: int, root: str, documents: Sequence[Document],
+                         sources: list[tuple[str, str]]) -> None:
+        """The documents' rows and this corpus's sources of them, those not stored yet (a source
+        recorded absolute by an older retro-ops counts as stored)."""
+        insert_missing(s, m.Document, [{"doc_id": d.doc_id, "n_chars": len(d.text)}
+                                       for d in sorted({d.doc_id: d for d in documents}.values(),
+                                                       key=lambda d: d.doc_id)])
+        have = {(doc_id, source_in_corpus(src, root) or src) for doc_id, src in s.execute(
+            select(m.DocumentSource.doc_id, m.DocumentSource.source_uri)
+            .where(m.DocumentSource.corpus_id == corpus_id)).tuples()}
+        insert_missing(s, m.DocumentSource, [{"doc_id": doc_id, "corpus_id": corpus_id, "source_uri": src}
+                                             for doc_id, src in sources if (doc_id, src) not in have])
 
     def latest_corpus_version(self, corpus: str) -> CorpusVersionInfo:
         with self.session() as s:
@@ -240,9 +270,7 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
             if not row.versions:
                 raise CorpusError(f"corpus {corpus!r} has not been materialized yet "
                                   f"(run `retro-ops materialize --corpus {corpus}`)")
-            v = row.versions[-1]
-            return CorpusVersionInfo(v.id, corpus, v.digest, v.n_documents,
-                                     v.documents_lance_version, v.created_at)
+            return _version_info(corpus, row.versions[-1])
 
     def corpus_name_of_version(self, corpus_version_id: int) -> str:
         with self.session() as s:
@@ -284,10 +312,11 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
 
     # -- features ----------------------------------------------------------------------------
     def register_embedding_space(self, space: EmbeddingSpace) -> None:
+        """Record an embedder's identity once, however many processes register it at once."""
+        fields = space.as_dict()
         with self.session() as s:
-            if s.get(m.EmbeddingSpaceRow, space.space_id) is None:
-                fields = space.as_dict()
-                s.add(m.EmbeddingSpaceRow(id=fields.pop("space_id"), **fields))
+            s.execute(insert_or_skip(s, m.EmbeddingSpaceRow).values(
+                id=fields.pop("space_id"), **fields))
 
     def embedding_space_dim(self, space_id: str) -> int:
         with self.session() as s:
@@ -323,6 +352,10 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
     def count(self, model: type[m.Base]) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _version_info(corpus: str, v: m.CorpusVersion) -> CorpusVersionInfo:
+    return CorpusVersionInfo(v.id, corpus, v.digest, v.n_documents, v.documents_lance_version, v.created_at)
 
 
 def _public_sources(rows: Iterable[tuple[str, str]], resolve) -> Iterator[str]:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -44,11 +45,15 @@ class Corpus(Base):
 
 
 class CorpusVersion(Base):
-    """One materialization of a corpus: the exact set of documents it held."""
+    """One materialization of a corpus: the exact set of documents it held. `seq` numbers a
+    corpus's versions 1, 2, ... (0013); unique per corpus, so two registrars of the same next
+    version store one row."""
 
     __tablename__ = "corpus_versions"
+    __table_args__ = (Index("uq_corpus_versions_corpus_id_seq", "corpus_id", "seq", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     n_documents: Mapped[int] = mapped_column(Integer)
     n_issues: Mapped[int] = mapped_column(Integer, default=0)

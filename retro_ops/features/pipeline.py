@@ -103,7 +103,7 @@ def ingest_documents(
     report = ReadReport()
     snapshot = _without_purged(catalog, collect_documents(
         read_corpus(info.source_uri, reader_config, report)), report)
-    with store.lock(DOCUMENTS):  # the catalog's document rows are check-then-insert as well
+    with store.lock(DOCUMENTS):  # LanceDB's merge_insert is no uniqueness guarantee across writers
         write = store.add_documents(snapshot.documents)
         version = catalog.record_corpus_version(
             corpus, snapshot.documents, snapshot.digest, documents_lance_version=write.version,
@@ -174,8 +174,7 @@ def embed_corpus(
     started = time.perf_counter()
     space = embedder.space
     table = embeddings_table_name(space.space_id)
-    with store.lock(table):  # check-then-insert in the catalog: one registrar at a time
-        catalog.register_embedding_space(space)
+    catalog.register_embedding_space(space)  # insert ... on conflict: any number of registrars at once
     version = catalog.latest_corpus_version(corpus)
     chunks = store.chunks_of_documents(_of_shard(catalog.corpus_doc_ids(version.id), shard),
                                        ["content_hash", "text"])
