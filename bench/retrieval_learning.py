@@ -94,11 +94,12 @@ def across_seeds(per_seed: list[dict]) -> list[dict]:
 
 
 def combine(paths: list[str], name: str) -> None:
-    """Runs of other seeds side by side (`--name`) read back and summarised as one run."""
+    """Runs of other seeds side by side (`--name`) read back and summarised as one run; a run
+    stopped early counts with the seeds its `_partial` file holds (rows without a table)."""
     import json
 
     rows = [r for path in paths for r in json.loads(Path(path).read_text())["rows"]
-            if r.get("table", "").startswith("per seed")]
+            if r.get("table", "per seed").startswith("per seed")]
     report_tables(name, [("across seeds: mean [95% t interval over seeds]", SUMMARY_COLUMNS,
                           across_seeds(rows))], {"combined": paths})
 
