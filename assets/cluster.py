@@ -29,7 +29,7 @@ CELERY_DIR = REPO / "deploy" / "celery"
 CELERY_YAML = CELERY_DIR / "celery.yaml"  # the executor config block: workers and runs read it
 CELERY_LOCATION = CELERY_DIR / "definitions.py"
 BROKER_ENV = "DAGSTER_CELERY_BROKER_URL"
-QUEUE_ENV = "RETRO_OPS_CELERY_QUEUE"
+QUEUE_ENV = "RETRO_OPS_CELERY_QUEUE"  # the Celery queue runs send their steps to and workers read (default: dagster)
 DEFAULT_QUEUE = "dagster"  # dagster-celery's own default
 BROKER_TIMEOUT_S = 3.0
 

@@ -37,3 +37,15 @@ def throwaway_database(prefix: str) -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def throwaway_schema(prefix: str) -> Iterator[str]:
+    """A new, empty schema in the test database; yields its name and drops it afterwards."""
+    admin = admin_engine()
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    yield schema
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()

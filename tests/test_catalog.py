@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from retro_ops.catalog.exclusions import NewExclusion
 from retro_ops.catalog.store import alembic_config, make_engine
 from retro_ops.corpus import Document
 from retro_ops.errors import CorpusError, UnknownCorpusError
-from postgres import PG_URL, admin_engine
+from postgres import PG_URL, throwaway_schema
 
 TABLES = {"corpora", "corpus_versions", "documents", "document_sources", "retrieval_sets",
           "models", "model_training_documents", "evaluations", "deployments",
@@ -48,16 +47,10 @@ def test_sqlite_migrations_round_trip(tmp_path: Path):
 @pytest.fixture
 def pg_engine():
     """A fresh schema in the Postgres `test` database; CI must reach it, elsewhere it may skip."""
-    admin = admin_engine()
-    schema = f"retro_ops_test_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine = sa.create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    yield engine, schema
-    engine.dispose()
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    for schema in throwaway_schema("retro_ops_test"):
+        engine = sa.create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+        yield engine, schema
+        engine.dispose()
 
 
 @pytest.mark.postgres

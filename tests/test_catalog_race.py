@@ -10,14 +10,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from catalog_race_child import ROUND_SECONDS, documents
-from postgres import PG_URL, admin_engine
+from postgres import PG_URL, throwaway_schema
 from retro_ops.catalog import Catalog
 from retro_ops.catalog import tables as m
 from retro_ops.corpus import Document
@@ -29,14 +28,7 @@ CHILD = Path(__file__).with_name("catalog_race_child.py")
 @pytest.fixture
 def pg_schema():
     """A new, empty schema in the Postgres `test` database (the children migrate it)."""
-    admin = admin_engine()
-    schema = f"retro_ops_race_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    yield schema
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    yield from throwaway_schema("retro_ops_race")
 
 
 def _rows(engine: sa.Engine, table: type[m.Base]) -> int:
