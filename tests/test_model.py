@@ -392,13 +392,14 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
         scores = (self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)
                   + self.gain * self.length_score[length]).masked_fill(
             ~(valid | ~has[:, None])[:, None, :], float("-inf"))
-        evidence = self.length_gate[length.masked_fill(~valid[:, None, :], 0).amax(-1)] \
-            + self.agreement_gate * agreement[:, None]
+        longest = length.masked_fill(~valid[:, None, :], 0).amax(-1)
+        evidence = self.length_gate[longest] + self.agreement_gate * agreement[:, None]
         g = torch.sigmoid(self.gate(h).squeeze(-1) + self.gain * evidence
                           + self.gate_match * scores.amax(-1))[..., None]
         copied = torch.zeros_like(logp).scatter_add(2, values[:, None].expand(-1, logp.shape[1], -1),
                                                     scores.softmax(-1))
-        return torch.where(has[:, None, None], ((1 - g) * logp.exp() + g * copied).log(), logp)
+        copying = has[:, None] & (longest >= self.min_match)  # the gate shut where nothing matches
+        return torch.where(copying[..., None], ((1 - g) * logp.exp() + g * copied).log(), logp)
 
     with torch.no_grad():
         sparse, _ = model(ids, neighbours, mask)
@@ -406,9 +407,34 @@ def test_copy_head_is_the_gated_mixture_it_claims_and_a_distribution():
         expected, _ = model(ids, neighbours, mask)
     torch.testing.assert_close(sparse, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sparse.exp().sum(-1), torch.ones(sparse.shape[:2]), atol=1e-5, rtol=0)
-    assert RetroConfig().copy_gate_init < 0 and RetroConfig().copy_head
+    assert RetroConfig().copy_gate_init < 0 and RetroConfig().copy_head and model.copy.min_match == 2
     old = {k: v for k, v in TINY.to_dict().items() if k != "copy_head"}
     assert RetroConfig.from_dict(old).copy_head is False  # checkpoints from before load without
+
+
+def test_copy_gate_is_shut_where_no_neighbour_token_matches_the_current_one():
+    """copy_min_match = 2 (the default): at a position whose token and the one before it occur
+    together in none of the neighbours it reads, the output is the decoder's distribution
+    exactly, however open the gate; where they do, the copy head mixes in. 0 shuts nothing."""
+    model = make_model()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(100, TINY.vocab_size, (1, TINY.seq_len), generator=g)
+    neighbours = torch.randint(1, 20, (1, TINY.n_chunks, 2, TINY.neighbour_len), generator=g)
+    ids[0, 39:41] = neighbours[0, 1, 0, 2:4]  # 40 reads chunk (40 - 15) // 16 = 1's neighbours
+    assert model.copy.min_match == 2  # so position 39, whose one token matches, stays shut
+    with torch.no_grad():
+        model.copy.gate.bias.fill_(20.0)  # wide open wherever it may open
+        shut, _ = model(ids, neighbours)
+        model.copy.min_match = 0
+        unshut, _ = model(ids, neighbours)
+        model.copy.forward = lambda logp, *rest: logp
+        decoder, _ = model(ids, neighbours)
+    equal = (shut == decoder).all(-1)[0]
+    assert not equal[40]
+    assert int(equal.sum()) == TINY.seq_len - 1  # every other position: the decoder's, exactly
+    assert not (unshut == decoder).all(-1)[0, M - 1:].any()  # without the rule, every reading position mixes
+    assert RetroConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "copy_min_match"}
+                                 ).copy_min_match == 0  # checkpoints from before keep their gate
 
 
 def test_copy_head_gradients_are_finite_when_every_neighbour_is_masked():
@@ -416,6 +442,7 @@ def test_copy_head_gradients_are_finite_when_every_neighbour_is_masked():
     ids, neighbours = make_batch()
     mask = torch.zeros(neighbours.shape[:3], dtype=torch.bool)
     mask[0, 4] = True
+    neighbours[0, 4, 0] = ids[0, 4 * M:6 * M]  # its tokens match, so the gate may open
     _, loss = model(ids, neighbours, mask, targets=torch.roll(ids, -1, 1))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MAX_MATCH = 4  # match lengths are counted up to this; longer ones add little evidence
+from retro_ops.model.config import MAX_MATCH
+
 NO_TOKEN = -1  # history before the sequence start: matches nothing
 
 

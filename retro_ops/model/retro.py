@@ -203,6 +203,7 @@ class NeighbourCopy(nn.Module):
         self.gate_match = nn.Parameter(torch.zeros(1))
         nn.init.constant_(self.gate.bias, config.copy_gate_init)
         self.matching = config.match_gate
+        self.min_match = config.copy_min_match
         self.gain = config.evidence_gain
         if self.matching:  # in units of the gain; a matched token starts worth 2 in a score
             self.length_score = nn.Parameter(2.0 / self.gain * torch.arange(MAX_MATCH + 1, dtype=torch.float))
@@ -280,18 +281,20 @@ class NeighbourCopy(nn.Module):
         keys = self.k(encoded[:, :, :-1]).flatten(1, 2)  # (N, K, w): token j-1 keys value j
         values = tokens[:, :, 1:].flatten(1)  # (N, K)
         valid = (token_mask[:, :, 1:] & token_mask[:, :, :-1]).flatten(1)  # (N, K)
-        has = valid.any(dim=1)  # (N,): a group with nothing to copy keeps logp exactly
+        anything = valid.any(dim=1)  # (N,): a group with nothing to copy keeps logp exactly
         scores = self.q(h) @ keys.transpose(1, 2) / math.sqrt(self.width)  # (N, Tq, K)
         z = self.gate(h).squeeze(-1)  # (N, Tq)
+        copying = anything[:, None].expand_as(z)  # (N, Tq): where the gate may open
         if self.matching:
             length = match_lengths(history, tokens, token_mask)  # (N, Tq, K)
             scores = scores + self.gain * per_length(self.length_score, length)
             longest = length.masked_fill(~valid[:, None, :], 0).amax(dim=-1)  # (N, Tq)
             z = z + self.gain * (per_length(self.length_gate, longest) + self.agreement_gate * agreement[:, None])
-        scores = scores.masked_fill(~(valid | ~has[:, None])[:, None, :], float("-inf"))
+            copying = copying & (longest >= self.min_match)  # nothing a copy could continue: shut
+        scores = scores.masked_fill(~(valid | ~anything[:, None])[:, None, :], float("-inf"))
         attn = scores.softmax(dim=-1)  # (N, Tq, K)
         z = z + self.gate_match * scores.amax(dim=-1)  # (N, Tq)
-        z = torch.where(has[:, None], z, torch.full_like(z, self.NO_COPY))
+        z = torch.where(copying, z, torch.full_like(z, self.NO_COPY))
         same = (values[:, :, None] == values[:, None, :]) & valid[:, None, :] & valid[:, :, None]
         mass = attn @ same.to(attn.dtype)  # (N, Tq, K): copy mass of each key's token
         first = ~torch.tril(same, diagonal=-1).any(dim=2) & valid  # one entry per distinct token
