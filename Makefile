@@ -20,13 +20,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retro-ops demo
 
+# Two pytest-xdist workers, each taking whole modules, the longest first (tests/conftest.py);
+# `make test WORKERS=auto` takes one per core.
+WORKERS ?= 2
+XDIST   := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(XDIST)
 
 # The edit loop: the suite less the tests marked `heavy` (a daemon, a UI or server process, a
 # browser, the demo or the tutorial; see pyproject.toml): about a minute and a half on 2 cores.
 check: $(STAMP)
-	$(BIN)/pytest -m 'not slow and not bench and not heavy'
+	$(BIN)/pytest $(XDIST) -m 'not slow and not bench and not heavy'
 
 bench: $(STAMP)
 	$(BIN)/python bench/chunking.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -60,8 +61,11 @@ def small_corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sites(tmp_path_factory, embedder: Embedder, chunker: Chunker) -> Sites:
-    """The session's built sites (tests/sites.py): each built once, copied for each user."""
-    return Sites(tmp_path_factory.mktemp("sites"), embedder, chunker)
+    """The session's built sites (tests/sites.py): each built once, copied for each user. Under
+    pytest-xdist the workers share them: a worker's base temp lies in the session's own."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return Sites(tmp_path_factory.mktemp("sites"), embedder, chunker)
+    return Sites(tmp_path_factory.getbasetemp().parent / "sites", embedder, chunker)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,14 @@ def own_home(sites: Sites, tmp_path: Path):
 
 
 @pytest.fixture
+def own_ws(own_home, embedder: Embedder):
+    """`own_home` as a Workspace (the session's embedder): one test's own copy of `small`."""
+    from retro_ops.workspace import Workspace
+
+    return Workspace(*own_home, embedder)
+
+
+@pytest.fixture
 def pg_database_url():
     """A throwaway Postgres database (CI must reach the server; elsewhere the test skips)."""
     from postgres import throwaway_database
@@ -139,8 +151,25 @@ HEAVY: dict[str, set[str] | None] = {
 }
 
 
+#: The longest modules, longest first. `make test` runs on pytest-xdist workers, which take whole
+#: modules in collection order (`--dist loadfile --no-loadscope-reorder`); the long ones go first
+#: so that no worker is left with one at the end. The daemon test waits on its runs most of its
+#: time: started first, it overlaps with everything else.
+LONGEST_FIRST = [
+    "test_automation_daemon.py", "test_tutorial.py", "test_celery.py", "test_copy_capability.py",
+    "test_dagster_pipeline.py", "test_audit_exit.py", "test_dagster_automation.py", "test_cli.py",
+    "test_artifact_integrity.py", "test_sharding.py", "test_dagster_ui.py", "test_lineage.py", "test_purge.py",
+    "test_serving_limits.py", "test_relocatable_home.py", "test_training.py", "test_evaluation.py",
+    "test_docs.py", "test_deploy.py", "test_exclusions.py", "test_generation_log.py", "test_cli_progress.py",
+    "test_catalog.py", "test_catalog_race.py",
+]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tests = HEAVY.get(item.path.name, set())
         if tests is None or item.originalname in tests:
             item.add_marker(pytest.mark.heavy)
+    if "PYTEST_XDIST_WORKER" in os.environ:  # a stable sort: each module's own order is kept
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

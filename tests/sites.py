@@ -11,10 +11,14 @@ One limit, MLflow's own (see tests/test_relocatable_home.py): a copied MLflow st
 the original's artifact folder for the experiment and the registered models, so a run logged in
 a copy goes to a second experiment of the copy, and a registered model's pyfunc loads from the
 original site. Hence one site with a trained model (`small_trained`), for modules that serve or
-generate from the catalog's checkpoint; a module that loads the pyfunc trains in its copy."""
+generate from the catalog's checkpoint; a module that loads the pyfunc trains in its copy.
+
+Under pytest-xdist the workers share one folder of built sites: whoever needs a site first
+builds it while holding that site's lock (fcntl), the others wait for it and copy it."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -124,22 +128,31 @@ BUILDERS: dict[str, Callable[[Path, Sites], None]] = {
 
 
 class Sites:
-    """The session's built sites under `root`, each built on first use."""
+    """The session's built sites under `root`, each built on first use; `root` may be shared by
+    several processes (pytest-xdist's workers): a site is built by one of them, under its lock."""
 
     def __init__(self, root: Path, embedder, chunker):
         self.root, self.embedder, self.chunker = root, embedder, chunker
+        self.root.mkdir(parents=True, exist_ok=True)
         self._built: set[str] = set()
+
+    def _build(self, name: str) -> None:
+        if name not in BUILDERS:
+            raise KeyError(f"no site named {name!r}: choose one of {', '.join(sorted(BUILDERS))}")
+        folder, done = self.root / name, self.root / f"{name}.built"
+        with open(self.root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not done.exists():  # nobody built it yet (or a build failed half-way: start again)
+                if folder.exists():
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True)
+                BUILDERS[name](folder, self)
+                done.touch()
+        self._built.add(name)
 
     def copy(self, name: str, dest: Path) -> Path:
         """A copy of site `name` at `dest` (created, or empty); returns `dest`."""
         if name not in self._built:
-            if name not in BUILDERS:
-                raise KeyError(f"no site named {name!r}: choose one of {', '.join(sorted(BUILDERS))}")
-            folder = self.root / name
-            if folder.exists():  # a build that failed half-way: start again
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            BUILDERS[name](folder, self)
-            self._built.add(name)
+            self._build(name)
         shutil.copytree(self.root / name, dest, symlinks=True, dirs_exist_ok=True)
         return dest

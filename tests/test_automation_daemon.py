@@ -9,7 +9,8 @@ The sensors tick as often as the daemon loops here (`--interval 5`; Dagster's se
 daemons loop every 5 s at most), not every 30 s. Still slow: four runs one after the other
 (the corpus chain, the two re-pins, the index), each a fresh process that imports torch and
 Dagster; 6.5-7 min on the shared 2-core machine at load 8-9. It is the acceptance test of
-declarative automation (issue #15), so CI runs it anyway."""
+declarative automation (issue #15), so CI runs it anyway: first, on one of `make test`'s two
+workers (tests/conftest.py LONGEST_FIRST), while the other runs the rest of the suite beside it."""
 
 from __future__ import annotations
 

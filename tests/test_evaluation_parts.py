@@ -116,14 +116,16 @@ def test_control_neighbours_shuffle_rows_and_the_oracle_holds_the_exact_continua
         assert (oracle.tokens[row, 0] == neighbours.tokens[row, 0]).all()
 
 
-def test_training_neighbours_never_come_from_a_held_out_group_in_another_corpus(ws, tmp_path_factory):
+def test_training_neighbours_never_come_from_a_held_out_group_in_another_corpus(own_ws, tmp_path_factory):
     """An edition of a held-out chapter in another corpus (same file stem, other wording) is a
-    training neighbour under a by-document split, and never under a grouped one."""
+    training neighbour under a by-document split, and never under a grouped one. It adds a corpus
+    and a set: to a home of its own."""
     from retro_ops.features import pipeline
     from retro_ops.features.chunking import Chunker
     from retro_ops.retrieval.index.route import publish_retrieval_set
     from retro_ops.training.prepare import corpus_split, prepare_training
 
+    ws = own_ws
     version = ws.catalog.latest_corpus_version("small")
     split = corpus_split(ws, version, SplitConfig(group_by="stem"))
     held = ws.catalog.documents_sources(split.heldout)

@@ -54,14 +54,20 @@ def _flat(output: str) -> str:
     return " ".join(output.replace("│", " ").split())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def ws(own_ws):
+    """Each test excludes chunks (and revokes them after): in a copy of `small` of its own."""
+    return own_ws
+
+
+@pytest.fixture
 def members(ws) -> list[dict]:
     version = ws.catalog.latest_retrieval_set_version("small")
     return ws.store.members(version.digest, ["chunk_id", "doc_id", "position", "content_hash", "text",
                                              "continuation_text"]).to_pylist()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def generation(ws, members):
     """A logged generation that read three chunks of three documents (the real log writer)."""
     picked, docs = [], set()

@@ -264,10 +264,15 @@ def test_token_is_stored_as_a_keyed_hash(base, ws):
     assert key.stat().st_mode & 0o077 == 0  # readable by the server's user only
 
 
-def test_checkpoint_not_matching_the_catalog_is_refused(base, ws, tmp_path):
+def test_checkpoint_not_matching_the_catalog_is_refused(base, sites, embedder, tmp_path):
+    """It tampers with the catalog's checkpoint: the one of a home of its own (a copy of the
+    module's site, holding the same model)."""
     import shutil
 
-    _, info, _ = base
+    from sites import open_home
+
+    ws = open_home(sites.copy("small_trained", tmp_path / "site") / "home", embedder)
+    info = ws.catalog.resolve_model(base[1].ref)
     copy = tmp_path / "ckpt"
     shutil.copytree(info.checkpoint_dir, copy)
     load_verified(replace(info, checkpoint_dir=str(copy)))  # an intact copy loads
@@ -285,6 +290,7 @@ def test_checkpoint_not_matching_the_catalog_is_refused(base, ws, tmp_path):
             DeploymentHolder.start(ws, info.ref, "small", "test://tampered", TOKEN)
     finally:
         original.write_bytes(kept)
+        ws.catalog.close()
 
 
 def test_gate_is_fifo_bounded_and_lets_priority_work_first():

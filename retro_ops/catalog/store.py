@@ -225,9 +225,9 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
                 root = corpus_root(self.resolved_path(row.source_uri))
                 new_sources = sorted({(d.doc_id, source_in_corpus(src, root) or src)
                                       for d in documents for src in d.sources})
-                if latest is not None and latest.digest == digest and new_sources == sorted(s.execute(
+                if latest is not None and latest.digest == digest and new_sources == sorted(tuple(r) for r in s.execute(
                         select(m.CorpusVersionSource.doc_id, m.CorpusVersionSource.source_uri)
-                        .where(m.CorpusVersionSource.corpus_version_id == latest.id)).tuples()):
+                        .where(m.CorpusVersionSource.corpus_version_id == latest.id))):
                     return _version_info(corpus, latest)  # the same documents from the same files
                 self._store_documents(s, row.id, root, documents, new_sources)
                 seq = latest.seq + 1 if latest is not None else 1
@@ -260,7 +260,7 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
                                                        key=lambda d: d.doc_id)])
         have = {(doc_id, source_in_corpus(src, root) or src) for doc_id, src in s.execute(
             select(m.DocumentSource.doc_id, m.DocumentSource.source_uri)
-            .where(m.DocumentSource.corpus_id == corpus_id)).tuples()}
+            .where(m.DocumentSource.corpus_id == corpus_id))}
         insert_missing(s, m.DocumentSource, [{"doc_id": doc_id, "corpus_id": corpus_id, "source_uri": src}
                                              for doc_id, src in sources if (doc_id, src) not in have])
 
@@ -294,7 +294,7 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
         with self.session() as s:
             rows = s.execute(select(m.DocumentSource.source_uri, m.Corpus.source_uri)
                              .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)
-                             .where(m.DocumentSource.doc_id == doc_id)).tuples().all()
+                             .where(m.DocumentSource.doc_id == doc_id)).all()
         return sorted(set(_public_sources(rows, self.resolved_path)))
 
     def documents_sources(self, doc_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -305,7 +305,7 @@ class Catalog(RetrievalCatalogMixin, ExclusionCatalogMixin, PurgeCatalogMixin, M
             for start in range(0, len(wanted), 500):
                 rows = s.execute(select(m.DocumentSource.doc_id, m.DocumentSource.source_uri, m.Corpus.source_uri)
                                  .join(m.Corpus, m.Corpus.id == m.DocumentSource.corpus_id)
-                                 .where(m.DocumentSource.doc_id.in_(wanted[start:start + 500]))).tuples()
+                                 .where(m.DocumentSource.doc_id.in_(wanted[start:start + 500])))
                 for doc_id, source, corpus_source in rows:
                     found.setdefault(doc_id, []).append((source, corpus_source))
         return {d: sorted(set(_public_sources(r, self.resolved_path))) for d, r in found.items()}
