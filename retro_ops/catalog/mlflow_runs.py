@@ -19,15 +19,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, TypeVar
 
 from retro_ops.ids import sha256_hex
 from retro_ops.durable import file_lock
 from retro_ops.settings import Settings
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: loading the code location (every CLI
+    from mlflow.entities import DatasetInput  # command, every run) never pays its ~2 s import
 
 EXPERIMENT = "retro-ops"
 T = TypeVar("T")
@@ -58,6 +57,8 @@ def store_lock(db_path: Path | None) -> Iterator[None]:
 
 def get_or_create(get: Callable[[], T | None], create: Callable[[], T]) -> T:
     """`get()`, else `create()`; when another process creates it in between, its copy."""
+    from mlflow.exceptions import MlflowException
+
     found = get()
     if found is not None:
         return found
@@ -83,6 +84,8 @@ class DatasetRef:
     details: dict | None = None
 
     def to_input(self, context: str) -> DatasetInput:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
         profile = json.dumps({"full_digest": self.digest, **(self.details or {})}, sort_keys=True)
         return DatasetInput(Dataset(self.name, self.digest[:36], self.source_type, self.source,
                                     profile=profile),
@@ -108,6 +111,8 @@ class Tracking:
     """The MLflow store of a retro-ops home (SQLite + local artifacts by default)."""
 
     def __init__(self, settings: Settings):
+        from mlflow import MlflowClient
+
         self.tracking_uri = settings.mlflow_tracking_uri
         self.artifact_root = settings.mlflow_artifacts_dir
         with store_lock(sqlite_path(self.tracking_uri)):  # opens (creates, migrates) both stores
@@ -132,13 +137,19 @@ class Tracking:
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
         self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_curve(self, run_id: str, name: str, points: list[tuple[int, float]]) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         for start in range(0, len(points), 900):  # the store's batch limit is 1000
             self.client.log_batch(run_id, metrics=[Metric(name, float(v), now, int(s))
@@ -165,6 +176,8 @@ class Tracking:
 
     def _model_exists(self, name: str) -> bool:
         """A lookup by name, not a filter string: a quote in `name` cannot change the query."""
+        from mlflow.exceptions import MlflowException
+
         try:
             self.client.get_registered_model(name)
         except MlflowException as exc:
@@ -174,4 +187,6 @@ class Tracking:
         return True
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

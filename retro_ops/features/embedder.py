@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 from retro_ops.features.chunking import load_tokenizer
@@ -129,11 +129,9 @@ class Embedder:
         self._tokenizer = load_tokenizer(folder)
         self._local = threading.local()  # one tokenizer per thread: the Rust one is not reentrant
         hf_logging.disable_progress_bar()  # the library never prints; callers report progress
-        if precision == "bf16":  # eager attention: see the module docstring
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                                   attn_implementation="eager").to(torch.bfloat16).eval()
-        else:
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        self._folder, self._model = folder, None
+        self._model_lock = threading.Lock()
+        self.precision: Precision = precision
         self.batch_size = batch_size
         if streams < 1:
             raise EmbedderError(f"streams {streams}: expected >= 1")
@@ -151,10 +149,31 @@ class Embedder:
             space_id=f"{digest}_{METHODS[precision]}" if METHODS[precision] else digest,
             model_name=folder.parent.name if folder.name == "model" else folder.name,
             model_path=str(folder), weights_digest=weights, pooling=pooling,
-            normalize=normalize, dim=int(self.model.config.hidden_size), max_tokens=max_tokens,
+            normalize=normalize, dim=int(AutoConfig.from_pretrained(str(folder), local_files_only=True)
+                                         .hidden_size), max_tokens=max_tokens,
         )
-        self.precision: Precision = precision
         self._encoder = self._load_int8(cache_dir) if precision == "int8" else None
+
+    @property
+    def model(self):
+        """The torch model, loaded on first use (once, whichever thread asks first): an embedder
+        whose caller only needs its space (a retrieval set's build, a run with nothing new to
+        embed) never reads the weights into memory."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    folder = str(self._folder)
+                    if self.precision == "bf16":  # eager attention: see the module docstring
+                        model = AutoModel.from_pretrained(folder, local_files_only=True,
+                                                          attn_implementation="eager").to(torch.bfloat16)
+                    else:
+                        model = AutoModel.from_pretrained(folder, local_files_only=True)
+                    self._model = model.eval()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
 
     @staticmethod
     def _recipe(precision: Precision) -> dict:

@@ -1,0 +1,209 @@
+"""Re-materializing a corpus after one added document, against its first materialization, on
+the local default: `retro-ops materialize --corpus C --set C` (one process per command, its
+steps run in-process), as a user runs it (issue #28: at most 10%).
+
+A fresh home gets a corpus of the first `--chapters` King James New Testament chapters
+(`corpora/kjv_nt`, shipped) and a retrieval set over it. The whole chain is materialized once
+(documents, chunks, chunk_embeddings, chunk_scores, then retrieval_set, faiss_index), the next
+chapter is copied into the corpus folder, and the same command runs again. Each command is timed
+from the bench (process start to exit); inside it, each step from Dagster's own STEP_START and
+STEP_SUCCESS events, beside the seconds its library call reports. "startup" is process start to
+the first step start (Python, imports, the instance, source observation); "between steps" is what
+is left inside the runs. A `--warm` pass repeats the two materializations in this very process
+(`assets.launch.materialize_partition`, what the CLI calls), the stack imported beforehand: what
+a warm local process costs.
+
+    python bench/incremental.py                  # 259 chapters (all but the last), ~2 min first
+    python bench/incremental.py --chapters 40 --warm --json
+
+The machine may be shared: read the ratio measured in one run, with the load average beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO_ROOT, Column, base_parser, environment, log, report_tables, write_results
+
+KJV = REPO_ROOT / "corpora" / "kjv_nt"
+CORPUS = "bench"
+TARGET = 0.10  # issue #28: a re-materialization after one added document costs at most 10% of the first
+
+
+def _chapters(n: int) -> list[Path]:
+    files = sorted(KJV.glob("*.txt"))
+    if not 1 <= n < len(files):
+        raise SystemExit(f"--chapters must be 1..{len(files) - 1} (one more is the added document)")
+    return files[:n + 1]
+
+
+def _cli(env: dict, *args: str) -> tuple[float, float, str]:
+    """(epoch at start, wall seconds, stdout) of one `retro-ops` command."""
+    started, clock = time.time(), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "retro_ops.cli.main", *args], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - clock
+    if done.returncode != 0:
+        raise SystemExit(f"retro-ops {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return started, wall, done.stdout
+
+
+def _steps(instance, run_id: str) -> list[dict]:
+    """Each step of a run: its start (epoch), its seconds (Dagster's STEP_START -> STEP_SUCCESS)."""
+    started, rows = {}, []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[entry.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            rows.append({"step": entry.step_key, "start": started[entry.step_key],
+                         "end": entry.timestamp, "step_s": entry.timestamp - started[entry.step_key]})
+    return rows
+
+
+def _breakdown(instance, outcomes: list[dict], started: float, wall: float) -> tuple[dict, list[dict]]:
+    """Per-step rows of one materialization and its totals: startup (process start to the first
+    step), steps, the rest (between and after steps: run set-up, outcomes, exit)."""
+    steps = []
+    for outcome in outcomes:
+        library = {a["asset"]: a["metadata"].get("seconds") for a in outcome["assets"]}
+        new = {a["asset"]: a["metadata"].get("newly_embedded", a["metadata"].get(
+            "new_chunks", a["metadata"].get("new_documents", a["metadata"].get("newly_scored"))))
+            for a in outcome["assets"]}
+        for row in _steps(instance, outcome["run_id"]):
+            steps.append({**row, "library_s": library.get(row["step"]), "new": new.get(row["step"])})
+    first = min(s["start"] for s in steps) if steps else started
+    in_steps = sum(s["step_s"] for s in steps)
+    totals = {"wall_s": wall, "startup_s": first - started, "steps_s": in_steps,
+              "rest_s": wall - (first - started) - in_steps}
+    return totals, steps
+
+
+def cli_pass(root: Path, env: dict, files: list[Path]) -> tuple[list[dict], list[dict]]:
+    """First materialization and re-materialization through the CLI, each its own process."""
+    from assets.launch import dagster_instance
+    from retro_ops.settings import Settings
+
+    folder = root / "corpus"
+    folder.mkdir()
+    for f in files[:-1]:
+        shutil.copy(f, folder / f.name)
+    _cli(env, "corpus", "add", CORPUS, str(folder), "--json")
+    _cli(env, "retrieval-set", "create", CORPUS, "--corpus", CORPUS, "--json")
+    settings = Settings(home=Path(env["RETRO_OPS_HOME"]))
+    rows, steps = [], []
+    for label in ("first", "after one added document"):
+        if label != "first":
+            shutil.copy(files[-1], folder / files[-1].name)
+        load = os.getloadavg()[0]
+        log(f"CLI: {label}")
+        started, wall, stdout = _cli(env, "materialize", "--corpus", CORPUS, "--set", CORPUS, "--json")
+        with dagster_instance(settings) as instance:
+            totals, per_step = _breakdown(instance, json.loads(stdout), started, wall)
+        rows.append({"path": "CLI (a process per command)", "materialization": label, **totals,
+                     "load_avg_1min": load, "load_avg_after": os.getloadavg()[0]})
+        steps += [{"path": "CLI", "materialization": label, **s} for s in per_step]
+    return rows, steps
+
+
+def warm_pass(root: Path, files: list[Path]) -> tuple[list[dict], list[dict]]:
+    """The same two materializations in this process, the stack imported first."""
+    from dataclasses import asdict
+
+    import assets.definitions  # noqa: F401  the imports a warm process has already paid
+    from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+    from retro_ops.catalog import Catalog
+    from retro_ops.settings import HOME_ENV, Settings
+
+    settings = Settings(home=root / "warm_home")
+    settings.ensure_dirs()
+    os.environ[HOME_ENV] = str(settings.home)
+    folder = root / "warm_corpus"
+    folder.mkdir()
+    for f in files[:-1]:
+        shutil.copy(f, folder / f.name)
+    catalog = Catalog.open(settings.catalog_url, home=settings.home)
+    catalog.add_corpus(CORPUS, str(folder))
+    catalog.create_retrieval_set(CORPUS, [CORPUS])
+    catalog.close()
+    rows, steps = [], []
+    with dagster_instance(settings) as instance:
+        for label in ("first", "after one added document"):
+            if label != "first":
+                shutil.copy(files[-1], folder / files[-1].name)
+            load = os.getloadavg()[0]
+            log(f"warm process: {label}")
+            started, clock = time.time(), time.perf_counter()
+            outcomes = [materialize_corpus(instance, CORPUS), materialize_retrieval_set(instance, CORPUS)]
+            wall = time.perf_counter() - clock
+            assert all(o.success for o in outcomes), [o.error for o in outcomes]
+            totals, per_step = _breakdown(instance, [asdict(o) for o in outcomes], started, wall)
+            rows.append({"path": "warm process (in-process runs)", "materialization": label, **totals,
+                         "load_avg_1min": load, "load_avg_after": os.getloadavg()[0]})
+            steps += [{"path": "warm", "materialization": label, **s} for s in per_step]
+    return rows, steps
+
+
+def _ratios(rows: list[dict]) -> None:
+    for first, again in zip(rows[::2], rows[1::2]):
+        again["ratio"] = again["wall_s"] / first["wall_s"]
+        again["met"] = again["ratio"] <= TARGET
+
+
+def main() -> None:
+    parser = base_parser(__doc__, "unused: the bench makes fresh homes in a temporary folder")
+    parser.add_argument("--chapters", type=int, default=259,
+                        help="KJV NT chapters in the corpus at first (259 of 260: the last is added)")
+    parser.add_argument("--warm", action="store_true",
+                        help="also the two materializations in this process (a warm local process)")
+    parser.add_argument("--json", action="store_true", help="print the results JSON on stdout, not tables")
+    args = parser.parse_args()
+    for var in ("RETRO_OPS_CATALOG_URL", "RETRO_OPS_LANCEDB_URI", "RETRO_OPS_PROFILE",
+                "RETRO_OPS_DAGSTER_STORAGE_URL"):
+        os.environ.pop(var, None)  # every store under the fresh homes
+    files = _chapters(args.chapters)
+    root = Path(tempfile.mkdtemp(prefix="retro-ops-incremental-"))
+    env = {**os.environ, "RETRO_OPS_HOME": str(root / "home"), "DAGSTER_HOME": str(root / "home" / "dagster"),
+           "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        rows, steps = cli_pass(root, env, files)
+        if args.warm:
+            more_rows, more_steps = warm_pass(root, files)
+            rows, steps = rows + more_rows, steps + more_steps
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    _ratios(rows)
+    meta = {"chapters": args.chapters, "added": files[-1].name, "target_ratio": TARGET, **environment()}
+    if args.json:
+        path = write_results("incremental", meta, rows + [{"table": "steps", **s} for s in steps])
+        print(path.read_text())
+        return
+    for s in steps:
+        s.pop("start"), s.pop("end")
+    secs = [Column(k, h, "{:.1f}") for k, h in (("wall_s", "wall (s)"), ("startup_s", "startup (s)"),
+                                                ("steps_s", "in steps (s)"), ("rest_s", "rest (s)"))]
+    report_tables("incremental", [
+        ("first materialization vs after one added document", [
+            Column("path", "path"), Column("materialization", "materialization"), *secs,
+            Column("ratio", "ratio to first", "{:.1%}"), Column("met", f"<= {TARGET:.0%}"),
+            Column("load_avg_1min", "load avg before", "{:.1f}"),
+            Column("load_avg_after", "load avg after", "{:.1f}")], rows),
+        ("per step (Dagster STEP_START -> STEP_SUCCESS)", [
+            Column("path", "path"), Column("materialization", "materialization"), Column("step", "step"),
+            Column("step_s", "step (s)", "{:.2f}"), Column("library_s", "library call (s)", "{:.2f}"),
+            Column("new", "new rows")], steps),
+    ], meta, notes=[f"CPU: {meta['processor']} ({meta['cpu_flags']}), {meta['cpu_count']} cores. "
+                    "Shared machine: compare ratios from one run, with the load average beside them."])
+
+
+if __name__ == "__main__":
+    main()
