@@ -72,6 +72,23 @@ def load_documents(corpora: Iterable[str]) -> list[tuple[str, str]]:
     return [(doc.doc_id, doc.text) for doc in collect_documents(raw()).documents]
 
 
+def step_spans(instance, run_id: str) -> list[dict[str, Any]]:
+    """Each finished step of a Dagster run, from Dagster's own event timestamps: its key, start and
+    end (epoch seconds), `step_s` (STEP_START -> STEP_SUCCESS or STEP_FAILURE) and `ok`."""
+    started, rows = {}, []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[entry.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            rows.append({"step": entry.step_key, "start": started[entry.step_key], "end": entry.timestamp,
+                         "step_s": entry.timestamp - started[entry.step_key],
+                         "ok": event.event_type_value == "STEP_SUCCESS"})
+    return rows
+
+
 def parse_int_list(text: str) -> list[int]:
     """argparse type for "8,32,64"."""
     try:

@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, Column, base_parser, environment, log, report_tables, write_results
+from _common import (
+    REPO_ROOT, Column, base_parser, environment, log, report_tables, step_spans, write_results,
+)
 
 KJV = REPO_ROOT / "corpora" / "kjv_nt"
 CORPUS = "bench"
@@ -55,21 +57,6 @@ def _cli(env: dict, *args: str) -> tuple[float, float, str]:
     return started, wall, done.stdout
 
 
-def _steps(instance, run_id: str) -> list[dict]:
-    """Each step of a run: its start (epoch), its seconds (Dagster's STEP_START -> STEP_SUCCESS)."""
-    started, rows = {}, []
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None:
-            continue
-        if event.event_type_value == "STEP_START":
-            started[entry.step_key] = entry.timestamp
-        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            rows.append({"step": entry.step_key, "start": started[entry.step_key],
-                         "end": entry.timestamp, "step_s": entry.timestamp - started[entry.step_key]})
-    return rows
-
-
 def _breakdown(instance, outcomes: list[dict], started: float, wall: float) -> tuple[dict, list[dict]]:
     """Per-step rows of one materialization and its totals: startup (process start to the first
     step), steps, the rest (between and after steps: run set-up, outcomes, exit)."""
@@ -79,7 +66,7 @@ def _breakdown(instance, outcomes: list[dict], started: float, wall: float) -> t
         new = {a["asset"]: a["metadata"].get("newly_embedded", a["metadata"].get(
             "new_chunks", a["metadata"].get("new_documents", a["metadata"].get("newly_scored"))))
             for a in outcome["assets"]}
-        for row in _steps(instance, outcome["run_id"]):
+        for row in step_spans(instance, outcome["run_id"]):
             steps.append({**row, "library_s": library.get(row["step"]), "new": new.get(row["step"])})
     first = min(s["start"] for s in steps) if steps else started
     in_steps = sum(s["step_s"] for s in steps)

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import CORPORA, Column, base_parser, environment, log, report_tables
+from _common import CORPORA, Column, base_parser, environment, log, report_tables, step_spans
 
 STAGES = ("chunk_embed_s", "index_s", "total_s")
 
@@ -106,20 +106,6 @@ def library_path(root: Path, corpus: Path, factory: str) -> dict:
             "chunk_embed_s": middle - started, "index_s": done - middle, "total_s": done - started}
 
 
-def _steps(instance, run_id: str) -> dict[str, float]:
-    """Seconds from STEP_START to STEP_SUCCESS per step of a run (Dagster's own timestamps)."""
-    started, took = {}, {}
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None:
-            continue
-        if event.event_type_value == "STEP_START":
-            started[entry.step_key] = entry.timestamp
-        elif event.event_type_value == "STEP_SUCCESS":
-            took[entry.step_key] = entry.timestamp - started[entry.step_key]
-    return took
-
-
 def _asset_metadata(instance, run_id: str, field: str) -> dict:
     """One metadata value of each asset a run materialized, where it reported it: `seconds`
     (its library call), `torch_threads` (the embedding shard caps them)."""
@@ -170,7 +156,8 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
 
     overhead = []
     for run in feature_runs:
-        steps, library = _steps(instance, run.run_id), _asset_metadata(instance, run.run_id, "seconds")
+        steps = {r["step"]: r["step_s"] for r in step_spans(instance, run.run_id) if r["ok"]}
+        library = _asset_metadata(instance, run.run_id, "seconds")
         threads = _asset_metadata(instance, run.run_id, "torch_threads")
         for asset, seconds in library.items():
             overhead.append({"shards": n_shards, "partition": run.partition, "asset": asset,
