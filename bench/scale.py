@@ -10,6 +10,7 @@ may be shared: the ratio measured in one run is the number to read, with `load_a
 
     python bench/scale.py --chapters 24 --shards 2
     python bench/scale.py --chapters 138 --celery    # one Celery worker against two (RabbitMQ)
+    python bench/scale.py --chapters 138 --editions kjv_nt,asv_nt,web_nt --celery   # ~16k chunks
 
 With --celery the sharded configurations are Dagster's Celery executor (deploy/celery) with one
 and then two `dagster-celery` workers started here (`assets.cluster.CeleryWorkers`, a queue of
@@ -20,6 +21,7 @@ stay SQLite under each fresh home (one machine: every worker reaches it).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -27,18 +29,33 @@ import threading
 import time
 from pathlib import Path
 
-from _common import CORPORA, Column, base_parser, environment, log, report_tables, step_spans
+from _common import REPO_ROOT, CORPORA, Column, base_parser, environment, log, report_tables, step_spans
 
 STAGES = ("chunk_embed_s", "index_s", "total_s")
 
 
-def _corpus(root: Path, chapters: int) -> Path:
+def _corpus(root: Path, chapters: int, editions: list[str]) -> Path:
+    """Moby-Dick chapters 1..`chapters`, and every chapter of each shipped edition in `editions`
+    (`corpora/<name>/*.txt`, named `<name>_<file>` so that no two collide)."""
     folder = root / "corpus"
     folder.mkdir()
     source = Path(str(CORPORA["moby_dick"])).parent
     for n in range(1, chapters + 1):
         shutil.copy(source / f"chapter_{n}.txt", folder / f"chapter_{n}.txt")
+    for name in editions:
+        for path in sorted((REPO_ROOT / "corpora" / name).glob("*.txt")):
+            shutil.copy(path, folder / f"{name}_{path.name}")
     return folder
+
+
+def parse_editions(text: str) -> list[str]:
+    """argparse type: shipped corpora of .txt files, e.g. "kjv_nt,asv_nt,web_nt"."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    missing = [n for n in names if not any((REPO_ROOT / "corpora" / n).glob("*.txt"))]
+    if missing:
+        raise argparse.ArgumentTypeError(f"no shipped corpus of .txt files named {', '.join(missing)} "
+                                         f"under {REPO_ROOT / 'corpora'}")
+    return names
 
 
 def _home(root: Path, name: str, corpus: Path):
@@ -200,6 +217,10 @@ def celery_path(root: Path, corpus: Path, n_shards: int, n_workers: int) -> dict
 def main() -> None:
     parser = base_parser(__doc__, "unused: each configuration gets a fresh temporary home")
     parser.add_argument("--chapters", type=int, default=24, help="Moby-Dick chapters 1..N (default 24)")
+    parser.add_argument("--editions", type=parse_editions, default=[],
+                        help="shipped corpora added whole to the chapters, e.g. kjv_nt,asv_nt,web_nt "
+                             "(about 3.7k chunks each): issue #28 measures on ~20k chunks, where "
+                             "embedding dominates")
     parser.add_argument("--shards", type=int, default=2, help="the sharded configuration (default 2)")
     parser.add_argument("--factory", default="IVF16,Flat", help="index factory (mergeable; default IVF16,Flat)")
     parser.add_argument("--celery", action="store_true",
@@ -210,7 +231,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="retro-ops-scale-"))
     sampler = LoadSampler().__enter__()
     try:
-        corpus = _corpus(root, args.chapters)
+        corpus = _corpus(root, args.chapters, args.editions)
         log("library baseline")
         started = time.perf_counter()
         rows = [{**library_path(root, corpus, args.factory), **sampler.during(started, time.perf_counter())}]
@@ -244,7 +265,7 @@ def main() -> None:
             Column("library_s", "library call (s)", "{:.2f}"), Column("step_s", "Dagster step (s)", "{:.2f}"),
             Column("in_step_overhead_s", "in-step overhead (s)", "{:.2f}"),
             Column("run_overhead_per_asset_s", "run overhead per asset (s)", "{:.2f}")], overhead),
-    ], {"chapters": args.chapters, "factory": args.factory, **environment()},
+    ], {"chapters": args.chapters, "editions": args.editions, "factory": args.factory, **environment()},
         notes=["Shared machine: compare ratios from one run; see load_avg_1min in the JSON."])
 
 
