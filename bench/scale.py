@@ -9,8 +9,8 @@ divided by its assets; and, inside the run, step time minus library time per ass
 may be shared: the ratio measured in one run is the number to read, with `load_avg_1min` beside it.
 
     python bench/scale.py --chapters 24 --shards 2
-    python bench/scale.py --chapters 138 --celery    # one Celery worker against two (RabbitMQ)
-    python bench/scale.py --chapters 138 --editions kjv_nt,asv_nt,web_nt --celery   # ~16k chunks
+    python bench/scale.py --chapters 135 --celery    # one Celery worker against two (RabbitMQ)
+    python bench/scale.py --chapters 135 --editions kjv_nt,asv_nt,web_nt --celery   # ~16k chunks
 
 With --celery the sharded configurations are Dagster's Celery executor (deploy/celery) with one
 and then two `dagster-celery` workers started here (`assets.cluster.CeleryWorkers`, a queue of
@@ -40,6 +40,8 @@ def _corpus(root: Path, chapters: int, editions: list[str]) -> Path:
     folder = root / "corpus"
     folder.mkdir()
     source = Path(str(CORPORA["moby_dick"])).parent
+    if not (source / f"chapter_{chapters}.txt").exists():
+        raise SystemExit(f"--chapters {chapters}: {source} has no chapter_{chapters}.txt (Moby-Dick has 135)")
     for n in range(1, chapters + 1):
         shutil.copy(source / f"chapter_{n}.txt", folder / f"chapter_{n}.txt")
     for name in editions:
