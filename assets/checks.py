@@ -7,7 +7,7 @@ import dagster as dg
 
 from retro_ops.features import checks as feature_checks
 from retro_ops.features.chunking import Chunker
-from retro_ops.features.embedder import EmbeddingSpace
+from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.features.store import (
     CHUNKS,
     DOCUMENTS,

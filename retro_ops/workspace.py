@@ -12,7 +12,8 @@ from typing import cast
 
 from retro_ops.catalog import Catalog
 from retro_ops.errors import RetrievalSetError
-from retro_ops.features.embedder import METHODS, Embedder, Precision, precision_of
+from retro_ops.features.embedder import Embedder
+from retro_ops.features.spaces import METHODS, Precision, precision_of
 from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
 

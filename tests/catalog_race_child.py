@@ -17,9 +17,8 @@ import sqlalchemy as sa
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.store import migrate
-from dataclasses import asdict, dataclass
-
 from retro_ops.corpus import Document
+from retro_ops.features.spaces import EmbeddingSpace  # torch-free: the children start fast
 
 ROUND_SECONDS = 0.4
 
@@ -31,23 +30,8 @@ def documents(round_: int) -> list[Document]:
     return [Document(doc_id, f"text of {doc_id}", [f"/corpora/c{round_}/{doc_id}.txt"]) for doc_id in ids]
 
 
-@dataclass(frozen=True)
-class Space:  # the fields of features.embedder.EmbeddingSpace, without importing torch for them
-    space_id: str
-    model_name: str
-    model_path: str
-    weights_digest: str
-    pooling: str
-    normalize: bool
-    dim: int
-    max_tokens: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def space(round_: int) -> Space:
-    return Space(f"space{round_:02d}", "m", "/m", "0" * 64, "mean", True, 8, 64)
+def space(round_: int) -> EmbeddingSpace:
+    return EmbeddingSpace(f"space{round_:02d}", "m", "/m", "0" * 64, "mean", True, 8, 64)
 
 
 def until(at: float) -> None:

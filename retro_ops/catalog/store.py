@@ -40,7 +40,7 @@ from retro_ops.ids import validate_name
 from retro_ops.settings import resolve_stored, stored_path
 
 if TYPE_CHECKING:  # the catalog records spaces; it never needs the embedder (torch) to do so
-    from retro_ops.features.embedder import EmbeddingSpace
+    from retro_ops.features.spaces import EmbeddingSpace
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _GLOB_CHARS = re.compile(r"[*?\[]")

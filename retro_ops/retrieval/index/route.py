@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
-from retro_ops.features.embedder import EmbeddingSpace
+from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import sha256_hex
 from retro_ops.retrieval.index.disk_refine import npy_sha256, sidecar_arrays
