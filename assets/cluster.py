@@ -110,8 +110,8 @@ class Worker:
     log: Path
 
     def ready(self) -> bool:
-        return self.log.exists() and f"{self.name}@" in self.log.read_text(errors="replace") and \
-            " ready." in self.log.read_text(errors="replace")
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"{self.name}@" in text and " ready." in text
 
 
 @dataclass
