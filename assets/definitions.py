@@ -5,6 +5,8 @@ to the same chunks, embeddings and index; they are in the location unless RETRO_
 where it loads (`retro-ops ui` sets that unless `--scale-out`, so that after `make demo` the UI
 shows the route the demo took, all of it materialized)."""
 
+import os
+
 import dagster as dg
 
 from assets.automation import automation_sensor, switch
@@ -25,6 +27,7 @@ from assets.generations import generation_log, observe_generation_log
 from assets.sharded import SHARDED_ASSETS
 from assets.sources import corpus_files, exclusions, source_observer
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint, training_neighbours
+from retro_ops.errors import SettingsError
 
 SOURCE_ASSETS = [corpus_files, exclusions]
 FEATURE_ASSETS = [documents, chunks, chunk_embeddings, chunk_scores]  # one partition per corpus
@@ -56,6 +59,31 @@ def scale_out_assets() -> list:
     return SHARDED_ASSETS if switch(SCALE_OUT_ENV, default=True) else []
 
 
-defs = dg.Definitions(assets=ALL_ASSETS + scale_out_assets(), asset_checks=DEDUP_CHECKS,
-                      jobs=[observe_generation_log], sensors=[source_observer, automation_sensor()],
-                      resources=default_resources())
+#: where the steps of a run launched on this location execute (the UI, the automation daemon,
+#: `dagster asset materialize`): `in_process` (default) or `multiprocess`
+EXECUTOR_ENV = "RETRO_OPS_EXECUTOR"
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
+
+def local_executor() -> dg.ExecutorDefinition:
+    """In-process by default: a run's steps share one process, so Python, torch and Dagster are
+    imported and the embedder loaded once per run, not once per step (12.9 s a step under the
+    multiprocess executor, 0.4-0.5 s in-process: docs/results/2026-12-07-incremental.md). Our
+    partitions' graphs are chains, so a process per step bought no parallelism; shards and
+    partitions still run at once as runs of their own. RETRO_OPS_EXECUTOR=multiprocess brings
+    back a process per step (isolation of a step that might crash its process)."""
+    name = os.environ.get(EXECUTOR_ENV, "").strip() or "in_process"
+    if name not in EXECUTORS:
+        raise SettingsError(f"{EXECUTOR_ENV}={name!r}: choose {' or '.join(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
+def shared_definitions() -> dg.Definitions:
+    """The location without an executor: the cluster locations (deploy/) add theirs to it. A
+    function, not a module attribute: Dagster loads a module's only Definitions object."""
+    return dg.Definitions(assets=ALL_ASSETS + scale_out_assets(), asset_checks=DEDUP_CHECKS,
+                          jobs=[observe_generation_log], sensors=[source_observer, automation_sensor()],
+                          resources=default_resources())
+
+
+defs = dg.Definitions.merge(shared_definitions(), dg.Definitions(executor=local_executor()))

@@ -24,5 +24,5 @@ def checked_celery_executor(init_context: dg.InitExecutorContext) -> dg.Executor
     return celery_executor.executor_creation_fn(init_context)
 
 
-defs = dg.Definitions.merge(local_location.defs, dg.Definitions(
+defs = dg.Definitions.merge(local_location.shared_definitions(), dg.Definitions(
     executor=checked_celery_executor.configured(executor_config())))
