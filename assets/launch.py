@@ -6,7 +6,6 @@ logs, metadata and check results appear in `dagster dev` exactly like a run star
 `launch_shards` starts the scale-out runs (`assets/sharded.py`), one process per shard.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,8 +21,7 @@ from dagster._core.instance.ref import InstanceRef  # the only way to pass confi
 from dagster._record import as_dict, is_record  # metadata records -> plain dicts for --json
 from pydantic import PrivateAttr
 
-from assets.cluster import BROKER_ENV, check_broker, command_env
-from assets.cluster import CELERY_LOCATION as CELERY_DEFINITIONS
+from assets.cluster import BROKER_ENV, CELERY_LOCATION, check_broker, command_env, materialize_command
 from assets.definitions import (
     ALL_ASSETS, DEDUP_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
 )
@@ -254,10 +252,9 @@ class ShardRun:
     output: str  # the tail of the run's console output, for a failure message
 
 
-#: where `dagster asset materialize` loads the code location from: this module's own
-#: definitions (multiprocess executor) or the Celery one (`assets.cluster.CELERY_LOCATION`)
+#: where `dagster asset materialize` loads the code location from: this package's definitions
+#: (multiprocess executor), or the Celery one (`CELERY_LOCATION`, from `assets.cluster`)
 LOCAL_LOCATION = ("-m", "assets.definitions")
-CELERY_LOCATION = ("-f", str(CELERY_DEFINITIONS.relative_to(REPO)))
 
 
 def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
@@ -286,14 +283,11 @@ def launch_runs(settings: Settings, select: str, partitions: list[str], *, paral
                        **(env or {})})
     if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
         env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
-    config = ["--config-json", json.dumps(run_config)] if run_config else []
 
     def run(partition: str) -> tuple[str, float, subprocess.CompletedProcess]:
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "dagster", "asset", "materialize", *location, "-d", str(REPO),
-             "--select", select, *(["--partition", partition] if partition else []), *config],
-            cwd=REPO, env=env, capture_output=True, text=True)
+        command = materialize_command(select, partition, run_config, location=location)
+        done = subprocess.run([sys.executable, "-m", *command], cwd=REPO, env=env, capture_output=True, text=True)
         return partition, time.perf_counter() - started, done
 
     with ThreadPoolExecutor(max_workers=parallel or len(partitions)) as pool:  # threads only wait here
