@@ -257,18 +257,19 @@ class ShardRun:
 LOCAL_LOCATION = ("-m", "assets.definitions")
 
 
-def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
-                  parallel: int | None = None, location: tuple[str, ...] = LOCAL_LOCATION) -> list[ShardRun]:
+def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *, parallel: int | None = None,
+                  location: tuple[str, ...] = LOCAL_LOCATION, run_config: dict | None = None) -> list[ShardRun]:
     """One Dagster run per shard of `key` (a corpus for FEATURES_JOB, a retrieval set for
     INDEX_JOB), `parallel` at once (default: all): each is `dagster asset materialize` in its own
     process on the home's instance, its steps under the location's executor (multiprocess, or
     Celery workers); what a backfill launched from the UI does, without needing the daemon.
     (In-process runs on threads are no substitute: Dagster's log set-up is not thread-safe and
-    deadlocks.)"""
+    deadlocks.) `run_config` goes to every run (e.g. `embedding_shard`'s `torch_threads`)."""
     dimension = CORPUS_PARTITIONS if job == FEATURES_JOB else RETRIEVAL_SET_PARTITIONS
     env = {SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(min(parallel or n_shards, n_shards))}
     partitions = [str(dg.MultiPartitionKey({dimension: key, SHARD: shard.key})) for shard in all_shards(n_shards)]
-    return launch_runs(settings, SHARD_SELECTIONS[job], partitions, parallel=parallel, location=location, env=env)
+    return launch_runs(settings, SHARD_SELECTIONS[job], partitions, parallel=parallel, location=location,
+                       run_config=run_config, env=env)
 
 
 def launch_runs(settings: Settings, select: str, partitions: list[str], *, parallel: int | None = None,
