@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import REPO_ROOT, RESULTS_DIR, Column, markdown_table, write_results
+from _common import REPO_ROOT, RESULTS_DIR, Column, markdown_table, parse_int_list, write_results
 from projection import PILE_CHUNKS
 
 # Capacities of the shared parts: assumed, not measured here; each is an option.
@@ -164,7 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     limits = deploy_limits()
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "scale.json",
                         help="bench/scale.py --celery's results (default bench/results/scale.json)")
-    parser.add_argument("--workers", default="10,100,1000", help="worker counts (default 10,100,1000)")
+    parser.add_argument("--workers", type=parse_int_list, default=[10, 100, 1000],
+                        help="worker counts (default 10,100,1000)")
     parser.add_argument("--chunks", type=float, default=PILE_CHUNKS, help="corpus size in chunks (5.8e9: the Pile)")
     parser.add_argument("--chunks-per-shard", type=float, default=100_000,
                         help="chunks in one shard run (default 100k: at ~30 chunks/s per single-thread worker "
@@ -191,9 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "e.g. 72 for IVF,PQ64 with 8-byte ids)")
     parser.add_argument("--commit-s", type=float, help="seconds of one LanceDB write (default: measured)")
     parser.add_argument("--json", action="store_true", help="print the projection as JSON instead of tables")
-    args = parser.parse_args(argv)
-    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    return args
+    return parser.parse_args(argv)
 
 
 def run(results: dict, args: argparse.Namespace) -> tuple[Measured, list[dict]]:
