@@ -11,6 +11,7 @@ RETRO_OPS_CELERY_QUEUE names (default "dagster"); a worker takes those of the qu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,9 @@ from retro_ops.errors import BrokerUnavailableError
 REPO = Path(__file__).resolve().parents[1]
 CELERY_DIR = REPO / "deploy" / "celery"
 CELERY_YAML = CELERY_DIR / "celery.yaml"  # the executor config block: workers and runs read it
-CELERY_LOCATION = CELERY_DIR / "definitions.py"
+CELERY_DEFINITIONS = CELERY_DIR / "definitions.py"
+#: how `dagster asset materialize` loads the Celery code location (from the checkout's root)
+CELERY_LOCATION = ("-f", str(CELERY_DEFINITIONS.relative_to(REPO)))
 BROKER_ENV = "DAGSTER_CELERY_BROKER_URL"
 QUEUE_ENV = "RETRO_OPS_CELERY_QUEUE"  # the Celery queue runs send their steps to and workers read (default: dagster)
 DEFAULT_QUEUE = "dagster"  # dagster-celery's own default
@@ -79,13 +82,14 @@ def worker_command(queue: str, name: str, *, concurrency: int = 1) -> list[str]:
             "-q", queue, "-n", name, "-i", "assets.definitions", "--", f"--concurrency={concurrency}"]
 
 
-def materialize_command(select: str, partition: str | None = None, run_config: str | None = None) -> list[str]:
-    """`dagster asset materialize` of the Celery code location: this process orchestrates, the
-    workers run the steps."""
-    command = ["dagster", "asset", "materialize", "-f", str(CELERY_LOCATION.relative_to(REPO)), "-d", ".",
-               "--select", select]
+def materialize_command(select: str, partition: str | None = None, run_config: dict | None = None, *,
+                        location: tuple[str, ...] = CELERY_LOCATION) -> list[str]:
+    """`dagster asset materialize` of a code location, run from the checkout's root: by default
+    the Celery one, where this process orchestrates and the workers run the steps. The one
+    builder of the command: deploy/README.md shows it, `assets.launch.launch_runs` runs it."""
+    command = ["dagster", "asset", "materialize", *location, "-d", ".", "--select", select]
     command += ["--partition", partition] if partition else []
-    return command + (["--config-json", run_config] if run_config else [])
+    return command + (["--config-json", json.dumps(run_config)] if run_config else [])
 
 
 def command_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

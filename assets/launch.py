@@ -6,7 +6,6 @@ logs, metadata and check results appear in `dagster dev` exactly like a run star
 `launch_shards` starts the scale-out runs (`assets/sharded.py`), one process per shard.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,8 +21,7 @@ from dagster._core.instance.ref import InstanceRef  # the only way to pass confi
 from dagster._record import as_dict, is_record  # metadata records -> plain dicts for --json
 from pydantic import PrivateAttr
 
-from assets.cluster import BROKER_ENV, check_broker, command_env
-from assets.cluster import CELERY_LOCATION as CELERY_DEFINITIONS
+from assets.cluster import BROKER_ENV, CELERY_LOCATION, check_broker, command_env, materialize_command
 from assets.definitions import (
     ALL_ASSETS, DEDUP_ASSETS, FEATURE_ASSETS, MODEL_ASSETS, RETRIEVAL_ASSETS, default_resources,
 )
@@ -254,24 +252,24 @@ class ShardRun:
     output: str  # the tail of the run's console output, for a failure message
 
 
-#: where `dagster asset materialize` loads the code location from: this module's own
-#: definitions (multiprocess executor) or the Celery one (`assets.cluster.CELERY_LOCATION`)
+#: where `dagster asset materialize` loads the code location from: this package's definitions
+#: (multiprocess executor), or the Celery one (`CELERY_LOCATION`, from `assets.cluster`)
 LOCAL_LOCATION = ("-m", "assets.definitions")
-CELERY_LOCATION = ("-f", str(CELERY_DEFINITIONS.relative_to(REPO)))
 
 
-def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *,
-                  parallel: int | None = None, location: tuple[str, ...] = LOCAL_LOCATION) -> list[ShardRun]:
+def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *, parallel: int | None = None,
+                  location: tuple[str, ...] = LOCAL_LOCATION, run_config: dict | None = None) -> list[ShardRun]:
     """One Dagster run per shard of `key` (a corpus for FEATURES_JOB, a retrieval set for
     INDEX_JOB), `parallel` at once (default: all): each is `dagster asset materialize` in its own
     process on the home's instance, its steps under the location's executor (multiprocess, or
     Celery workers); what a backfill launched from the UI does, without needing the daemon.
     (In-process runs on threads are no substitute: Dagster's log set-up is not thread-safe and
-    deadlocks.)"""
+    deadlocks.) `run_config` goes to every run (e.g. `embedding_shard`'s `torch_threads`)."""
     dimension = CORPUS_PARTITIONS if job == FEATURES_JOB else RETRIEVAL_SET_PARTITIONS
     env = {SHARDS_ENV: str(n_shards), PARALLEL_ENV: str(min(parallel or n_shards, n_shards))}
     partitions = [str(dg.MultiPartitionKey({dimension: key, SHARD: shard.key})) for shard in all_shards(n_shards)]
-    return launch_runs(settings, SHARD_SELECTIONS[job], partitions, parallel=parallel, location=location, env=env)
+    return launch_runs(settings, SHARD_SELECTIONS[job], partitions, parallel=parallel, location=location,
+                       run_config=run_config, env=env)
 
 
 def launch_runs(settings: Settings, select: str, partitions: list[str], *, parallel: int | None = None,
@@ -286,14 +284,11 @@ def launch_runs(settings: Settings, select: str, partitions: list[str], *, paral
                        **(env or {})})
     if settings.dagster_storage_url:  # the dagster.yaml retro-ops writes names this variable
         env[DAGSTER_STORAGE_ENV] = settings.dagster_storage_url
-    config = ["--config-json", json.dumps(run_config)] if run_config else []
 
     def run(partition: str) -> tuple[str, float, subprocess.CompletedProcess]:
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "dagster", "asset", "materialize", *location, "-d", str(REPO),
-             "--select", select, *(["--partition", partition] if partition else []), *config],
-            cwd=REPO, env=env, capture_output=True, text=True)
+        command = materialize_command(select, partition, run_config, location=location)
+        done = subprocess.run([sys.executable, "-m", *command], cwd=REPO, env=env, capture_output=True, text=True)
         return partition, time.perf_counter() - started, done
 
     with ThreadPoolExecutor(max_workers=parallel or len(partitions)) as pool:  # threads only wait here

@@ -18,6 +18,7 @@ and re-merges its index (`assets/automation.py`).
 """
 
 import os
+import time
 import warnings
 
 import dagster as dg
@@ -107,6 +108,7 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                     progress: ProgressResource) -> dg.MaterializeResult:
         """The chunks of one shard of a corpus's documents (same ids as unsharded chunking)."""
         corpus, shard = _shard(context)
+        cpu = time.process_time()  # every thread of this process: the tokenizer's pool too
         result = pipeline.chunk_corpus(catalog.open(), feature_store.open(), embedder.chunker(), corpus,
                                        shard=shard, run_id=context.run.run_id,
                                        progress=progress.tracker(context, f"chunking shard {shard.key}"))
@@ -114,7 +116,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
             "chunks": result.chunks, "new_chunks": result.new_chunks,
             "documents_chunked": result.new_documents_chunked,
             "tokens_per_second": round(result.tokens_per_second, 1),
-            "lancedb_version": result.write.version, "seconds": round(result.seconds, 3)})
+            "lancedb_version": result.write.version, "seconds": round(result.seconds, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3)})
 
     @dg.asset(partitions_def=by_corpus, group_name=GROUP, owners=owners(GROUP), kinds={"pytorch", "lancedb"},
               pool=WRITE_POOL,
@@ -126,14 +129,17 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
         this shard's share of the cores."""
         corpus, shard = _shard(context)
         threads = limit_threads(config.threads(n_shards))
-        result = pipeline.embed_corpus(catalog.open(), feature_store.open(), embedder.load(), corpus,
+        loaded = embedder.load()
+        cpu = time.process_time()  # every thread of this process: cpu_seconds / seconds = cores kept busy
+        result = pipeline.embed_corpus(catalog.open(), feature_store.open(), loaded, corpus,
                                        shard=shard, run_id=context.run.run_id,
                                        progress=progress.tracker(context, f"embedding shard {shard.key}"))
         return dg.MaterializeResult(data_version=dg.DataVersion(result.data_version), metadata={
             "chunks": result.chunks, "newly_embedded": result.newly_embedded,
             "chunks_per_second": round(result.chunks_per_second, 2),
             "embedding_space": result.space.space_id, "lancedb_version": result.write.version,
-            "torch_threads": threads, "seconds": round(result.seconds, 3)})
+            "torch_threads": threads, "embedder_streams": loaded.streams, "seconds": round(result.seconds, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3)})
 
     @dg.asset(partitions_def=retrieval_set_partitions, group_name=GROUP, owners=owners(GROUP), kinds={"faiss"},
               deps=[retrieval_set], code_version="1", automation_condition=on_data_change)

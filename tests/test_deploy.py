@@ -5,6 +5,7 @@ Dagster's own instance-config validation, its run launcher's config schema inclu
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,24 @@ def test_celery_workers_and_runs_read_one_config(monkeypatch: pytest.MonkeyPatch
     assert command[command.index("-y") + 1] == "deploy/celery/celery.yaml"
     assert command[command.index("-q") + 1] == "retro_ops_q1"
     assert command[command.index("-i") + 1] == "assets.definitions"  # the stack imported before the pool forks
+
+
+def test_readme_celery_commands_are_the_built_ones():
+    """deploy/README.md's worker and `dagster asset materialize` lines are what
+    `assets.cluster.worker_command` and `materialize_command` build (the commands the Celery
+    tests and `assets.launch.launch_runs` run), so the README cannot drift from them."""
+    import shlex
+
+    from assets.cluster import materialize_command, worker_command
+
+    text = (REPO / "deploy" / "README.md").read_text().replace("\\\n", " ")
+    location = shlex.split(re.search(r'^L="(.*)"$', text, re.MULTILINE).group(1))
+    runs = [shlex.split(line.removesuffix("&")) for line in text.splitlines() if line.startswith("dagster asset")]
+    assert len(runs) == 6
+    for args in runs:
+        args = [part for arg in args for part in (location if arg == "$L" else [arg])]
+        partition = args[args.index("--partition") + 1] if "--partition" in args else None
+        assert args == materialize_command(args[args.index("--select") + 1], partition)
+    [worker] = [shlex.split(line) for line in text.splitlines() if line.startswith("dagster-celery worker start")]
+    queue, name = worker[worker.index("-q") + 1], worker[worker.index("-n") + 1]
+    assert worker == worker_command(queue, name)

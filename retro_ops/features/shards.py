@@ -67,8 +67,9 @@ def threads_per_shard(concurrent: int, cores: int | None = None) -> int:
 
 def limit_threads(threads: int) -> int:
     """Cap torch's intra-op threads in this process (call before loading the embedder: the int8
-    encoder takes its thread count from torch when it loads); returns the cap."""
+    encoder takes its thread count from torch when it loads); returns the count torch reports
+    after it, so a step records what it ran with, not only what it asked for."""
     import torch
 
     torch.set_num_threads(threads)
-    return threads
+    return torch.get_num_threads()
