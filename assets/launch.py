@@ -253,7 +253,8 @@ class ShardRun:
 
 
 #: where `dagster asset materialize` loads the code location from: this package's definitions
-#: (multiprocess executor), or the Celery one (`CELERY_LOCATION`, from `assets.cluster`)
+#: (in-process executor, `assets.definitions.local_executor`), or the Celery one
+#: (`CELERY_LOCATION`, from `assets.cluster`)
 LOCAL_LOCATION = ("-m", "assets.definitions")
 
 
@@ -261,7 +262,7 @@ def launch_shards(settings: Settings, job: str, key: str, n_shards: int, *, para
                   location: tuple[str, ...] = LOCAL_LOCATION, run_config: dict | None = None) -> list[ShardRun]:
     """One Dagster run per shard of `key` (a corpus for FEATURES_JOB, a retrieval set for
     INDEX_JOB), `parallel` at once (default: all): each is `dagster asset materialize` in its own
-    process on the home's instance, its steps under the location's executor (multiprocess, or
+    process on the home's instance, its steps under the location's executor (in-process, or
     Celery workers); what a backfill launched from the UI does, without needing the daemon.
     (In-process runs on threads are no substitute: Dagster's log set-up is not thread-safe and
     deadlocks.) `run_config` goes to every run (e.g. `embedding_shard`'s `torch_threads`)."""

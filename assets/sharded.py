@@ -2,10 +2,11 @@
 
 A corpus splits into shards by document (`retro_ops.features.shards`): `chunk_shard` and
 `embedding_shard` are partitioned by corpus x shard, so each shard is its own run and Dagster
-runs shards at once (a backfill from the UI, `assets.launch.launch_shards` from code), every
-step in its own process under the multiprocess executor; in a cluster the Celery or Kubernetes
-executor and run launcher do the same (deploy/). Shards write the shared LanceDB tables through FeatureStore's
-per-table writer lock (`features/locks.py`), so concurrent shards never store a key twice.
+runs shards at once (a backfill from the UI, `assets.launch.launch_shards` from code), each
+run a process of its own with its steps in it (the local location's in-process executor); in
+a cluster the Celery or Kubernetes executor and run launcher do the same (deploy/). Shards write
+the shared LanceDB tables through FeatureStore's per-table writer lock (`features/locks.py`), so
+concurrent shards never store a key twice.
 
 A retrieval set's index is trained once (`index_training`), filled per shard in parallel
 (`index_shard`, retrieval set x shard) and merged and published (`sharded_faiss_index`) like a

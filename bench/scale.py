@@ -1,5 +1,5 @@
 """Scale-out: chunk + embed + index wall time of one corpus at 1 shard vs N shards, through
-Dagster (each shard its own run, steps under the multiprocess executor), and Dagster's overhead
+Dagster (each shard its own run, steps in-process in it: the local location's executor), and Dagster's overhead
 per materialization (seconds beyond the library call it wraps).
 
 Each configuration gets a fresh home and the same documents; the library path (no Dagster, one

@@ -1,7 +1,9 @@
 """Per-step overhead of Dagster's executors on one small corpus partition, in the same run: the
 in-process executor (the local default: `retro-ops materialize`, and the same call in a process
-that ran one before), the multiprocess executor (`dagster asset materialize -m
-assets.definitions`: every step a fresh process) and Celery with one warm `dagster-celery`
+that ran one before), a launched run (`dagster asset materialize -m assets.definitions`, what
+the UI and the automation daemon start: one process per run, its steps in-process, the code
+location's default), the multiprocess executor (the same with RETRO_OPS_EXECUTOR=multiprocess:
+every step a fresh process) and Celery with one warm `dagster-celery`
 worker (`assets.cluster.CeleryWorkers`; each step a task run inside the worker's pool process).
 
 A fresh home gets a corpus of `--chapters` Moby-Dick chapters, materialized once in-process, so
@@ -87,6 +89,7 @@ def main() -> None:
         os.environ.pop(var, None)
 
     from assets.cluster import BROKER_ENV, QUEUE_ENV, CeleryWorkers
+    from assets.definitions import EXECUTOR_ENV
     from assets.launch import CELERY_LOCATION, LOCAL_LOCATION, dagster_instance, launch_runs, materialize_corpus
     from retro_ops.catalog import Catalog
     from retro_ops.settings import HOME_ENV, Settings
@@ -124,15 +127,18 @@ def main() -> None:
                 run_id = json.loads(done.stdout)[0]["run_id"]
                 return _summary(label, instance, run_id, time.perf_counter() - clock, load)
 
-            def launched(label: str, location) -> tuple[dict, list[dict]]:
+            def launched(label: str, location, env: dict | None = None) -> tuple[dict, list[dict]]:
                 load = os.getloadavg()[0]
-                [run] = launch_runs(settings, ",".join(SELECT), [CORPUS], location=location)
+                [run] = launch_runs(settings, ",".join(SELECT), [CORPUS], location=location, env=env)
                 assert run.success, run.output
                 return _summary(label, instance, run.run_id, run.wall_s, load)
 
             plans = [("in-process, warm process (the call the CLI makes)", lambda lb: in_process(lb)),
                      ("in-process, CLI (a process per command)", lambda lb: cli(lb)),
-                     ("multiprocess (a process per step)", lambda lb: launched(lb, LOCAL_LOCATION))]
+                     ("launched run, in-process (the location's default: a process per run)",
+                      lambda lb: launched(lb, LOCAL_LOCATION)),
+                     ("multiprocess (a process per step)",
+                      lambda lb: launched(lb, LOCAL_LOCATION, {EXECUTOR_ENV: "multiprocess"}))]
             for label, run in plans:
                 log(label)
                 best = _best([run(label) for _ in range(args.runs)])
