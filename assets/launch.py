@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.instance.ref import InstanceRef  # the only way to pass config overrides
 from dagster._record import as_dict, is_record  # metadata records -> plain dicts for --json
 from pydantic import PrivateAttr
 
@@ -30,6 +29,7 @@ from assets.resources import ProgressResource, TrainingResource
 from assets.sharded import PARALLEL_ENV, SHARD, SHARDS_ENV
 from assets.specs import register_spec
 from assets.generations import generation_log_observation
+from assets.instance import dagster_instance, ensure_partition
 from assets.sources import observe_sources
 from retro_ops.catalog import Catalog
 from retro_ops.features.shards import all_shards
@@ -52,47 +52,6 @@ EPHEMERAL_JOB = "__ephemeral_asset_job__"
 STEP_STATES = {"STEP_START": "started", "STEP_SUCCESS": "done", "STEP_FAILURE": "failed"}
 #: on_step(partition key, step key, "started" | "done" | "failed")
 StepListener = Callable[[str, str, str], None]
-DAGSTER_YAML = """\
-# Written by retro-ops from its settings (rewritten when they change; delete this line to keep
-# your own edits). Storage: SQLite under this folder, or the Postgres that
-# RETRO_OPS_DAGSTER_STORAGE_URL names (runs, event log, schedules).
-telemetry:
-  enabled: false
-"""
-
-
-def dagster_yaml(settings: Settings) -> str:
-    """The instance config; a Postgres URL (which may hold a password) is never written into
-    it, only the name of the environment variable that holds it (`dagster dev` reads it there)."""
-    if not settings.dagster_storage_url:
-        return DAGSTER_YAML
-    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url:\n      env: {DAGSTER_STORAGE_ENV}\n"
-
-
-def dagster_instance(settings: Settings) -> dg.DagsterInstance:
-    """The instance under the home, on the storage the settings name (even where the
-    environment variable that dagster.yaml references is unset or names another database)."""
-    home: Path = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config, wanted = home / "dagster.yaml", dagster_yaml(settings)
-    current = config.read_text() if config.exists() else None
-    if current is None or (current.startswith("# Written by retro-ops") and current != wanted):
-        config.write_text(wanted)
-    if not settings.dagster_storage_url:
-        return dg.DagsterInstance.from_config(str(home))
-    overrides = {"storage": {"postgres": {"postgres_url": settings.dagster_storage_url}}}
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=overrides))
-
-
-def ensure_partition(instance: dg.DagsterInstance, partitions: str, key: str) -> None:
-    if not instance.has_dynamic_partition(partitions, key):
-        instance.add_dynamic_partitions(partitions, [key])
-
-
-def ensure_corpus_partition(instance: dg.DagsterInstance, corpus: str) -> None:
-    ensure_partition(instance, CORPUS_PARTITIONS, corpus)
-
-
 @dataclass
 class AssetOutcome:
     asset: str

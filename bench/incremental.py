@@ -77,7 +77,7 @@ def _breakdown(instance, outcomes: list[dict], started: float, wall: float) -> t
 
 def cli_pass(root: Path, env: dict, files: list[Path]) -> tuple[list[dict], list[dict]]:
     """First materialization and re-materialization through the CLI, each its own process."""
-    from assets.launch import dagster_instance
+    from assets.instance import dagster_instance
     from retro_ops.settings import Settings
 
     folder = root / "corpus"
@@ -107,7 +107,8 @@ def warm_pass(root: Path, files: list[Path]) -> tuple[list[dict], list[dict]]:
     from dataclasses import asdict
 
     import assets.definitions  # noqa: F401  the imports a warm process has already paid
-    from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+    from assets.launch import materialize_corpus, materialize_retrieval_set
+    from assets.instance import dagster_instance
     from retro_ops.catalog import Catalog
     from retro_ops.settings import HOME_ENV, Settings
 

@@ -90,7 +90,8 @@ def main() -> None:
 
     from assets.cluster import BROKER_ENV, QUEUE_ENV, CeleryWorkers
     from assets.definitions import EXECUTOR_ENV
-    from assets.launch import CELERY_LOCATION, LOCAL_LOCATION, dagster_instance, launch_runs, materialize_corpus
+    from assets.launch import CELERY_LOCATION, LOCAL_LOCATION, launch_runs, materialize_corpus
+    from assets.instance import dagster_instance
     from retro_ops.catalog import Catalog
     from retro_ops.settings import HOME_ENV, Settings
 

@@ -99,7 +99,8 @@ def _two_corpora(root: Path, sites: Sites) -> None:
     Dagster (corpus chain, then set and index) on the instance under the home."""
     import pytest
 
-    from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+    from assets.launch import materialize_corpus, materialize_retrieval_set
+    from assets.instance import dagster_instance
 
     settings = Settings(home=root / "home")
     settings.ensure_dirs()

@@ -17,7 +17,7 @@ import pytest
 from docs_helpers import REPO, SCREENSHOTS
 from helpers import free_port, graphql, start_ui, wait_for_asset_graph
 
-from assets.launch import dagster_instance, ensure_corpus_partition
+from assets.instance import dagster_instance, ensure_corpus_partition
 from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.settings import Settings

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from assets.launch import dagster_instance
+from assets.instance import dagster_instance
 from retro_ops.cli import common
 from retro_ops.cli.main import app
 from retro_ops.settings import Settings

@@ -118,7 +118,8 @@ def test_bars_on_a_terminal_lines_elsewhere():
 def test_assets_report_through_dagster_to_the_cli(home: Settings, small_corpus: Path):
     """A tracker an asset asks for reaches the CLI's renderer: Dagster rebuilds a configurable
     resource from its fields, which once dropped the renderer and with it every bar."""
-    from assets.launch import ReportedProgress, dagster_instance, materialize_partition
+    from assets.launch import ReportedProgress, materialize_partition
+    from assets.instance import dagster_instance
     from assets.partitions import CORPUS_PARTITIONS
     from retro_ops.catalog import Catalog
 

@@ -15,7 +15,8 @@ import pytest
 
 from assets.automation import AUTOMATION_ENV, automation_status
 from assets.definitions import defs
-from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+from assets.launch import materialize_corpus, materialize_retrieval_set
+from assets.instance import dagster_instance
 from assets.resources import CatalogResource
 from assets.sources import source_observer
 from retro_ops.catalog import Catalog

@@ -312,7 +312,8 @@ def test_a_hostile_corpus_still_ingests_every_good_document(catalog: Catalog, st
 
 def test_a_dagster_run_of_a_hostile_corpus_materializes_the_good_documents(
         home, catalog: Catalog, tmp_path: Path):
-    from assets.launch import dagster_instance, materialize_corpus
+    from assets.launch import materialize_corpus
+    from assets.instance import dagster_instance
 
     corpus = corpus_with_links(tmp_path)
     jsonl(corpus, "lines.jsonl", [r'"\ud800"', "[" * 200_000])

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assets.launch import dagster_instance, materialize_corpus, materialize_retrieval_set
+from assets.launch import materialize_corpus, materialize_retrieval_set
+from assets.instance import dagster_instance
 from assets.resources import _EMBEDDER, EmbedderResource
 from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import CORPORA_DIR

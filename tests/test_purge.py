@@ -273,7 +273,8 @@ def later_runs(site, purged):
     """After the purge, the file still in the corpus folder: one Dagster materialization of corpus
     c by the CLI's launch path, on the instance under the test's home, then one tick of the
     source observer sensor as its daemon runs it."""
-    from assets.launch import dagster_instance, materialize_corpus
+    from assets.launch import materialize_corpus
+    from assets.instance import dagster_instance
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv(HOME_ENV, str(site["ws"].settings.home))

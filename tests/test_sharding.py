@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pytest
 
 from assets.definitions import ALL_ASSETS, default_resources
-from assets.launch import FEATURES_JOB, dagster_instance, ensure_partition, launch_shards, materialize_corpus
+from assets.launch import FEATURES_JOB, launch_shards, materialize_corpus
+from assets.instance import dagster_instance, ensure_partition
 from assets.partitions import RETRIEVAL_SET_PARTITIONS
 from assets.sharded import shard_count, sharded_assets
 from retro_ops.catalog import Catalog

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.launch import dagster_yaml
+from assets.instance import dagster_yaml
 from retro_ops.settings import DAGSTER_STORAGE_ENV, Settings
 
 REPO = Path(__file__).resolve().parents[1]

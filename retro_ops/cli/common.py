@@ -75,6 +75,14 @@ def open_catalog(resolved: Settings | None = None):
     return Catalog.open(resolved.catalog_url, home=resolved.home)
 
 
+def open_workspace(resolved: Settings | None = None):
+    """The home's stores with the embedder (torch and the weights: seconds; a command that only
+    reads the catalog opens that alone)."""
+    from retro_ops.workspace import Workspace
+
+    return Workspace.open(resolved or settings())
+
+
 def audit_db(limits: AuditLimits | None = None) -> AuditDB:
     """The audit views (DuckDB over the catalog and the feature store) of the home, within
     `limits` (an `AuditLimits`; None: its defaults)."""

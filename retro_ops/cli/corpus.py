@@ -23,7 +23,7 @@ def corpus_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Register a corpus (its files are read when it is materialized)."""
-    from assets.launch import dagster_instance, ensure_corpus_partition
+    from assets.instance import dagster_instance, ensure_corpus_partition
     from retro_ops.corpus import resolve_files
 
     resolved = settings()

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import (
-    ActorOpt, IncludeExcludedOpt, JsonOpt, emit_json, err, excluded_note, fail, out, reader, settings,
+    ActorOpt, IncludeExcludedOpt, JsonOpt, emit_json, err, excluded_note, fail, open_workspace, out, reader,
 )
 from retro_ops.errors import RetroOpsError
 
@@ -36,12 +36,6 @@ def open_generation_log(ws):
     return open_log(ws.store, ws.embedder, GenerationLogConfig.from_env(os.environ), ws.settings)
 
 
-def _workspace():
-    from retro_ops.workspace import Workspace
-
-    return Workspace.open(settings())
-
-
 def _clip(text: Optional[str], n: int = 80) -> str:
     text = (text or "").replace("\n", " ")
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -56,7 +50,7 @@ def generations_search(
     """Generations whose output is nearest TEXT (cosine similarity of output embeddings)."""
     from retro_ops.generations.search import search
 
-    ws = _workspace()
+    ws = open_workspace()
     try:
         rows = search(ws.store, ws.embedder, text, k)
     except RetroOpsError as exc:
@@ -81,7 +75,7 @@ def generations_show(request_id: Annotated[str, typer.Argument(help="A request i
     read with their text and sources (an excluded neighbour: its id and the exclusion covering it)."""
     from retro_ops.generations.search import show
 
-    ws = _workspace()
+    ws = open_workspace()
     try:
         row = show(ws.store, ws.catalog, request_id,
                    reveal_to=reader(actor) if include_excluded else None)
@@ -130,7 +124,7 @@ def generations_prune(
     if not found or float(found.group(1)) <= 0:
         fail(f"--older-than {period!r}: use a positive number of days or hours, such as 30d or 12h")
     days = float(found.group(1)) / (24 if found.group(2) == "h" else 1)
-    ws = _workspace()
+    ws = open_workspace()
     try:
         report = prune_older_than(ws.store, cutoff_days(days), settings=ws.settings)
     except RetroOpsError as exc:
@@ -167,7 +161,7 @@ def generations_affected(
 
     if (exclusion is None) == (chunk is None):
         fail("give exactly one of --exclusion ID or --chunk ID")
-    ws = _workspace()
+    ws = open_workspace()
     try:
         if chunk is not None:
             rows = retrieving(ws.store, [chunk])

@@ -166,7 +166,8 @@ RetrofitOpt = Annotated[bool, typer.Option(
 def demo(json_out: JsonOpt = False, corpora: DemoCorporaOpt = None, steps: DemoStepsOpt = DEMO_STEPS,
          retrofit: RetrofitOpt = False) -> None:
     """Run everything on the embedded default corpora, then say where to look."""
-    from assets.launch import MODELS, WHOLE, dagster_instance, ensure_partition
+    from assets.launch import MODELS, WHOLE
+    from assets.instance import dagster_instance, ensure_partition
     from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
     from assets.resources import TrainingResource
     from retro_ops.default_corpora import DEFAULT_CORPORA, DEMO_CORPUS, DEMO_RETRIEVAL_SET

@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from retro_ops.cli.common import JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, out, set_option, settings
+from retro_ops.cli.common import (
+    JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, open_catalog, open_workspace, out, set_option,
+)
 from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
 from retro_ops.errors import RetroOpsError
@@ -69,12 +71,6 @@ def train_command(
         raise typer.Exit(1)
 
 
-def _workspace():
-    from retro_ops.workspace import Workspace
-
-    return Workspace.open(settings())
-
-
 def eval_command(
     model: ModelOpt,
     retrieval_set: SetsOpt = None,
@@ -102,7 +98,7 @@ def eval_command(
     bootstrap intervals and buckets by overlap alpha (the paper's leakage analysis)."""
     from retro_ops.evaluation.compare import evaluate_models, model_heldout_text
 
-    ws = _workspace()
+    ws = open_workspace()
     try:
         info = ws.catalog.resolve_model(model)
         corpus_name, _, whole = ("" if on == "heldout" else on).partition(":")
@@ -145,7 +141,7 @@ def generate_command(
     from retro_ops.cli.generations import open_generation_log
     from retro_ops.generations.records import record_of
 
-    ws = _workspace()
+    ws = open_workspace()
     try:
         info = ws.catalog.resolve_model(model)
         retriever = ws.retriever(retrieval_set) if retrieval_set else None
@@ -184,7 +180,7 @@ def models_list(json_out: JsonOpt = False) -> None:
     """Trained models with their kind, registry version and the data versions behind them:
     corpus version, retrieval-set version, index build and parent (`retro-ops lineage model REF`
     for the whole story)."""
-    catalog = _workspace().catalog
+    catalog = open_catalog()
     models = catalog.list_models()
     refs = {m.id: m.ref for m in models}
     corpora = {v: catalog.corpus_name_of_version(v) for v in {m.corpus_version_id for m in models}}

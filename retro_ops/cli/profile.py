@@ -46,7 +46,7 @@ def init_command(json_out: JsonOpt = False) -> None:
     store. Safe to run again. Needs a role that may CREATE DATABASE, or databases made by hand."""
     import sqlalchemy as sa
 
-    from assets.launch import dagster_instance
+    from assets.instance import dagster_instance
     from retro_ops.catalog import Catalog
     from retro_ops.catalog.databases import create_databases, postgres_databases
     from retro_ops.catalog.mlflow_runs import Tracking

@@ -25,7 +25,7 @@ def retrieval_set_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Define a retrieval set: the chunks of these corpora, minus excluded chunks."""
-    from assets.launch import dagster_instance, ensure_partition
+    from assets.instance import dagster_instance, ensure_partition
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
 
     resolved = settings()

@@ -16,7 +16,8 @@ from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_e
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
                          json_out: bool, asset_config: dict | None = None, training=None) -> list:
     """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
-    from assets.launch import ASSETS_BY_PARTITION, ReportedProgress, dagster_instance, materialize_partition
+    from assets.launch import ASSETS_BY_PARTITION, ReportedProgress, materialize_partition
+    from assets.instance import dagster_instance
 
     instance = dagster_instance(settings())
     outcomes = []

@@ -108,7 +108,7 @@ def ui(
     telemetry off; Ctrl-C or SIGTERM stops all of its processes."""
     from assets.automation import AUTOMATION_ENV, INTERVAL_ENV
     from assets.definitions import SCALE_OUT_ENV
-    from assets.launch import dagster_instance
+    from assets.instance import dagster_instance
 
     resolved = settings()
     dagster_instance(resolved)  # writes dagster.yaml (telemetry off) on first use
