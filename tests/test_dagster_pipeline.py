@@ -13,9 +13,8 @@ import dagster as dg
 import pytest
 
 from assets.definitions import defs
+from assets.instance import dagster_instance, dagster_yaml
 from assets.launch import (
-    dagster_instance,
-    dagster_yaml,
     materialize_corpus,
     materialize_models,
     materialize_retrieval_set,
