@@ -186,9 +186,8 @@ def dagster_path(root: Path, corpus: Path, n_shards: int, factory: str) -> tuple
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS, default_resources
-    from assets.launch import (
-        FEATURES_JOB, INDEX_JOB, dagster_instance, ensure_partition, launch_shards, materialize_corpus,
-    )
+    from assets.instance import dagster_instance, ensure_partition
+    from assets.launch import FEATURES_JOB, INDEX_JOB, launch_shards, materialize_corpus
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
     from assets.sharded import sharded_assets
     from retro_ops.settings import HOME_ENV
@@ -271,9 +270,8 @@ def celery_path(root: Path, corpus: Path, args: argparse.Namespace, n_workers: i
     import uuid
 
     from assets.cluster import BROKER_ENV, CELERY_LOCATION, QUEUE_ENV, CeleryWorkers
-    from assets.launch import (
-        FEATURES_JOB, INDEX_JOB, dagster_instance, ensure_partition, launch_runs, launch_shards, materialize_corpus,
-    )
+    from assets.instance import dagster_instance, ensure_partition
+    from assets.launch import FEATURES_JOB, INDEX_JOB, launch_runs, launch_shards, materialize_corpus
     from assets.partitions import RETRIEVAL_SET_PARTITIONS
     from assets.sharded import SHARDS_ENV
     from retro_ops.settings import HOME_ENV

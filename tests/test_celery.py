@@ -34,10 +34,8 @@ import sqlalchemy as sa
 from assets.cluster import (
     BROKER_ENV, CELERY_DIR, QUEUE_ENV, REPO, CeleryWorkers, check_broker, command_env, materialize_command,
 )
-from assets.launch import (
-    CELERY_LOCATION, FEATURES_JOB, INDEX_JOB, dagster_instance, ensure_partition, launch_runs, launch_shards,
-    materialize_corpus,
-)
+from assets.instance import dagster_instance, ensure_partition
+from assets.launch import CELERY_LOCATION, FEATURES_JOB, INDEX_JOB, launch_runs, launch_shards, materialize_corpus
 from assets.partitions import CORPUS_PARTITIONS, RETRIEVAL_SET_PARTITIONS
 from assets.sharded import SHARDS_ENV
 from conftest import SMALL_CHAPTERS
