@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_ops.cli.relay import command_of, socket_path
+from retro_ops.cli.relay import command_of, connect, socket_path
 from retro_ops.settings import HOME_ENV, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,17 @@ def gone_within(pid: int, seconds: float) -> bool:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not alive(pid)
+
+
+def refused_within(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            connect(path, timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} still accepts {seconds:.0f} s after its worker was killed")
 
 
 def start(home: Path) -> dict:
@@ -149,6 +160,7 @@ def test_worker_zero_runs_the_command_here(home, workers):
 def test_a_stale_record_runs_the_command_here(home, workers, outputs):
     os.kill(workers[0], signal.SIGKILL)
     assert gone_within(workers[0], 10)
+    refused_within(socket_path(home.resolve()), 10)  # its last threads may hold the socket a moment
     done = cli(home, "materialize", "--corpus", "small", "--json")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[0] == (f"retro-ops: the worker at {socket_path(home.resolve())} did not "

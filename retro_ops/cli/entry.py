@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from retro_ops.cli.relay import (
-    ERR, EXIT, FORWARDED, OUT, REPLY, WORKER_ENV, command_of, connect, forwarded_env, frames, read_record,
+    ERR, EXIT, FORWARDED, OUT, REPLY, STARTED, WORKER_ENV, command_of, connect, forwarded_env, frames, read_record,
     record_path, send_request, socket_path,
 )
 from retro_ops.settings import home_from_env
@@ -64,16 +64,22 @@ def forward(argv: list[str]) -> int | None:
 
 
 def _relay(sock, path: Path, home: Path) -> int | None:
+    started = False
     for kind, payload in frames(sock):
         if kind in (OUT, ERR):
             stream = sys.stdout if kind == OUT else sys.stderr
             stream.buffer.write(payload)
             stream.buffer.flush()
+        elif kind == STARTED:
+            started = True
         elif kind == EXIT:
             return int(payload)
         elif kind == REPLY:  # declined before it ran (the worker is stopping): run it here
             _note(f"the worker at {path} {json.loads(payload).get('declined', 'declined')}; the command runs here")
             return None
+    if not started:  # it went away (killed) before it began the command
+        _note(f"the worker at {path} went away before it ran the command; the command runs here")
+        return None
     _note(f"the worker at {path} closed the connection before the command ended "
           f"(its log: {home / 'logs' / 'worker.log'})")
     return 1

@@ -26,7 +26,8 @@ FORWARDED_ENV_PREFIXES = ("RETRO_OPS_", "DAGSTER_", "MLFLOW_")
 FORWARDED_ENV_NAMES = ("COLUMNS",)
 RECORD_NAME = "worker.json"  # in the home: pid, socket, start time of its worker
 SOCKET_ROOT = Path("/tmp")  # not the home: a Unix socket path must fit in about 107 bytes
-OUT, ERR, EXIT, REPLY = b"o", b"e", b"x", b"j"  # frame kinds: stdout, stderr, exit code, a JSON answer
+#: frame kinds: the command started, its stdout, its stderr, its exit code; a JSON answer
+STARTED, OUT, ERR, EXIT, REPLY = b"s", b"o", b"e", b"x", b"j"
 _HEADER = struct.Struct(">cI")
 
 
@@ -108,14 +109,16 @@ def reply(sock: socket.socket, answer: dict) -> None:
 
 
 def frames(sock: socket.socket) -> Iterator[tuple[bytes, bytes]]:
-    """(kind, payload) of each frame until the worker closes the connection."""
+    """(kind, payload) of each frame until the worker closes the connection (or it is reset:
+    a worker killed with a connection waiting)."""
     reader = sock.makefile("rb")
     while True:
-        header = reader.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+        try:
+            header = reader.read(_HEADER.size)
+            kind, size = _HEADER.unpack(header)
+            payload = reader.read(size)
+        except (ConnectionResetError, struct.error):
             return
-        kind, size = _HEADER.unpack(header)
-        payload = reader.read(size)
         if len(payload) < size:
             return
         yield kind, payload

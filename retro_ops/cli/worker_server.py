@@ -28,8 +28,8 @@ from pathlib import Path
 
 from retro_ops.cli.common import Invocation
 from retro_ops.cli.relay import (
-    ERR, EXIT, FORWARDED, FORWARDED_ENV_NAMES, FORWARDED_ENV_PREFIXES, OUT, command_of, frame, read_record,
-    read_request, record_path, reply, socket_path,
+    ERR, EXIT, FORWARDED, FORWARDED_ENV_NAMES, FORWARDED_ENV_PREFIXES, OUT, STARTED, command_of, frame,
+    read_record, read_request, record_path, reply, socket_path,
 )
 from retro_ops.durable import write_atomic
 from retro_ops.settings import HOME_ENV
@@ -267,6 +267,7 @@ class Worker:
                 self.pending -= 1
             return
         self.current, clock = client, time.perf_counter()
+        client.send(frame(STARTED, b""))  # from here on, a front never runs the command itself
         code = 1
         try:
             code = self._invoke(client)
