@@ -45,9 +45,10 @@ def read_record(home: Path) -> dict | None:
     """The home's worker record, or None where there is none (or it is unreadable: a worker
     killed while writing it leaves no record at all, since it is written atomically)."""
     try:
-        return json.loads(record_path(home).read_text())
+        record = json.loads(record_path(home).read_text())
     except (FileNotFoundError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def forwarded_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -178,7 +178,7 @@ class Worker:
                     break
                 self._run(client)
         except (Terminated, KeyboardInterrupt):
-            log.info("interrupted%s", f" while running {self.current.describe()}" if self.current else "")
+            log.info("interrupted (SIGTERM or Ctrl-C)")
         finally:
             self.close()
 
@@ -295,8 +295,9 @@ class Worker:
                     del os.environ[name]
                 os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
                 os.environ[HOME_ENV] = str(self.home)  # what the client resolved, now absolute
-                sys.argv = ["retro-ops", *request["argv"]]
-                return self._main(request["argv"])
+                argv = [str(a) for a in request["argv"]]
+                sys.argv = ["retro-ops", *argv]
+                return self._main(argv)
         finally:
             out.flush(), err.flush()
             os.environ.clear()
