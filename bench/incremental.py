@@ -81,70 +81,62 @@ def _breakdown(instance, outcomes: list[dict], started: float, wall: float) -> t
     return totals, steps
 
 
-def cli_pass(root: Path, env: dict, files: list[Path]) -> tuple[list[dict], list[dict]]:
-    """First materialization and re-materialization through the CLI, each its own process."""
-    from assets.instance import dagster_instance
-    from retro_ops.settings import Settings
-
-    folder = root / "corpus"
+def _corpus(env: dict, folder: Path, files: list[Path]) -> None:
+    """The corpus (all chapters but the last) and a retrieval set over it, through the CLI."""
     folder.mkdir()
     for f in files[:-1]:
         shutil.copy(f, folder / f.name)
     _cli(env, "corpus", "add", CORPUS, str(folder), "--json")
     _cli(env, "retrieval-set", "create", CORPUS, "--corpus", CORPUS, "--json")
+
+
+def _materialize_twice(env: dict, folder: Path, files: list[Path], path: str, short: str, *,
+                       module: str = APP, launched_by: str = "cli") -> tuple[list[dict], list[dict]]:
+    """`retro-ops materialize --corpus C --set C`, then the last chapter added and again; each
+    run checked to be tagged `launched_by` (who ran it)."""
+    from assets.instance import dagster_instance
+    from retro_ops.settings import Settings
+
     settings = Settings(home=Path(env["RETRO_OPS_HOME"]))
     rows, steps = [], []
     for label in ("first", "after one added document"):
         if label != "first":
             shutil.copy(files[-1], folder / files[-1].name)
         load = os.getloadavg()[0]
-        log(f"CLI: {label}")
-        started, wall, stdout = _cli(env, "materialize", "--corpus", CORPUS, "--set", CORPUS, "--json")
+        log(f"{short}: {label}")
+        started, wall, stdout = _cli(env, "materialize", "--corpus", CORPUS, "--set", CORPUS, "--json",
+                                     module=module)
+        outcomes = json.loads(stdout)
         with dagster_instance(settings) as instance:
-            totals, per_step = _breakdown(instance, json.loads(stdout), started, wall)
-        rows.append({"path": "CLI (a process per command)", "materialization": label, **totals,
+            tags = {instance.get_run_by_id(o["run_id"]).tags.get("retro_ops/launched_by") for o in outcomes}
+            if tags != {launched_by}:
+                raise SystemExit(f"{short}: runs tagged {sorted(tags)}, not {launched_by}")
+            totals, per_step = _breakdown(instance, outcomes, started, wall)
+        rows.append({"path": path, "materialization": label, **totals,
                      "load_avg_1min": load, "load_avg_after": os.getloadavg()[0]})
-        steps += [{"path": "CLI", "materialization": label, **s} for s in per_step]
+        steps += [{"path": short, "materialization": label, **s} for s in per_step]
     return rows, steps
+
+
+def cli_pass(root: Path, env: dict, files: list[Path]) -> tuple[list[dict], list[dict]]:
+    """First materialization and re-materialization through the CLI, each its own process."""
+    _corpus(env, root / "corpus", files)
+    return _materialize_twice(env, root / "corpus", files, "CLI (a process per command)", "CLI")
 
 
 def worker_pass(root: Path, env: dict, files: list[Path]) -> tuple[list[dict], list[dict]]:
-    """First materialization and re-materialization through the front, served by a worker."""
-    from assets.launch import dagster_instance
-    from retro_ops.settings import Settings
-
+    """The same through the front, served by a local worker started on a home of its own."""
     home = root / "worker_home"
     env = {k: v for k, v in env.items() if k != "RETRO_OPS_WORKER"}
     env.update(RETRO_OPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
-    folder = root / "worker_corpus"
-    folder.mkdir()
-    for f in files[:-1]:
-        shutil.copy(f, folder / f.name)
-    _cli(env, "corpus", "add", CORPUS, str(folder), "--json")
-    _cli(env, "retrieval-set", "create", CORPUS, "--corpus", CORPUS, "--json")
+    _corpus(env, root / "worker_corpus", files)
     log("worker: starting")
     _cli(env, "worker", "start", "--detach", "--json")
-    rows, steps = [], []
     try:
-        for label in ("first", "after one added document"):
-            if label != "first":
-                shutil.copy(files[-1], folder / files[-1].name)
-            load = os.getloadavg()[0]
-            log(f"worker: {label}")
-            started, wall, stdout = _cli(env, "materialize", "--corpus", CORPUS, "--set", CORPUS, "--json",
-                                         module=FRONT)
-            outcomes = json.loads(stdout)
-            with dagster_instance(Settings(home=home)) as instance:
-                tags = {instance.get_run_by_id(o["run_id"]).tags.get("retro_ops/launched_by") for o in outcomes}
-                if tags != {"cli-worker"}:
-                    raise SystemExit(f"the worker did not run the materialization (runs tagged {sorted(tags)})")
-                totals, per_step = _breakdown(instance, outcomes, started, wall)
-            rows.append({"path": "CLI front, served by a worker", "materialization": label, **totals,
-                         "load_avg_1min": load, "load_avg_after": os.getloadavg()[0]})
-            steps += [{"path": "worker", "materialization": label, **s} for s in per_step]
+        return _materialize_twice(env, root / "worker_corpus", files, "CLI front, served by a worker", "worker",
+                                  module=FRONT, launched_by="cli-worker")
     finally:
         _cli(env, "worker", "stop", "--json")
-    return rows, steps
 
 
 def warm_pass(root: Path, files: list[Path]) -> tuple[list[dict], list[dict]]:
