@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_ops.cli.relay import command_of, connect, socket_path
+from retro_ops.cli.relay import alive, command_of, connect, socket_path
 from retro_ops.settings import HOME_ENV, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,14 +36,6 @@ def cli(home: Path, *args: str, front: bool = True, **env: str) -> subprocess.Co
     module = "retro_ops.cli.entry" if front else "retro_ops.cli.main"
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           env={**base, HOME_ENV: str(home), **env}, timeout=300)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 def gone_within(pid: int, seconds: float) -> bool:

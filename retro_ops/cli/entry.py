@@ -15,26 +15,14 @@ import sys
 from pathlib import Path
 
 from retro_ops.cli.relay import (
-    ERR, EXIT, FORWARDED, OUT, REPLY, STARTED, WORKER_ENV, command_of, connect, forwarded_env, frames, read_record,
-    record_path, send_request, socket_path,
+    ERR, EXIT, FORWARDED, OUT, REPLY, STARTED, WORKER_ENV, alive, command_of, connect, forwarded_env, frames,
+    read_record, record_path, send_request, socket_path,
 )
 from retro_ops.settings import home_from_env
 
 
 def _note(text: str) -> None:
     print(f"retro-ops: {text}", file=sys.stderr, flush=True)
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now holds the pid: not our worker, but alive
-        return True
-    return True
 
 
 def forward(argv: list[str]) -> int | None:
@@ -49,7 +37,7 @@ def forward(argv: list[str]) -> int | None:
         sock = connect(path)
     except OSError:
         _note(f"the worker at {path} did not answer; the command runs here")
-        if not _alive(record.get("pid")):
+        if not alive(record.get("pid")):
             record_path(home).unlink(missing_ok=True)  # its worker is gone: say so once
         return None
     with sock:

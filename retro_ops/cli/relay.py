@@ -51,6 +51,23 @@ def read_record(home: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def alive(pid: object) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not; where /proc
+    is missing, one is taken to run)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process holds the pid now
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def forwarded_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES}
 

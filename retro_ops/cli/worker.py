@@ -22,7 +22,7 @@ import typer
 
 from retro_ops.cli.common import JsonOpt, emit_json, fail, out, settings
 from retro_ops.cli.progress import duration
-from retro_ops.cli.relay import WORKER_ENV, ask, read_record, record_path, socket_path
+from retro_ops.cli.relay import WORKER_ENV, alive, ask, read_record, record_path, socket_path
 from retro_ops.settings import HOME_ENV, home_from_env
 
 worker_app = typer.Typer(no_args_is_help=True, help=(
@@ -52,20 +52,6 @@ def _status(home: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_worker(pid: int) -> bool:
     """Whether `pid` looks like a worker (its command line names one), so a stale record's pid,
     since given to another process, is never signalled. Where /proc is missing: no."""
@@ -78,7 +64,7 @@ def _is_worker(pid: int) -> bool:
 
 def _gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
@@ -177,7 +163,7 @@ def stop_command(timeout: StopTimeoutOpt = 60.0, json_out: JsonOpt = False) -> N
         pid, how = ask(home, {"op": "stop"})["pid"], "stopped"
     except OSError:
         pid, how = (record or {}).get("pid"), "terminated (it did not answer)"
-        if not isinstance(pid, int) or not _alive(pid) or not _is_worker(pid):
+        if not isinstance(pid, int) or not alive(pid) or not _is_worker(pid):
             pid = None
     if pid is not None and (how != "stopped" or not _gone_within(pid, timeout)):
         if how == "stopped":
