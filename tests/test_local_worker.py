@@ -90,7 +90,7 @@ def shape(outcomes: list[dict]) -> list:
 
 
 def launched_by(home: Path, run_id: str) -> str:
-    from assets.launch import dagster_instance
+    from assets.instance import dagster_instance
 
     with dagster_instance(Settings(home=home)) as instance:
         return instance.get_run_by_id(run_id).tags[TAG]

@@ -322,7 +322,7 @@ def warm_up() -> None:
     the first command pays neither."""
     import faiss  # noqa: F401  the index steps import it
 
-    from assets.launch import dagster_instance
+    from assets.instance import dagster_instance
     from assets.resources import EmbedderResource
     from retro_ops.cli.common import open_catalog, settings
 
