@@ -110,6 +110,24 @@ def test_which_commands_are_forwarded():
     assert command_of(["--help"]) is None
 
 
+def test_a_record_from_elsewhere_is_not_followed(tmp_path, monkeypatch, capsys):
+    """A record copied with the home (another home's socket) is passed over in silence; one of a
+    worker that runs retro-ops from another checkout, with a line: the command runs here."""
+    from retro_ops.cli.entry import forward
+    from retro_ops.cli.relay import CODE, record_path
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv(HOME_ENV, str(home))
+    record_path(home).write_text(json.dumps({"pid": 1, "socket": "/tmp/retro-ops-0/elsewhere.sock", "code": CODE}))
+    assert forward(["materialize"]) is None and capsys.readouterr().err == ""
+    path = socket_path(home.resolve())
+    record_path(home).write_text(json.dumps({"pid": 1, "socket": str(path), "code": "/elsewhere/retro_ops"}))
+    assert forward(["materialize"]) is None
+    assert capsys.readouterr().err == (f"retro-ops: the worker at {path} runs retro-ops from /elsewhere/retro_ops, "
+                                       f"not {CODE}; the command runs here\n")
+
+
 def test_materialize_is_served_by_the_worker(home, workers, outputs):
     done = cli(home, "materialize", "--corpus", "small", "--json")
     assert done.returncode == 0, done.stderr

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from retro_ops.cli.relay import (
-    ERR, EXIT, FORWARDED, OUT, REPLY, STARTED, WORKER_ENV, alive, command_of, connect, forwarded_env, frames,
+    CODE, ERR, EXIT, FORWARDED, OUT, REPLY, STARTED, WORKER_ENV, alive, command_of, connect, forwarded_env, frames,
     read_record, record_path, send_request, socket_path,
 )
 from retro_ops.settings import home_from_env
@@ -32,6 +32,9 @@ def forward(argv: list[str]) -> int | None:
     record = read_record(home)
     path = socket_path(home)
     if record is None or record.get("socket") != str(path):  # none, or a record copied with the home
+        return None
+    if record.get("code", CODE) != CODE:
+        _note(f"the worker at {path} runs retro-ops from {record['code']}, not {CODE}; the command runs here")
         return None
     try:
         sock = connect(path)

@@ -24,7 +24,10 @@ FORWARDED = ("materialize", "train")  # the commands a worker serves; the rest a
 #: environment variables a request carries to the worker (what the commands read)
 FORWARDED_ENV_PREFIXES = ("RETRO_OPS_", "DAGSTER_", "MLFLOW_")
 FORWARDED_ENV_NAMES = ("COLUMNS",)
-RECORD_NAME = "worker.json"  # in the home: pid, socket, start time of its worker
+RECORD_NAME = "worker.json"  # in the home: pid, socket, start time and code of its worker
+#: the retro_ops package this process runs: a front sends commands only to a worker that runs
+#: the same one (not one started from another checkout or virtual environment)
+CODE = str(Path(__file__).resolve().parents[1])
 SOCKET_ROOT = Path("/tmp")  # not the home: a Unix socket path must fit in about 107 bytes
 #: frame kinds: the command started, its stdout, its stderr, its exit code; a JSON answer
 STARTED, OUT, ERR, EXIT, REPLY = b"s", b"o", b"e", b"x", b"j"

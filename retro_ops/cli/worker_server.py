@@ -28,7 +28,7 @@ from pathlib import Path
 
 from retro_ops.cli.common import Invocation
 from retro_ops.cli.relay import (
-    ERR, EXIT, FORWARDED, FORWARDED_ENV_NAMES, FORWARDED_ENV_PREFIXES, OUT, STARTED, command_of, frame,
+    CODE, ERR, EXIT, FORWARDED, FORWARDED_ENV_NAMES, FORWARDED_ENV_PREFIXES, OUT, STARTED, command_of, frame,
     read_record, read_request, record_path, reply, socket_path,
 )
 from retro_ops.durable import write_atomic
@@ -142,7 +142,7 @@ class Worker:
                 "uptime_s": round(time.time() - self.started, 1), "served": self.served,
                 "command": current.request.get("argv") if current else None,
                 "waiting": max(0, self.pending - (1 if current else 0)), "python": sys.executable,
-                "code": str(Path(__file__).resolve().parents[1])}
+                "code": CODE}
 
     def listen(self) -> None:
         """Bind the socket (refused where a worker already answers on it) and write the record."""
@@ -164,7 +164,8 @@ class Worker:
         listener.listen(16)
         self._listener = listener
         write_atomic(record_path(self.home), json.dumps(
-            {"pid": os.getpid(), "socket": str(self.socket), "started": self.started, "home": str(self.home)},
+            {"pid": os.getpid(), "socket": str(self.socket), "started": self.started, "home": str(self.home),
+             "code": CODE},
         ).encode())
 
     def serve(self) -> None:
@@ -257,7 +258,11 @@ class Worker:
         self._queue.put(client)
 
     def _decline(self, client: _Client, reason: str) -> None:
-        reply(client.sock, {"declined": reason})
+        """Tell the front to run the command itself (it may have gone: nothing to tell then)."""
+        try:
+            reply(client.sock, {"declined": reason})
+        except OSError:
+            pass
         client.sock.close()
 
     def _run(self, client: _Client) -> None:
