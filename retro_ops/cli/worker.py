@@ -93,6 +93,7 @@ def start_command(detach: DetachOpt = False, wait: WaitOpt = 180.0, json_out: Js
     log.setLevel(logging.INFO)
     log.propagate = False
     clock = time.perf_counter()
+    log.info("worker pid %d for %s: importing the stack, loading the embedder", os.getpid(), home)
     warm_up()
     log.info("warmed up in %.1f s (imports, the embedder)", time.perf_counter() - clock)
     worker = Worker(home, typer.main.get_command(app))
