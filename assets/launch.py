@@ -97,13 +97,14 @@ def materialize_partition(
     instance: dg.DagsterInstance, partitions: str, key: str, *, selection: list[str] | None = None,
     progress: ProgressResource | None = None, log_level: str = "ERROR",
     asset_config: dict[str, dict] | None = None, training: TrainingResource | None = None,
-    on_step: StepListener | None = None,
+    on_step: StepListener | None = None, launched_by: str = "cli",
 ) -> RunOutcome:
     """Materialize the selected assets (default: all) of one partition: a corpus, a retrieval
     set, or (partitions=MODELS) the training spec `training`, recorded under its name (`key`
     names it; "models" or "" = its content-derived name). The sources are observed first, so
     the graph shows the data versions the run read. `on_step` hears each step start and end as
-    it happens (the CLI prints them)."""
+    it happens (the CLI prints them). `launched_by` tags the run (`retro_ops/launched_by`):
+    "cli", or "cli-worker" where a local worker served the command."""
     names = ASSETS_BY_PARTITION[partitions]
     unknown = sorted(set(selection or []) - set(names))
     if unknown:
@@ -126,7 +127,7 @@ def materialize_partition(
     if asset_config:
         run_config["ops"] = {name: {"config": cfg} for name, cfg in asset_config.items()}
     result = _execute(instance, selection or names, resources, run_config,
-                      None if partitions == WHOLE else key, on_step)
+                      None if partitions == WHOLE else key, on_step, launched_by)
     outcomes: dict[str, AssetOutcome] = {}
     for event in result.get_asset_materialization_events():
         mat = event.materialization
@@ -145,7 +146,8 @@ def materialize_partition(
 
 
 def _execute(instance: dg.DagsterInstance, selection: list[str], resources: dict, run_config: dict,
-             partition_key: str | None, on_step: StepListener | None) -> dg.ExecuteInProcessResult:
+             partition_key: str | None, on_step: StepListener | None,
+             launched_by: str = "cli") -> dg.ExecuteInProcessResult:
     """What `dg.materialize` does, with the run id chosen first so a listener can follow the
     run's step events as they are stored (materialize offers no such hook)."""
     job = dg.Definitions(jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=selection)],
@@ -160,7 +162,8 @@ def _execute(instance: dg.DagsterInstance, selection: list[str], resources: dict
 
         instance.add_event_listener(run_id, listen)
     return job.execute_in_process(run_config=run_config, instance=instance, partition_key=partition_key,
-                                  raise_on_error=False, run_id=run_id, tags={"retro_ops/launched_by": "cli"})
+                                  raise_on_error=False, run_id=run_id,
+                                  tags={"retro_ops/launched_by": launched_by})
 
 
 def materialize_corpus(instance: dg.DagsterInstance, corpus: str, **kwargs) -> RunOutcome:

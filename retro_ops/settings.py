@@ -94,6 +94,12 @@ def resolve_stored(stored: str, home: Path) -> str:
     return os.path.normpath(os.path.join(home, stored))
 
 
+def home_from_env(env: Mapping[str, str]) -> Path:
+    """The home `Settings.from_env(env)` resolves, without resolving anything else (the
+    `retro-ops` front asks for it before it imports the rest)."""
+    return Path(env.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+
+
 def _streams(raw: str) -> int:
     """RETRO_OPS_EMBEDDER_STREAMS: a whole number >= 1 ("" = 1)."""
     if not raw.strip():
@@ -141,7 +147,7 @@ class Settings:
                                     "(e.g. postgresql://user@127.0.0.1:5432/retro_ops)")
             derived = profile_urls(env[PG_URL_ENV])
         return cls(
-            home=Path(env.get(HOME_ENV) or DEFAULT_HOME),
+            home=home_from_env(env),
             catalog_url=env.get(CATALOG_URL_ENV) or derived.get("catalog", ""),
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),

@@ -148,6 +148,10 @@ HEAVY: dict[str, set[str] | None] = {
     "test_hostile_input.py": {"test_glob_neither_follows_linked_folders_nor_loops"},
     "test_cli.py": {"test_no_dagster_beta_warning_in_cli_output", "test_add_list_materialize_json",
                     "test_train_json_is_plain_json", "test_models_eval_generate_cli"},
+    "test_local_worker.py": {"test_materialize_is_served_by_the_worker",
+                             "test_an_error_comes_back_and_a_second_command_waits",
+                             "test_worker_zero_runs_the_command_here", "test_a_stale_record_runs_the_command_here",
+                             "test_start_over_a_killed_worker_then_stop_leaves_nothing"},
 }
 
 

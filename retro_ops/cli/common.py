@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -60,6 +61,19 @@ def corpus_option(purpose: str, *, repeatable: bool = False) -> typer.models.Opt
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Who runs a command, handed in as the context object (`command.main(obj=Invocation(...))`):
+    what its Dagster runs are tagged `retro_ops/launched_by` with."""
+
+    launched_by: str = "cli"  # "cli-worker": served by a local worker (`retro-ops worker`)
+
+
+def invocation(ctx: typer.Context) -> Invocation:
+    """The command's Invocation: the one a worker handed in, else the default."""
+    return ctx.find_object(Invocation) or Invocation()
 
 
 def settings() -> Settings:

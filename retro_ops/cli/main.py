@@ -16,7 +16,9 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from retro_ops.cli.common import JsonOpt, corpus_option, fail, open_catalog, out, set_option, settings
+from retro_ops.cli.common import (
+    JsonOpt, corpus_option, fail, invocation, open_catalog, out, set_option, settings,
+)
 from retro_ops.cli.corpus import corpus_app
 from retro_ops.cli.exclude import exclude_app
 from retro_ops.cli.generations import generations_app
@@ -27,6 +29,7 @@ from retro_ops.cli.retrieval import retrieval_set_app, retrieve
 from retro_ops.cli.runs import print_outcomes, run_materializations
 from retro_ops.cli.serve import serve_command
 from retro_ops.cli.ui import ui
+from retro_ops.cli.worker import worker_app
 
 #: The commands in the order of the flow (corpora in, data materialized, sets, exclusions and
 #: retrieval, models, serving, then the audit trail and the tools), each with a line that fits
@@ -47,6 +50,7 @@ FLOW: dict[str, str] = {
     "lineage": "Which documents fed a model; where a document went.",
     "audit": "Read-only SQL over the lineage views.",
     "ui": "The Dagster UI on this home's instance.",
+    "worker": "A warm local process for materialize and train.",
     "db": "The databases of a deployment (prod profile).",
 }
 
@@ -80,7 +84,7 @@ def _setup(profile: ProfileOpt = None) -> None:
 
 for _name, _group in (("corpus", corpus_app), ("retrieval-set", retrieval_set_app), ("exclude", exclude_app),
                       ("models", models_app), ("generations", generations_app), ("lineage", lineage_app),
-                      ("audit", audit_app), ("db", db_app)):
+                      ("audit", audit_app), ("worker", worker_app), ("db", db_app)):
     app.add_typer(_group, name=_name, short_help=FLOW[_name])
 for _name, _command in (("retrieve", retrieve), ("train", train_command), ("eval", eval_command),
                         ("generate", generate_command), ("serve", serve_command), ("ui", ui)):
@@ -106,8 +110,11 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
     if unknown:
         fail(f"unknown asset(s) {', '.join(unknown)}; choose from {', '.join(ASSET_NAMES)}")
     catalog = open_catalog()
-    known_corpora = [c.name for c in catalog.list_corpora()]
-    known_sets = [r.name for r in catalog.list_retrieval_sets()]
+    try:
+        known_corpora = [c.name for c in catalog.list_corpora()]
+        known_sets = [r.name for r in catalog.list_retrieval_sets()]
+    finally:
+        catalog.close()  # a worker serves many commands in one process: no engine left open
     for kind, named, known in (("corpus", corpora, known_corpora),
                                ("retrieval set", sets, known_sets)):
         missing = [n for n in named or [] if n not in known]
@@ -127,6 +134,7 @@ def _jobs(corpora: list[str] | None, sets: list[str] | None, selection: list[str
 
 @app.command(short_help=FLOW["materialize"])
 def materialize(
+    ctx: typer.Context,
     corpus: Annotated[list[str] | None, corpus_option(
         "Its documents, chunks and embeddings are materialized.", repeatable=True)] = None,
     retrieval_set: Annotated[list[str] | None, set_option(
@@ -144,7 +152,8 @@ def materialize(
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else None
     jobs = _jobs(corpus, retrieval_set, selection)
     config = {"faiss_index": {"factory": factory}} if factory else None
-    outcomes = run_materializations(jobs, selection, json_out, config)
+    outcomes = run_materializations(jobs, selection, json_out, config,
+                                    launched_by=invocation(ctx).launched_by)
     print_outcomes(outcomes, json_out)
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)

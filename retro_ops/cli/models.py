@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from retro_ops.cli.common import (
-    JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, open_catalog, open_workspace, out, set_option,
+    JsonOpt, ModelOpt, corpus_option, emit_json, err, fail, invocation, open_catalog, open_workspace, out,
+    set_option,
 )
 from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_eval_rows
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
@@ -27,6 +28,7 @@ SetsOpt = Annotated[Optional[list[str]], set_option("The model is evaluated with
 
 
 def train_command(
+    ctx: typer.Context,
     corpus: Annotated[str, corpus_option("The models are trained on its documents.")] = DEMO_CORPUS,
     retrieval_set: Annotated[str, set_option("Training neighbours are retrieved from it.")] = DEMO_RETRIEVAL_SET,
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (each model).")] = TrainConfig.steps,
@@ -65,7 +67,8 @@ def train_command(
                                 self_neighbour_noise=self_neighbour_noise,
                                 no_neighbour_share=no_neighbour_share, distractor_share=distractor_share)
     selection = [s.strip() for s in select.split(",") if s.strip()] if select else TRAIN_ASSETS
-    outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training)
+    outcomes = run_materializations([(MODELS, "models")], selection, json_out, training=training,
+                                    launched_by=invocation(ctx).launched_by)
     print_outcomes(outcomes, json_out)
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)

@@ -14,14 +14,15 @@ from retro_ops.cli.tables import print_alpha_deciles, print_comparisons, print_e
 
 
 def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | None,
-                         json_out: bool, asset_config: dict | None = None, training=None) -> list:
-    """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance."""
+                         json_out: bool, asset_config: dict | None = None, training=None,
+                         launched_by: str = "cli") -> list:
+    """jobs: (partitions definition, key) pairs, run one after the other on the UI's instance
+    (closed after them: a worker serves many commands in one process), tagged `launched_by`."""
     from assets.launch import ASSETS_BY_PARTITION, ReportedProgress, materialize_partition
     from assets.instance import dagster_instance
 
-    instance = dagster_instance(settings())
     outcomes = []
-    with progress_for(err, transient=json_out) as progress:
+    with dagster_instance(settings()) as instance, progress_for(err, transient=json_out) as progress:
         for index, (partitions, key) in enumerate(jobs, start=1):
             names = ASSETS_BY_PARTITION[partitions]
             chosen = [s for s in selection if s in names] if selection else None
@@ -29,7 +30,8 @@ def run_materializations(jobs: list[tuple[str, str]], selection: list[str] | Non
             try:
                 outcomes.append(materialize_partition(
                     instance, partitions, key, selection=chosen, asset_config=asset_config,
-                    progress=ReportedProgress().attach(progress), on_step=progress.step, training=training))
+                    progress=ReportedProgress().attach(progress), on_step=progress.step, training=training,
+                    launched_by=launched_by))
             except ValueError as exc:
                 fail(str(exc))
     return outcomes
