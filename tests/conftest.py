@@ -40,6 +40,18 @@ def store(home: Settings) -> FeatureStore:
     return FeatureStore(home.lancedb_uri)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads_restored():
+    """Each module starts with the process's torch thread count and leaves it so: an in-process
+    shard step caps it (`embedding_shard`), and a later module whose child process trains with
+    the default count (test_artifact_integrity's bit-identical resume) must not inherit the cap."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return Embedder()
