@@ -95,8 +95,9 @@ def resolve_stored(stored: str, home: Path) -> str:
 
 
 def home_from_env(env: Mapping[str, str]) -> Path:
-    """The home `Settings.from_env(env)` resolves, without resolving anything else (the
-    `retro-ops` front asks for it before it imports the rest)."""
+    """The home `Settings.from_env(env)` names, absolute and without links: one path per home,
+    which a local worker's socket and record are keyed by (the `retro-ops` front asks for it
+    before it imports anything else)."""
     return Path(env.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
 
 
@@ -147,7 +148,7 @@ class Settings:
                                     "(e.g. postgresql://user@127.0.0.1:5432/retro_ops)")
             derived = profile_urls(env[PG_URL_ENV])
         return cls(
-            home=home_from_env(env),
+            home=Path(env.get(HOME_ENV) or DEFAULT_HOME),
             catalog_url=env.get(CATALOG_URL_ENV) or derived.get("catalog", ""),
             lancedb_uri=env.get(LANCEDB_URI_ENV, ""),
             embedder_path=env.get(EMBEDDER_PATH_ENV, ""),

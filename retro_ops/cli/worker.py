@@ -76,7 +76,8 @@ def start_command(detach: DetachOpt = False, wait: WaitOpt = 180.0, json_out: Js
     """Start the worker for this home: in the foreground (log lines on stderr; Ctrl-C or
     `retro-ops worker stop` ends it), or with --detach in the background. With --json (and
     --detach): its status as JSON."""
-    home = settings().home
+    settings()  # the home's folders, as every command makes them
+    home = home_from_env(os.environ)  # the path the front keys the socket by
     running = _status(home)
     if running:
         fail(f"a worker (pid {running['pid']}) already serves {home} on {running['socket']}")
