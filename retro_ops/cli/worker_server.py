@@ -28,8 +28,8 @@ from pathlib import Path
 
 from retro_ops.cli.common import Invocation
 from retro_ops.cli.relay import (
-    CODE, ERR, EXIT, FORWARDED, FORWARDED_ENV_NAMES, FORWARDED_ENV_PREFIXES, OUT, STARTED, command_of, frame,
-    read_record, read_request, record_path, reply, socket_path,
+    CODE, ERR, EXIT, FORWARDED, OUT, STARTED, command_of, connect, forwarded_env, frame, read_record, read_request,
+    record_path, reply, socket_path,
 )
 from retro_ops.durable import write_atomic
 from retro_ops.settings import HOME_ENV
@@ -105,10 +105,6 @@ class _Client:
         return f"`retro-ops {' '.join(self.request.get('argv', []))}` for pid {self.request.get('pid', '?')}"
 
 
-def _forwarded(name: str) -> bool:
-    return name.startswith(FORWARDED_ENV_PREFIXES) or name in FORWARDED_ENV_NAMES
-
-
 def _exit_code(code: object) -> int:
     """What a process exiting with SystemExit(code) returns."""
     if code is None:
@@ -148,15 +144,12 @@ class Worker:
         """Bind the socket (refused where a worker already answers on it) and write the record."""
         private_folder(self.socket.parent)
         if self.socket.exists():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                probe.connect(str(self.socket))
+                connect(self.socket).close()
             except OSError:
                 self.socket.unlink()  # left by a worker that was killed
             else:
                 raise WorkerError(f"a worker already answers for {self.home} on {self.socket}")
-            finally:
-                probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.socket))
         os.chmod(self.socket, 0o600)
@@ -296,7 +289,7 @@ class Worker:
                 except OSError as exc:
                     print(f"error: the worker cannot enter {request.get('cwd')}: {exc.strerror}", file=sys.stderr)
                     return 2
-                for name in [n for n in os.environ if _forwarded(n)]:
+                for name in forwarded_env(os.environ):  # the client's set replaces ours
                     del os.environ[name]
                 os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
                 os.environ[HOME_ENV] = str(self.home)  # what the client resolved, now absolute
