@@ -3,18 +3,19 @@ check specs on their (partitioned) asset and evaluated in the same step, so a fa
 check stops everything downstream of that corpus."""
 
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from retro_ops.features import checks as feature_checks
-from retro_ops.features.chunking import Chunker
-from retro_ops.features.spaces import EmbeddingSpace
-from retro_ops.features.store import (
-    CHUNKS,
-    DOCUMENTS,
-    MEMBERS,
-    FeatureStore,
-    embeddings_table_name,
-)
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, MEMBERS, embeddings_table_name
+
+if TYPE_CHECKING:  # type-only: the code location loads without LanceDB or transformers
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.spaces import EmbeddingSpace
+    from retro_ops.features.store import FeatureStore
 
 def _unique(name: str, table: str, asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(name, asset=asset, blocking=True,

@@ -14,12 +14,9 @@ from assets.retrieval import faiss_index
 from assets.specs import spec_of
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET, DEMO_UNRELATED_SET
-from retro_ops.catalog.mlflow_runs import Tracking
-from retro_ops.lineage.publish import mlflow_run_url
-from retro_ops.evaluation.compare import evaluate_models, heldout_text
-from retro_ops.evaluation.plots import alpha_curve_png
-from retro_ops.training.prepare import prepare_training
-from retro_ops.training.run import find_model
+
+# The library's stages import torch, MLflow or LanceDB: each body imports what it runs, so the
+# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
 
 
 def _bpb_markdown(rows) -> str:
@@ -52,6 +49,8 @@ EVALUATION_ASSET = dict(partitions_def=training_spec_partitions, group_name=EVAL
 def _report_metadata(report) -> dict:
     """What both evaluation assets show: the bpb table, its rows, and the paired differences with
     their intervals (as a table for the UI and as rows the CLI prints)."""
+    from retro_ops.evaluation.plots import alpha_curve_png
+
     rows = report.table()
     return {"bpb_table": dg.MetadataValue.md(_bpb_markdown(report.rows)),
             "alpha_curve": png_markdown(alpha_curve_png(rows, report.text), "bpb by overlap alpha"),
@@ -62,6 +61,9 @@ def _report_metadata(report) -> dict:
 
 
 def _run_link(ws, run_id: str | None) -> dict:
+    from retro_ops.catalog.mlflow_runs import Tracking
+    from retro_ops.lineage.publish import mlflow_run_url
+
     return {"mlflow_run": dg.MetadataValue.url(mlflow_run_url(Tracking(ws.settings), run_id))} if run_id else {}
 
 
@@ -78,6 +80,10 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
     """Held-out bits per byte on the test documents: baseline; RETRO (and RETROfit, when
     trained) without retrieval, with the training retrieval set, and the controls (that set's
     neighbours shuffled, the oracle, unrelated sets). Models are the ones trained from this spec."""
+    from retro_ops.evaluation.compare import evaluate_models, heldout_text
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import find_model
+
     ws = workspace.open()
     spec = spec_of(context).spec()
     data = prepare_training(ws, spec)
@@ -117,6 +123,10 @@ def swap_evaluation(context: dg.AssetExecutionContext, config: SwapEvaluationCon
                     workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Zero-shot transfer: one model on another domain's held-out text with no retrieval, the
     training set, and each swapped-in set; one MLflow run whose inputs are the sets used."""
+    from retro_ops.evaluation.compare import evaluate_models, heldout_text
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import find_model
+
     ws = workspace.open()
     spec = spec_of(context).spec()
     data = prepare_training(ws, spec)

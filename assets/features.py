@@ -28,9 +28,11 @@ from assets.resources import (
     FeatureStoreResource,
     ProgressResource,
 )
-from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
-from retro_ops.features.store import DOCUMENTS
+from retro_ops.features.schemas import DOCUMENTS
+
+# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
+# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
 
 MAX_ISSUES_SHOWN = 50
 
@@ -48,6 +50,8 @@ def _issues_markdown(issues) -> str:
 def documents(context: dg.AssetExecutionContext, catalog: CatalogResource,
               feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     """Unique documents of the corpus (doc_id = hash of normalised text), with their sources."""
+    from retro_ops.features import pipeline
+
     store = feature_store.open()
     result = pipeline.ingest_documents(catalog.open(), store, context.partition_key,
                                        run_id=context.run.run_id)
@@ -77,6 +81,8 @@ def chunks(context: dg.AssetExecutionContext, catalog: CatalogResource,
            feature_store: FeatureStoreResource, embedder: EmbedderResource,
            progress: ProgressResource) -> dg.MaterializeResult:
     """64-token WordPiece chunks of every document, each linked to its continuation chunk."""
+    from retro_ops.features import pipeline
+
     store, cat, chunker = feature_store.open(), catalog.open(), embedder.chunker()
     result = pipeline.chunk_corpus(cat, store, chunker, context.partition_key,
                                    run_id=context.run.run_id,
@@ -107,6 +113,8 @@ def chunk_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
                      progress: ProgressResource) -> dg.MaterializeResult:
     """Frozen-BERT embeddings of every chunk, keyed by (chunk content hash, embedding space);
     only chunk texts never embedded in this space are computed."""
+    from retro_ops.features import pipeline
+
     store, cat = feature_store.open(), catalog.open()
     result = pipeline.embed_corpus(cat, store, embedder.load(), context.partition_key,
                                    run_id=context.run.run_id,

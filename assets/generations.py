@@ -14,7 +14,6 @@ from assets.groups import SERVING, owners
 from assets.resources import FeatureStoreResource
 from assets.retrieval import retrieval_set
 from retro_ops.generations.records import GENERATIONS
-from retro_ops.generations.search import log_summary
 
 GENERATION_LOG = dg.AssetSpec(
     "generation_log", deps=[retrieval_set], group_name=SERVING, owners=owners(SERVING),
@@ -24,6 +23,8 @@ GENERATION_LOG = dg.AssetSpec(
 
 
 def _observed(store) -> tuple[dg.DataVersion, dict]:
+    from retro_ops.generations.search import log_summary  # run-time: LanceDB
+
     summary = log_summary(store)
     return dg.DataVersion(str(summary["lancedb_version"])), {
         "rows": summary["rows"], "lancedb_version": summary["lancedb_version"], "table": GENERATIONS}

@@ -11,9 +11,7 @@ from assets.groups import GOVERNANCE, owners
 from assets.partitions import corpus_partitions
 from assets.resources import CatalogResource, FeatureStoreResource
 from retro_ops.features.locks import WRITE_POOL
-from retro_ops.features.store import SCORES
-from retro_ops.governance.corpus_scores import score_corpus
-from retro_ops.governance.scorers import make_scorer
+from retro_ops.features.schemas import SCORES
 
 
 class ChunkScoresConfig(dg.Config):
@@ -32,6 +30,9 @@ def chunk_scores(context: dg.AssetExecutionContext, config: ChunkScoresConfig,
     """Each scorer's score of every distinct chunk text of the corpus, in LanceDB
     (`chunk_scores`); `retro-ops exclude apply` turns scores over a policy's thresholds into
     audited exclusions."""
+    from retro_ops.governance.corpus_scores import score_corpus  # run-time: scikit-learn and LanceDB
+    from retro_ops.governance.scorers import make_scorer
+
     store = feature_store.open()
     summaries = score_corpus(catalog.open(), store, context.partition_key,
                              [make_scorer(name, {}) for name in config.scorers], flag_at=config.flag_at)

@@ -5,20 +5,21 @@ run time (RETRO_OPS_HOME, RETRO_OPS_CATALOG_URL, ...), so one definition serves 
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET
-from retro_ops.features.chunking import Chunker, ChunkerConfig
-from retro_ops.features.embedder import Embedder
-from retro_ops.features.store import FeatureStore
 from retro_ops.settings import Settings
-from retro_ops.training.data import SplitConfig
-from retro_ops.training.neighbours import NeighbourConfig
-from retro_ops.training.prepare import TrainingSpec
-from retro_ops.training.trainer import TrainConfig
-from retro_ops.workspace import Workspace
+from retro_ops.training.config import NeighbourConfig, SplitConfig, TrainConfig
+
+if TYPE_CHECKING:  # the stores load where a step opens them, not where the code location loads
+    from retro_ops.catalog import Catalog
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.embedder import Embedder
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.training.prepare import TrainingSpec
+    from retro_ops.workspace import Workspace
 
 
 class CatalogResource(dg.ConfigurableResource):
@@ -26,7 +27,9 @@ class CatalogResource(dg.ConfigurableResource):
 
     url: str = ""
 
-    def open(self) -> Catalog:
+    def open(self) -> "Catalog":
+        from retro_ops.catalog import Catalog
+
         settings = Settings.from_env()
         return Catalog.open(self.url or settings.catalog_url, home=settings.home)
 
@@ -36,11 +39,13 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
     uri: str = ""
 
-    def open(self) -> FeatureStore:
+    def open(self) -> "FeatureStore":
+        from retro_ops.features.store import FeatureStore
+
         return FeatureStore(self.uri or Settings.from_env().lancedb_uri)
 
 
-_EMBEDDER: dict[tuple, Embedder] = {}  # the embedder this process loaded last (EmbedderResource.load)
+_EMBEDDER: dict[tuple, "Embedder"] = {}  # the embedder this process loaded last (EmbedderResource.load)
 
 
 def _weights_stamp(folder: Path | None) -> tuple:
@@ -60,7 +65,7 @@ class EmbedderResource(dg.ConfigurableResource):
     def _path(self) -> str | None:
         return self.model_path or Settings.from_env().embedder_path or None
 
-    def load(self) -> Embedder:
+    def load(self) -> "Embedder":
         """At the settings' precision (`RETRO_OPS_EMBEDDER_PRECISION`): each is its own space.
         Loaded once per process and kept: a warm process (a Celery worker's pool process, an
         in-process run of several steps) loads the weights for its first step only. Weights
@@ -71,12 +76,15 @@ class EmbedderResource(dg.ConfigurableResource):
         key = (str(folder), _weights_stamp(folder), self.batch_size, settings.embedder_precision,
                str(settings.home / "embedders"), settings.embedder_streams)
         if key not in _EMBEDDER:  # one kept at a time: a process that switches homes or models reloads
+            from retro_ops.features.embedder import Embedder
+
             _EMBEDDER.clear()
             _EMBEDDER[key] = Embedder(path, batch_size=self.batch_size, precision=settings.embedder_precision,
                                       cache_dir=settings.home / "embedders", streams=settings.embedder_streams)
         return _EMBEDDER[key]
 
-    def chunker(self) -> Chunker:
+    def chunker(self) -> "Chunker":
+        from retro_ops.features.chunking import Chunker, ChunkerConfig
         from retro_ops.features.embedder import default_model_dir
 
         return Chunker.from_model_dir(self._path() or default_model_dir(),
@@ -118,7 +126,9 @@ class WorkspaceResource(dg.ConfigurableResource):
     feature_store: FeatureStoreResource
     embedder: EmbedderResource
 
-    def open(self) -> Workspace:
+    def open(self) -> "Workspace":
+        from retro_ops.workspace import Workspace
+
         base = Settings.from_env()
         return Workspace.open(replace(
             base, catalog_url=self.catalog.url or base.catalog_url,
@@ -152,7 +162,9 @@ class TrainingResource(dg.ConfigurableResource):
     no_neighbour_share: float = _TRAIN.no_neighbour_share
     distractor_share: float = _TRAIN.distractor_share
 
-    def spec(self) -> TrainingSpec:
+    def spec(self) -> "TrainingSpec":
+        from retro_ops.training.prepare import TrainingSpec
+
         return TrainingSpec(
             corpus=self.corpus, retrieval_set=self.retrieval_set,
             train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,

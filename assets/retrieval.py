@@ -25,11 +25,11 @@ from assets.resources import (
     FeatureStoreResource,
     IndexStoreResource,
 )
-from retro_ops.retrieval.index.build import IndexConfig
-from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.features.locks import WRITE_POOL
-from retro_ops.features.store import MEMBERS
-from retro_ops.retrieval.sets import build_retrieval_set_version
+from retro_ops.features.schemas import MEMBERS
+
+# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
+# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
 
 
 @dg.asset(partitions_def=retrieval_set_partitions, group_name=RETRIEVAL, owners=owners(RETRIEVAL),
@@ -39,6 +39,8 @@ from retro_ops.retrieval.sets import build_retrieval_set_version
 def retrieval_set(context: dg.AssetExecutionContext, catalog: CatalogResource,
                   feature_store: FeatureStoreResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     """The chunks of the set's corpora (latest versions) minus exclusions, with neighbour values."""
+    from retro_ops.retrieval.sets import build_retrieval_set_version
+
     cat, store = catalog.open(), feature_store.open()
     build = build_retrieval_set_version(cat, store, context.partition_key,
                                         embedder.load().space, run_id=context.run.run_id)
@@ -77,6 +79,9 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexBuildConfig,
                 index_store: IndexStoreResource) -> dg.MaterializeResult:
     """FAISS index (ids = chunk ids, inner product) of the set's latest version, published
     atomically with a manifest; recall@10 and latency measured before publishing."""
+    from retro_ops.retrieval.index.build import IndexConfig
+    from retro_ops.retrieval.index.route import index_retrieval_set
+
     cat = catalog.open()
     version = cat.latest_retrieval_set_version(context.partition_key)
     result = index_retrieval_set(

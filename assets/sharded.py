@@ -34,11 +34,12 @@ from assets.resources import (
     CatalogResource, EmbedderResource, FeatureStoreResource, IndexStoreResource, ProgressResource,
 )
 from assets.retrieval import retrieval_set
-from retro_ops.features import pipeline
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
 from retro_ops.retrieval.index.build import IndexConfig
-from retro_ops.retrieval.index.shards import fill_and_save, merge_and_publish, train_and_save
+
+# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
+# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
 
 GROUP = SCALE_OUT
 SHARDS_ENV = "RETRO_OPS_SHARDS"  # document shards of the scale-out route (default 2)
@@ -108,6 +109,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                     feature_store: FeatureStoreResource, embedder: EmbedderResource,
                     progress: ProgressResource) -> dg.MaterializeResult:
         """The chunks of one shard of a corpus's documents (same ids as unsharded chunking)."""
+        from retro_ops.features import pipeline
+
         corpus, shard = _shard(context)
         cpu = time.process_time()  # every thread of this process: the tokenizer's pool too
         result = pipeline.chunk_corpus(catalog.open(), feature_store.open(), embedder.chunker(), corpus,
@@ -128,6 +131,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                         progress: ProgressResource) -> dg.MaterializeResult:
         """Frozen-BERT vectors of one shard's chunk texts not yet embedded in this space, on
         this shard's share of the cores."""
+        from retro_ops.features import pipeline
+
         corpus, shard = _shard(context)
         threads = limit_threads(config.threads(n_shards))
         loaded = embedder.load()
@@ -148,6 +153,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                        catalog: CatalogResource, feature_store: FeatureStoreResource,
                        index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The set's index structure trained once, on the same seeded sample a single build uses."""
+        from retro_ops.retrieval.index.shards import train_and_save
+
         version, trained, path = train_and_save(catalog.open(), feature_store.open(), index_store.path(),
                                                 context.partition_key, config.index_config())
         return dg.MaterializeResult(data_version=dg.DataVersion(f"{version.digest[:8]}-{trained.factory}"), metadata={
@@ -161,6 +168,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
     def index_shard(context: dg.AssetExecutionContext, catalog: CatalogResource,
                     feature_store: FeatureStoreResource, index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The trained index filled with one shard's vectors (a file beside the trained index)."""
+        from retro_ops.retrieval.index.shards import fill_and_save
+
         name, shard = _shard(context)
         filled = fill_and_save(catalog.open(), feature_store.open(), index_store.path(), name, shard)
         return dg.MaterializeResult(metadata={
@@ -174,6 +183,8 @@ def sharded_assets(n_shards: int, automated: bool = False) -> list[dg.AssetsDefi
                             catalog: CatalogResource, feature_store: FeatureStoreResource,
                             index_store: IndexStoreResource) -> dg.MaterializeResult:
         """The shards merged into one index, measured and published as the set's index."""
+        from retro_ops.retrieval.index.shards import merge_and_publish
+
         build = merge_and_publish(catalog.open(), feature_store.open(), index_store.path(), context.partition_key,
                                   n_shards, config=config.index_config(), run_id=context.run.run_id)
         m = build.manifest

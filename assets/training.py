@@ -7,6 +7,8 @@ exact input versions: re-materializing with nothing changed reuses them. No auto
 training is deliberate; the UI shows these stale when their inputs change.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from assets.features import chunk_embeddings
@@ -16,9 +18,12 @@ from assets.partitions import training_spec_partitions
 from assets.resources import ProgressResource, WorkspaceResource
 from assets.retrieval import faiss_index
 from assets.specs import spec_of
-from retro_ops.lineage.publish import mlflow_model_version_url, publish_lineage, summary_rows
-from retro_ops.training.prepare import prepare_training
-from retro_ops.training.run import TrainedModel, find_model, train_model
+
+if TYPE_CHECKING:
+    from retro_ops.training.run import TrainedModel
+
+# The library's stages import torch, MLflow or LanceDB: each body imports what it runs, so the
+# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
 
 MODEL_ASSET = dict(partitions_def=training_spec_partitions, group_name=MODELS, owners=owners(MODELS),
                    code_version="1")
@@ -30,6 +35,8 @@ MODEL_ASSET = dict(partitions_def=training_spec_partitions, group_name=MODELS, o
 def training_neighbours(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Top-k neighbours of every training and held-out chunk, same-document hits excluded;
     computed once per (chunks, retrieval-set version, index, k) and reused by every epoch."""
+    from retro_ops.training.prepare import prepare_training
+
     training = spec_of(context)
     data = prepare_training(workspace.open(), training.spec())
     train, held = data.train_neighbours, data.heldout_neighbours
@@ -50,6 +57,8 @@ def training_neighbours(context: dg.AssetExecutionContext, workspace: WorkspaceR
 
 def _lineage_metadata(ws, info) -> dict:
     """The model's MLflow run as a link and its lineage summary as a table (also logged to the run)."""
+    from retro_ops.lineage.publish import publish_lineage, summary_rows
+
     lineage, url = publish_lineage(ws, info)
     table = dg.MetadataValue.table(
         [dg.TableRecord({"field": k, "value": v}) for k, v in summary_rows(lineage.summary)],
@@ -57,7 +66,9 @@ def _lineage_metadata(ws, info) -> dict:
     return {"lineage": table, **({"mlflow_run": dg.MetadataValue.url(url)} if url else {})}
 
 
-def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
+def _checkpoint_result(trained: "TrainedModel", ws) -> dg.MaterializeResult:
+    from retro_ops.lineage.publish import mlflow_model_version_url
+
     info, result = trained.info, trained.result
     metadata = {"model": info.ref, "kind": info.kind, "reused": trained.reused,
                 "checkpoint": info.checkpoint_dir, "weights_sha256": info.weights_sha256,
@@ -82,6 +93,9 @@ def _checkpoint_result(trained: TrainedModel, ws) -> dg.MaterializeResult:
 
 
 def _train(context, workspace, progress, kind) -> dg.MaterializeResult:
+    from retro_ops.training.prepare import prepare_training
+    from retro_ops.training.run import find_model, train_model
+
     ws = workspace.open()
     data = prepare_training(ws, spec_of(context).spec())
     parent = None

@@ -43,7 +43,8 @@ from retro_ops.catalog import Catalog  # noqa: E402
 from retro_ops.catalog import tables as m  # noqa: E402
 from retro_ops.corpus import Document  # noqa: E402
 from retro_ops.features.chunking import Chunk  # noqa: E402
-from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore  # noqa: E402
+from retro_ops.features.store import FeatureStore  # noqa: E402
+from retro_ops.features.schemas import CHUNKS, MEMBERS  # noqa: E402
 from retro_ops.ids import chunk_id, document_id  # noqa: E402
 from retro_ops.lineage.audit import backward, forward_document  # noqa: E402
 from retro_ops.lineage.diff import diff  # noqa: E402

@@ -43,7 +43,8 @@ from postgres import throwaway_database
 from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.errors import BrokerUnavailableError
-from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore, embeddings_table_name
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS_SCHEMA, embeddings_table_name
 from retro_ops.retrieval.index.publish import index_root, load_current
 from retro_ops.retrieval.retriever import Retriever
 from retro_ops.retrieval.sets import retrieval_set_vectors

@@ -19,7 +19,8 @@ from retro_ops.evaluation.overlap import FIRST, READS, longest_shared_span
 from retro_ops.evaluation.token_bytes import gap_bytes, token_bytes
 from retro_ops.features.chunking import Chunker
 from retro_ops.model import RetroConfig
-from retro_ops.training.data import SplitConfig, load_chunk_table
+from retro_ops.training.config import SplitConfig
+from retro_ops.training.data import load_chunk_table
 from retro_ops.training.prepare import prepare_training
 from retro_ops.training.run import train_model
 from retro_ops.training.trainer import seeded_model

@@ -13,7 +13,8 @@ import pytest
 from retro_ops.evaluation.intervals import paired_bootstrap, seed_interval
 from retro_ops.evaluation.overlap import FIRST, READS, Buckets, reads_neighbours
 from retro_ops.ids import sha256_hex
-from retro_ops.training.data import ChunkTable, Sequences, SplitConfig, group_key, split_documents
+from retro_ops.training.config import SplitConfig
+from retro_ops.training.data import ChunkTable, Sequences, group_key, split_documents
 from retro_ops.training.neighbours import Neighbours, shuffled_neighbours, with_self_neighbours
 from helpers import tiny_spec
 

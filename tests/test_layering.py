@@ -212,3 +212,19 @@ def test_an_upward_import_into_the_index_route_is_caught(tmp_path):
         "retro_ops/retrieval/sets.py:1: retrieval.sets imports retro_ops.retrieval.index "
         "(a later layer: retrieval.index)",
     ]
+
+
+#: What the code location must load without: each costs seconds in every process that loads it
+#: (the UI's code server, the daemon, `dagster definitions validate`); the asset bodies import them.
+HEAVY_PACKAGES = ("torch", "transformers", "lancedb", "mlflow", "datasketch", "sklearn", "onnxruntime")
+
+
+def test_the_code_location_loads_without_the_heavy_packages():
+    import subprocess
+    import sys
+
+    probe = ("import sys, assets.definitions; "
+             f"print(' '.join(p for p in {HEAVY_PACKAGES!r} if p in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [], f"loading assets.definitions imported {done.stdout.strip()}"

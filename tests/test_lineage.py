@@ -282,7 +282,7 @@ def test_reads_name_their_documents_and_reads_recorded_without_them_audit_the_sa
     their documents found in the chunks table."""
     import pyarrow as pa
 
-    from retro_ops.features.store import CHUNKS
+    from retro_ops.features.schemas import CHUNKS
 
     ws, m1 = site["ws"], _refresh(site, site["m1"])
     reads = _reads(ws.store, "model_reads", m1.reads_lance_version, m1.id)

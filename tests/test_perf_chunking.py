@@ -41,7 +41,8 @@ def test_chunk_tables_store_exactly_the_chunk_objects(tmp_path):
     missing continuation of each last chunk; an empty document gives no row; sharded or not."""
     import pyarrow as pa
 
-    from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA, FeatureStore
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.features.schemas import CHUNKS, CHUNKS_SCHEMA
 
     chunker = Chunker.from_model_dir(default_model_dir(), ChunkerConfig(batch_segments=4, segment_chars=3_000))
     documents = _documents()[:12] + [("empty", ""), ("short", "Call me Ishmael.")]

@@ -12,7 +12,7 @@ from retro_ops.errors import EmbedderError, RetrievalSetError
 from retro_ops.features import pipeline
 from retro_ops.features.embedder import Embedder
 from retro_ops.features.spaces import precision_of
-from retro_ops.features.store import embeddings_table_name
+from retro_ops.features.schemas import embeddings_table_name
 from retro_ops.retrieval.index.route import publish_retrieval_set
 from retro_ops.retrieval.retriever import Retriever
 

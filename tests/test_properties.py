@@ -21,7 +21,8 @@ from retro_ops.catalog import Catalog
 from retro_ops.features import pipeline
 from retro_ops.features.chunking import Chunker, ChunkerConfig
 from retro_ops.features.embedder import Embedder
-from retro_ops.features.store import CHUNKS, DOCUMENTS, FeatureStore, embeddings_table_name
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, embeddings_table_name
 from retro_ops.ids import chunk_id, document_id, normalise_text
 from retro_ops.retrieval.index.build import IndexConfig, build_index, choose_factory
 from retro_ops.retrieval.index.tuning import tune_to_recall

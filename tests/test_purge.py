@@ -31,7 +31,8 @@ from retro_ops.cli.main import app as cli
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.erasure.store import snapshot_document
 from retro_ops.features import pipeline
-from retro_ops.features.store import CHUNKS, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS
 from retro_ops.ids import document_id, normalise_text
 from retro_ops.retrieval.index.build import IndexConfig
 from retro_ops.retrieval.index.publish import current_build, index_root, read_manifest

@@ -175,7 +175,7 @@ def test_models_switch_without_rebuilding_anything(served, ws):
     beside the first: serving one model after the other rebuilds no index and writes no feature."""
     from retro_ops.catalog import tables as m
     from retro_ops.features.embedder import Embedder
-    from retro_ops.features.store import embeddings_table_name
+    from retro_ops.features.schemas import embeddings_table_name
 
     _, holder, first = served
     second = train_model(ws, prepare_training(ws, tiny_spec(steps=2, retrieval_set="other")), "retro").info

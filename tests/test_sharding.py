@@ -25,7 +25,8 @@ from retro_ops.catalog import Catalog
 from retro_ops.errors import IndexBuildError
 from retro_ops.features import pipeline
 from retro_ops.features.shards import ShardSpec, all_shards, shard_of, threads_per_shard
-from retro_ops.features.store import CHUNKS_SCHEMA, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS_SCHEMA
 from retro_ops.retrieval.index.build import IndexConfig, build_index
 from retro_ops.retrieval.index.publish import MANIFEST_FILE, IndexManifest, index_root, load_current
 from retro_ops.retrieval.index.route import index_retrieval_set

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 from retro_ops.training.config import NeighbourConfig, TrainConfig
-from retro_ops.training.data import SplitConfig
+from retro_ops.training.config import SplitConfig
 
 
 def test_the_resource_and_the_cli_give_the_library_defaults():

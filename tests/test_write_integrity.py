@@ -17,14 +17,8 @@ from retro_ops.catalog import Catalog
 from retro_ops.default_corpora import CORPORA_DIR
 from retro_ops.features import checks, pipeline
 from retro_ops.features.locks import lock_dir
-from retro_ops.features.store import (
-    CHUNKS,
-    DOCUMENTS,
-    DOCUMENTS_SCHEMA,
-    MEMBERS,
-    FeatureStore,
-    embeddings_table_name,
-)
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, DOCUMENTS_SCHEMA, MEMBERS, embeddings_table_name
 from retro_ops.retrieval.index.route import index_retrieval_set
 from retro_ops.retrieval.sets import build_retrieval_set_version
 from retro_ops.settings import Settings

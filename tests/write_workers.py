@@ -25,7 +25,8 @@ def _open(settings):
 def write_300_keys(uri: str, raw: bool, barrier) -> None:
     import pyarrow as pa
 
-    from retro_ops.features.store import DOCUMENTS, DOCUMENTS_SCHEMA, FeatureStore
+    from retro_ops.features.store import FeatureStore
+    from retro_ops.features.schemas import DOCUMENTS, DOCUMENTS_SCHEMA
 
     store = FeatureStore(uri)
     rows = pa.table({"doc_id": [f"d{i:03d}" for i in range(300)],

@@ -37,7 +37,8 @@ from retro_ops.durable import file_lock, write_atomic
 from retro_ops.erasure.store import erase_documents, snapshot_document, text_tables
 from retro_ops.errors import CrashMode, ExclusionError, IndexIntegrityError, RetroOpsError, SimulatedCrash
 from retro_ops.features.spaces import EmbeddingSpace
-from retro_ops.features.store import DOCUMENTS, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import DOCUMENTS
 from retro_ops.retrieval.index.publish import LOCK_FILE, current_build, index_root, read_manifest
 from retro_ops.retrieval.index.build import IndexConfig
 from retro_ops.retrieval.index.route import index_retrieval_set

@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog import tables as m
-from retro_ops.features.store import MEMBERS, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import MEMBERS
 
 #: Tables that keep a purged document's rows: they hold ids and hashes, never text.
 KEEP_TABLES = frozenset({"model_reads"})

@@ -34,7 +34,8 @@ from retro_ops.evaluation.token_bytes import token_bytes
 from retro_ops.features.chunking import Chunker
 from retro_ops.governance.dedup import DedupConfig
 from retro_ops.ids import set_digest
-from retro_ops.training.data import ChunkTable, Part, SplitConfig, load_chunk_table, make_sequences
+from retro_ops.training.config import SplitConfig
+from retro_ops.training.data import ChunkTable, Part, load_chunk_table, make_sequences
 from retro_ops.training.neighbours import NeighbourConfig, Neighbours, shuffled_neighbours, with_self_neighbours
 from retro_ops.training.prepare import (
     NeighbourSet, corpus_split, encode_neighbours, encode_table, forbidden_neighbour_docs, neighbours_for,

@@ -6,13 +6,17 @@ The Dagster layer turns these into asset checks; the library keeps them testable
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retro_ops.features.chunking import Chunker
-from retro_ops.features.store import CHUNKS, FeatureStore, table_keys
+from retro_ops.features.schemas import CHUNKS, table_keys
+
+if TYPE_CHECKING:  # type-only: the code location's checks load without LanceDB or transformers
+    from retro_ops.features.chunking import Chunker
+    from retro_ops.features.store import FeatureStore
 
 _CHECK_DOCS = 256  # documents re-tokenized per batch by `chunks_complete`
 

@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from retro_ops.features import chunk_cut
 from retro_ops.features.chunk_cut import DocCut, split_segments
-from retro_ops.features.store import CHUNKS_SCHEMA
+from retro_ops.features.schemas import CHUNKS_SCHEMA
 from retro_ops.ids import content_hash, sha256_hex
 
 __all__ = ["Chunk", "Chunker", "ChunkerConfig", "load_tokenizer", "split_segments", "tokenizer_digest"]

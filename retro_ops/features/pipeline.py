@@ -31,13 +31,8 @@ from retro_ops.corpus.documents import CorpusSnapshot
 from retro_ops.features.embedder import Embedder
 from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.features.shards import ShardSpec
-from retro_ops.features.store import (
-    CHUNKS,
-    DOCUMENTS,
-    FeatureStore,
-    TableWrite,
-    embeddings_table_name,
-)
+from retro_ops.features.store import FeatureStore, TableWrite
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, embeddings_table_name
 from retro_ops.ids import set_digest, sha256_hex
 
 Progress = Callable[[int, int], None]  # (done, total)

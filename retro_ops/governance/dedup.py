@@ -13,13 +13,17 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from retro_ops.catalog import Catalog
 from retro_ops.catalog.exclusions import NewExclusion
-from retro_ops.features.store import FeatureStore
+
+if TYPE_CHECKING:  # datasketch (which imports scipy) loads where signatures are computed
+    from datasketch import MinHash, MinHashLSH
+
+    from retro_ops.features.store import FeatureStore
 
 REASON = "near-duplicate"
 _WORD = re.compile(r"\w+")
@@ -61,6 +65,8 @@ def signature(text: str, config: DedupConfig) -> MinHash | None:
     grams = shingles(text, config.ngram)
     if not grams:
         return None
+    from datasketch import MinHash
+
     sig = MinHash(num_perm=config.num_perm, seed=config.seed)
     sig.update_batch(list(grams))
     return sig
@@ -71,6 +77,8 @@ def signatures(texts: Mapping[str, str], config: DedupConfig) -> dict[str, MinHa
 
 
 def _index(sigs: Mapping[str, MinHash], config: DedupConfig) -> MinHashLSH:
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
     with lsh.insertion_session() as session:
         for key, sig in sigs.items():

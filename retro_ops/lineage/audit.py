@@ -26,7 +26,7 @@ from retro_ops.catalog import ModelInfo
 from retro_ops.catalog import tables as m
 from retro_ops.catalog.store import corpus_root, source_in_corpus
 from retro_ops.errors import LineageError
-from retro_ops.features.store import CHUNKS, MEMBERS
+from retro_ops.features.schemas import CHUNKS, MEMBERS
 from retro_ops.lineage.views import AuditDB
 
 _DOC_ID = re.compile(r"[0-9a-f]{32}")

@@ -9,7 +9,7 @@ from lancedb.expr import col, lit
 
 from retro_ops.catalog import tables as m
 from retro_ops.errors import LineageError
-from retro_ops.features.store import CHUNKS, MEMBERS
+from retro_ops.features.schemas import CHUNKS, MEMBERS
 from retro_ops.lineage.audit import model_reads_view
 from retro_ops.lineage.views import AuditDB, lance_arrow
 

@@ -27,7 +27,7 @@ from retro_ops.catalog.store import corpus_root
 from retro_ops.catalog.purges import PurgeRecord
 from retro_ops.corpus.readers import read_corpus
 from retro_ops.erasure.purge import models_affected
-from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, MEMBERS
 from retro_ops.ids import document_id
 from retro_ops.lineage.views import AuditDB
 from retro_ops.retrieval.index.disk_refine import file_sha256

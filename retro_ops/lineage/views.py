@@ -25,7 +25,8 @@ from sqlalchemy import Boolean, DateTime, Float, Integer, BigInteger, JSON, sele
 from retro_ops.catalog import Catalog
 from retro_ops.catalog import tables as m
 from retro_ops.errors import AuditLimitError
-from retro_ops.features.store import CHUNKS, DOCUMENTS, MEMBERS, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS, DOCUMENTS, MEMBERS
 from retro_ops.lineage.limits import AuditLimits
 
 #: LanceDB tables and the columns an audit reads (never text, tokens or vectors).

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from retro_ops.catalog import Catalog, RetrievalSetVersionInfo
 from retro_ops.features.spaces import EmbeddingSpace
 from retro_ops.errors import RetrievalSetError
-from retro_ops.features.store import CHUNKS, MEMBERS, FeatureStore, embeddings_table_name
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS, MEMBERS, embeddings_table_name
 from retro_ops.ids import sha256_hex
 
 CHUNK_COLUMNS = ["chunk_id", "doc_id", "position", "content_hash", "text", "token_ids",

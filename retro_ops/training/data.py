@@ -20,42 +20,12 @@ import pyarrow.compute as pc
 from retro_ops.catalog.exclusions import ActiveExclusions
 from retro_ops.features.store import FeatureStore
 from retro_ops.ids import set_digest, sha256_hex
+from retro_ops.training.config import GroupBy, SplitConfig
 
 IGNORE = -100
 
 
-GroupBy = Literal["document", "stem"]
 Part = Literal["heldout", "validation", "test"]
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """heldout_fraction of document groups (at least min_heldout) are held out; of those,
-    validation_share go to validation (every tuning choice and early stop reads only these) and
-    the rest to test (what is reported). group_by: "document" (each its own group) or "stem"
-    (the file stem of its source, so `kjv_nt/40_Matthew_05.txt` and `asv_nt/40_Matthew_05.txt`
-    are one group): a held-out group is held out whole, and no document of it, in any corpus,
-    is ever a training neighbour (issue #24: the ASV parallel of a held-out KJV chapter passed
-    the near-duplicate filter). `legacy()` is the split of models recorded before the last two
-    fields existed (a tenth held out, no validation part, one group per document)."""
-
-    heldout_fraction: float = 0.2  # half of it validation: the test part keeps a tenth
-    min_heldout: int = 1
-    seed: int = 0
-    validation_share: float = 0.5
-    group_by: GroupBy = "stem"
-
-    @classmethod
-    def legacy(cls, **overrides) -> "SplitConfig":
-        return cls(**{"heldout_fraction": 0.1, "validation_share": 0.0, "group_by": "document", **overrides})
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction is a share in (0, 1), got {self.heldout_fraction!r}")
-        if not 0.0 <= self.validation_share < 1.0:
-            raise ValueError(f"validation_share is a share in [0, 1), got {self.validation_share!r}")
-        if self.group_by not in ("document", "stem"):
-            raise ValueError(f"group_by is 'document' or 'stem', got {self.group_by!r}")
 
 
 def group_key(doc_id: str, sources: list[str], group_by: GroupBy) -> str:

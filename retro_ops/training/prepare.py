@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from retro_ops.catalog import CorpusVersionInfo
-from retro_ops.features.store import CHUNKS, CHUNKS_SCHEMA
+from retro_ops.features.schemas import CHUNKS, CHUNKS_SCHEMA
 from retro_ops.governance.dedup import DedupConfig, near_duplicates_of
 from retro_ops.ids import set_digest, sha256_hex
 from retro_ops.model import RetroConfig

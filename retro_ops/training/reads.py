@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col, lit
 
-from retro_ops.features.store import CHUNKS, FeatureStore
+from retro_ops.features.store import FeatureStore
+from retro_ops.features.schemas import CHUNKS
 from retro_ops.ids import sha256_hex
 
 MODEL_READS = "model_reads"
