@@ -170,15 +170,16 @@ HEAVY: dict[str, set[str] | None] = {
 #: The longest modules, longest first. `make test` runs on pytest-xdist workers, which take whole
 #: modules in collection order (`--dist loadfile --no-loadscope-reorder`); the long ones go first
 #: so that no worker is left with one at the end. The daemon test waits on its runs most of its
-#: time: started first, it overlaps with everything else. Order: module times of session 13 (junit XML).
+#: time: started first, it overlaps with everything else. Order: module times of session 14
+#: (junit XML, AVX2-only EPYC, after the code location stopped importing torch and LanceDB).
 LONGEST_FIRST = [
     "test_automation_daemon.py", "test_tutorial.py", "test_celery.py", "test_dagster_pipeline.py",
-    "test_sharding.py", "test_local_worker.py", "test_browser.py", "test_audit_exit.py", "test_generation_log.py",
-    "test_copy_capability.py", "test_exclusions.py", "test_cli_progress.py", "test_purge.py",
-    "test_write_integrity.py", "test_properties.py", "test_cli.py", "test_dagster_automation.py",
-    "test_dagster_ui.py", "test_lineage.py", "test_deploy.py", "test_artifact_integrity.py",
-    "test_prod_postgres.py", "test_serving_limits.py", "test_relocatable_home.py", "test_training.py",
-    "test_evaluation.py", "test_docs.py", "test_catalog.py", "test_catalog_race.py",
+    "test_sharding.py", "test_local_worker.py", "test_browser.py", "test_perf_spaces.py", "test_generation_log.py",
+    "test_audit_exit.py", "test_copy_capability.py", "test_cli_progress.py", "test_serving_limits.py",
+    "test_lineage.py", "test_write_integrity.py", "test_purge.py", "test_properties.py", "test_exclusions.py",
+    "test_artifact_integrity.py", "test_cli.py", "test_prod_postgres.py", "test_dagster_automation.py",
+    "test_training.py", "test_dagster_ui.py", "test_serving.py", "test_perf_batching.py", "test_docs.py",
+    "test_relocatable_home.py", "test_mlflow_parallel.py", "test_deploy.py", "test_catalog.py", "test_catalog_race.py",
 ]
 
 
