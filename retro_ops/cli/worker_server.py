@@ -315,11 +315,21 @@ class Worker:
         return 0
 
 
-def warm_up() -> None:
-    """Import the stack (Dagster, torch, transformers, LanceDB, FAISS) and load the embedder, so
-    the first command pays neither."""
-    import faiss  # noqa: F401  the index steps import it
+#: The library stages the asset bodies import when they run (the code location itself loads
+#: without them: assets/definitions.py), imported by a worker before its first command.
+WARM_MODULES = ("retro_ops.features.pipeline", "retro_ops.governance.corpus_scores", "retro_ops.retrieval.sets",
+                "retro_ops.retrieval.index.route", "retro_ops.training.prepare", "retro_ops.training.run")
 
+
+def warm_up() -> None:
+    """Import the stack (Dagster, torch, transformers, LanceDB, FAISS, the stages the steps run)
+    and load the embedder, so the first command pays neither."""
+    import importlib
+
+    import assets.definitions  # noqa: F401  what a command's run loads first
+
+    for module in WARM_MODULES:
+        importlib.import_module(module)
     from assets.instance import dagster_instance
     from assets.resources import EmbedderResource
     from retro_ops.cli.common import open_catalog, settings
