@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/pytest $(XDIST)
 
 # The edit loop: the suite less the tests marked `heavy` (a daemon, a UI or server process, a
-# browser, the demo or the tutorial; see pyproject.toml): 83 s on 2 cores (AVX-512 EPYC, quiet).
+# browser, the demo or the tutorial; tests/conftest.py HEAVY): 86 s on 2 cores (AVX2-only EPYC, quiet).
 check: $(STAMP)
 	$(BIN)/pytest $(XDIST) -m 'not slow and not bench and not heavy'
 
