@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # type-only: the code location loads without LanceDB or trans
     from retro_ops.features.spaces import EmbeddingSpace
     from retro_ops.features.store import FeatureStore
 
+
 def _unique(name: str, table: str, asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(name, asset=asset, blocking=True,
                              description=f"No key stored twice in LanceDB table {table}.")
