@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -211,6 +212,13 @@ _STARTED = time.perf_counter()
 def elapsed() -> float:
     """Seconds since the benchmark process started (imported this module)."""
     return time.perf_counter() - _STARTED
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server a benchmark starts."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def log(message: str) -> None:

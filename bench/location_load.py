@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, Column, base_parser, environment, log, report
+from _common import REPO_ROOT, Column, base_parser, environment, free_port, log, report
+
+from retro_ops.cli.ui import stop_group
 
 HEAVY = ("torch", "transformers", "lancedb", "mlflow", "datasketch")
 PROBE = ("import sys, assets.definitions; "
@@ -55,12 +55,6 @@ def time_import(tree: Path) -> dict:
     return {"wall_s": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu, "loaded": done.stdout.strip()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _graph_served(port: int) -> bool:
     import requests
 
@@ -74,7 +68,7 @@ def _graph_served(port: int) -> bool:
 def time_ui(tree: Path, timeout: float = 300.0) -> dict:
     """`retro-ops ui` (this tree's code: PYTHONPATH) on a fresh home until the graph is served;
     CPU is not measured (the UI's processes are still running then)."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="location-load-") as folder:
         command = [sys.executable, "-m", "retro_ops.cli.main", "ui", "--port", str(port)]
         start = time.perf_counter()
@@ -89,12 +83,7 @@ def time_ui(tree: Path, timeout: float = 300.0) -> dict:
                 time.sleep(0.25)
             wall = time.perf_counter() - start
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
     return {"wall_s": wall, "cpu_s": None, "loaded": None}
 
 

@@ -77,7 +77,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -92,7 +91,8 @@ from typing import Any
 import requests
 
 from _common import (
-    REPO_ROOT, Column, base_parser, elapsed, environment, load_documents, log, parse_int_list, report, report_tables,
+    REPO_ROOT, Column, base_parser, elapsed, environment, free_port, load_documents, log, parse_int_list, report,
+    report_tables,
 )
 
 HOST = "127.0.0.1"
@@ -178,12 +178,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- the server --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def process_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process from /proc (Linux), None where unavailable."""
     try:
@@ -198,7 +192,7 @@ class Server:
 
     def __init__(self, args: argparse.Namespace, env: dict[str, str] | None = None):
         self.home = args.home.expanduser().resolve()
-        self.port = args.port or free_port()
+        self.port = args.port or free_port(HOST)
         self.base = f"http://{HOST}:{self.port}"
         self.token = secrets.token_urlsafe(32)
         self.argv = [str(Path(sys.executable).with_name("retro-ops")), "serve", "--model",
