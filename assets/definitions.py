@@ -3,7 +3,14 @@
 The scale-out assets (`assets/sharded.py`, group `scale_out`) are the alternative, sharded route
 to the same chunks, embeddings and index; they are in the location unless RETRO_OPS_SCALE_OUT=0
 where it loads (`retro-ops ui` sets that unless `--scale-out`, so that after `make demo` the UI
-shows the route the demo took, all of it materialized)."""
+shows the route the demo took, all of it materialized).
+
+Loading this module declares; it runs nothing. Every process that serves the location loads it
+(the UI's code servers, the daemon's, `dagster definitions validate`, each launched run before
+its first step), so it loads without torch, transformers, LanceDB, MLflow or datasketch: each
+asset body imports the library stages it runs, and what the declarations need lives in light
+modules (`retro_ops/features/schemas.py`, `retro_ops/training/config.py`).
+`tests/test_layering.py` fails when one of those packages comes back."""
 
 import os
 

@@ -15,8 +15,7 @@ from assets.specs import spec_of
 from assets.training import baseline_checkpoint, retro_checkpoint, retrofit_checkpoint
 from retro_ops.default_corpora import DEMO_CORPUS, DEMO_RETRIEVAL_SET, DEMO_UNRELATED_SET
 
-# The library's stages import torch, MLflow or LanceDB: each body imports what it runs, so the
-# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
+# Each body imports the library stages it runs: the location loads light (assets/definitions.py).
 
 
 def _bpb_markdown(rows) -> str:

@@ -31,8 +31,7 @@ from assets.resources import (
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.schemas import DOCUMENTS
 
-# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
-# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
+# Each body imports the library stages it runs: the location loads light (assets/definitions.py).
 
 MAX_ISSUES_SHOWN = 50
 

@@ -27,9 +27,9 @@ from assets.resources import (
 )
 from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.schemas import MEMBERS
+from retro_ops.retrieval.index.build import IndexConfig  # FAISS and NumPy: light, as in assets/sharded.py
 
-# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
-# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
+# Each body imports the library stages it runs: the location loads light (assets/definitions.py).
 
 
 @dg.asset(partitions_def=retrieval_set_partitions, group_name=RETRIEVAL, owners=owners(RETRIEVAL),
@@ -79,7 +79,6 @@ def faiss_index(context: dg.AssetExecutionContext, config: IndexBuildConfig,
                 index_store: IndexStoreResource) -> dg.MaterializeResult:
     """FAISS index (ids = chunk ids, inner product) of the set's latest version, published
     atomically with a manifest; recall@10 and latency measured before publishing."""
-    from retro_ops.retrieval.index.build import IndexConfig
     from retro_ops.retrieval.index.route import index_retrieval_set
 
     cat = catalog.open()

@@ -38,8 +38,7 @@ from retro_ops.features.locks import WRITE_POOL
 from retro_ops.features.shards import MAX_SHARDS, ShardSpec, all_shards, limit_threads, threads_per_shard
 from retro_ops.retrieval.index.build import IndexConfig
 
-# The library's stages import torch, transformers or LanceDB: each body imports what it runs, so the
-# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
+# Each body imports the library stages it runs: the location loads light (assets/definitions.py).
 
 GROUP = SCALE_OUT
 SHARDS_ENV = "RETRO_OPS_SHARDS"  # document shards of the scale-out route (default 2)

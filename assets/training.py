@@ -22,8 +22,7 @@ from assets.specs import spec_of
 if TYPE_CHECKING:
     from retro_ops.training.run import TrainedModel
 
-# The library's stages import torch, MLflow or LanceDB: each body imports what it runs, so the
-# code location (UI, daemon, code servers) loads without them (assets/definitions.py).
+# Each body imports the library stages it runs: the location loads light (assets/definitions.py).
 
 MODEL_ASSET = dict(partitions_def=training_spec_partitions, group_name=MODELS, owners=owners(MODELS),
                    code_version="1")
