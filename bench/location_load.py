@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="measurements per tree and measure (default 5)")
     parser.add_argument("--ui", action="store_true", help="also time `retro-ops ui` until the asset graph is served")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs}: at least 1")
     trees = {"this checkout": REPO_ROOT}
     if args.baseline is not None:
         if not (args.baseline / "assets" / "definitions.py").is_file():
